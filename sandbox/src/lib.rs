@@ -1,0 +1,1 @@
+//! tg-bridge's sandbox (skeleton: filled in by the sandbox work).
