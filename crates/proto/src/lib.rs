@@ -197,9 +197,15 @@ impl Event {
             message: self.name(),
             reason,
         };
-        let meta = self.meta().ok_or_else(|| invalid("meta is missing".into()))?;
-        ulid::Ulid::from_string(&meta.event_id)
-            .map_err(|e| invalid(format!("meta.event_id {:?} is not a ULID: {e}", meta.event_id)))?;
+        let meta = self
+            .meta()
+            .ok_or_else(|| invalid("meta is missing".into()))?;
+        ulid::Ulid::from_string(&meta.event_id).map_err(|e| {
+            invalid(format!(
+                "meta.event_id {:?} is not a ULID: {e}",
+                meta.event_id
+            ))
+        })?;
         let expected = origin_of(self.subject());
         if meta.origin() != expected {
             return Err(invalid(format!(
@@ -219,7 +225,10 @@ impl Event {
 
 /// The origin named by the second part of a subject (`tgb.v1.<origin>.…`).
 pub fn origin_of(subject: &str) -> Origin {
-    match subject.strip_prefix(SUBJECT_PREFIX).and_then(|s| s.split('.').next()) {
+    match subject
+        .strip_prefix(SUBJECT_PREFIX)
+        .and_then(|s| s.split('.').next())
+    {
         Some("tg") => Origin::Tg,
         Some("dyn") => Origin::Dyn,
         Some("planner") => Origin::Planner,
@@ -293,8 +302,16 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for (subject, ty) in SUBJECTS {
             assert!(seen.insert(*subject), "{subject} twice");
-            assert_eq!(subject.split('.').count(), 5, "{subject}: tgb.v1.<origin>.<aggregate>.<event>");
-            assert_ne!(origin_of(subject), Origin::Unspecified, "{subject}: unknown origin");
+            assert_eq!(
+                subject.split('.').count(),
+                5,
+                "{subject}: tgb.v1.<origin>.<aggregate>.<event>"
+            );
+            assert_ne!(
+                origin_of(subject),
+                Origin::Unspecified,
+                "{subject}: unknown origin"
+            );
             let ev = Event::empty_for(subject).unwrap();
             assert_eq!(ev.name(), *ty);
             assert_eq!(ev.subject(), *subject);

@@ -4,13 +4,19 @@
 use std::path::PathBuf;
 
 fn check(file: &str, built: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("generated").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("generated")
+        .join(file);
     if std::env::var_os("TGB_BLESS").is_some() {
         std::fs::write(&path, built).unwrap();
         return;
     }
-    let checked_in = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run TGB_BLESS=1 cargo test -p tgb-proto", path.display()));
+    let checked_in = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run TGB_BLESS=1 cargo test -p tgb-proto",
+            path.display()
+        )
+    });
     assert!(
         checked_in == built,
         "{} drifted from proto/: run TGB_BLESS=1 cargo test -p tgb-proto and commit",

@@ -1,0 +1,471 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tgb_bus::{Delivery, Handler, HandlerError, names};
+use tgb_proto::{BusEvent, Event, TgCommentAdded};
+use tgb_testkit::eventually;
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+fn body(d: &Delivery) -> String {
+    match &d.event {
+        Event::TgCommentAdded(c) => c.body.clone(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Fails transiently `fail` times (with an optional retry-after), then succeeds.
+struct Flaky {
+    fail: i64,
+    retry_after: Option<Duration>,
+    seen: Mutex<Vec<(i64, Instant)>>,
+    succeeded: AtomicUsize,
+}
+
+impl Handler for Flaky {
+    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((d.deliveries, Instant::now()));
+        if d.deliveries <= self.fail {
+            return Err(match self.retry_after {
+                Some(after) => HandlerError::retry_after("busy", after),
+                None => HandlerError::transient("target unavailable"),
+            });
+        }
+        self.succeeded.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_growing_delays_then_acked_once() {
+    let (_server, bus) = server_and_bus().await;
+    let spec = spec("flaky", &[TgCommentAdded::SUBJECT]);
+    let flaky = Arc::new(Flaky {
+        fail: 3,
+        retry_after: None,
+        seen: Mutex::new(Vec::new()),
+        succeeded: AtomicUsize::new(0),
+    });
+    bus.publisher().publish(&comment("C-1", "x")).await.unwrap();
+    let (stop, join) = spawn_consumer(&bus, spec.clone(), flaky.clone());
+    eventually("success", WAIT, || async {
+        (flaky.succeeded.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    eventually("acked", WAIT, || async {
+        (consumer_state(&bus, "flaky").await == (0, 0)).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+    let seen = flaky.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    for n in 1..seen.len() {
+        let gap = seen[n].1 - seen[n - 1].1;
+        let expected = spec.backoff(n as i64);
+        assert!(
+            gap >= expected,
+            "delivery {} came {gap:?} after the previous one, before its backoff {expected:?}",
+            n + 1
+        );
+    }
+    assert!(spec.backoff(3) > spec.backoff(2) && spec.backoff(2) > spec.backoff(1));
+    assert_eq!(
+        flaky.succeeded.load(Ordering::SeqCst),
+        1,
+        "handled successfully exactly once"
+    );
+    assert!(dead_letters(&bus).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_after_from_the_handler_is_honoured() {
+    let (_server, bus) = server_and_bus().await;
+    let after = Duration::from_millis(700);
+    let flaky = Arc::new(Flaky {
+        fail: 1,
+        retry_after: Some(after),
+        seen: Mutex::new(Vec::new()),
+        succeeded: AtomicUsize::new(0),
+    });
+    bus.publisher().publish(&comment("C-1", "x")).await.unwrap();
+    let (stop, join) = spawn_consumer(
+        &bus,
+        spec("after", &[TgCommentAdded::SUBJECT]),
+        flaky.clone(),
+    );
+    eventually("success", WAIT, || async {
+        (flaky.succeeded.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+    let seen = flaky.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[1].1 - seen[0].1 >= after,
+        "redelivered after {:?}",
+        seen[1].1 - seen[0].1
+    );
+}
+
+/// Refuses "poison" for good, keeps failing "sticky" transiently, handles the rest.
+struct Picky {
+    handled: Mutex<Vec<String>>,
+}
+
+impl Handler for Picky {
+    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+        match body(&d).as_str() {
+            "poison" => Err(HandlerError::permanent(
+                "partner key ZZ:NOPE has no account",
+            )),
+            "sticky" => Err(HandlerError::transient("target keeps answering 503")),
+            other => {
+                self.handled.lock().unwrap().push(other.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn poison_reaches_the_dlq_with_its_reason_and_the_messages_behind_it_are_processed() {
+    let (_server, bus) = server_and_bus().await;
+    let p = bus.publisher();
+    // All on one case, so they queue behind each other in this process.
+    let poison = comment("C-7", "poison");
+    p.publish(&comment("C-7", "before")).await.unwrap();
+    p.publish(&poison).await.unwrap();
+    p.publish(&comment("C-7", "sticky")).await.unwrap();
+    p.publish(&comment("C-7", "after")).await.unwrap();
+    // Bytes that are no event at all.
+    bus.jetstream()
+        .publish(
+            TgCommentAdded::SUBJECT,
+            bytes::Bytes::from_static(&[0xff, 0x01, 0x02]),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    p.publish(&comment("C-7", "last")).await.unwrap();
+
+    let picky = Arc::new(Picky {
+        handled: Mutex::new(Vec::new()),
+    });
+    let (stop, join) = spawn_consumer(
+        &bus,
+        spec("picky", &[TgCommentAdded::SUBJECT]),
+        picky.clone(),
+    );
+    let letters = eventually("three dead letters", WAIT, || async {
+        let l = dead_letters(&bus).await;
+        (l.len() == 3).then_some(l)
+    })
+    .await
+    .unwrap();
+    eventually("all acked or termed", WAIT, || async {
+        (consumer_state(&bus, "picky").await == (0, 0)).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+    assert_eq!(
+        *picky.handled.lock().unwrap(),
+        vec!["before", "after", "last"]
+    );
+
+    let by_kind: HashMap<String, _> = letters
+        .iter()
+        .map(|m| (m.headers.get(names::HDR_ERROR_KIND).unwrap().to_string(), m))
+        .collect();
+    let permanent = by_kind["permanent"];
+    assert_eq!(
+        permanent.subject.as_str(),
+        "tgb.dlq.picky.v1.tg.case.comment_added"
+    );
+    assert_eq!(
+        permanent.headers.get(names::HDR_ERROR).unwrap().as_str(),
+        "partner key ZZ:NOPE has no account"
+    );
+    assert_eq!(
+        permanent.headers.get(names::HDR_CONSUMER).unwrap().as_str(),
+        "picky"
+    );
+    assert_eq!(
+        permanent
+            .headers
+            .get(names::HDR_DELIVERIES)
+            .unwrap()
+            .as_str(),
+        "1"
+    );
+    assert_eq!(
+        permanent.payload.as_ref(),
+        prost::Message::encode_to_vec(&poison).as_slice(),
+        "original bytes"
+    );
+    assert_eq!(
+        permanent.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
+        Some(format!(
+            "dlq:picky:{}",
+            permanent.headers.get(names::HDR_ORIGINAL_SEQ).unwrap()
+        )),
+    );
+    let sticky = by_kind["max_deliver"];
+    assert_eq!(
+        sticky.headers.get(names::HDR_DELIVERIES).unwrap().as_str(),
+        "4"
+    );
+    assert!(
+        sticky
+            .headers
+            .get(names::HDR_ERROR)
+            .unwrap()
+            .as_str()
+            .contains("503")
+    );
+    let undecodable = by_kind["undecodable"];
+    assert!(
+        undecodable
+            .headers
+            .get(names::HDR_ERROR)
+            .unwrap()
+            .as_str()
+            .contains("TgCommentAdded")
+    );
+    assert_eq!(undecodable.payload.as_ref(), &[0xff, 0x01, 0x02]);
+}
+
+/// Records, per case, how many handlers run at once and in which order bodies arrive.
+struct Serial {
+    active: Mutex<HashMap<String, usize>>,
+    overlap: AtomicUsize,
+    order: Mutex<HashMap<String, Vec<String>>>,
+    total: AtomicUsize,
+}
+
+impl Handler for Serial {
+    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+        let case = match &d.event {
+            Event::TgCommentAdded(c) => c.case_id.clone(),
+            _ => unreachable!(),
+        };
+        {
+            let mut active = self.active.lock().unwrap();
+            let n = active.entry(case.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                self.overlap.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        // Simulated work, long enough for deliveries of the same case to pile up.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.order
+            .lock()
+            .unwrap()
+            .entry(case.clone())
+            .or_default()
+            .push(body(&d));
+        *self.active.lock().unwrap().get_mut(&case).unwrap() -= 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn two_events_of_one_entity_are_never_handled_at_once_and_keep_their_order() {
+    let (_server, bus) = server_and_bus().await;
+    let p = bus.publisher();
+    for i in 0..30 {
+        for case in ["C-A", "C-B", "C-C"] {
+            p.publish(&comment(case, &format!("{i:02}"))).await.unwrap();
+        }
+    }
+    let serial = Arc::new(Serial {
+        active: Mutex::new(HashMap::new()),
+        overlap: AtomicUsize::new(0),
+        order: Mutex::new(HashMap::new()),
+        total: AtomicUsize::new(0),
+    });
+    let (stop, join) = spawn_consumer(
+        &bus,
+        spec("serial", &[TgCommentAdded::SUBJECT]),
+        serial.clone(),
+    );
+    eventually("all handled", WAIT, || async {
+        (serial.total.load(Ordering::SeqCst) == 90).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+    assert_eq!(serial.overlap.load(Ordering::SeqCst), 0);
+    let expected: Vec<String> = (0..30).map(|i| format!("{i:02}")).collect();
+    for (case, bodies) in serial.order.lock().unwrap().iter() {
+        assert_eq!(bodies, &expected, "{case} in order");
+    }
+}
+
+/// Blocks until released, so a test can act while a handler runs.
+struct Blocking {
+    started: Notify,
+    release: Notify,
+    done: AtomicUsize,
+    deliveries: Mutex<Vec<i64>>,
+}
+
+impl Handler for Blocking {
+    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+        self.deliveries.lock().unwrap().push(d.deliveries);
+        self.started.notify_one();
+        self.release.notified().await;
+        self.done.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn blocking() -> Arc<Blocking> {
+    Arc::new(Blocking {
+        started: Notify::new(),
+        release: Notify::new(),
+        done: AtomicUsize::new(0),
+        deliveries: Mutex::new(Vec::new()),
+    })
+}
+
+#[tokio::test]
+async fn shutdown_while_a_handler_runs_finishes_and_acks_it() {
+    let (_server, bus) = server_and_bus().await;
+    bus.publisher().publish(&comment("C-1", "x")).await.unwrap();
+    let h = blocking();
+    let (stop, join) = spawn_consumer(&bus, spec("drain", &[TgCommentAdded::SUBJECT]), h.clone());
+    tokio::time::timeout(WAIT, h.started.notified())
+        .await
+        .unwrap();
+    stop.cancel();
+    // The runner waits for the handler in flight.
+    tokio::task::yield_now().await;
+    assert!(
+        !join.is_finished(),
+        "run_consumer returned with a handler in flight"
+    );
+    h.release.notify_one();
+    tokio::time::timeout(WAIT, join)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.done.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        consumer_state(&bus, "drain").await,
+        (0, 0),
+        "finished and acked"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_while_a_handler_runs_redelivers_the_message_after_restart() {
+    let (_server, bus) = server_and_bus().await;
+    bus.publisher().publish(&comment("C-1", "x")).await.unwrap();
+    let mut s = spec("crash", &[TgCommentAdded::SUBJECT]);
+    s.ack_wait = Duration::from_secs(1);
+    let first = blocking();
+    let (_stop, join) = spawn_consumer(&bus, s.clone(), first.clone());
+    tokio::time::timeout(WAIT, first.started.notified())
+        .await
+        .unwrap();
+    join.abort(); // the process dies: no ack, no nak
+    let _ = join.await;
+    assert_eq!(first.done.load(Ordering::SeqCst), 0);
+
+    let second = blocking();
+    second.release.notify_one(); // lets the redelivery complete at once
+    let (stop, join) = spawn_consumer(&bus, s, second.clone());
+    eventually("redelivered and handled", WAIT, || async {
+        (second.done.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    eventually("acked", WAIT, || async {
+        (consumer_state(&bus, "crash").await == (0, 0)).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+    assert_eq!(*second.deliveries.lock().unwrap(), vec![2]);
+}
+
+struct Count {
+    bodies: Mutex<Vec<String>>,
+}
+
+impl Handler for Count {
+    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+        self.bodies.lock().unwrap().push(body(&d));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_acked_publish_is_consumed_across_a_nats_server_restart() {
+    let (mut server, bus) = server_and_bus().await;
+    let count = Arc::new(Count {
+        bodies: Mutex::new(Vec::new()),
+    });
+    let (stop, join) = spawn_consumer(
+        &bus,
+        spec("restart", &[TgCommentAdded::SUBJECT]),
+        count.clone(),
+    );
+    let p = bus.publisher();
+    let mut acked = Vec::new();
+    for i in 0..204 {
+        if i == 100 {
+            server.stop().await;
+        }
+        if i == 102 {
+            server.start_again().await.unwrap();
+        }
+        let body = format!("m{i}");
+        // While the server is down a publish fails: the caller knows it may not be stored.
+        if p.publish(&comment(&format!("C-{}", i % 7), &body))
+            .await
+            .is_ok()
+        {
+            acked.push(body);
+        }
+    }
+    assert!(
+        acked.len() >= 200,
+        "publishes before and after the restart are acked ({} acked)",
+        acked.len()
+    );
+    eventually(
+        "every acked message consumed",
+        Duration::from_secs(60),
+        || async {
+            let seen = count.bodies.lock().unwrap().clone();
+            acked.iter().all(|b| seen.contains(b)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+}

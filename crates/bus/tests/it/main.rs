@@ -1,0 +1,7 @@
+//! tgb-bus against a real nats-server (one per test).
+
+mod consumer;
+mod provision;
+mod publish;
+mod support;
+mod tracing_context;
