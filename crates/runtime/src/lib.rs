@@ -1,1 +1,19 @@
-//! tgb-runtime
+//! tgb-runtime: what every tg-bridge service stands on.
+//!
+//! - [`config`]: defaults → TOML file (`TGB_CONFIG`) → `TGB_*` environment, validated, with
+//!   secrets that cannot be logged;
+//! - [`telemetry`]: tracing (pretty or JSON), OpenTelemetry spans over OTLP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, W3C trace-context propagation;
+//! - [`metrics`]: the process-wide Prometheus recorder;
+//! - [`http`]: the listener with `/healthz`, `/readyz`, `/metrics` and the service's routes;
+//! - [`shutdown`]: SIGTERM/ctrl-c → a cancellation token.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{BusSettings, Config, ConfigError, LogFormat, Settings};
+pub use tokio_util::sync::CancellationToken;
