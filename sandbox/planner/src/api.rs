@@ -180,7 +180,8 @@ async fn gate(AxState(p): AxState<Planner>, req: Request, next: Next) -> Respons
         Ok(c) => c,
         Err((e, client)) => return error_response(&e, &uuid::Uuid::new_v4().to_string(), &client),
     };
-    if let Some(secs) = p.take_throttle() {
+    let inner = req.extensions().get::<InnerBatchRequest>().is_some();
+    if let Some(secs) = p.take_throttle(inner) {
         let e = GraphError::new(
             429,
             "TooManyRequests",
@@ -684,11 +685,17 @@ async fn admin_races(AxState(p): AxState<Planner>, body: Bytes) -> Response {
 struct Throttle {
     n: u32,
     retry_after_secs: u64,
+    #[serde(default)]
+    in_batch: bool,
 }
 
 async fn admin_throttle(AxState(p): AxState<Planner>, body: Bytes) -> Response {
     admin_result(admin_json::<Throttle>(&body).map(|t| {
-        p.throttle_next(t.n, t.retry_after_secs);
+        if t.in_batch {
+            p.throttle_next_in_batch(t.n, t.retry_after_secs);
+        } else {
+            p.throttle_next(t.n, t.retry_after_secs);
+        }
         json!({"pending": t.n})
     }))
 }
@@ -724,6 +731,10 @@ async fn admin_update_task(
     }))
 }
 
+/// Marks a request that runs inside a `$batch`.
+#[derive(Clone, Copy)]
+pub(crate) struct InnerBatchRequest;
+
 /// Builds an inner request for `$batch` from its parts.
 pub(crate) fn inner_request(
     method: &str,
@@ -739,5 +750,6 @@ pub(crate) fn inner_request(
         .body(body.map(Body::from).unwrap_or_else(Body::empty))
         .map_err(|e| format!("invalid request: {e}"))?;
     *req.headers_mut() = headers.clone();
+    req.extensions_mut().insert(InnerBatchRequest);
     Ok(req)
 }

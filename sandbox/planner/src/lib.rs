@@ -130,6 +130,7 @@ impl Planner {
             "tasks": tasks,
             "pendingEtagRaces": st.races.len(),
             "pendingThrottles": st.throttle_remaining,
+            "pendingBatchThrottles": st.throttle_batch_remaining,
         })
     }
 
@@ -256,9 +257,21 @@ impl Planner {
         st.throttle_retry_after = retry_after_secs;
     }
 
-    /// Consumes one pending throttle, returning its Retry-After seconds.
-    pub(crate) fn take_throttle(&self) -> Option<u64> {
+    /// The next `n` requests *inside* `$batch` requests answer 429 with
+    /// `Retry-After: retry_after_secs` (each in its own inner response; the batch itself is 200).
+    pub fn throttle_next_in_batch(&self, n: u32, retry_after_secs: u64) {
         let mut st = self.state();
+        st.throttle_batch_remaining = n;
+        st.throttle_batch_retry_after = retry_after_secs;
+    }
+
+    /// Consumes one pending throttle, returning its Retry-After seconds.
+    pub(crate) fn take_throttle(&self, inner: bool) -> Option<u64> {
+        let mut st = self.state();
+        if inner && st.throttle_batch_remaining > 0 {
+            st.throttle_batch_remaining -= 1;
+            return Some(st.throttle_batch_retry_after);
+        }
         if st.throttle_remaining > 0 {
             st.throttle_remaining -= 1;
             Some(st.throttle_retry_after)

@@ -145,6 +145,8 @@ pub(crate) struct State {
     pub races: VecDeque<Race>,
     pub throttle_remaining: u32,
     pub throttle_retry_after: u64,
+    pub throttle_batch_remaining: u32,
+    pub throttle_batch_retry_after: u64,
 }
 
 fn sorted(map: &BTreeMap<String, Obj>, pred: impl Fn(&Obj) -> bool) -> Vec<&Obj> {

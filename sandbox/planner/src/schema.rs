@@ -189,7 +189,8 @@ fn build_registry() -> Result<Registry, String> {
     ] {
         let mut open_schema = json!({
             "type": ["object", "null"],
-            "additionalProperties": {"anyOf": [{"type": "null"}, {"$ref": format!("#/$defs/{value_def}")}]},
+            // A value is the item, or null to remove it (the value schemas admit null).
+            "additionalProperties": {"$ref": format!("#/$defs/{value_def}")},
         });
         if open.ends_with("ExternalReferences") {
             // Keys are encoded URLs: `.`, `:`, `@` and `#` must be escaped.
@@ -215,7 +216,7 @@ fn build_registry() -> Result<Registry, String> {
     defs.insert(
         "microsoft.graph.plannerAssignment".into(),
         json!({
-            "type": "object",
+            "type": ["object", "null"],
             "required": ["@odata.type"],
             "properties": {
                 "@odata.type": odata_type(&["plannerAssignment"]),
@@ -229,7 +230,7 @@ fn build_registry() -> Result<Registry, String> {
     defs.insert(
         "microsoft.graph.plannerChecklistItem".into(),
         json!({
-            "type": "object",
+            "type": ["object", "null"],
             "required": ["@odata.type"],
             "properties": {
                 "@odata.type": odata_type(&["plannerChecklistItem"]),
@@ -245,7 +246,7 @@ fn build_registry() -> Result<Registry, String> {
     defs.insert(
         "microsoft.graph.plannerExternalReference".into(),
         json!({
-            "type": "object",
+            "type": ["object", "null"],
             "required": ["@odata.type"],
             "properties": {
                 "@odata.type": odata_type(&["externalReference", "plannerExternalReference"]),
