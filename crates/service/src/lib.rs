@@ -1,0 +1,157 @@
+//! The start-up every tg-bridge service shares, so each service's `serve` only says what it
+//! consumes and which routes it adds:
+//!
+//! 1. [`connect`]: the bus from the settings (refuses NATS < 2.10, provisions idempotently);
+//! 2. [`Workers`]: consumers and loops, each stopping on the shared shutdown token;
+//! 3. [`run`]: the HTTP listener (`/healthz`, `/readyz` = bus ready, `/metrics`, the service's
+//!    routes) and the workers together; a worker that fails stops the whole service, and
+//!    shutdown drains in-flight messages before `run` returns.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use tgb_bus::{Bus, BusConfig, ConsumerSpec, Handler};
+use tgb_runtime::Config;
+use tgb_runtime::http::Readiness;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Connects to NATS as `service` with the configured URL, creds and `[bus]` settings.
+pub async fn connect(service: &str, config: &Config) -> anyhow::Result<Bus> {
+    let s = &config.settings;
+    let bus_config = BusConfig {
+        client_name: service.to_owned(),
+        replicas: s.bus.replicas,
+        duplicate_window: s.bus.duplicate_window(),
+        max_age: s.bus.max_age(),
+        dlq_max_age: s.bus.dlq_max_age(),
+    };
+    Bus::connect(&s.nats_url, s.nats_creds.as_deref(), bus_config)
+        .await
+        .with_context(|| format!("{service} cannot start"))
+}
+
+/// A consumer spec with the `[bus]` settings applied (deliveries, ack wait, concurrency).
+pub fn consumer_spec(config: &Config, name: &str, subjects: &[&str]) -> ConsumerSpec {
+    let b = &config.settings.bus;
+    ConsumerSpec {
+        max_deliver: b.max_deliver,
+        ack_wait: b.ack_wait(),
+        concurrency: b.concurrency,
+        ..ConsumerSpec::new(name, subjects)
+    }
+}
+
+/// `/readyz`: NATS connected and both streams present.
+struct BusReadiness(Bus);
+
+impl Readiness for BusReadiness {
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.0.ready())
+    }
+}
+
+/// The background work of a service: consumers and loops.
+pub struct Workers {
+    shutdown: CancellationToken,
+    set: JoinSet<anyhow::Result<()>>,
+}
+
+impl Workers {
+    /// Workers that stop when `shutdown` is cancelled.
+    pub fn new(shutdown: &CancellationToken) -> Self {
+        Workers {
+            shutdown: shutdown.clone(),
+            set: JoinSet::new(),
+        }
+    }
+
+    /// Runs `handler` over the durable consumer `spec`.
+    pub fn consumer<H: Handler>(&mut self, bus: &Bus, spec: ConsumerSpec, handler: Arc<H>) {
+        let bus = bus.clone();
+        let shutdown = self.shutdown.clone();
+        self.set.spawn(async move {
+            tgb_bus::run_consumer(&bus, spec, handler, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+
+    /// Runs a loop (a poller, a clock); it must return when the token is cancelled.
+    pub fn spawn<F, Fut>(&mut self, work: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.set.spawn(work(self.shutdown.clone()));
+    }
+}
+
+/// Serves HTTP on `listener` and runs `workers` until `shutdown` is cancelled or one of them
+/// fails; then stops everything, waits for in-flight work, and returns the first error.
+pub async fn run(
+    service: &'static str,
+    listener: tokio::net::TcpListener,
+    routes: axum::Router,
+    bus: Bus,
+    shutdown: CancellationToken,
+    mut workers: Workers,
+) -> anyhow::Result<()> {
+    let readiness: Arc<dyn Readiness> = Arc::new(BusReadiness(bus));
+    let http_shutdown = shutdown.clone();
+    workers.set.spawn(async move {
+        tgb_runtime::http::serve(listener, routes, readiness, http_shutdown)
+            .await
+            .context("HTTP listener failed")
+    });
+    tracing::info!(service, "started");
+    let mut first_error = None;
+    while let Some(done) = workers.set.join_next().await {
+        let result = done.context("a worker panicked").and_then(|r| r);
+        if let Err(e) = result {
+            if first_error.is_none() {
+                tracing::error!(
+                    service,
+                    error = format!("{e:#}"),
+                    "stopping: a worker failed"
+                );
+                first_error = Some(e);
+            }
+            shutdown.cancel();
+        } else if !shutdown.is_cancelled() {
+            // A worker may only end when asked to: anything else would silently stop work.
+            first_error
+                .get_or_insert_with(|| anyhow::anyhow!("a worker of {service} ended unexpectedly"));
+            shutdown.cancel();
+        }
+    }
+    tracing::info!(service, "stopped");
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The address a service listens on: `TGB_HTTP_ADDR`, else its default.
+pub fn http_addr(config: &Config, default: std::net::SocketAddr) -> std::net::SocketAddr {
+    config.settings.http_addr.unwrap_or(default)
+}
+
+/// The thin `main` of every service: configuration, telemetry, signals, then `serve`.
+pub async fn main<F, Fut>(
+    service: &'static str,
+    default_addr: std::net::SocketAddr,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Config, tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = Config::load()?;
+    let _telemetry = tgb_runtime::telemetry::init(service, config.settings.log_format);
+    let addr = http_addr(&config, default_addr);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{service}: cannot listen on {addr} (TGB_HTTP_ADDR)"))?;
+    let shutdown = tgb_runtime::shutdown::on_signals();
+    serve(config, listener, shutdown).await
+}

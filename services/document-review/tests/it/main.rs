@@ -1,0 +1,3 @@
+//! document-review in-process against a real nats-server.
+
+mod lifecycle;

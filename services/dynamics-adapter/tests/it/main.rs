@@ -1,0 +1,3 @@
+//! dynamics-adapter in-process against a real nats-server.
+
+mod lifecycle;

@@ -1,0 +1,3 @@
+//! planner-adapter in-process against a real nats-server.
+
+mod lifecycle;

@@ -1,0 +1,3 @@
+//! sla-monitor in-process against a real nats-server.
+
+mod lifecycle;

@@ -1,0 +1,3 @@
+//! tg-egress in-process against a real nats-server.
+
+mod lifecycle;

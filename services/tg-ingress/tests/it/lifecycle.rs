@@ -1,0 +1,121 @@
+use std::time::Duration;
+
+use tgb_runtime::Config;
+use tgb_testkit::{NatsServer, eventually};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown() {
+    tgb_testkit::init_test_tracing();
+    let nats = NatsServer::start().await.unwrap();
+    let config = Config::load_from(None, [("TGB_NATS_URL".to_owned(), nats.url())]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(tg_ingress::serve(config, listener, shutdown.clone()));
+
+    let http = reqwest::Client::new();
+    eventually("ready", Duration::from_secs(20), || async {
+        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+
+    // It provisioned the streams.
+    let js = async_nats_jetstream(&nats.url()).await;
+    js.get_stream("TGB_EVENTS").await.unwrap();
+    js.get_stream("TGB_DLQ").await.unwrap();
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), service)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+async fn async_nats_jetstream(url: &str) -> tgb_bus::async_nats::jetstream::Context {
+    let client = tgb_bus::async_nats::connect(url).await.unwrap();
+    tgb_bus::async_nats::jetstream::new(client)
+}
+
+#[tokio::test]
+async fn readyz_answers_503_while_nats_is_down_and_200_after_it_returns() {
+    tgb_testkit::init_test_tracing();
+    let mut nats = NatsServer::start().await.unwrap();
+    let config = Config::load_from(None, [("TGB_NATS_URL".to_owned(), nats.url())]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(tg_ingress::serve(config, listener, shutdown.clone()));
+    let http = reqwest::Client::new();
+    let status = |http: reqwest::Client, base: String| async move {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    eventually("ready", Duration::from_secs(20), || async {
+        (status(http.clone(), base.clone()).await == Some(200)).then_some(())
+    })
+    .await
+    .unwrap();
+    nats.stop().await;
+    eventually("not ready", Duration::from_secs(20), || async {
+        (status(http.clone(), base.clone()).await == Some(503)).then_some(())
+    })
+    .await
+    .unwrap();
+    nats.start_again().await.unwrap();
+    eventually("ready again", Duration::from_secs(30), || async {
+        (status(http.clone(), base.clone()).await == Some(200)).then_some(())
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_exits_0_on_sigterm() {
+    let nats = NatsServer::start().await.unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tg-ingress"))
+        .env("TGB_NATS_URL", nats.url())
+        .env("TGB_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env_remove("TGB_CONFIG")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    eventually("binary ready", Duration::from_secs(30), || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+}

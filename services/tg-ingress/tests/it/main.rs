@@ -1,0 +1,3 @@
+//! tg-ingress in-process against a real nats-server.
+
+mod lifecycle;
