@@ -266,6 +266,11 @@ impl fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// `TGB_HTTP_ADDR`, or the service's own default.
+    pub fn http_addr_or(&self, default: SocketAddr) -> SocketAddr {
+        self.http_addr.unwrap_or(default)
+    }
+
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             key: describe_key(figment, &[field]),

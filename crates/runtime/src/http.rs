@@ -40,6 +40,26 @@ impl Readiness for AlwaysReady {
     }
 }
 
+/// A [`Readiness`] from an async closure, e.g.
+/// `readiness_fn(move || { let c = client.clone(); async move { check(&c).await } })`.
+pub fn readiness_fn<F, Fut>(check: F) -> Arc<dyn Readiness>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    struct FnReadiness<F>(F);
+    impl<F, Fut> Readiness for FnReadiness<F>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin((self.0)())
+        }
+    }
+    Arc::new(FnReadiness(check))
+}
+
 /// Serves `service_routes` plus `/healthz`, `/readyz` and `/metrics` on `listener` until
 /// `shutdown` is cancelled; then stops accepting connections, lets in-flight requests finish,
 /// and returns.

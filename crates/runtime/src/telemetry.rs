@@ -49,11 +49,32 @@ pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
     if !endpoint_set {
         return TelemetryGuard { sink: None };
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    // The exporter reads the OTEL_EXPORTER_OTLP_* variables itself (endpoint + `/v1/traces`,
+    // headers, timeout).
+    attach_otlp(pipeline, None)
+}
+
+/// Like [`init`], but exports to the OTLP collector at `endpoint` (e.g.
+/// `http://127.0.0.1:4318`; `/v1/traces` is appended, as for `OTEL_EXPORTER_OTLP_ENDPOINT`)
+/// whatever the environment says.
+pub fn init_with_otlp_endpoint(
+    service: &'static str,
+    format: LogFormat,
+    endpoint: &str,
+) -> TelemetryGuard {
+    let pipeline = Pipeline::get(service, format);
+    let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    attach_otlp(pipeline, Some(traces))
+}
+
+fn attach_otlp(pipeline: &Pipeline, traces_endpoint: Option<String>) -> TelemetryGuard {
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .build();
-    match exporter {
+        .with_protocol(Protocol::HttpBinary);
+    if let Some(endpoint) = traces_endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    match builder.build() {
         Ok(exporter) => {
             let processor = BatchSpanProcessor::builder(exporter).build();
             TelemetryGuard {

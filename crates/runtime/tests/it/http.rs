@@ -7,7 +7,7 @@ use axum::routing::get;
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tgb_runtime::http::{AlwaysReady, Readiness};
+use tgb_runtime::http::{AlwaysReady, Readiness, readiness_fn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::support::{App, DEADLINE, wait_until};
@@ -170,4 +170,27 @@ async fn cancelling_the_token_lets_an_in_flight_request_finish_then_serve_return
         .expect("serve returns after draining")
         .unwrap();
     assert!(served.is_ok(), "{served:?}");
+}
+
+#[tokio::test]
+async fn readiness_from_a_closure_reports_its_reason() {
+    let readiness = readiness_fn(|| async { Err("NATS disconnected".to_owned()) });
+    let app = App::spawn(Router::new(), readiness).await;
+    let response = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["reason"],
+        "NATS disconnected"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_and_still_served_after() {
+    let app = App::spawn(Router::new(), Arc::new(AlwaysReady)).await;
+    let response = reqwest::get(app.url("/nope")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    app.stop().await.unwrap();
 }
