@@ -132,14 +132,25 @@ impl Query {
         Ok(())
     }
 
-    /// The query string for a follow-up link, with one extra option.
+    /// The query string for a follow-up link, with one extra option (`$` kept literal, as
+    /// Dataverse writes its links).
     pub fn link_query(&self, extra: (&str, String)) -> String {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &self.passthrough {
-            ser.append_pair(k, v);
-        }
-        ser.append_pair(extra.0, &extra.1);
-        ser.finish()
+        const VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b' ')
+            .add(b'"')
+            .add(b'#')
+            .add(b'%')
+            .add(b'&')
+            .add(b'+')
+            .add(b'<')
+            .add(b'>');
+        self.passthrough
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(std::iter::once((extra.0, extra.1.as_str())))
+            .map(|(k, v)| format!("{k}={}", percent_encoding::utf8_percent_encode(v, VALUE)))
+            .collect::<Vec<_>>()
+            .join("&")
     }
 }
 

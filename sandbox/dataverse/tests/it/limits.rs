@@ -1,0 +1,180 @@
+use std::time::Duration;
+
+use reqwest::{Method, Response};
+use tgb_sandbox_dataverse::{DataverseConfig, ServiceProtectionConfig};
+use tokio::time::Instant;
+
+use crate::{ALICE, BOB, error_of, eventually, start};
+
+fn limits(sp: ServiceProtectionConfig) -> DataverseConfig {
+    DataverseConfig {
+        service_protection: sp,
+        ..Default::default()
+    }
+}
+
+fn off() -> ServiceProtectionConfig {
+    ServiceProtectionConfig {
+        enabled: true,
+        requests_per_window: None,
+        window_ms: 1_000,
+        max_concurrent: None,
+        execution_time_ms: None,
+        penalty_ms: 1_000,
+    }
+}
+
+fn retry_after(r: &Response) -> u64 {
+    r.headers()["Retry-After"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn whoami(t: &crate::TestDv, user: uuid::Uuid) -> Response {
+    t.req(Method::GET, "WhoAmI", user).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn request_beyond_the_window_is_429_and_early_retries_lengthen_the_wait() {
+    // A 2 s window and a 2 s penalty: larger than any gap between two of these requests, so
+    // the rounded-up Retry-After values are comparable.
+    let t = start(limits(ServiceProtectionConfig {
+        requests_per_window: Some(3),
+        window_ms: 2_000,
+        penalty_ms: 2_000,
+        ..off()
+    }))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(whoami(&t, ALICE).await.status(), 200);
+    }
+    let r = whoami(&t, ALICE).await;
+    assert_eq!(r.status(), 429);
+    let first = retry_after(&r);
+    let (_, code, message) = error_of(r).await;
+    assert_eq!(code, "0x80072322");
+    assert!(
+        message.starts_with(
+            "Number of requests exceeded the limit of 3 over time window of 2 seconds."
+        )
+    );
+    assert!(
+        (1..=2).contains(&first),
+        "the oldest request leaves the 2 s window within 2 s: {first}"
+    );
+
+    // Sent before Retry-After elapsed: the wait grows by the 2 s penalty.
+    let r = whoami(&t, ALICE).await;
+    let answered = Instant::now();
+    assert_eq!(r.status(), 429);
+    let second = retry_after(&r);
+    assert!(second > first, "{second} > {first}");
+    assert!(second <= first + 2, "{second} <= {first} + 2");
+    assert_eq!(error_of(r).await.1, "0x80072322");
+
+    // Another caller is not affected.
+    assert_eq!(whoami(&t, BOB).await.status(), 200);
+    let usage = t.dv.limits_usage();
+    let alice = usage
+        .iter()
+        .find(|u| u.caller == ALICE.to_string())
+        .unwrap();
+    assert_eq!(alice.requests_in_window, 3);
+    assert_eq!(alice.rejected, 2);
+    assert!(alice.throttled_for_ms > 0);
+
+    // Waiting the announced Retry-After is enough.
+    tokio::time::sleep_until(answered + Duration::from_secs(second)).await;
+    assert_eq!(whoami(&t, ALICE).await.status(), 200);
+}
+
+#[tokio::test]
+async fn execution_time_budget_is_enforced() {
+    let t = start(limits(ServiceProtectionConfig {
+        execution_time_ms: Some(0),
+        ..off()
+    }))
+    .await;
+    assert_eq!(whoami(&t, ALICE).await.status(), 200);
+    // The first request used some execution time; wait until it is on the books.
+    eventually(|| {
+        let u = t.dv.limits_usage();
+        async move {
+            u.iter()
+                .any(|u| u.in_flight == 0 && u.requests_in_window == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    let r = whoami(&t, ALICE).await;
+    assert_eq!(r.status(), 429);
+    assert!(retry_after(&r) >= 1);
+    let (_, code, message) = error_of(r).await;
+    assert_eq!(code, "0x80072321");
+    assert!(message.starts_with(
+        "Combined execution time of incoming requests exceeded limit of 0 milliseconds"
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_requests_beyond_the_limit_are_429() {
+    let t = start(limits(ServiceProtectionConfig {
+        max_concurrent: Some(2),
+        ..off()
+    }))
+    .await;
+    let hold = t.dv.hold_requests();
+    let a = tokio::spawn(t.req(Method::GET, "WhoAmI", ALICE).send());
+    let b = tokio::spawn(t.req(Method::GET, "WhoAmI", ALICE).send());
+    eventually(|| {
+        let u = t.dv.limits_usage();
+        async move { u.iter().any(|u| u.in_flight == 2).then_some(()) }
+    })
+    .await;
+    let r = whoami(&t, ALICE).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(retry_after(&r), 1);
+    let (_, code, message) = error_of(r).await;
+    assert_eq!(code, "0x80072326");
+    assert_eq!(
+        message,
+        "Number of concurrent requests exceeded the limit of 2."
+    );
+    drop(hold);
+    assert_eq!(a.await.unwrap().unwrap().status(), 200);
+    assert_eq!(b.await.unwrap().unwrap().status(), 200);
+    // Concurrency does not throttle afterwards.
+    assert_eq!(whoami(&t, ALICE).await.status(), 200);
+}
+
+#[tokio::test]
+async fn limits_are_visible_and_configurable_over_the_admin_api() {
+    let t = start(limits(off())).await;
+    whoami(&t, ALICE).await;
+    let v: serde_json::Value = t
+        .client
+        .get(format!("{}/_sandbox/limits", t.root))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["usage"][0]["caller"], ALICE.to_string());
+    let r = t
+        .client
+        .put(format!("{}/_sandbox/limits", t.root))
+        .json(&serde_json::json!({"enabled": true, "requests_per_window": 1, "window_ms": 60000,
+                                 "max_concurrent": null, "execution_time_ms": null, "penalty_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        whoami(&t, ALICE).await.status(),
+        429,
+        "one request already in the window"
+    );
+}
