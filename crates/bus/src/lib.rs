@@ -9,9 +9,11 @@
 
 mod bus;
 mod consumer;
+pub mod links;
 pub mod names;
 mod provision;
 mod publish;
+pub mod sync;
 pub mod trace;
 
 pub use async_nats;

@@ -1,6 +1,7 @@
 //! tgb-bus against a real nats-server (one per test).
 
 mod consumer;
+mod kv;
 mod provision;
 mod publish;
 mod support;

@@ -1,0 +1,146 @@
+//! `tgb_sync`: per entity and target, the last version applied and the fingerprint of what
+//! tg-bridge itself last wrote. Adapters use it to drop stale events (older version) and
+//! echoes (a detected change equal to our own last write).
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::links::encode_token;
+
+/// What tg-bridge knows of one entity in one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The source version last applied (TG revision, Dataverse versionnumber, Planner ETag).
+    pub version: String,
+    /// SHA-256 (hex) of the fields tg-bridge last wrote to the target.
+    pub fingerprint: String,
+}
+
+/// A KV operation on `tgb_sync` failed.
+#[derive(Debug, thiserror::Error)]
+#[error("tgb_sync {key}: {reason}")]
+pub struct SyncError {
+    /// The key.
+    pub key: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// The fingerprint of a set of written fields: order-independent over `(name, value)` pairs.
+pub fn fingerprint<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let mut pairs: Vec<(&str, String)> = fields.into_iter().collect();
+    pairs.sort();
+    let mut h = Sha256::new();
+    for (k, v) in pairs {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares versions: numbers numerically (TG revisions, Dataverse versionnumbers), else as text.
+pub fn is_newer(candidate: &str, last: &str) -> bool {
+    match (candidate.parse::<u64>(), last.parse::<u64>()) {
+        (Ok(c), Ok(l)) => c > l,
+        _ => candidate != last,
+    }
+}
+
+/// The sync-state bucket.
+#[derive(Clone, Debug)]
+pub struct Sync {
+    kv: kv::Store,
+}
+
+impl Sync {
+    /// Over the `tgb_sync` store.
+    pub fn new(kv: kv::Store) -> Self {
+        Sync { kv }
+    }
+
+    fn key(target: &str, entity: &str) -> String {
+        format!("{}.{}", encode_token(target), encode_token(entity))
+    }
+
+    /// The state of `entity` (e.g. `tg:case:C-1`) in `target` (e.g. `dataverse`), with the KV
+    /// revision to pass to [`Sync::put`].
+    pub async fn get(&self, target: &str, entity: &str) -> Result<(SyncState, u64), SyncError> {
+        let key = Self::key(target, entity);
+        match self.kv.entry(&key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                let state = serde_json::from_slice(&e.value).map_err(|err| SyncError {
+                    key: key.clone(),
+                    reason: err.to_string(),
+                })?;
+                Ok((state, e.revision))
+            }
+            Ok(_) => Ok((SyncState::default(), 0)),
+            Err(e) => Err(SyncError {
+                key,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Stores the state if the entry is still at `revision` (0 = absent); `Ok(false)` when
+    /// another writer got there first.
+    pub async fn put(
+        &self,
+        target: &str,
+        entity: &str,
+        state: &SyncState,
+        revision: u64,
+    ) -> Result<bool, SyncError> {
+        let key = Self::key(target, entity);
+        let value = serde_json::to_vec(state).expect("serialisable").into();
+        let result = if revision == 0 {
+            self.kv
+                .create(&key, value)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            self.kv
+                .update(&key, value, revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(reason)
+                if reason.contains("wrong last sequence") || reason.contains("already exists") =>
+            {
+                Ok(false)
+            }
+            Err(reason) => Err(SyncError { key, reason }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_ignore_field_order() {
+        let a = fingerprint([("title", "x".into()), ("status", "1".into())]);
+        let b = fingerprint([("status", "1".into()), ("title", "x".into())]);
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            fingerprint([("status", "2".into()), ("title", "x".into())])
+        );
+    }
+
+    #[test]
+    fn numeric_versions_compare_as_numbers() {
+        assert!(is_newer("10", "9"));
+        assert!(!is_newer("9", "10"));
+        assert!(!is_newer("7", "7"));
+        assert!(is_newer("W/\"2\"", "W/\"1\""));
+    }
+}
