@@ -209,6 +209,7 @@ fn classify(path: &str) -> Option<(&'static str, String, bool)> {
     ] {
         if let Some(rest) = path.strip_prefix(prefix)
             && (rest.is_empty() || rest.starts_with('/'))
+            && !rest.starts_with("/_sandbox/")
         {
             return Some((system, rest.to_owned(), false));
         }

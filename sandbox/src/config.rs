@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use tgb_sandbox_dataverse::DataverseConfig;
+use tgb_sandbox_planner::PlannerConfig;
 use uuid::Uuid;
 
 use crate::faults::FaultRule;
@@ -20,6 +22,10 @@ pub struct SandboxConfig {
     pub identity: IdentityConfig,
     /// The Trading Grid emulator.
     pub tg: TgConfig,
+    /// The Dataverse emulator (its own crate documents the keys).
+    pub dataverse: DataverseConfig,
+    /// The Planner emulator (its own crate documents the keys).
+    pub planner: PlannerConfig,
     /// Fault rules active from the start.
     pub faults: Vec<FaultRule>,
     /// Seed of the random generator behind fault rates (deterministic tests).
@@ -34,6 +40,8 @@ impl Default for SandboxConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             identity: IdentityConfig::default(),
             tg: TgConfig::default(),
+            dataverse: DataverseConfig::default(),
+            planner: PlannerConfig::default(),
             faults: Vec::new(),
             fault_seed: 42,
             call_log_capacity: 100_000,

@@ -175,7 +175,12 @@ fn records_table(snapshot: &Value, key: &str, columns: &[&str]) -> String {
 async fn page(State(app): State<App>) -> Html<String> {
     let tg = serde_json::to_value(app.tg.snapshot()).unwrap_or_default();
     let dataverse = app.dataverse.snapshot();
-    let planner = app.planner.snapshot();
+    // Planner's snapshot lists `{task, details}` pairs: show the tasks.
+    let planner_tasks: Vec<Value> = app.planner.snapshot()["tasks"]
+        .as_array()
+        .map(|a| a.iter().map(|t| t["task"].clone()).collect())
+        .unwrap_or_default();
+    let planner = json!({"tasks": planner_tasks});
     let mut calls = String::from(
         "<table><tr><th>#</th><th>at</th><th>system</th><th>method</th><th>path</th><th>status</th><th>caller</th><th>ms</th></tr>",
     );
@@ -261,7 +266,7 @@ th {{ background: #f0f0f0; }} .empty {{ color: #888; }}
             ]
         ),
         incidents = records_table(
-            &dataverse,
+            &dataverse["tables"],
             "incidents",
             &[
                 "incidentid",

@@ -62,13 +62,18 @@ impl Deref for App {
 
 /// A fault that an emulator cannot offer.
 #[derive(Debug, thiserror::Error)]
-#[error("etag races are not offered for system '{0}'")]
+#[error("etag races are offered for dataverse and graph, not for '{0}'")]
 pub struct UnsupportedFault(pub String);
 
-/// Forces the next `n` conditional writes of an emulator to meet a concurrent change.
-/// The emulators do not expose `force_etag_races` yet, so no system offers this fault.
-pub(crate) fn force_etag_races(_app: &App, system: &str, _n: u32) -> Result<(), UnsupportedFault> {
-    Err(UnsupportedFault(system.to_owned()))
+/// Forces the next `n` conditional writes (If-Match) of an emulator to meet a concurrent
+/// change first (the row moves on, the write gets 412).
+pub(crate) fn force_etag_races(app: &App, system: &str, n: u32) -> Result<(), UnsupportedFault> {
+    match system {
+        "dataverse" => app.dataverse.force_etag_races(n),
+        "graph" | "planner" => app.planner.force_etag_races(n),
+        other => return Err(UnsupportedFault(other.to_owned())),
+    }
+    Ok(())
 }
 
 /// A running sandbox. Dropping it stops the server too; [`Sandbox::shutdown`] also waits.
@@ -105,8 +110,8 @@ impl Sandbox {
             tg: Tg::new(&config.tg, sender),
             faults,
             calls: CallLog::new(config.call_log_capacity),
-            dataverse: Dataverse::default(),
-            planner: Planner::default(),
+            dataverse: Dataverse::new(config.dataverse.clone()),
+            planner: Planner::new(config.planner.clone()),
         }));
 
         let router = build_router(&app, app.dataverse.router(), app.planner.router());

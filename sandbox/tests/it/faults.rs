@@ -272,10 +272,21 @@ async fn scripted_calls_are_never_faulted() {
 }
 
 #[tokio::test]
-async fn etag_races_are_refused_for_a_system_that_does_not_offer_them() {
+async fn etag_races_reach_dataverse_and_planner_and_are_refused_for_tg() {
     let sb = start().await;
+    let url = format!("{}/_sandbox/faults/etag-races", sb.base_url());
     let r = http()
-        .post(format!("{}/_sandbox/faults/etag-races", sb.base_url()))
+        .post(&url)
+        .json(&json!({"system": "dataverse", "n": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(sb.dataverse().snapshot()["pending_etag_races"], 2);
+    sb.force_etag_races("graph", 3).unwrap();
+    assert_eq!(sb.planner().snapshot()["pendingEtagRaces"], 3);
+    let r = http()
+        .post(&url)
         .json(&json!({"system": "tg", "n": 2}))
         .send()
         .await

@@ -263,3 +263,48 @@ async fn acting_as_a_named_user_needs_no_token_and_is_logged_as_that_user() {
         "unknown_user"
     );
 }
+
+async fn create_account(url: &str, token: Option<&str>, name: &str) -> Value {
+    let mut rb = http()
+        .post(format!("{url}/api/data/v9.2/accounts"))
+        .header("prefer", "return=representation")
+        .json(&serde_json::json!({"name": name}));
+    if let Some(t) = token {
+        rb = rb.bearer_auth(t);
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn dataverse_records_the_application_user_or_the_named_user_as_the_writer() {
+    let sb = start().await;
+    let token: Value = entra_token(&sb, &format!("{}/.default", sb.dataverse_url()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let by_app = create_account(&sb.dataverse_url(), token["access_token"].as_str(), "Acme").await;
+    assert_eq!(
+        by_app["_modifiedby_value"],
+        "7d3c0b1e-0000-4000-8000-000000000001"
+    );
+    let by_agent = create_account(&sb.dataverse_url_as("agent"), None, "Globex").await;
+    assert_eq!(
+        by_agent["_modifiedby_value"],
+        "2a1b0c3d-0000-4000-8000-000000000101"
+    );
+}
+
+#[tokio::test]
+async fn emulator_admin_routes_need_no_token_and_are_not_logged() {
+    let sb = start().await;
+    let r = http()
+        .get(format!("{}/_sandbox/snapshot", sb.dataverse_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(sb.calls().counts().total, 0);
+}
