@@ -542,7 +542,8 @@ impl Config {
         })
     }
 
-    /// The merged sources, for anything [`Config::section`] does not cover.
+    /// The merged sources, for anything [`Config::section`] does not cover. They hold secrets
+    /// in the clear: never log them.
     pub fn figment(&self) -> &Figment {
         &self.figment
     }

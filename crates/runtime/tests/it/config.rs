@@ -410,6 +410,14 @@ fn section_with_a_bad_value_names_the_key_path() {
     let text = config.section::<Sla>("sla").unwrap_err().to_string();
     assert!(text.starts_with("sla.warn_after_mins (in "), "{text}");
 
+    let config = load(
+        toml_file("").path(),
+        &[("TGB_SLA__WARN_AFTER_MINS", "soon")],
+    )
+    .unwrap();
+    let text = config.section::<Sla>("sla").unwrap_err().to_string();
+    assert!(text.starts_with("TGB_SLA__WARN_AFTER_MINS:"), "{text}");
+
     let file = toml_file("[routing]\nrules = []\n");
     let config = load(file.path(), &[]).unwrap();
     let text = config
