@@ -1,0 +1,226 @@
+//! The rate governor: every request of one identity to one target goes through one
+//! [`Governor`], which keeps it inside the target's service-protection limits.
+//!
+//! - A token bucket sized so that no sliding window of `window` ever holds more than
+//!   `requests_per_window` requests: rate = `headroom × limit / window`, burst = the rest of
+//!   the limit, so burst + rate × window = limit. (Dataverse: 6000 / 300 s.)
+//! - At most `max_concurrent` requests in flight (Dataverse allows 52; we stay well under).
+//! - [`Governor::pause_for`]: on any 429 the whole lane waits `Retry-After` before its next
+//!   request; a later, longer `Retry-After` extends the pause, a shorter one never shortens it.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Limits of one lane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernorConfig {
+    /// Requests the target allows per window (Dataverse: 6000). 0 = no rate limit.
+    pub requests_per_window: u32,
+    /// The window, seconds (Dataverse: 300).
+    pub window_secs: f64,
+    /// Share of the limit spent at the steady rate (the rest is the burst); 0 < h ≤ 1.
+    pub headroom: f64,
+    /// Requests in flight at once (Dataverse allows 52).
+    pub max_concurrent: usize,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        GovernorConfig {
+            requests_per_window: 6000,
+            window_secs: 300.0,
+            headroom: 0.9,
+            max_concurrent: 16,
+        }
+    }
+}
+
+impl GovernorConfig {
+    /// No rate limit, `max_concurrent` at once (benchmarks with limits off).
+    pub fn unlimited(max_concurrent: usize) -> Self {
+        GovernorConfig {
+            requests_per_window: 0,
+            max_concurrent,
+            ..GovernorConfig::default()
+        }
+    }
+
+    fn quota(&self) -> Option<Quota> {
+        let limit = f64::from(self.requests_per_window);
+        if limit < 1.0 || self.window_secs <= 0.0 {
+            return None;
+        }
+        let headroom = self.headroom.clamp(0.01, 1.0);
+        let rate_per_sec = headroom * limit / self.window_secs;
+        let burst = ((1.0 - headroom) * limit).floor().max(1.0) as u32;
+        let period = Duration::from_secs_f64(1.0 / rate_per_sec);
+        Some(
+            Quota::with_period(period)
+                .expect("period is positive")
+                .allow_burst(NonZeroU32::new(burst).expect("burst ≥ 1")),
+        )
+    }
+}
+
+/// A snapshot of a lane, for `tgb status` and metrics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GovernorState {
+    /// The identity and target, e.g. `dataverse:app-user`.
+    pub lane: String,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// How long the lane still waits after a 429, if paused.
+    pub paused_for: Option<Duration>,
+    /// 429s reported to this lane.
+    pub throttled: u64,
+}
+
+/// One lane: an identity against one target.
+#[derive(Debug)]
+pub struct Governor {
+    lane: String,
+    config: GovernorConfig,
+    limiter: Option<DefaultDirectRateLimiter>,
+    slots: Arc<Semaphore>,
+    paused_until: Mutex<Option<Instant>>,
+    throttled: Mutex<u64>,
+}
+
+/// Held while a request is in flight; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Permit {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Governor {
+    /// A lane named `lane` (e.g. `dataverse:<client id>`).
+    pub fn new(lane: impl Into<String>, config: GovernorConfig) -> Arc<Governor> {
+        Arc::new(Governor {
+            lane: lane.into(),
+            limiter: config.quota().map(RateLimiter::direct),
+            slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            config,
+            paused_until: Mutex::new(None),
+            throttled: Mutex::new(0),
+        })
+    }
+
+    /// The lane's name.
+    pub fn lane(&self) -> &str {
+        &self.lane
+    }
+
+    /// The lane's limits.
+    pub fn config(&self) -> &GovernorConfig {
+        &self.config
+    }
+
+    /// Waits until a request may be sent: no pause in force, a free slot, a token.
+    pub async fn acquire(&self) -> Permit {
+        let started = Instant::now();
+        let slot = loop {
+            self.wait_out_pause().await;
+            let slot = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+            // A 429 may have arrived while we waited for the slot or the token.
+            if self.pause_remaining().is_none() {
+                break slot;
+            }
+            drop(slot);
+        };
+        metrics::histogram!("tgb_governor_wait_seconds", "lane" => self.lane.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("tgb_governor_in_flight", "lane" => self.lane.clone())
+            .set((self.config.max_concurrent - self.slots.available_permits()) as f64);
+        Permit { _slot: slot }
+    }
+
+    /// The target answered 429 with `retry_after`: the whole lane waits that long.
+    pub fn pause_for(&self, retry_after: Duration) {
+        let until = Instant::now() + retry_after;
+        let mut paused = self.paused_until.lock().unwrap();
+        if paused.is_none_or(|current| until > current) {
+            *paused = Some(until);
+        }
+        *self.throttled.lock().unwrap() += 1;
+        metrics::counter!("tgb_governor_throttled_total", "lane" => self.lane.clone()).increment(1);
+    }
+
+    /// How long the current pause still lasts.
+    pub fn pause_remaining(&self) -> Option<Duration> {
+        let paused = *self.paused_until.lock().unwrap();
+        paused
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// A snapshot of the lane.
+    pub fn state(&self) -> GovernorState {
+        GovernorState {
+            lane: self.lane.clone(),
+            in_flight: self.config.max_concurrent.max(1) - self.slots.available_permits(),
+            paused_for: self.pause_remaining(),
+            throttled: *self.throttled.lock().unwrap(),
+        }
+    }
+
+    async fn wait_out_pause(&self) {
+        while let Some(remaining) = self.pause_remaining() {
+            tokio::time::sleep(remaining).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_never_exceeds_the_window_limit() {
+        let c = GovernorConfig::default();
+        let rate = c.headroom * 6000.0 / 300.0;
+        let burst = ((1.0 - c.headroom) * 6000.0).floor();
+        assert!(burst + rate * 300.0 <= 6000.0 + 1e-9);
+        assert!(c.quota().is_some());
+        assert!(GovernorConfig::unlimited(4).quota().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_the_whole_lane_and_a_shorter_one_never_shortens_it() {
+        let g = Governor::new("t", GovernorConfig::unlimited(4));
+        g.pause_for(Duration::from_secs(10));
+        g.pause_for(Duration::from_secs(2));
+        let started = Instant::now();
+        let _p = g.acquire().await;
+        assert!(started.elapsed() >= Duration::from_secs(10));
+        assert_eq!(g.state().throttled, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded() {
+        let g = Governor::new("t", GovernorConfig::unlimited(2));
+        let a = g.acquire().await;
+        let _b = g.acquire().await;
+        assert_eq!(g.state().in_flight, 2);
+        let waiting = tokio::time::timeout(Duration::from_secs(1), g.acquire()).await;
+        assert!(waiting.is_err(), "a third request waits for a slot");
+        drop(a);
+        let _c = tokio::time::timeout(Duration::from_secs(1), g.acquire())
+            .await
+            .unwrap();
+    }
+}
