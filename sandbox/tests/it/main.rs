@@ -3,6 +3,7 @@
 mod calls;
 mod common;
 mod config;
+mod contract;
 mod faults;
 mod identity;
 mod page;

@@ -545,3 +545,27 @@ async fn internal_comment_visibility_is_recorded() {
     assert_eq!(comments[0].visibility, "internal");
     assert_eq!(comments[0].source, "api");
 }
+
+#[tokio::test]
+async fn an_idempotency_key_is_forgotten_after_its_ttl() {
+    let mut config = tgb_sandbox::SandboxConfig::default();
+    config.tg.idempotency_ttl_secs = 1;
+    let sb = start_with(config).await;
+    let api = Api::new(&sb).await;
+    let case_id = raise_case(&sb, "ttl").await;
+    let path = format!("/v1/cases/{case_id}/comments");
+    let body = json!({"body": "once", "author": {"name": "Dana", "side": "internal"}, "visibility": "partner"});
+    let post = || {
+        api.req(reqwest::Method::POST, &path)
+            .header("idempotency-key", "evt-ttl")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
+    wait_for(5, || async {
+        let r = post().await.unwrap();
+        (!r.headers().contains_key("idempotent-replayed")).then_some(())
+    })
+    .await;
+    assert_eq!(sb.tg().comments(&case_id).len(), 2);
+}
