@@ -11,8 +11,9 @@
 //! Every call sets the global W3C [`TraceContextPropagator`]; [`inject_context`] and
 //! [`extract_context`] carry the context over HTTP headers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -47,7 +48,7 @@ pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
     let pipeline = Pipeline::get(service, format);
     let endpoint_set = std::env::var(OTLP_ENDPOINT_ENV).is_ok_and(|v| !v.trim().is_empty());
     if !endpoint_set {
-        return TelemetryGuard { sink: None };
+        return TelemetryGuard { _sink: None };
     }
     // The exporter reads the OTEL_EXPORTER_OTLP_* variables itself (endpoint + `/v1/traces`,
     // headers, timeout).
@@ -68,22 +69,28 @@ pub fn init_with_otlp_endpoint(
 }
 
 fn attach_otlp(pipeline: &Pipeline, traces_endpoint: Option<String>) -> TelemetryGuard {
+    // One exporter per endpoint however often `init` runs (e.g. several services in one
+    // process): otherwise every span would be sent once per call.
+    let mut shared = pipeline.otlp.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(sink) = shared.get(&traces_endpoint).and_then(Weak::upgrade) {
+        return TelemetryGuard { _sink: Some(sink) };
+    }
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary);
-    if let Some(endpoint) = traces_endpoint {
-        builder = builder.with_endpoint(endpoint);
+    if let Some(endpoint) = &traces_endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
     }
     match builder.build() {
         Ok(exporter) => {
             let processor = BatchSpanProcessor::builder(exporter).build();
-            TelemetryGuard {
-                sink: Some(pipeline.attach(processor, true)),
-            }
+            let sink = pipeline.attach(processor, true);
+            shared.insert(traces_endpoint, Arc::downgrade(&sink));
+            TelemetryGuard { _sink: Some(sink) }
         }
         Err(error) => {
             tracing::warn!(%error, "OTLP span exporter could not be built; spans are not exported");
-            TelemetryGuard { sink: None }
+            TelemetryGuard { _sink: None }
         }
     }
 }
@@ -94,35 +101,17 @@ fn attach_otlp(pipeline: &Pipeline, traces_endpoint: Option<String>) -> Telemetr
 pub fn init_with_exporter(service: &'static str, exporter: InMemorySpanExporter) -> TelemetryGuard {
     let pipeline = Pipeline::get(service, LogFormat::Pretty);
     TelemetryGuard {
-        sink: Some(pipeline.attach(SimpleSpanProcessor::new(exporter), false)),
+        _sink: Some(pipeline.attach(SimpleSpanProcessor::new(exporter), false)),
     }
 }
 
-/// Keeps a span exporter attached; on drop, flushes it and shuts it down.
+/// Keeps a span exporter attached. When the last guard of an exporter drops, the exporter is
+/// detached, flushed and shut down.
 #[must_use = "dropping the guard stops span export"]
 #[derive(Debug)]
 pub struct TelemetryGuard {
-    sink: Option<Sink>,
-}
-
-impl Drop for TelemetryGuard {
-    fn drop(&mut self) {
-        let Some(sink) = self.sink.take() else {
-            return;
-        };
-        let Some(pipeline) = PIPELINE.get() else {
-            return;
-        };
-        pipeline.sinks.detach(sink.id);
-        if let Err(error) = sink.processor.force_flush() {
-            eprintln!("telemetry: flushing spans failed: {error}");
-        }
-        if sink.shutdown_on_drop
-            && let Err(error) = sink.processor.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
-        {
-            eprintln!("telemetry: shutting the span exporter down failed: {error}");
-        }
-    }
+    /// Held for its `Drop`.
+    _sink: Option<Arc<Sink>>,
 }
 
 /// The W3C trace context of `headers` (an empty context when they carry none).
@@ -139,6 +128,8 @@ static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
 
 struct Pipeline {
     sinks: Arc<Sinks>,
+    /// The OTLP exporters by traces endpoint (`None`: from the environment).
+    otlp: Mutex<HashMap<Option<String>, Weak<Sink>>>,
     resource: Resource,
     /// Kept so the provider (and its span processor) lives as long as the process.
     _provider: SdkTracerProvider,
@@ -191,20 +182,25 @@ impl Pipeline {
         }
         Pipeline {
             sinks,
+            otlp: Mutex::default(),
             resource,
             _provider: provider,
         }
     }
 
-    fn attach<P: SpanProcessor + 'static>(&self, mut processor: P, shutdown_on_drop: bool) -> Sink {
+    fn attach<P: SpanProcessor + 'static>(
+        &self,
+        mut processor: P,
+        shutdown_on_drop: bool,
+    ) -> Arc<Sink> {
         processor.set_resource(&self.resource);
         let processor: Arc<dyn SpanProcessor> = Arc::new(processor);
         let id = self.sinks.attach(processor.clone());
-        Sink {
+        Arc::new(Sink {
             id,
             processor,
             shutdown_on_drop,
-        }
+        })
     }
 }
 
@@ -212,11 +208,28 @@ fn set_propagator() {
     global::set_text_map_propagator(TraceContextPropagator::new());
 }
 
+/// An attached span processor; detached, flushed and (for real exporters) shut down on drop.
 #[derive(Debug)]
 struct Sink {
     id: u64,
     processor: Arc<dyn SpanProcessor>,
     shutdown_on_drop: bool,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(pipeline) = PIPELINE.get() {
+            pipeline.sinks.detach(self.id);
+        }
+        if let Err(error) = self.processor.force_flush() {
+            eprintln!("telemetry: flushing spans failed: {error}");
+        }
+        if self.shutdown_on_drop
+            && let Err(error) = self.processor.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+        {
+            eprintln!("telemetry: shutting the span exporter down failed: {error}");
+        }
+    }
 }
 
 /// The span processors attached right now.

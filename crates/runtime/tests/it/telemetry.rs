@@ -160,6 +160,33 @@ async fn spans_are_exported_over_otlp_http_protobuf_and_flushed_when_the_guard_d
     );
 }
 
+#[tokio::test]
+async fn repeated_init_shares_one_otlp_exporter_so_each_span_is_sent_once() {
+    let (endpoint, mut exports) = spawn_collector().await;
+    let first = telemetry::init_with_otlp_endpoint("runtime-it", LogFormat::Pretty, &endpoint);
+    let second = telemetry::init_with_otlp_endpoint("runtime-it", LogFormat::Pretty, &endpoint);
+    // The exporter outlives the first guard while another one holds it.
+    tokio::task::spawn_blocking(move || drop(first))
+        .await
+        .unwrap();
+
+    let span_name = format!("otlp-shared-check-{}", std::process::id());
+    tracing::info_span!("check", otel.name = %span_name).in_scope(|| {});
+    tokio::task::spawn_blocking(move || drop(second))
+        .await
+        .unwrap();
+
+    // Shutting the exporter down waits for the collector's answers, so every export request
+    // has been recorded by now.
+    let mut sent = 0;
+    while let Ok((_, body)) = exports.try_recv() {
+        if contains(&body, span_name.as_bytes()) {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 1, "the span is exported exactly once");
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
