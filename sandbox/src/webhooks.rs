@@ -156,9 +156,12 @@ struct SenderInner {
     retry: Mutex<RetryConfig>,
     client: reqwest::Client,
     cancel: CancellationToken,
+    /// Deliveries run here even when an event is raised from outside the runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 impl WebhookSender {
+    /// Must be called within a tokio runtime (deliveries are spawned on it).
     pub(crate) fn new(retry: RetryConfig, cancel: CancellationToken) -> Self {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -170,6 +173,7 @@ impl WebhookSender {
                 retry: Mutex::new(retry),
                 client,
                 cancel,
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -306,7 +310,7 @@ impl WebhookSender {
                 kind: event.kind.clone(),
                 body: body.clone(),
             };
-            tokio::spawn(delivery.run());
+            self.inner.runtime.spawn(delivery.run());
         }
     }
 }

@@ -294,3 +294,23 @@ async fn etag_races_reach_dataverse_and_planner_and_are_refused_for_tg() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(sb.force_etag_races("tg", 1).is_err());
 }
+
+#[tokio::test]
+async fn fault_rules_from_the_config_apply_from_the_start() {
+    let config = tgb_sandbox::SandboxConfig::from_toml(
+        r#"
+        [[faults]]
+        system = "entra"
+        kind = "burst429"
+        count = 1
+        retry_after_secs = 4
+        "#,
+    )
+    .unwrap();
+    let sb = start_with(config).await;
+    let r = entra_token(&sb, "https://graph.microsoft.com/.default").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "4");
+    let r = entra_token(&sb, "https://graph.microsoft.com/.default").await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
