@@ -325,6 +325,7 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// `base_ms · 2^(attempt-1)`, capped at `cap_ms`.
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u64
             .checked_shl(attempt.saturating_sub(1))
@@ -335,6 +336,13 @@ impl Delivery {
                 .saturating_mul(factor)
                 .min(self.retry.cap_ms),
         )
+    }
+
+    /// The backoff, or the receiver's `Retry-After` when longer (both capped at `cap_ms`).
+    fn delay(&self, attempt: u32, retry_after_secs: Option<u64>) -> Duration {
+        let asked = Duration::from_secs(retry_after_secs.unwrap_or(0))
+            .min(Duration::from_millis(self.retry.cap_ms));
+        self.backoff(attempt).max(asked)
     }
 
     async fn run(self) {
@@ -357,6 +365,8 @@ impl Delivery {
                     o = self.attempt() => o,
                 }
             };
+            let retry_after = outcome.as_ref().ok().and_then(|(_, ra)| *ra);
+            let outcome = outcome.map(|(status, _)| status);
             let ok = matches!(outcome, Ok(s) if (200..300).contains(&s));
             {
                 let mut stats = self.sub.stats.lock().unwrap();
@@ -385,12 +395,12 @@ impl Delivery {
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.backoff(attempt)) => {}
+                _ = tokio::time::sleep(self.delay(attempt, retry_after)) => {}
             }
         }
     }
 
-    async fn attempt(&self) -> Result<u16, String> {
+    async fn attempt(&self) -> Result<(u16, Option<u64>), String> {
         let secrets = self.sub.secrets.lock().unwrap().clone();
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let signature = signature_header(&secrets, &self.id, timestamp, &self.body)
@@ -407,6 +417,61 @@ impl Delivery {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        Ok(response.status().as_u16())
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok((response.status().as_u16(), retry_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(base_ms: u64, cap_ms: u64) -> Delivery {
+        let sub = Arc::new(Subscription {
+            name: "s".into(),
+            url: "http://127.0.0.1:1".into(),
+            secrets: Mutex::new(vec![]),
+            paused: watch::Sender::new(false),
+            in_flight: Semaphore::new(1),
+            stats: Mutex::new(DeliveryStats::default()),
+            attempts: Mutex::new(vec![]),
+            cancel: CancellationToken::new(),
+        });
+        Delivery {
+            sub,
+            client: reqwest::Client::new(),
+            retry: RetryConfig {
+                base_ms,
+                cap_ms,
+                ..RetryConfig::default()
+            },
+            id: "evt_1".into(),
+            kind: "case.created".into(),
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let d = delivery(100, 1_000);
+        let delays: Vec<u128> = (1..=6).map(|a| d.backoff(a).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1_000, 1_000]);
+        assert_eq!(
+            d.backoff(200).as_millis(),
+            1_000,
+            "no overflow on long runs"
+        );
+    }
+
+    #[test]
+    fn a_longer_retry_after_wins_but_never_beyond_the_cap() {
+        let d = delivery(100, 5_000);
+        assert_eq!(d.delay(1, Some(2)).as_millis(), 2_000);
+        assert_eq!(d.delay(1, Some(60)).as_millis(), 5_000);
+        assert_eq!(d.delay(3, None).as_millis(), 400);
     }
 }
