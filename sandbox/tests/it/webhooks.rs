@@ -370,3 +370,55 @@ async fn subscriptions_can_be_added_at_run_time_over_http() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn every_event_is_delivered_once_after_a_stretch_of_503s() {
+    let (sb, receiver) = sandbox_with_receiver(&[VECTOR_SECRET]).await;
+    sb.tg().webhooks().set_retry(RetryConfig {
+        max_attempts: 100,
+        ..fast_retry()
+    });
+    receiver
+        .answers
+        .lock()
+        .unwrap()
+        .extend(std::iter::repeat_n(503, 150));
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(
+            sb.tg()
+                .raise_case(RaiseCase::new(acme_ref(), format!("bulk {i}")))
+                .unwrap()
+                .id,
+        );
+    }
+    let stats = wait_for(20, || {
+        let s = sb.tg().webhooks().stats("ingress").unwrap();
+        async move { (s.delivered == 100).then_some(s) }
+    })
+    .await;
+    assert_eq!(stats.pending, 0);
+    assert_eq!(stats.gave_up, 0);
+    assert_eq!(stats.failed_attempts, 150);
+    let attempts = sb.tg().webhooks().deliveries("ingress").unwrap();
+    let mut delivered: Vec<String> = attempts
+        .iter()
+        .filter(|a| a.status == Some(200))
+        .map(|a| a.webhook_id.clone())
+        .collect();
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids, "each event delivered exactly once");
+    let over_http: Value = http()
+        .get(format!(
+            "{}/_sandbox/tg/webhooks/ingress/deliveries",
+            sb.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(over_http["deliveries"].as_array().unwrap().len(), 250);
+}
