@@ -1,3 +1,6 @@
-//! tg-ingress in-process against a real nats-server.
+//! tg-ingress in-process against a real nats-server and the sandbox.
 
 mod lifecycle;
+mod poller;
+mod support;
+mod webhooks;

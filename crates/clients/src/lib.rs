@@ -1,0 +1,9 @@
+//! HTTP clients of the systems tg-bridge talks to.
+//!
+//! - [`oauth`]: OAuth2 client-credentials tokens, cached and refreshed before expiry, with one
+//!   retry on 401 (TG today; the Entra token for Dataverse and Graph can reuse it);
+//! - [`tg`]: the Trading Grid community API (REST calls with `Idempotency-Key`, typed errors)
+//!   and the serde types of its webhook bodies.
+
+pub mod oauth;
+pub mod tg;
