@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""The checks behind scripts/validate-deploy that need Python (run it through that script,
+which installs the packages this imports into .tools/venv).
+
+    validate.py helm OUT_DIR             lint + render the chart (default and ci/*-values.yaml)
+    validate.py kube-validate FILE...    kubernetes-validate --strict, WARN is a failure
+    validate.py compose                  health checks and wiring of docker-compose.yml
+    validate.py metrics                  dashboard and rule metric names are in deploy/metrics.md
+    validate.py promql RULES_OUT         dashboard queries as a rule file, for promtool to parse
+    validate.py nats-conf NATS_SERVER    the permissions example parses in nats-server -t
+
+Each prints nothing on success and the problems on failure (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "deploy/helm/tg-bridge"
+DASHBOARDS = ROOT / "deploy/grafana/dashboards"
+RULES = ROOT / "deploy/prometheus/rules"
+METRICS_MD = ROOT / "deploy/metrics.md"
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy/Dockerfile"
+PROMETHEUS_YML = ROOT / "deploy/prometheus/prometheus.yml"
+KUBE_VERSION = "1.30.0"
+SERVICES = {
+    "tg-ingress": 8081, "tg-egress": 8082, "dynamics-adapter": 8083,
+    "planner-adapter": 8084, "sla-monitor": 8085, "document-review": 8086,
+}
+# Kinds kubernetes-validate has no schema for and that the chart may render.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+problems: list[str] = []
+
+
+def problem(message: str) -> None:
+    problems.append(message)
+
+
+# ---------------------------------------------------------------- helm
+
+
+def helm_check(out_dir: Path) -> None:
+    import helm_python as helm
+
+    helm.disable_logging() if hasattr(helm, "disable_logging") else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values_files = [None] + sorted((CHART / "ci").glob("*-values.yaml"))
+
+    # The nats dependency cannot be fetched offline, and it is off by default: lint the real
+    # chart and accept exactly that finding, then lint a copy without the dependency strictly.
+    report = helm.lint(str(CHART), None, strict=True, kube_version=f"v{KUBE_VERSION}")
+    other = [e for e in report.get("errors", []) if "missing these dependencies: nats" not in e]
+    if other:
+        problem(f"helm lint {CHART.name}: {other}")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / CHART.name
+        shutil.copytree(CHART, copy)
+        meta = yaml.safe_load((copy / "Chart.yaml").read_text())
+        deps = meta.pop("dependencies", [])
+        if [d.get("name") for d in deps] != ["nats"] or deps[0].get("condition") != "nats.enabled":
+            problem("Chart.yaml: expected exactly one dependency, nats, with condition nats.enabled")
+        (copy / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+        for values_file in values_files:
+            label = values_file.name if values_file else "default values"
+            values = yaml.safe_load(values_file.read_text()) if values_file else None
+            report = helm.lint(str(copy), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+            for m in report.get("messages", []):
+                if m.get("severity", 0) >= 2:
+                    problem(f"helm lint ({label}): {m.get('path')}: {m.get('error')}")
+            for e in report.get("errors", []):
+                problem(f"helm lint ({label}): {e}")
+            chart = helm.Chart.load(str(copy))
+            try:
+                rendered = chart.render(values, name="tgb", namespace="tg-bridge", is_install=True)
+            except helm.HelmError as e:
+                problem(f"helm template ({label}): {e}")
+                continue
+            docs = [text for name, text in sorted(rendered.items())
+                    if not name.endswith("NOTES.txt") and text.strip()]
+            notes = "".join(t for n, t in rendered.items() if n.endswith("NOTES.txt"))
+            if "/healthz" not in notes or "/metrics" not in notes:
+                problem(f"NOTES.txt ({label}) does not say how to reach /healthz and /metrics")
+            manifest = "\n---\n".join(docs)
+            target = out_dir / (values_file.stem if values_file else "default") 
+            target = target.with_suffix(".yaml")
+            target.write_text(manifest)
+            policy_check(label, [d for d in yaml.safe_load_all(manifest) if d], values or {})
+
+
+def policy_check(label: str, objects: list[dict], values: dict) -> None:
+    """What the issue asks of every workload, checked on the rendered objects."""
+    kinds: dict[str, list[dict]] = {}
+    for o in objects:
+        kinds.setdefault(o["kind"], []).append(o)
+    deployments = {d["spec"]["template"]["spec"]["containers"][0]["name"]: d
+                   for d in kinds.get("Deployment", [])}
+    if set(deployments) != set(SERVICES):
+        problem(f"{label}: Deployments {sorted(deployments)} != services {sorted(SERVICES)}")
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        where = f"{label}: Deployment of {name}"
+        if c.get("command") != [name]:
+            problem(f"{where}: command must name the binary, got {c.get('command')}")
+        if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+            problem(f"{where}: liveness probe is not /healthz")
+        if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+            problem(f"{where}: readiness probe is not /readyz")
+        sc = c.get("securityContext", {})
+        psc = pod.get("securityContext", {})
+        if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            problem(f"{where}: not runAsNonRoot")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problem(f"{where}: root filesystem is writable")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problem(f"{where}: privilege escalation allowed")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            problem(f"{where}: capabilities not dropped")
+        if not c.get("resources", {}).get("requests"):
+            problem(f"{where}: no resource requests")
+        env = {e["name"]: e for e in c.get("env", [])}
+        for var in ("TGB_NATS_URL", "TGB_HTTP_ADDR", "TGB_CONFIG"):
+            if var not in env:
+                problem(f"{where}: {var} is not set")
+        for var, e in env.items():
+            if re.search(r"SECRET|_KEY$|CREDS_DATA|PASSWORD", var) and "value" in e:
+                problem(f"{where}: {var} is a literal value; secrets must come from a Secret")
+        if str(SERVICES[name]) not in env["TGB_HTTP_ADDR"]["value"]:
+            problem(f"{where}: TGB_HTTP_ADDR {env['TGB_HTTP_ADDR']['value']} is not its port")
+    for kind in ("Service", "PodDisruptionBudget"):
+        if len(kinds.get(kind, [])) != len(SERVICES):
+            problem(f"{label}: expected one {kind} per service, got {len(kinds.get(kind, []))}")
+    if kinds.get("Secret"):
+        problem(f"{label}: the chart renders a Secret; secrets are referenced only (existingSecret)")
+    for hpa in kinds.get("HorizontalPodAutoscaler", []):
+        types = {m["type"] for m in hpa["spec"]["metrics"]}
+        if not types:
+            problem(f"{label}: HPA {hpa['metadata']['name']} has no metric")
+
+
+def kube_validate(files: list[str]) -> None:
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    run = subprocess.run([str(exe), "-k", KUBE_VERSION, "--strict", *files],
+                         capture_output=True, text=True)
+    allowed = [re.compile(rf"Couldn't find schema for kind {k} with api version {re.escape(a)}\b")
+               for a, k in CRD_KINDS]
+    for line in (run.stdout + run.stderr).splitlines():
+        if line.startswith("INFO") or not line.strip():
+            continue
+        if line.startswith("WARN") and any(p.search(line) for p in allowed):
+            continue
+        problem(f"kubernetes-validate: {line}")
+    if run.returncode != 0 and not problems:
+        problem(f"kubernetes-validate exited {run.returncode}")
+
+
+# ---------------------------------------------------------------- compose
+
+
+def dockerfile_bins() -> set[str]:
+    text = DOCKERFILE.read_text()
+    bins: set[str] = {"tgb-healthcheck"}
+    for arg in ("BINS", "OPTIONAL_BINS"):
+        m = re.search(rf'^ARG {arg}="([^"]*)"', text, re.M)
+        if not m:
+            problem(f"deploy/Dockerfile: no ARG {arg}")
+            continue
+        bins.update(m.group(1).split())
+    return bins
+
+
+def compose_check() -> None:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services: dict = doc.get("services", {})
+
+    def healthcheck(svc: dict) -> bool:
+        hc = svc.get("healthcheck")
+        return bool(hc) and not hc.get("disable") and hc.get("test") not in (None, ["NONE"], "NONE")
+
+    def healthy_deps(svc: dict) -> list[str]:
+        deps = svc.get("depends_on") or {}
+        if isinstance(deps, list):
+            return []
+        return [n for n, d in deps.items() if (d or {}).get("condition") == "service_healthy"]
+
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        for dep in (deps if isinstance(deps, list) else deps.keys()):
+            if dep not in services:
+                problem(f"compose: {name} depends on unknown service {dep}")
+        for dep in healthy_deps(svc):
+            if dep in services and not healthcheck(services[dep]):
+                problem(f"compose: {name} waits for {dep} to be healthy, but {dep} has no healthcheck")
+        if not healthcheck(svc) and not any(healthcheck(services.get(d, {})) for d in healthy_deps(svc)):
+            problem(f"compose: {name} has no healthcheck and depends on no service that has one")
+
+    bins = dockerfile_bins()
+    image = None
+    for name, port in SERVICES.items():
+        svc = services.get(name)
+        if not svc:
+            problem(f"compose: service {name} is missing")
+            continue
+        image = image or svc.get("image")
+        if svc.get("command", [None])[0] != name:
+            problem(f"compose: {name} must run the binary {name}, runs {svc.get('command')}")
+        for infra in ("nats", "sandbox"):
+            if infra not in healthy_deps(svc):
+                problem(f"compose: {name} must depend on {infra} with condition service_healthy")
+        env = svc.get("environment", {})
+        if env.get("TGB_NATS_URL") != "nats://nats:4222":
+            problem(f"compose: {name}: TGB_NATS_URL is not nats://nats:4222")
+        if not str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).startswith("http://jaeger:"):
+            problem(f"compose: {name}: OTEL_EXPORTER_OTLP_ENDPOINT does not point at jaeger")
+        for var in ("TGB_TG_API_URL", "TGB_DATAVERSE_URL", "TGB_GRAPH_URL", "TGB_AZURE_AUTHORITY"):
+            if not str(env.get(var, "")).startswith("http://sandbox:8600/"):
+                problem(f"compose: {name}: {var} does not point at the sandbox")
+        if env.get("TGB_HTTP_ADDR") != f"0.0.0.0:{port}":
+            problem(f"compose: {name}: TGB_HTTP_ADDR is not 0.0.0.0:{port}")
+        test = (svc.get("healthcheck") or {}).get("test", [])
+        if test[:2] != ["CMD", "tgb-healthcheck"] or f":{port}/readyz" not in " ".join(test):
+            problem(f"compose: {name}: healthcheck must run tgb-healthcheck on :{port}/readyz (no shell in the image)")
+    for name, svc in services.items():
+        if svc.get("image") == image and svc.get("command"):
+            if svc["command"][0] not in bins:
+                problem(f"compose: {name} runs {svc['command'][0]}, which deploy/Dockerfile does not build")
+    for infra in ("nats", "jaeger", "prometheus", "grafana", "sandbox"):
+        if infra not in services:
+            problem(f"compose: service {infra} is missing")
+    if "-js" not in (services.get("nats", {}).get("command") or []):
+        problem("compose: nats must run with -js (JetStream)")
+    if "8222/healthz" not in json.dumps(services.get("nats", {}).get("healthcheck", {})):
+        problem("compose: nats healthcheck must use the monitoring port's /healthz")
+
+    # Prometheus scrapes every service on its port.
+    prom = yaml.safe_load(PROMETHEUS_YML.read_text())
+    jobs = {j["job_name"]: [t for sc in j.get("static_configs", []) for t in sc.get("targets", [])]
+            for j in prom.get("scrape_configs", [])}
+    for name, port in SERVICES.items():
+        if jobs.get(name) != [f"{name}:{port}"]:
+            problem(f"prometheus.yml: job {name} must scrape {name}:{port}, has {jobs.get(name)}")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def contract() -> tuple[set[str], set[str]]:
+    """Names in deploy/metrics.md tables, and those declared as histograms."""
+    names, histograms = set(), set()
+    for line in METRICS_MD.read_text().splitlines():
+        m = re.match(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|\s*(\w+)\s*\|", line)
+        if m:
+            names.add(m.group(1))
+            if m.group(2) == "histogram":
+                histograms.add(m.group(1))
+    return names, histograms
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        stack = list(board.get("panels", []))
+        while stack:
+            p = stack.pop()
+            stack.extend(p.get("panels", []))
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    out.append((f"{path.name}: {p.get('title')}", t["expr"]))
+        for var in board.get("templating", {}).get("list", []):
+            q = var.get("query")
+            q = q.get("query") if isinstance(q, dict) else q
+            if var.get("type") == "query" and q:
+                m = re.match(r"label_values\((.+),\s*\w+\)$", q)
+                out.append((f"{path.name}: variable {var['name']}", m.group(1) if m else q))
+    return out
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted(RULES.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text()).get("groups", []):
+            for rule in group.get("rules", []):
+                out.append((f"{path.name}: {rule.get('alert') or rule.get('record')}", str(rule["expr"])))
+    return out
+
+
+PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "by", "without", "on", "ignoring", "group_left",
+    "group_right", "and", "or", "unless", "offset", "bool", "rate", "increase", "delta",
+    "histogram_quantile", "vector", "topk", "bottomk", "label_values",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values are not names
+    expr = re.sub(r"\{[^}]*\}", "{}", expr)           # nor label names inside selectors
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    found = set(re.findall(r"\btgb_[a-z0-9_]+", expr))
+    found |= {m for m in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr) if m not in PROMQL_WORDS}
+    found |= {m for m in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\[", expr) if m not in PROMQL_WORDS}
+    return found
+
+
+def metrics_check() -> None:
+    names, histograms = contract()
+    if not names:
+        problem("deploy/metrics.md: no metric tables found")
+    for name in names:
+        if name != "up" and not re.fullmatch(r"tgb_[a-z0-9]+(_[a-z0-9]+)*", name):
+            problem(f"deploy/metrics.md: {name} is not snake_case with the tgb_ prefix")
+    used = dashboard_exprs() + rule_exprs()
+    if not used:
+        problem("no dashboard or rule expressions found")
+    for where, expr in used:
+        for name in sorted(metric_names(expr)):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if name in names or (base in histograms and base != name):
+                continue
+            problem(f"{where}: metric {name} is not in deploy/metrics.md")
+
+
+def promql_rules(out: Path) -> None:
+    """Every dashboard query as a recording rule, so that promtool parses its PromQL."""
+    rules = []
+    for i, (where, expr) in enumerate(dashboard_exprs()):
+        e = (expr.replace("$__rate_interval", "5m").replace("$__range", "6h")
+             .replace("${datasource}", "x"))
+        e = re.sub(r"\$\{?\w+\}?", ".*", e)
+        rules.append({"record": f"tgb_dashboard_query_{i}", "expr": e})
+    out.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}))
+
+
+# ---------------------------------------------------------------- nats
+
+
+def nats_conf(nats_server: str) -> None:
+    md = (CHART / "NATS-PERMISSIONS.md").read_text()
+    blocks = re.findall(r"^```\n(.*?)^```", md, re.S | re.M)
+    if len(blocks) != 1:
+        problem("NATS-PERMISSIONS.md: expected exactly one configuration block")
+        return
+    env = dict(os.environ)
+    for var in set(re.findall(r"\$([A-Z][A-Z0-9_]*)", blocks[0])):
+        env[var] = "placeholder"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "permissions.conf").write_text(blocks[0])
+        (Path(tmp) / "server.conf").write_text('jetstream: enabled\ninclude "permissions.conf"\n')
+        run = subprocess.run([nats_server, "-t", "-c", str(Path(tmp) / "server.conf")],
+                             capture_output=True, text=True, env=env)
+        if run.returncode != 0:
+            problem(f"NATS-PERMISSIONS.md: nats-server -t: {run.stdout}{run.stderr}".strip())
+    for name in SERVICES:
+        if f"user: {name}," not in blocks[0]:
+            problem(f"NATS-PERMISSIONS.md: no user for {name}")
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd, args = argv[0], argv[1:]
+    if cmd == "helm":
+        helm_check(Path(args[0]))
+    elif cmd == "kube-validate":
+        kube_validate(args)
+    elif cmd == "compose":
+        compose_check()
+    elif cmd == "metrics":
+        metrics_check()
+    elif cmd == "promql":
+        promql_rules(Path(args[0]))
+    elif cmd == "nats-conf":
+        nats_conf(args[0])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
