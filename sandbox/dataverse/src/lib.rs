@@ -589,6 +589,20 @@ async fn api_handler(
             .run_locked(|st| api::execute(&dv.inner.settings, st, &ctx, &req, &Default::default()));
         into_response(resp)
     };
+    let mut response = response;
+    if let Some(n) = guard.remaining_requests {
+        response.headers_mut().insert(
+            "x-ms-ratelimit-burst-remaining-xrm-requests",
+            HeaderValue::from(n),
+        );
+    }
+    if let Some(ms) = guard.remaining_execution_ms {
+        // Dataverse writes a duration; milliseconds here.
+        response.headers_mut().insert(
+            "x-ms-ratelimit-time-remaining-xrm-requests",
+            HeaderValue::from(ms),
+        );
+    }
     drop(guard);
     response
 }

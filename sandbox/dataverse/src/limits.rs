@@ -104,6 +104,10 @@ pub struct LimitGuard {
     limits: Arc<Limits>,
     caller: String,
     start: Instant,
+    /// Requests left in the window after this one (`x-ms-ratelimit-burst-remaining-xrm-requests`).
+    pub remaining_requests: Option<u64>,
+    /// Execution time left in the window, milliseconds (`x-ms-ratelimit-time-remaining-xrm-requests`).
+    pub remaining_execution_ms: Option<u64>,
 }
 
 impl Drop for LimitGuard {
@@ -230,10 +234,17 @@ impl Limits {
         }
         st.requests.push_back(now);
         st.in_flight += 1;
+        let on = |x: Option<u64>| if cfg.enabled { x } else { None };
         Ok(LimitGuard {
             limits: self.clone(),
             caller: caller.to_string(),
             start: now,
+            remaining_requests: on(cfg
+                .requests_per_window
+                .map(|m| (m as u64).saturating_sub(st.requests.len() as u64))),
+            remaining_execution_ms: on(cfg
+                .execution_time_ms
+                .map(|b| b.saturating_sub(st.exec_total.as_millis() as u64))),
         })
     }
 

@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::error::{ODataError, codes};
-use crate::query::{KeyPredicate, compare_values, parse_datetime, parse_key};
+use crate::query::{KeyPredicate, parse_datetime, parse_key};
 use crate::schema::{ColumnType, SYSTEM_COLUMNS, Schema, Table, lookup_of_value_name};
 
 /// The user recorded for the concurrent edits that `force_etag_races` simulates.
@@ -101,6 +101,8 @@ pub struct Store {
     /// Events of the current request, handed to webhooks at commit.
     pub events: Vec<Event>,
     ticket_seq: u64,
+    /// Alternate key index: table → normalized key values → row id.
+    key_index: HashMap<String, HashMap<String, Uuid>>,
 }
 
 /// A validated request body.
@@ -189,18 +191,40 @@ impl Store {
         wanted: &[(String, Value)],
         except: Option<Uuid>,
     ) -> Option<Uuid> {
-        let rows = self.rows(&table.logicalname)?;
-        rows.iter()
-            .find(|(id, row)| {
-                Some(**id) != except
-                    && wanted.iter().all(|(k, v)| {
-                        row.attrs.get(k).is_some_and(|have| {
-                            !have.is_null()
-                                && compare_values(have, v) == Some(std::cmp::Ordering::Equal)
-                        })
-                    })
-            })
-            .map(|(id, _)| *id)
+        let attrs: Map<String, Value> = wanted.iter().cloned().collect();
+        table.keys.iter().find_map(|key| {
+            let k = key_string(table, key, &attrs)?;
+            let id = *self.key_index.get(&table.logicalname)?.get(&k)?;
+            (Some(id) != except).then_some(id)
+        })
+    }
+
+    /// Stores a row, keeping the alternate key index in step.
+    fn put_row(&mut self, table: &Table, id: Uuid, row: Row) {
+        self.unindex(table, id);
+        let index = self.key_index.entry(table.logicalname.clone()).or_default();
+        for key in &table.keys {
+            if let Some(k) = key_string(table, key, &row.attrs) {
+                index.insert(k, id);
+            }
+        }
+        self.rows_mut(&table.logicalname).insert(id, row);
+    }
+
+    fn unindex(&mut self, table: &Table, id: Uuid) {
+        let Some(old) = self.row(&table.logicalname, id) else {
+            return;
+        };
+        let keys: Vec<String> = table
+            .keys
+            .iter()
+            .filter_map(|key| key_string(table, key, &old.attrs))
+            .collect();
+        if let Some(index) = self.key_index.get_mut(&table.logicalname) {
+            for k in keys {
+                index.remove(&k);
+            }
+        }
     }
 
     /// Resolves an `@odata.bind` or `$n` reference to (table, id).
@@ -528,8 +552,7 @@ impl Store {
         }
         attrs.insert("versionnumber".into(), json!(version));
         let post = attrs.clone();
-        self.rows_mut(&table.logicalname)
-            .insert(id, Row { attrs, version });
+        self.put_row(table, id, Row { attrs, version });
         self.changes.push(Change {
             table: table.logicalname.clone(),
             id,
@@ -620,7 +643,8 @@ impl Store {
         merged.insert("_modifiedby_value".into(), json!(ctx.caller.to_string()));
         merged.insert("versionnumber".into(), json!(version));
         let post = merged.clone();
-        self.rows_mut(&table.logicalname).insert(
+        self.put_row(
+            table,
             id,
             Row {
                 attrs: merged,
@@ -650,6 +674,7 @@ impl Store {
 
     /// Deletes a row.
     pub fn delete(&mut self, ctx: &Ctx, table: &Table, id: Uuid) -> Result<(), ODataError> {
+        self.unindex(table, id);
         if self.rows_mut(&table.logicalname).remove(&id).is_none() {
             return Err(ODataError::row_not_found(&table.logicalname, id));
         }
@@ -846,6 +871,27 @@ impl Store {
         }
         out
     }
+}
+
+/// The index entry of a row for one alternate key: its values, normalized as Dataverse
+/// compares keys (strings and GUIDs case-insensitively); none when a key column is empty.
+fn key_string(
+    table: &Table,
+    key: &crate::schema::AlternateKey,
+    attrs: &Map<String, Value>,
+) -> Option<String> {
+    let mut out = key.schemaname.clone();
+    for c in &key.columns {
+        let v = attrs.get(&stored_name(table, c))?;
+        out.push('\u{1f}');
+        match v {
+            Value::Null => return None,
+            Value::String(s) => out.push_str(&s.to_lowercase()),
+            Value::Number(n) => out.push_str(&n.as_f64().unwrap_or_default().to_string()),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    Some(out)
 }
 
 /// The stored attribute name of a key column (`_x_value` for lookups).

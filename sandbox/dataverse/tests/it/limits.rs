@@ -47,8 +47,13 @@ async fn request_beyond_the_window_is_429_and_early_retries_lengthen_the_wait() 
         ..off()
     }))
     .await;
-    for _ in 0..3 {
-        assert_eq!(whoami(&t, ALICE).await.status(), 200);
+    for left in [2, 1, 0] {
+        let r = whoami(&t, ALICE).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-ms-ratelimit-burst-remaining-xrm-requests"],
+            left.to_string().as_str()
+        );
     }
     let r = whoami(&t, ALICE).await;
     assert_eq!(r.status(), 429);

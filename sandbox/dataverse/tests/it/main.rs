@@ -5,6 +5,7 @@ mod crud;
 mod incident;
 mod limits;
 mod query;
+mod throughput;
 mod tracking;
 mod upsert;
 mod webhooks;
@@ -61,6 +62,16 @@ pub async fn start(cfg: DataverseConfig) -> TestDv {
 }
 
 impl TestDv {
+    /// A second handle on the same server (for concurrent clients).
+    pub fn clone_handle(&self) -> TestDv {
+        TestDv {
+            dv: self.dv.clone(),
+            root: self.root.clone(),
+            api: self.api.clone(),
+            client: self.client.clone(),
+        }
+    }
+
     pub fn req(&self, method: Method, path: &str, user: Uuid) -> reqwest::RequestBuilder {
         let url = if path.starts_with("http") {
             path.to_string()

@@ -149,3 +149,20 @@ async fn who_am_i_names_the_caller() {
     let v = t.get_json("WhoAmI").await;
     assert_eq!(v["UserId"], ALICE.to_string());
 }
+
+#[tokio::test]
+async fn orderby_and_count() {
+    let t = start(no_limits()).await;
+    seed(&t).await;
+    let v = t
+        .get_json("incidents?$select=title&$orderby=prioritycode desc&$count=true")
+        .await;
+    assert_eq!(v["@odata.count"], 3);
+    let order: Vec<&str> = v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, vec!["Case 3", "Case 2", "Case 1"]);
+}
