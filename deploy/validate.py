@@ -8,6 +8,8 @@ which installs the packages this imports into .tools/venv).
     validate.py metrics                  dashboard and rule metric names are in deploy/metrics.md
     validate.py promql RULES_OUT         dashboard queries as a rule file, for promtool to parse
     validate.py nats-conf NATS_SERVER    the permissions example parses in nats-server -t
+    validate.py dockerfile               deploy/Dockerfile parses (BuildKit's parser) and keeps
+                                         its promises: stages, binaries, non-root, no shell
 
 Each prints nothing on success and the problems on failure (exit 1).
 """
@@ -367,6 +369,57 @@ def nats_conf(nats_server: str) -> None:
             problem(f"NATS-PERMISSIONS.md: no user for {name}")
 
 
+# ---------------------------------------------------------------- dockerfile
+
+
+def dockerfile_check() -> None:
+    import dockerfile
+
+    try:
+        commands = dockerfile.parse_file(str(DOCKERFILE))
+    except dockerfile.GoParseError as e:
+        problem(f"deploy/Dockerfile does not parse: {e}")
+        return
+    stages: list[list] = []
+    for c in commands:
+        if c.cmd == "FROM":
+            stages.append([c])
+        elif stages:
+            stages[-1].append(c)
+    if len(stages) < 3:
+        problem("deploy/Dockerfile: expected chef, planner/builder and runtime stages")
+        return
+    text = DOCKERFILE.read_text()
+    if "cargo chef prepare" not in text or "cargo chef cook" not in text:
+        problem("deploy/Dockerfile: the dependency layer (cargo chef prepare + cook) is missing")
+    final = stages[-1]
+    base = final[0].value[0]
+    if not re.match(r"(gcr\.io/distroless/cc|debian:[a-z]+-slim)", base):
+        problem(f"deploy/Dockerfile: runtime base {base} is neither distroless/cc nor debian-slim")
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problem("deploy/Dockerfile: the runtime stage must end with a non-root USER")
+    if any(c.cmd == "RUN" for c in final):
+        problem("deploy/Dockerfile: the runtime stage must not RUN anything (no shell in the image)")
+    for c in final:
+        if c.cmd in ("ENTRYPOINT", "CMD") and c.value and not c.json:
+            problem(f"deploy/Dockerfile: {c.cmd} must be in exec form (no shell)")
+    # Every binary the image promises is a binary target of the workspace.
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    targets = {t["name"] for p in meta["packages"] for t in p["targets"] if "bin" in t["kind"]}
+    m = re.search(r'^ARG BINS="([^"]*)"', text, re.M)
+    bins = set(m.group(1).split()) if m else set()
+    for b in sorted(bins - targets):
+        problem(f"deploy/Dockerfile: BINS names {b}, which is not a binary of the workspace")
+    for b in sorted(set(SERVICES) | {"tgb-sandbox"}):
+        if b not in bins:
+            problem(f"deploy/Dockerfile: BINS does not include {b}")
+    if "tgb" in targets and "tgb" not in bins:
+        problem("deploy/Dockerfile: the workspace now has `tgb`: move it from OPTIONAL_BINS to BINS")
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -384,6 +437,8 @@ def main(argv: list[str]) -> int:
         promql_rules(Path(args[0]))
     elif cmd == "nats-conf":
         nats_conf(args[0])
+    elif cmd == "dockerfile":
+        dockerfile_check()
     else:
         print(__doc__, file=sys.stderr)
         return 2
