@@ -448,6 +448,40 @@ fn upsert(
                 KeyPredicate::Id(id) => Some(id),
                 KeyPredicate::Alternate(_) => None,
             };
+            // A lookup in the key must designate an existing row, like a bind.
+            let mut key_values = key_values;
+            let mut annotations = Vec::new();
+            for (stored, v) in &key_values {
+                let Some(lookup) =
+                    crate::schema::lookup_of_value_name(stored).and_then(|n| table.lookup(n))
+                else {
+                    continue;
+                };
+                let id = v
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| {
+                        ODataError::bad_request(
+                            codes::INVALID_ARGUMENT,
+                            format!("The key value of '{stored}' must be a GUID."),
+                        )
+                    })?;
+                let target = lookup
+                    .targets
+                    .iter()
+                    .find(|t| st.row(&t.table, id).is_some())
+                    .ok_or_else(|| {
+                        ODataError::row_not_found(
+                            lookup.targets.first().map_or("", |t| t.table.as_str()),
+                            id,
+                        )
+                    })?;
+                annotations.push((
+                    format!("{stored}@Microsoft.Dynamics.CRM.lookuplogicalname"),
+                    json!(target.table),
+                ));
+            }
+            key_values.extend(annotations);
             let id = st.create(ctx, table, prepared, id_hint, key_values)?;
             Ok(written(
                 st,

@@ -77,6 +77,14 @@ async fn get_by_id_honours_select_and_answers_404_when_missing() {
             .unwrap()
             .contains("$metadata#accounts(name,tgb_partnerkey)/$entity")
     );
+    let etag = v["@odata.etag"].as_str().unwrap().to_string();
+    let not_modified = t
+        .req(Method::GET, &format!("accounts({id})"), ALICE)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
     let missing = Uuid::new_v4();
     let (status, code, message) = error_of(t.get(&format!("accounts({missing})")).await).await;
     assert_eq!((status, code.as_str()), (404, "0x80040217"));

@@ -193,6 +193,23 @@ async fn composite_key_with_a_lookup_addresses_a_kpi() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["tgb_value"], 99.0);
     assert_eq!(rows[0]["_tgb_partner_value"], acc.to_string());
+    assert_eq!(
+        rows[0]["_tgb_partner_value@Microsoft.Dynamics.CRM.lookuplogicalname"],
+        "account"
+    );
+    // A key naming a partner that does not exist creates nothing.
+    let ghost = Uuid::new_v4();
+    let r = t
+        .patch(
+            &format!(
+                "tgb_partnerkpis(_tgb_partner_value={ghost},tgb_period='2026-10',tgb_kpikey='x')"
+            ),
+            json!({"tgb_name": "x"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(t.dv.rows("tgb_partnerkpis").len(), 1);
 }
 
 #[tokio::test]
