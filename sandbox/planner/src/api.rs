@@ -203,16 +203,13 @@ async fn not_found(h: HeaderMap, method: Method, uri: axum::http::Uri) -> Respon
         .unwrap_or(&rid)
         .to_string();
     let e = GraphError::new(
-        400,
-        "BadRequest",
+        404,
+        "NotFound",
         format!(
             "Resource not found for the segment in '{method} {}'.",
             uri.path()
         ),
     );
-    let mut e = e;
-    e.status = 404;
-    e.code = "NotFound".into();
     error_response(&e, &rid, &client)
 }
 

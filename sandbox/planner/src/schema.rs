@@ -455,4 +455,37 @@ mod tests {
             Some("plannerTaskDetails")
         );
     }
+
+    /// The schema each served write validates against is the one the OpenAPI file declares.
+    #[test]
+    fn served_writes_use_the_request_schemas_the_spec_declares() {
+        for (method, path, used) in [
+            ("POST", "/planner/tasks", "plannerTask"),
+            ("PATCH", "/planner/tasks/{plannerTask-id}", "plannerTask"),
+            (
+                "PATCH",
+                "/planner/tasks/{plannerTask-id}/details",
+                "plannerTaskDetails",
+            ),
+            ("POST", "/planner/plans", "plannerPlan"),
+            ("PATCH", "/planner/plans/{plannerPlan-id}", "plannerPlan"),
+            (
+                "PATCH",
+                "/planner/plans/{plannerPlan-id}/details",
+                "plannerPlanDetails",
+            ),
+            ("POST", "/planner/buckets", "plannerBucket"),
+            (
+                "PATCH",
+                "/planner/buckets/{plannerBucket-id}",
+                "plannerBucket",
+            ),
+        ] {
+            assert_eq!(
+                operation_schema(method, path),
+                Some(used),
+                "{method} {path}"
+            );
+        }
+    }
 }
