@@ -64,6 +64,8 @@ pub struct Event {
     pub target: Map<String, Value>,
     /// The row after the write (none for Delete).
     pub post: Option<Map<String, Value>>,
+    /// The row before the write (Update, Delete).
+    pub pre: Option<Map<String, Value>>,
     /// Version after the write.
     pub version: u64,
     /// Who wrote.
@@ -567,6 +569,7 @@ impl Store {
             id,
             target,
             post: Some(post),
+            pre: None,
             version,
             caller: ctx.caller,
             correlation: ctx.correlation,
@@ -625,10 +628,11 @@ impl Store {
         message: &'static str,
     ) -> Result<(), ODataError> {
         Self::check_state_status(table, &mut changes, current_state)?;
-        let mut merged = self
+        let pre = self
             .row(&table.logicalname, id)
             .map(|r| r.attrs.clone())
             .ok_or_else(|| ODataError::row_not_found(&table.logicalname, id))?;
+        let mut merged = pre.clone();
         for (k, v) in &changes {
             merged.insert(k.clone(), v.clone());
         }
@@ -664,6 +668,7 @@ impl Store {
             id,
             target: changes,
             post: Some(post),
+            pre: Some(pre),
             version,
             caller: ctx.caller,
             correlation: ctx.correlation,
@@ -675,9 +680,13 @@ impl Store {
     /// Deletes a row.
     pub fn delete(&mut self, ctx: &Ctx, table: &Table, id: Uuid) -> Result<(), ODataError> {
         self.unindex(table, id);
-        if self.rows_mut(&table.logicalname).remove(&id).is_none() {
+        let Some(pre) = self
+            .rows_mut(&table.logicalname)
+            .remove(&id)
+            .map(|r| r.attrs)
+        else {
             return Err(ODataError::row_not_found(&table.logicalname, id));
-        }
+        };
         let version = self.next_version();
         self.changes.push(Change {
             table: table.logicalname.clone(),
@@ -691,6 +700,7 @@ impl Store {
             id,
             target: Map::new(),
             post: None,
+            pre: Some(pre),
             version,
             caller: ctx.caller,
             correlation: ctx.correlation,
@@ -829,6 +839,7 @@ impl Store {
             id: incident_id,
             target: Map::new(),
             post,
+            pre: None,
             version,
             caller: ctx.caller,
             correlation: ctx.correlation,

@@ -429,6 +429,11 @@ pub fn remote_execution_context(org: &OrgInfo, ev: &Event, endpoint: Uuid) -> Va
             ]
         })
         .unwrap_or_default();
+    let pre_images: Vec<Value> = ev
+        .pre
+        .as_ref()
+        .map(|p| vec![json!({"key": "PreImage", "value": sdk_entity(table, ev.id, p, None)})])
+        .unwrap_or_default();
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     json!({
         "BusinessUnitId": org.business_unit.to_string(),
@@ -457,7 +462,7 @@ pub fn remote_execution_context(org: &OrgInfo, ev: &Event, endpoint: Uuid) -> Va
         },
         "ParentContext": null,
         "PostEntityImages": post_images,
-        "PreEntityImages": [],
+        "PreEntityImages": pre_images,
         "PrimaryEntityId": ev.id.to_string(),
         "PrimaryEntityName": ev.table,
         "RequestId": Uuid::new_v4().to_string(),

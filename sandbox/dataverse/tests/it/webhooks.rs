@@ -175,6 +175,13 @@ async fn query_string_key_and_delete_message() {
     let target = &got.body["InputParameters"][0]["value"];
     assert_eq!(target["Id"], id.to_string());
     assert_eq!(target["LogicalName"], "account");
+    let pre = &got.body["PreEntityImages"][0]["value"];
+    assert_eq!(
+        attr(pre, "tgb_partnerkey").unwrap(),
+        "P-1",
+        "the pre-image tells what was deleted"
+    );
+    assert_eq!(got.body["PostEntityImages"].as_array().unwrap().len(), 0);
 }
 
 #[tokio::test]
