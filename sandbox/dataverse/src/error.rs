@@ -20,6 +20,10 @@ pub mod codes {
     /// Resource not found for the segment.
     pub const SEGMENT_NOT_FOUND: &str = "0x8006088a";
     /// Error identified in Payload (undeclared property, e.g. a wrong-case `@odata.bind`).
+    /// Microsoft's "Troubleshoot Dataverse Web API client errors" page shows this code for an
+    /// unknown navigation property in `@odata.bind` ("An undeclared property '…' which only has
+    /// property annotations in the payload…"); `0x80060888` is what unknown names in
+    /// `$select`/`$filter` get.
     pub const PAYLOAD: &str = "0x80048d19";
     /// A validation error occurred (string too long, choice out of range…).
     pub const VALIDATION: &str = "0x80044331";

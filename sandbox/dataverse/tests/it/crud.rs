@@ -312,3 +312,81 @@ async fn annotation_records_its_parent_and_file_size() {
     assert_eq!(v["filesize"], 5);
     assert_eq!(v["isdocument"], true);
 }
+
+#[tokio::test]
+async fn attachment_over_the_size_limit_is_400() {
+    let mut cfg = no_limits();
+    cfg.max_attachment_bytes = 3;
+    let t = start(cfg).await;
+    let (status, code, _) = error_of(
+        t.post(
+            "annotations",
+            json!({"subject": "big", "documentbody": "aGVsbG8="}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "0x80043e09"));
+    assert!(t.dv.rows("annotations").is_empty());
+}
+
+#[tokio::test]
+async fn admin_routes_reset_race_and_show_rows() {
+    let t = start(no_limits()).await;
+    let id = t.account("A", "P-1").await;
+    let rows: serde_json::Value = t
+        .client
+        .get(format!("{}/_sandbox/tables/accounts", t.root))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows["value"][0]["accountid"], id.to_string());
+    let r = t
+        .client
+        .post(format!("{}/_sandbox/etag-races", t.root))
+        .json(&json!({"n": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let etag = t.get_json(&format!("accounts({id})")).await["@odata.etag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = t
+        .patch(
+            &format!("accounts({id})"),
+            json!({"name": "B"}),
+            &[("If-Match", &etag)],
+        )
+        .await;
+    assert_eq!(r.status(), 412);
+    let r = t
+        .client
+        .post(format!("{}/_sandbox/reset", t.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let snap: serde_json::Value = t
+        .client
+        .get(format!("{}/_sandbox/snapshot", t.root))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snap["tables"]["accounts"].as_array().unwrap().len(), 0);
+    let bad = t
+        .client
+        .post(format!("{}/_sandbox/etag-races", t.root))
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
