@@ -322,10 +322,8 @@ impl Store {
             if SYSTEM_COLUMNS.contains(&k.as_str()) {
                 continue;
             }
+            // Lookups are only written through `<navigation>@odata.bind`.
             let Some(col) = table.column(k) else {
-                if table.lookup(k).is_some() || lookup_of_value_name(k).is_some() {
-                    return Err(invalid_property(table, k));
-                }
                 return Err(invalid_property(table, k));
             };
             if col.readonly {
