@@ -69,3 +69,12 @@ async fn it_refuses_to_start_without_the_tg_api_settings() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("TGB_TG_API_URL"), "{err:#}");
 }
+
+#[test]
+fn the_default_config_file_holds_the_egress_defaults() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
+    let config = Config::load_from(Some(&file), Vec::new()).unwrap();
+    let from_file: tg_egress::EgressSettings = config.section("tg_egress").unwrap();
+    let defaults = tg_egress::EgressSettings::default();
+    assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+}

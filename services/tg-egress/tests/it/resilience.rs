@@ -93,6 +93,9 @@ async fn comments_and_statuses_arrive_exactly_once_through_a_503_stretch_and_429
 struct Proxy {
     target: String,
     hold: AtomicBool,
+    /// When set, the partner changes the case just before the next PATCH reaches TG.
+    race_once: AtomicBool,
+    tg: tgb_sandbox::Tg,
     reached: Notify,
     http: reqwest::Client,
 }
@@ -109,6 +112,17 @@ async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
+    if parts.method == "PATCH" && p.race_once.swap(false, Ordering::SeqCst) {
+        let case_id = parts.uri.path().rsplit('/').next().unwrap();
+        p.tg.update_case(
+            case_id,
+            tgb_sandbox::tg::model::UpdateCase {
+                priority: Some("urgent".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
     let mut headers = parts.headers.clone();
     headers.remove("host");
     headers.remove("content-length");
@@ -139,13 +153,12 @@ async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     response
 }
 
-#[tokio::test]
-async fn egress_killed_between_the_call_and_the_ack_posts_no_duplicate_comment() {
-    let env = Env::start().await;
-    let case = env.raise_case("kill test");
+async fn start_proxy(env: &Env, hold: bool, race_once: bool) -> (Arc<Proxy>, String) {
     let proxy = Arc::new(Proxy {
         target: env.sandbox.base_url(),
-        hold: AtomicBool::new(true),
+        hold: AtomicBool::new(hold),
+        race_once: AtomicBool::new(race_once),
+        tg: env.sandbox.tg().clone(),
         reached: Notify::new(),
         http: reqwest::Client::new(),
     });
@@ -155,6 +168,44 @@ async fn egress_killed_between_the_call_and_the_ack_posts_no_duplicate_comment()
         .fallback(forward)
         .with_state(proxy.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (proxy, proxy_url)
+}
+
+#[tokio::test]
+async fn a_412_on_a_status_update_is_resolved_by_re_reading_the_case() {
+    let env = Env::start().await;
+    let case = env.raise_case("race test");
+    let (_proxy, proxy_url) = start_proxy(&env, false, true).await;
+    let egress = env.egress(&proxy_url).await;
+    env.publish(status(&case, pb::CaseStatus::WaitingOnPartner))
+        .await;
+    let case_now = tgb_testkit::eventually("status set", Duration::from_secs(20), || async {
+        let c = env.sandbox.tg().case(&case)?;
+        (c.status == "waiting_on_partner").then_some(c)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        case_now.priority, "urgent",
+        "the partner's concurrent change is kept"
+    );
+    let patches: Vec<u16> = env
+        .sandbox
+        .tg()
+        .writes()
+        .iter()
+        .filter(|w| w.method == "PATCH")
+        .map(|w| w.status)
+        .collect();
+    assert_eq!(patches, [412, 200]);
+    egress.stop().await;
+}
+
+#[tokio::test]
+async fn egress_killed_between_the_call_and_the_ack_posts_no_duplicate_comment() {
+    let env = Env::start().await;
+    let case = env.raise_case("kill test");
+    let (proxy, proxy_url) = start_proxy(&env, true, false).await;
 
     let first = env.egress(&proxy_url).await;
     let event_id = env.publish(note(&case, "posted once")).await;

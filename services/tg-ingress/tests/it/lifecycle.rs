@@ -119,3 +119,22 @@ async fn the_binary_exits_0_on_sigterm() {
         .unwrap();
     assert_eq!(exit.code(), Some(0), "{exit:?}");
 }
+
+#[test]
+fn the_default_config_file_holds_the_ingress_defaults() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
+    let config = Config::load_from(Some(&file), Vec::new()).unwrap();
+    let from_file: tg_ingress::IngressSettings = config.section("tg_ingress").unwrap();
+    let defaults = tg_ingress::IngressSettings::default();
+    assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    let overridden = Config::load_from(
+        Some(&file),
+        [(
+            "TGB_TG_INGRESS__POLL_INTERVAL_MS".to_owned(),
+            "250".to_owned(),
+        )],
+    )
+    .unwrap();
+    let s: tg_ingress::IngressSettings = overridden.section("tg_ingress").unwrap();
+    assert_eq!(s.poll_interval_ms, 250);
+}
