@@ -876,6 +876,20 @@ impl Store {
                     out.insert(ann, t.clone());
                 }
             }
+            if annotations
+                && let Some(label) = table.column(&n).and_then(|c| {
+                    let value = v.as_i64()?;
+                    c.options
+                        .iter()
+                        .find(|o| o.value == value)
+                        .map(|o| o.label.clone())
+                })
+            {
+                out.insert(
+                    format!("{n}@OData.Community.Display.V1.FormattedValue"),
+                    json!(label),
+                );
+            }
             out.insert(n, v);
         }
         out

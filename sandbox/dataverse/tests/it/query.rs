@@ -166,3 +166,36 @@ async fn orderby_and_count() {
         .collect();
     assert_eq!(order, vec!["Case 3", "Case 2", "Case 1"]);
 }
+
+#[tokio::test]
+async fn include_annotations_adds_choice_labels_and_lookup_tables() {
+    let t = start(no_limits()).await;
+    let (a, _) = seed(&t).await;
+    let r = t
+        .req(
+            Method::GET,
+            "incidents?$select=title,prioritycode,_customerid_value&$filter=prioritycode eq 1",
+            ALICE,
+        )
+        .header("Prefer", "odata.include-annotations=\"*\"")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let row = &v["value"][0];
+    assert_eq!(
+        row["prioritycode@OData.Community.Display.V1.FormattedValue"],
+        "High"
+    );
+    assert_eq!(row["_customerid_value"], a.to_string());
+    assert_eq!(
+        row["_customerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"],
+        "account"
+    );
+    let plain = t.get_json("incidents?$select=prioritycode&$top=1").await;
+    assert!(
+        plain["value"][0]
+            .get("prioritycode@OData.Community.Display.V1.FormattedValue")
+            .is_none()
+    );
+}
