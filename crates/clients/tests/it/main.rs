@@ -1,0 +1,3 @@
+//! tgb-clients against a stand-in token endpoint over loopback.
+
+mod oauth;
