@@ -334,7 +334,10 @@ mod tests {
             priority: Some(1),
             ..Default::default()
         };
-        assert_eq!(serde_json::to_value(&p).unwrap(), serde_json::json!({"priority": 1}));
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"priority": 1})
+        );
         let mut a = TaskPatch::default();
         a.assignments.insert("u".into(), None);
         assert_eq!(
