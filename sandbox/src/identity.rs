@@ -93,6 +93,7 @@ struct IdentityState {
     config: IdentityConfig,
     lifetime: Duration,
     tokens: HashMap<String, TokenInfo>,
+    issued: u64,
     dataverse_resources: Vec<String>,
 }
 
@@ -106,6 +107,7 @@ impl Identity {
                 config,
                 lifetime,
                 tokens: HashMap::new(),
+                issued: 0,
                 dataverse_resources,
             })),
         }
@@ -188,9 +190,12 @@ impl IdentityState {
         let raw: [u8; 32] = rand::random();
         let token = format!("sbx.{}", URL_SAFE_NO_PAD.encode(raw));
         let now = Instant::now();
-        // Drop long-expired tokens so the map does not grow without bound.
-        self.tokens
-            .retain(|_, t| t.expires_at + Duration::from_secs(3600) > now);
+        // Drop long-expired tokens now and then, so the map does not grow without bound.
+        self.issued += 1;
+        if self.issued % 1024 == 0 {
+            self.tokens
+                .retain(|_, t| t.expires_at + Duration::from_secs(3600) > now);
+        }
         self.tokens.insert(
             token.clone(),
             TokenInfo {
