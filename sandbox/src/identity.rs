@@ -192,7 +192,7 @@ impl IdentityState {
         let now = Instant::now();
         // Drop long-expired tokens now and then, so the map does not grow without bound.
         self.issued += 1;
-        if self.issued % 1024 == 0 {
+        if self.issued.is_multiple_of(1024) {
             self.tokens
                 .retain(|_, t| t.expires_at + Duration::from_secs(3600) > now);
         }
