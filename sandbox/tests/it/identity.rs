@@ -308,3 +308,56 @@ async fn emulator_admin_routes_need_no_token_and_are_not_logged() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(sb.calls().counts().total, 0);
 }
+
+async fn first_page_next_link(url: &str, token: Option<&str>) -> String {
+    let mut rb = http()
+        .get(format!("{url}/api/data/v9.2/accounts"))
+        .header("prefer", "odata.maxpagesize=2");
+    if let Some(t) = token {
+        rb = rb.bearer_auth(t);
+    }
+    let page: Value = rb.send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["value"].as_array().unwrap().len(), 2);
+    page["@odata.nextLink"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn dataverse_next_links_lead_back_through_the_same_mount() {
+    let sb = start().await;
+    for name in ["A", "B", "C"] {
+        create_account(&sb.dataverse_url_as("agent"), None, name).await;
+    }
+    let token: Value = entra_token(&sb, &format!("{}/.default", sb.dataverse_url()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let direct = first_page_next_link(&sb.dataverse_url(), Some(token)).await;
+    assert!(direct.starts_with(&sb.dataverse_url()), "{direct}");
+    let page: Value = http()
+        .get(&direct)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["value"].as_array().unwrap().len(), 1);
+
+    let scripted = first_page_next_link(&sb.dataverse_url_as("agent"), None).await;
+    assert!(
+        scripted.starts_with(&sb.dataverse_url_as("agent")),
+        "{scripted}"
+    );
+    let page: Value = http()
+        .get(&scripted)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["value"].as_array().unwrap().len(), 1);
+}
