@@ -20,6 +20,8 @@ pub struct BusConfig {
     pub max_age: Duration,
     /// Age after which dead letters leave `TGB_DLQ`.
     pub dlq_max_age: Duration,
+    /// Age after which ledger entries leave `TGB_LEDGER`.
+    pub ledger_max_age: Duration,
 }
 
 impl Default for BusConfig {
@@ -30,6 +32,7 @@ impl Default for BusConfig {
             duplicate_window: Duration::from_secs(3600),
             max_age: Duration::from_secs(7 * 24 * 3600),
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
+            ledger_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

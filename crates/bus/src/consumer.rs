@@ -13,6 +13,7 @@
 //! Messages of one entity ([`tgb_proto::Event::entity_key`]) are handled one at a time, in
 //! delivery order, by this process; other entities proceed in parallel up to `concurrency`.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::bus::Bus;
+use crate::ledger::{self, Decision, LedgerEntry, Noted};
 use crate::{names, trace};
 
 /// How a durable consumer is declared. Every setting is explicit.
@@ -374,8 +376,21 @@ impl<H: Handler> Runner<H> {
             ("subject", subject.clone()),
         ];
         let started = Instant::now();
-        let result = {
-            let handling = self.handler.handle(delivery).instrument(span.clone());
+        let meta = delivery.event.meta().cloned().unwrap_or_default();
+        let trace_id = delivery
+            .headers
+            .get("traceparent")
+            .map(|v| ledger::trace_id_of(v.as_str()))
+            .unwrap_or_default();
+        let (result, noted) = {
+            let handling = ledger::NOTED.scope(RefCell::new(Noted::default()), async {
+                let r = self.handler.handle(delivery).await;
+                (
+                    r,
+                    ledger::NOTED.with(|n| std::mem::take(&mut *n.borrow_mut())),
+                )
+            });
+            let handling = handling.instrument(span.clone());
             tokio::pin!(handling);
             let mut progress = tokio::time::interval(self.spec.ack_wait / 2);
             progress.tick().await;
@@ -390,6 +405,38 @@ impl<H: Handler> Runner<H> {
         };
         metrics::histogram!("tgb_handler_duration_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
+        let decision = match (&result, noted.decision) {
+            (Ok(()), Some((d, detail))) => (d, detail),
+            (Ok(()), None) => (Decision::Applied, String::new()),
+            (Err(HandlerError::Transient { reason, .. }), _)
+                if deliveries < self.spec.max_deliver =>
+            {
+                (Decision::Retried, reason.clone())
+            }
+            (Err(e), _) => (Decision::DeadLettered, e.to_string()),
+        };
+        let (target, response) = noted.target.unwrap_or_default();
+        let entry = LedgerEntry {
+            at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            consumer: self.spec.name.clone(),
+            subject: subject.clone(),
+            event_id,
+            correlation_id: meta.correlation_id.clone(),
+            entity: meta.entity_key(),
+            entity_version: meta.entity_version.clone(),
+            deliveries,
+            decision: decision.0,
+            detail: decision.1,
+            target,
+            response,
+            trace_id,
+        };
+        if !matches!(result, Err(HandlerError::Fatal(_))) {
+            ledger::append(&self.js, &entry).await;
+        }
+        metrics::counter!("tgb_decisions_total", "consumer" => self.spec.name.clone(), "decision" => entry.decision.as_str()).increment(1);
         let _enter = span.enter();
         match result {
             Ok(()) => match message.double_ack().await {

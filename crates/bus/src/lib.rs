@@ -9,6 +9,7 @@
 
 mod bus;
 mod consumer;
+pub mod ledger;
 pub mod links;
 pub mod names;
 mod provision;
@@ -19,5 +20,5 @@ pub mod trace;
 pub use async_nats;
 pub use bus::{Bus, BusConfig, BusError};
 pub use consumer::{ConsumerError, ConsumerSpec, Delivery, Handler, HandlerError, run_consumer};
-pub use provision::{ProvisionError, dlq_stream, events_stream, provision};
+pub use provision::{ProvisionError, dlq_stream, events_stream, ledger_stream, provision};
 pub use publish::{PublishError, Publisher};

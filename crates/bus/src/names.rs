@@ -9,6 +9,11 @@ pub const DLQ_STREAM: &str = "TGB_DLQ";
 /// Subjects of [`DLQ_STREAM`].
 pub const DLQ_SUBJECTS: &str = "tgb.dlq.>";
 
+/// Decisions taken per message, by business thread: `tgb.ledger.<correlation>`.
+pub const LEDGER_STREAM: &str = "TGB_LEDGER";
+/// Subjects of [`LEDGER_STREAM`].
+pub const LEDGER_SUBJECTS: &str = "tgb.ledger.>";
+
 /// TG case ↔ Dynamics incident ↔ Planner tasks, partner ↔ account.
 pub const KV_LINKS: &str = "tgb_links";
 /// Last applied version and written fingerprint per entity and target.

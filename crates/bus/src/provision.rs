@@ -63,10 +63,26 @@ pub fn dlq_stream(config: &BusConfig) -> stream::Config {
     }
 }
 
-/// Provisions both streams, every KV bucket and the object store.
+/// The configuration of `TGB_LEDGER`.
+pub fn ledger_stream(config: &BusConfig) -> stream::Config {
+    stream::Config {
+        name: names::LEDGER_STREAM.into(),
+        description: Some("tg-bridge ledger: the decision taken for each handled message".into()),
+        subjects: vec![names::LEDGER_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: config.ledger_max_age,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+/// Provisions the streams, every KV bucket and the object store.
 pub async fn provision(js: &jetstream::Context, config: &BusConfig) -> Result<(), ProvisionError> {
     ensure_stream(js, "stream", events_stream(config)).await?;
     ensure_stream(js, "stream", dlq_stream(config)).await?;
+    ensure_stream(js, "stream", ledger_stream(config)).await?;
     for (bucket, history) in names::KV_BUCKETS {
         ensure_kv(js, bucket, *history, config.replicas).await?;
     }

@@ -27,6 +27,7 @@ pub async fn connect(service: &str, config: &Config) -> anyhow::Result<Bus> {
         duplicate_window: s.bus.duplicate_window(),
         max_age: s.bus.max_age(),
         dlq_max_age: s.bus.dlq_max_age(),
+        ..BusConfig::default()
     };
     Bus::connect(&s.nats_url, s.nats_creds.as_deref(), bus_config)
         .await

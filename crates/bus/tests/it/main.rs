@@ -2,6 +2,7 @@
 
 mod consumer;
 mod kv;
+mod ledger;
 mod provision;
 mod publish;
 mod support;

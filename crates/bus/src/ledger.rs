@@ -1,0 +1,167 @@
+//! The ledger: one entry per handled message, what was decided and why, so an operator can
+//! answer "where is this partner's message, and why?" (`tgb history`) without reading logs.
+//!
+//! The consumer runner writes an entry after every handling. A handler states its decision with
+//! [`decide`] (echo, stale, duplicate, conflict and which side won) and what the target answered
+//! with [`note_target`]; without a call, the entry says `applied` (or `retried`,
+//! `dead_lettered`). Entries go to `TGB_LEDGER` on `tgb.ledger.<correlation>`, so one business
+//! thread (a TG case) is one subject.
+
+use std::cell::RefCell;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::links::encode_token;
+use crate::names;
+
+/// What a handler decided for one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The effect was made.
+    Applied,
+    /// A change made by tg-bridge itself came back: dropped.
+    Echo,
+    /// Older than what the target already has: dropped.
+    Stale,
+    /// Already applied (same event, same content): nothing to do.
+    Duplicate,
+    /// Both sides changed the same thing; the detail says which side won.
+    Conflict,
+    /// Nothing to do for this consumer (e.g. an event it only watches).
+    Skipped,
+    /// Failed transiently; will be delivered again.
+    Retried,
+    /// Given up: the message is in `TGB_DLQ`.
+    DeadLettered,
+}
+
+impl Decision {
+    /// The snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Applied => "applied",
+            Decision::Echo => "echo",
+            Decision::Stale => "stale",
+            Decision::Duplicate => "duplicate",
+            Decision::Conflict => "conflict",
+            Decision::Skipped => "skipped",
+            Decision::Retried => "retried",
+            Decision::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// One ledger entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// RFC 3339 time of the decision.
+    pub at: String,
+    /// The consumer that handled the message.
+    pub consumer: String,
+    /// The event's subject.
+    pub subject: String,
+    /// The event id.
+    pub event_id: String,
+    /// The business thread (TG case id or partner key).
+    pub correlation_id: String,
+    /// `system:kind:id` of the entity.
+    pub entity: String,
+    /// The source version.
+    pub entity_version: String,
+    /// Delivery number.
+    pub deliveries: i64,
+    /// The decision.
+    pub decision: Decision,
+    /// Why, in words (e.g. "conflict on legal_name: dynamics won by policy").
+    pub detail: String,
+    /// The record written or considered, e.g. `dataverse:incident:<id>`.
+    pub target: String,
+    /// What the target answered, e.g. `204` or `412 → re-read → 200`.
+    pub response: String,
+    /// W3C trace id, to open in Jaeger.
+    pub trace_id: String,
+}
+
+#[derive(Default)]
+pub(crate) struct Noted {
+    pub decision: Option<(Decision, String)>,
+    pub target: Option<(String, String)>,
+}
+
+tokio::task_local! {
+    pub(crate) static NOTED: RefCell<Noted>;
+}
+
+/// States the handler's decision for the message being handled (last call wins). Outside a
+/// consumer handler this does nothing.
+pub fn decide(decision: Decision, detail: impl Into<String>) {
+    let _ = NOTED.try_with(|n| n.borrow_mut().decision = Some((decision, detail.into())));
+}
+
+/// Records the target record and its answer for the message being handled.
+pub fn note_target(target: impl Into<String>, response: impl Into<String>) {
+    let _ = NOTED.try_with(|n| n.borrow_mut().target = Some((target.into(), response.into())));
+}
+
+/// The ledger subject of a correlation id.
+pub fn subject_for(correlation_id: &str) -> String {
+    format!(
+        "tgb.ledger.{}",
+        encode_token(if correlation_id.is_empty() {
+            "-"
+        } else {
+            correlation_id
+        })
+    )
+}
+
+/// The trace id of a W3C `traceparent` header value.
+pub fn trace_id_of(traceparent: &str) -> String {
+    traceparent.split('-').nth(1).unwrap_or_default().to_owned()
+}
+
+/// Appends `entry` to the ledger. The append is not waited for: the ledger is an aid for
+/// operators and never holds up or fails the handling it describes.
+pub(crate) async fn append(js: &jetstream::Context, entry: &LedgerEntry) {
+    let payload = serde_json::to_vec(entry).expect("serialisable");
+    if let Err(e) = js
+        .publish(subject_for(&entry.correlation_id), payload.into())
+        .await
+    {
+        tracing::debug!(error = %e, "ledger entry not written");
+    }
+}
+
+/// Every ledger entry of one business thread, oldest first.
+pub async fn history(
+    js: &jetstream::Context,
+    correlation_id: &str,
+) -> Result<Vec<LedgerEntry>, async_nats::Error> {
+    let stream = js.get_stream(names::LEDGER_STREAM).await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject_for(correlation_id),
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Vec::new();
+    let mut pending = consumer.cached_info().num_pending;
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await?;
+    while pending > 0 {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        let message = message?;
+        pending = message.info().map(|i| i.pending).unwrap_or(0);
+        if let Ok(entry) = serde_json::from_slice::<LedgerEntry>(&message.payload) {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
