@@ -16,7 +16,8 @@ async fn comments_and_statuses_arrive_exactly_once_through_a_503_stretch_and_429
     let cases: Vec<String> = (0..3)
         .map(|i| env.raise_case(&format!("case {i}")))
         .collect();
-    // The TG API answers 503 to everything for a stretch, then 429 to the next requests.
+    // The TG API answers 503 to everything for 30 s (as in a TG maintenance window), then 429
+    // to the next requests. Egress backs off (1, 2, 4, 8, 16 s) within its 8 deliveries.
     let faults = env.sandbox.faults();
     faults
         .add(
@@ -28,7 +29,7 @@ async fn comments_and_statuses_arrive_exactly_once_through_a_503_stretch_and_429
                 },
             )
             .path_prefix("/v1")
-            .for_duration(Duration::from_millis(1500)),
+            .for_duration(Duration::from_secs(30)),
         )
         .unwrap();
     faults
@@ -51,7 +52,7 @@ async fn comments_and_statuses_arrive_exactly_once_through_a_503_stretch_and_429
         }
         env.publish(status(case, pb::CaseStatus::InProgress)).await;
     }
-    tgb_testkit::eventually("all written", Duration::from_secs(30), || async {
+    tgb_testkit::eventually("all written", Duration::from_secs(120), || async {
         cases
             .iter()
             .all(|c| {
