@@ -5,6 +5,7 @@
 //! - [`tg`]: the Trading Grid community API (REST calls with `Idempotency-Key`, typed errors)
 //!   and the serde types of its webhook bodies.
 
+pub mod dataverse;
 pub mod graph;
 pub mod oauth;
 pub mod tg;
