@@ -1,5 +1,6 @@
 //! tg-ingress in-process against a real nats-server and the sandbox.
 
+mod bad_input;
 mod lifecycle;
 mod poller;
 mod support;
