@@ -1,12 +1,42 @@
-//! sla-monitor: Keeps an SLA clock per TG case and emits `sla.warning` and `sla.breached`.
+//! sla-monitor: keeps an SLA clock per TG case and emits `sla.warning` and `sla.breached` (P3).
+//!
+//! - [`policy`]: `[sla]`, policies per partner tier and priority, validated at start;
+//! - [`handler`]: the durable consumer [`CONSUMER`] moves clocks on case lifecycle events from
+//!   TG, Dynamics and Planner;
+//! - [`ticker`]: evaluates every clock each `tick_interval_ms` and publishes what fell due,
+//!   exactly once per (case, target, level) across restarts and replicas;
+//! - [`clock`]: the time source, injectable ([`serve_with_clock`]) so tests run hours of SLA time
+//!   in milliseconds.
+//!
+//! HTTP: `GET /sla/ticker` answers `{"ticks": n, "evaluated_at": "<RFC 3339>"}` (the clock
+//! source's time of the last completed evaluation).
+
+pub mod clock;
+pub mod handler;
+pub mod ids;
+pub mod policy;
+pub mod state;
+pub mod store;
+pub mod ticker;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use axum::extract::State;
+use axum::routing::get;
 use tgb_runtime::Config;
 use tokio_util::sync::CancellationToken;
 
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use policy::{Policies, SlaSettings};
+pub use ticker::TickerStatus;
+
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
 pub const NAME: &str = "sla-monitor";
+
+/// The durable consumer of case lifecycle events.
+pub const CONSUMER: &str = "sla-monitor";
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
@@ -19,13 +49,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     serve(config, listener, shutdown).await
 }
 
-/// Runs the service on `listener` (tests pass one bound to port 0).
+/// Runs the service on `listener` (tests pass one bound to port 0) with the system clock.
 pub async fn serve(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_clock(config, listener, shutdown, Arc::new(SystemClock)).await
+}
+
+/// Runs the service with `clock` as its time source.
+pub async fn serve_with_clock(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let settings: SlaSettings = config.section("sla")?;
+    let policies = Arc::new(Policies::new(settings)?);
     let bus = tgb_service::connect(NAME, &config).await?;
-    let workers = tgb_service::Workers::new(&shutdown);
-    tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await
+    let clocks = store::Clocks::new(bus.kv(tgb_bus::names::KV_SLA).await?);
+    let links = tgb_bus::links::Links::new(bus.kv(tgb_bus::names::KV_LINKS).await?);
+    let status = Arc::new(TickerStatus::default());
+
+    let mut workers = tgb_service::Workers::new(&shutdown);
+    let lifecycle = handler::Lifecycle::new(clocks.clone(), links, policies.clone(), clock.clone());
+    let spec = tgb_service::consumer_spec(&config, CONSUMER, handler::SUBJECTS);
+    workers.consumer(&bus, spec, Arc::new(lifecycle));
+    let ticker = ticker::Ticker::new(clocks, bus.publisher(), policies, clock, status.clone());
+    workers.spawn(|stop| ticker.run(stop));
+
+    let routes = axum::Router::new()
+        .route("/sla/ticker", get(ticker_status))
+        .with_state(status);
+    tgb_service::run(NAME, listener, routes, bus, shutdown, workers).await
+}
+
+async fn ticker_status(State(status): State<Arc<TickerStatus>>) -> axum::Json<serde_json::Value> {
+    let ms = status.evaluated_at_ms.load(Ordering::SeqCst);
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    axum::Json(serde_json::json!({
+        "ticks": status.ticks.load(Ordering::SeqCst),
+        "evaluated_at": at,
+    }))
 }

@@ -1,3 +1,6 @@
-//! sla-monitor in-process against a real nats-server.
+//! sla-monitor in-process against a real nats-server (and the sandbox with tg-egress where the
+//! partner is told).
 
+mod breaches;
 mod lifecycle;
+mod support;

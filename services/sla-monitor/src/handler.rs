@@ -1,0 +1,299 @@
+//! Case lifecycle events from every side → the case's clock in `tgb_sla`.
+//!
+//! | event | effect on the clock |
+//! |---|---|
+//! | `tg.case.opened` | starts it (at the event's `occurred_at`) |
+//! | `tg.case.updated` | status `waiting_on_partner` pauses, `open`/`in_progress` resumes, `resolved`/`closed` stops; a new priority re-targets; older revisions are dropped |
+//! | `tg.case.comment_added` (side internal) | first response |
+//! | `dyn.case.note_added` | first response |
+//! | `dyn.case.status_changed` | pause / resume / stop as above |
+//! | `dyn.case.resolved` | stop |
+//! | `planner.task.progressed` (a real change on a case's task) | first response |
+
+use std::sync::Arc;
+
+use tgb_bus::links::{Links, Record};
+use tgb_bus::{Delivery, Handler, HandlerError};
+use tgb_proto as pb;
+use tgb_proto::BusEvent as _;
+use time::OffsetDateTime;
+
+use crate::clock::Clock;
+use crate::policy::{Policies, priority_name};
+use crate::state::{CaseClock, Partner};
+use crate::store::{Change, Clocks, key_of};
+
+/// Every subject sla-monitor consumes.
+pub const SUBJECTS: &[&str] = &[
+    pb::TgCaseOpened::SUBJECT,
+    pb::TgCaseUpdated::SUBJECT,
+    pb::TgCommentAdded::SUBJECT,
+    pb::DynCaseNoteAdded::SUBJECT,
+    pb::DynCaseStatusChanged::SUBJECT,
+    pb::DynCaseResolved::SUBJECT,
+    pb::PlannerTaskProgressed::SUBJECT,
+];
+
+/// The handler of the sla-monitor consumer.
+pub struct Lifecycle {
+    clocks: Clocks,
+    links: Links,
+    policies: Arc<Policies>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What a status means for a clock.
+enum StatusEffect {
+    Pause,
+    Resume,
+    Stop,
+    None,
+}
+
+fn status_effect(s: pb::CaseStatus) -> StatusEffect {
+    match s {
+        pb::CaseStatus::WaitingOnPartner => StatusEffect::Pause,
+        pb::CaseStatus::Open | pb::CaseStatus::InProgress => StatusEffect::Resume,
+        pb::CaseStatus::Resolved | pb::CaseStatus::Closed => StatusEffect::Stop,
+        pb::CaseStatus::Unspecified => StatusEffect::None,
+    }
+}
+
+fn status_name(s: pb::CaseStatus) -> &'static str {
+    match s {
+        pb::CaseStatus::Open | pb::CaseStatus::Unspecified => "open",
+        pb::CaseStatus::InProgress => "in_progress",
+        pb::CaseStatus::WaitingOnPartner => "waiting_on_partner",
+        pb::CaseStatus::Resolved => "resolved",
+        pb::CaseStatus::Closed => "closed",
+    }
+}
+
+/// A protobuf timestamp as a time.
+pub fn time_of(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
+    let t = t?;
+    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+/// A time as a protobuf timestamp.
+pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
+    }
+}
+
+/// What one event does to a clock, decided before the read-modify-write.
+enum Action {
+    Open(Box<pb::TgCase>, pb::EventMeta),
+    Update(Box<pb::TgCase>, pb::EventMeta),
+    Status(pb::CaseStatus),
+    Respond,
+}
+
+fn apply_status(clock: &mut CaseClock, status: pb::CaseStatus, at: OffsetDateTime) -> Option<f64> {
+    let mut resolved = None;
+    match status_effect(status) {
+        StatusEffect::Pause => clock.pause(at),
+        StatusEffect::Resume => clock.resume(at),
+        StatusEffect::Stop => resolved = clock.stop(at).map(|d| d.as_seconds_f64()),
+        StatusEffect::None => return None,
+    }
+    clock.status = status_name(status).to_owned();
+    resolved
+}
+
+impl Lifecycle {
+    /// A handler over `clocks`, resolving Dynamics incidents to TG cases with `links`.
+    pub fn new(
+        clocks: Clocks,
+        links: Links,
+        policies: Arc<Policies>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Lifecycle {
+            clocks,
+            links,
+            policies,
+            clock,
+        }
+    }
+
+    async fn case_of_incident(
+        &self,
+        given: &str,
+        incident_id: &str,
+    ) -> Result<Option<String>, HandlerError> {
+        if !given.is_empty() {
+            return Ok(Some(given.to_owned()));
+        }
+        if incident_id.is_empty() {
+            return Ok(None);
+        }
+        self.links
+            .find(
+                &Record::new("dataverse", "incident", incident_id),
+                "tg",
+                "case",
+            )
+            .await
+            .map_err(HandlerError::transient)
+    }
+
+    /// The case and what to do, or `None` when the event says nothing about an SLA clock.
+    async fn action(&self, event: &pb::Event) -> Result<Option<(String, Action)>, HandlerError> {
+        let meta = event.meta().cloned().unwrap_or_default();
+        Ok(match event {
+            pb::Event::TgCaseOpened(e) => {
+                let case = e
+                    .case
+                    .clone()
+                    .ok_or_else(|| HandlerError::permanent("case is missing"))?;
+                Some((case.case_id.clone(), Action::Open(Box::new(case), meta)))
+            }
+            pb::Event::TgCaseUpdated(e) => {
+                let case = e
+                    .case
+                    .clone()
+                    .ok_or_else(|| HandlerError::permanent("case is missing"))?;
+                Some((case.case_id.clone(), Action::Update(Box::new(case), meta)))
+            }
+            pb::Event::TgCommentAdded(e) if e.side() == pb::CommentSide::Internal => {
+                Some((e.case_id.clone(), Action::Respond))
+            }
+            pb::Event::DynCaseNoteAdded(e) => self
+                .case_of_incident(&e.tg_case_id, &e.incident_id)
+                .await?
+                .map(|c| (c, Action::Respond)),
+            pb::Event::DynCaseStatusChanged(e) => self
+                .case_of_incident(&e.tg_case_id, &e.incident_id)
+                .await?
+                .map(|c| (c, Action::Status(e.tg_status()))),
+            pb::Event::DynCaseResolved(e) => self
+                .case_of_incident(&e.tg_case_id, &e.incident_id)
+                .await?
+                .map(|c| (c, Action::Status(pb::CaseStatus::Resolved))),
+            pb::Event::PlannerTaskProgressed(e)
+                if !e.tg_case_id.is_empty()
+                    && e.progress != e.previous
+                    && matches!(
+                        e.progress(),
+                        pb::TaskProgress::InProgress
+                            | pb::TaskProgress::Blocked
+                            | pb::TaskProgress::Completed
+                    ) =>
+            {
+                Some((e.tg_case_id.clone(), Action::Respond))
+            }
+            _ => None,
+        }
+        .filter(|(case_id, _)| !case_id.is_empty()))
+    }
+
+    fn open(&self, case: &pb::TgCase, meta: &pb::EventMeta, at: OffsetDateTime) -> CaseClock {
+        let mut clock = CaseClock::start(&case.case_id, at);
+        clock.title = case.title.clone();
+        if let Some(p) = &meta.partner {
+            clock.partner = Partner {
+                qualifier: p.qualifier.clone(),
+                id: p.id.clone(),
+                name: p.name.clone(),
+            };
+        }
+        clock.tier = self.policies.tier_of(&clock.partner.key());
+        clock.priority = priority_name(case.priority()).to_owned();
+        clock.revision = case.revision;
+        if !meta.correlation_id.is_empty() {
+            clock.correlation_id = meta.correlation_id.clone();
+        }
+        clock
+    }
+}
+
+/// Durations measured by a change (recorded once, after the write won).
+#[derive(Default)]
+struct Measured {
+    first_response: Option<f64>,
+    resolution: Option<f64>,
+    priority: String,
+}
+
+impl Handler for Lifecycle {
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        let Some((case_id, action)) = self.action(&delivery.event).await? else {
+            return Ok(());
+        };
+        let at = delivery
+            .event
+            .meta()
+            .and_then(|m| time_of(m.occurred_at.as_ref()))
+            .or_else(|| match &delivery.event {
+                pb::Event::TgCommentAdded(e) => time_of(e.created_at.as_ref()),
+                _ => None,
+            })
+            .unwrap_or_else(|| self.clock.now());
+        let key = key_of(&case_id);
+        let measured = self
+            .clocks
+            .update(&key, |current| {
+                let mut m = Measured::default();
+                let mut clock = match (current, &action) {
+                    (None, Action::Open(case, meta) | Action::Update(case, meta)) => {
+                        let status = case.status();
+                        if matches!(status_effect(status), StatusEffect::Stop) {
+                            return Change::Keep(m);
+                        }
+                        let mut clock = self.open(case, meta, at);
+                        apply_status(&mut clock, status, at);
+                        m.priority = clock.priority.clone();
+                        return Change::Put(clock, m);
+                    }
+                    // Nothing is known of a case that was never opened here: no clock to move.
+                    (None, _) => return Change::Keep(m),
+                    (Some(_), Action::Open(..)) => return Change::Keep(m),
+                    (Some(clock), _) => clock,
+                };
+                let before = clock.clone();
+                match &action {
+                    Action::Open(..) => {}
+                    Action::Update(case, _) => {
+                        if case.revision != 0 && case.revision <= clock.revision {
+                            return Change::Keep(m);
+                        }
+                        clock.revision = case.revision.max(clock.revision);
+                        if case.priority() != pb::CasePriority::Unspecified {
+                            clock.priority = priority_name(case.priority()).to_owned();
+                        }
+                        if !case.title.is_empty() {
+                            clock.title = case.title.clone();
+                        }
+                        m.resolution = apply_status(&mut clock, case.status(), at);
+                    }
+                    Action::Status(status) => {
+                        m.resolution = apply_status(&mut clock, *status, at);
+                    }
+                    Action::Respond => {
+                        m.first_response = clock.respond(at).map(|d| d.as_seconds_f64());
+                    }
+                }
+                m.priority = clock.priority.clone();
+                if clock == before {
+                    Change::Keep(Measured::default())
+                } else {
+                    Change::Put(clock, m)
+                }
+            })
+            .await
+            .map_err(HandlerError::transient)?;
+        if let Some(s) = measured.first_response {
+            metrics::histogram!("tgb_sla_time_to_first_response_seconds", "priority" => measured.priority.clone())
+                .record(s);
+        }
+        if let Some(s) = measured.resolution {
+            metrics::histogram!("tgb_sla_time_to_resolution_seconds", "priority" => measured.priority)
+                .record(s);
+        }
+        Ok(())
+    }
+}

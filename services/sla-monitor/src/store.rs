@@ -1,0 +1,154 @@
+//! The clocks in `tgb_sla`, read and changed with compare-and-set on the KV revision, so
+//! concurrent handlers, the ticker and other replicas never overwrite each other.
+
+use async_nats::jetstream::kv;
+use tgb_bus::async_nats;
+use tgb_bus::links::encode_token;
+
+use crate::state::CaseClock;
+
+/// A KV operation failed (not a lost race: those are retried).
+#[derive(Debug, thiserror::Error)]
+#[error("tgb_sla {key}: {reason}")]
+pub struct StoreError {
+    /// The key.
+    pub key: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Attempts of one compare-and-set before giving up (each attempt re-reads).
+const CAS_ATTEMPTS: usize = 50;
+
+/// What a change function decided.
+pub enum Change<T> {
+    /// Write this clock (created when absent).
+    Put(CaseClock, T),
+    /// Leave the entry as it is.
+    Keep(T),
+}
+
+/// The clocks bucket.
+#[derive(Clone, Debug)]
+pub struct Clocks {
+    kv: kv::Store,
+}
+
+/// The KV key of a case's clock.
+pub fn key_of(case_id: &str) -> String {
+    format!("case.{}", encode_token(case_id))
+}
+
+impl Clocks {
+    /// Over the `tgb_sla` store.
+    pub fn new(kv: kv::Store) -> Self {
+        Clocks { kv }
+    }
+
+    /// The clock under `key` and its revision (0 when absent).
+    pub async fn read(&self, key: &str) -> Result<(Option<CaseClock>, u64), StoreError> {
+        let err = |reason: String| StoreError {
+            key: key.to_owned(),
+            reason,
+        };
+        match self.kv.entry(key).await.map_err(|e| err(e.to_string()))? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let clock = serde_json::from_slice(&e.value)
+                    .map_err(|e| err(format!("not a clock: {e}")))?;
+                Ok((Some(clock), e.revision))
+            }
+            Some(e) => Ok((None, e.revision)),
+            None => Ok((None, 0)),
+        }
+    }
+
+    /// Reads the clock of `key`, lets `change` decide, and writes with compare-and-set; on a lost
+    /// race it reads again and asks `change` again.
+    pub async fn update<T>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<CaseClock>) -> Change<T>,
+    ) -> Result<T, StoreError> {
+        let err = |reason: String| StoreError {
+            key: key.to_owned(),
+            reason,
+        };
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, revision) = self.read(key).await?;
+            let (clock, out) = match change(current) {
+                Change::Keep(out) => return Ok(out),
+                Change::Put(clock, out) => (clock, out),
+            };
+            let value = serde_json::to_vec(&clock)
+                .expect("a clock serialises")
+                .into();
+            let written = if revision == 0 {
+                self.kv.create(key, value).await.map(|_| ()).map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                })
+            } else {
+                self.kv
+                    .update(key, value, revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        let text = e.to_string();
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                                || text.contains("wrong last sequence"),
+                            text,
+                        )
+                    })
+            };
+            match written {
+                Ok(()) => return Ok(out),
+                Err((true, _)) => continue,
+                Err((false, reason)) => return Err(err(reason)),
+            }
+        }
+        Err(err(format!(
+            "still contended after {CAS_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// Every clock with its key.
+    pub async fn all(&self) -> Result<Vec<(String, CaseClock)>, StoreError> {
+        use futures::TryStreamExt;
+        let err = |reason: String| StoreError {
+            key: "case.>".into(),
+            reason,
+        };
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let (Some(clock), _) = self.read(&key).await? {
+                out.push((key, clock));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes `key` if it is still at the revision of `clock` as read (a changed clock stays).
+    pub async fn remove_if_unchanged(
+        &self,
+        key: &str,
+        clock: &CaseClock,
+    ) -> Result<(), StoreError> {
+        let (current, revision) = self.read(key).await?;
+        if current.as_ref() == Some(clock) {
+            // A lost race just leaves the clock for the next tick.
+            let _ = self.kv.delete_expect_revision(key, Some(revision)).await;
+        }
+        Ok(())
+    }
+}
