@@ -1,9 +1,31 @@
-//! planner-adapter: Flows P1, P2, P4, P7 and the task machinery for escalation, review and onboarding against Graph Planner.
+//! planner-adapter: flows P1, P2, P4, P7 and the task machinery for escalation (P3), review
+//! (P5) and onboarding (P6) against Microsoft Graph Planner v1.0.
+//!
+//! - [`handler`]: one durable consumer turns events into tasks ([`tasks`]: created once
+//!   whatever the retries, updated ETag-aware), routed by [`routing`] (`[routing]`,
+//!   `[partners]`, validated at start).
+//! - [`poller`]: polls the configured plans and publishes `planner.task.progressed` and
+//!   `planner.exception.completed`, dropping tg-bridge's own writes (echoes).
+
+pub mod handler;
+pub mod labels;
+pub mod poller;
+pub mod routing;
+pub mod store;
+pub mod tasks;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use tgb_clients::graph::GraphClient;
+use tgb_clients::oauth::TokenCache;
+use tgb_governor::{Governor, GovernorConfig};
 use tgb_runtime::Config;
 use tokio_util::sync::CancellationToken;
+
+pub use tasks::AfterPost;
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
 pub const NAME: &str = "planner-adapter";
@@ -25,7 +47,85 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(config, listener, shutdown, None).await
+}
+
+/// The `[routing]` and `[partners]` sections, validated.
+pub fn load_routing(config: &Config) -> anyhow::Result<(routing::Routing, routing::Partners)> {
+    let routing: routing::Routing = config.section("routing")?;
+    routing.validate()?;
+    let partners: routing::Partners = config.section("partners")?;
+    Ok((routing, partners))
+}
+
+/// [`serve`], with a hook called after each successful task POST (tests use it to stop the
+/// adapter at the worst moment: after the POST, before the link is stored).
+#[doc(hidden)]
+pub async fn serve_with(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    after_post: Option<AfterPost>,
+) -> anyhow::Result<()> {
+    let (routing, partners) = load_routing(&config)?;
+    let s = &config.settings;
+    let tenant = config.require(&s.azure_tenant_id, "TGB_AZURE_TENANT_ID", NAME)?;
+    let client_id = config.require(&s.azure_client_id, "TGB_AZURE_CLIENT_ID", NAME)?;
+    let secret = config.require(&s.azure_client_secret, "TGB_AZURE_CLIENT_SECRET", NAME)?;
+    let g = &routing.graph;
+    let http = GraphClient::http_client(Duration::from_secs(g.timeout_secs.max(1)));
+    let credentials =
+        GraphClient::entra_credentials(&s.azure_authority, tenant, client_id, secret.clone())
+            .context("TGB_AZURE_AUTHORITY")?;
+    let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
+    let governor = Governor::new(
+        format!("graph:{client_id}"),
+        GovernorConfig {
+            requests_per_window: g.requests_per_window,
+            window_secs: g.window_secs,
+            max_concurrent: g.max_concurrent,
+            ..GovernorConfig::default()
+        },
+    );
+    let graph = GraphClient::new(
+        http,
+        s.graph_url.clone(),
+        tokens,
+        governor,
+        client_id.clone(),
+    );
+
     let bus = tgb_service::connect(NAME, &config).await?;
-    let workers = tgb_service::Workers::new(&shutdown);
+    let links = tgb_bus::links::Links::new(bus.kv(tgb_bus::names::KV_LINKS).await?);
+    let store = store::Store::new(bus.kv(tgb_bus::names::KV_SYNC).await?);
+    let tasks = tasks::Tasks {
+        graph,
+        links,
+        store,
+        labels: labels::LabelCache::default(),
+        intent_lease: Duration::from_secs(g.intent_lease_secs),
+        after_post,
+    };
+    let routing = Arc::new(routing);
+    let poll_interval = Duration::from_millis(routing.graph.poll_interval_ms);
+    let handler = Arc::new(handler::PlannerHandler {
+        tasks: tasks.clone(),
+        routing: routing.clone(),
+        partners: Arc::new(partners),
+        publisher: bus.publisher(),
+    });
+    let poller = poller::Poller {
+        tasks,
+        routing,
+        publisher: bus.publisher(),
+        foreign: Default::default(),
+    };
+    let mut workers = tgb_service::Workers::new(&shutdown);
+    workers.consumer(
+        &bus,
+        tgb_service::consumer_spec(&config, handler::CONSUMER, handler::SUBJECTS),
+        handler,
+    );
+    workers.spawn(move |stop| poller.run(poll_interval, stop));
     tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await
 }

@@ -1,17 +1,16 @@
 use std::time::Duration;
 
-use tgb_runtime::Config;
-use tgb_testkit::{NatsServer, eventually};
-use tokio_util::sync::CancellationToken;
+use tgb_testkit::eventually;
+
+use crate::support::World;
 
 #[tokio::test]
 async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown() {
-    tgb_testkit::init_test_tracing();
-    let nats = NatsServer::start().await.unwrap();
-    let config = Config::load_from(None, [("TGB_NATS_URL".to_owned(), nats.url())]).unwrap();
+    let mut w = World::start().await;
+    let config = crate::support::config(&w.nats, &w.sandbox, &[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let service = tokio::spawn(planner_adapter::serve(config, listener, shutdown.clone()));
 
     let http = reqwest::Client::new();
@@ -21,15 +20,23 @@ async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown(
     })
     .await
     .unwrap();
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), 200);
-
-    // It provisioned the streams.
-    let js = async_nats_jetstream(&nats.url()).await;
-    js.get_stream("TGB_EVENTS").await.unwrap();
-    js.get_stream("TGB_DLQ").await.unwrap();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    w.bus.jetstream().get_stream("TGB_EVENTS").await.unwrap();
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), service)
@@ -37,9 +44,20 @@ async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown(
         .unwrap()
         .unwrap()
         .unwrap();
+    w.stop_adapter().await;
 }
 
-async fn async_nats_jetstream(url: &str) -> tgb_bus::async_nats::jetstream::Context {
-    let client = tgb_bus::async_nats::connect(url).await.unwrap();
-    tgb_bus::async_nats::jetstream::new(client)
+#[tokio::test]
+async fn a_routing_mistake_stops_the_start_with_the_key_named() {
+    let w = World::start().await;
+    let config = crate::support::config(
+        &w.nats,
+        &w.sandbox,
+        &[("TGB_ROUTING__PRIORITIES__HIGH", "very")],
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = planner_adapter::serve(config, listener, Default::default())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("priorities.high"), "{err:#}");
 }

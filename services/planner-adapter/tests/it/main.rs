@@ -1,3 +1,5 @@
-//! planner-adapter in-process against a real nats-server.
+//! planner-adapter in-process against a real nats-server and the sandbox's Planner.
 
+mod flows;
 mod lifecycle;
+mod support;

@@ -1,0 +1,577 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tgb_proto::*;
+use tgb_testkit::eventually;
+
+use crate::support::*;
+
+fn case(id: &str, category: CaseCategory, priority: CasePriority) -> TgCase {
+    TgCase {
+        case_id: id.into(),
+        revision: 1,
+        title: "ASN missing for PO 4711".into(),
+        description: "The ASN never arrived.".into(),
+        category: category as i32,
+        priority: priority as i32,
+        document_ids: vec!["D-1".into()],
+        order_ref: "PO-4711".into(),
+        ..Default::default()
+    }
+}
+
+fn opened(c: TgCase, partner: PartnerRef) -> TgCaseOpened {
+    TgCaseOpened {
+        meta: Some(meta(Origin::Tg, &c.case_id.clone(), partner)),
+        case: Some(c),
+    }
+}
+
+#[tokio::test]
+async fn p1_case_opened_makes_one_routed_triage_task_and_updates_follow_without_echo() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    let before = w.graph_calls();
+    w.publish(opened(
+        case(
+            "C-100",
+            CaseCategory::ShipmentDiscrepancy,
+            CasePriority::High,
+        ),
+        globex(),
+    ))
+    .await;
+    let created = w
+        .wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-100")
+        .await;
+    let task_id = created.task.unwrap().task_id;
+    let (task, details) = w.sandbox.planner().get_task(&task_id).unwrap();
+    let per_task = w.graph_calls() - before;
+    assert_eq!(task["title"], "[C-100] Globex: ASN missing for PO 4711");
+    assert_eq!(task["priority"], 3, "high → important");
+    assert_eq!(task["bucketId"], "bKtTriage000000000000000000A");
+    assert!(task["assignments"]["2a1b0c3d-0000-4000-8000-000000000101"].is_object());
+    assert!(task["dueDateTime"].is_string());
+    assert!(details["references"]["https%3A//tg%2Eexample/cases/C-100"].is_object());
+    assert!(details["references"]["https%3A//tg%2Eexample/documents/D-1"].is_object());
+    assert!(
+        details["description"]
+            .as_str()
+            .unwrap()
+            .contains("ASN never arrived")
+    );
+    eprintln!(
+        "FIGURE graph requests per triage task created (incl. token + plan labels on first use): {per_task}"
+    );
+
+    // A strategic partner's urgent case goes to escalations with the Escalated label.
+    w.publish(opened(
+        case("C-101", CaseCategory::Order, CasePriority::Urgent),
+        acme(),
+    ))
+    .await;
+    let t = &w.wait_tasks(ISSUES, "[C-101]", 1).await[0];
+    assert_eq!(t["bucketId"], "bKtEscalations0000000000000A");
+    assert_eq!(t["priority"], 1);
+    assert_eq!(t["appliedCategories"]["category4"], true);
+
+    // Let a poll observe the task, then the case is updated: title, priority, a new document.
+    let progressed_before = w.seen::<PlannerTaskProgressed>().len();
+    let mut c = case(
+        "C-100",
+        CaseCategory::ShipmentDiscrepancy,
+        CasePriority::Urgent,
+    );
+    c.title = "ASN missing for PO 4711 and 4712".into();
+    c.document_ids.push("D-2".into());
+    c.revision = 2;
+    w.publish(TgCaseUpdated {
+        meta: Some(meta(Origin::Tg, "C-100", globex())),
+        case: Some(c),
+    })
+    .await;
+    eventually("task updated", Duration::from_secs(20), || async {
+        let (t, d) = w.sandbox.planner().get_task(&task_id)?;
+        (t["priority"] == 1
+            && t["title"] == "[C-100] Globex: ASN missing for PO 4711 and 4712"
+            && d["references"]["https%3A//tg%2Eexample/documents/D-2"].is_object())
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    // The poll after tg-bridge's own update sees the change as an echo and emits nothing.
+    eventually("echo counted", Duration::from_secs(20), || async {
+        (w.sandbox.planner().get_task(&task_id).is_some() && scrape_echoes(&w).await > 0.0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        w.seen::<PlannerTaskProgressed>().len(),
+        progressed_before,
+        "no progress event for our own write"
+    );
+    assert_eq!(
+        w.tasks(ISSUES)
+            .iter()
+            .filter(|t| t["title"].as_str().unwrap().starts_with("[C-100]"))
+            .count(),
+        1
+    );
+    assert!(
+        w.graph_400s().is_empty(),
+        "bodies refused: {:?}",
+        w.graph_400s()
+    );
+    w.stop_adapter().await;
+}
+
+async fn scrape_echoes(_w: &World) -> f64 {
+    let text = tgb_runtime::metrics::install().render();
+    text.lines()
+        .filter(|l| l.starts_with("tgb_echoes_suppressed_total{") && l.contains("target=\"graph\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn p2_a_task_moved_to_blocked_produces_exactly_one_blocked_progress_event() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    w.publish(opened(
+        case("C-200", CaseCategory::Pricing, CasePriority::Normal),
+        globex(),
+    ))
+    .await;
+    let created = w
+        .wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-200")
+        .await;
+    let task_id = created.task.unwrap().task_id;
+    // Wait until the poller has looked at the task once (its own creation is an echo).
+    eventually("first poll", Duration::from_secs(20), || async {
+        (scrape_echoes(&w).await > 0.0).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let calls_before = w.graph_calls();
+    let mut delays = Vec::new();
+    // Measure: in progress, blocked, assignee added, completed; each one event.
+    let changes = [
+        (json!({"percentComplete": 50}), TaskProgress::InProgress),
+        (
+            json!({"appliedCategories": {"category1": true}}),
+            TaskProgress::Blocked,
+        ),
+        (
+            json!({"appliedCategories": {"category1": false}, "assignments": {"2a1b0c3d-0000-4000-8000-000000000103": {"@odata.type": "#microsoft.graph.plannerAssignment", "orderHint": " !"}}}),
+            TaskProgress::InProgress,
+        ),
+        (json!({"percentComplete": 100}), TaskProgress::Completed),
+    ];
+    for (i, (patch, expect)) in changes.into_iter().enumerate() {
+        let at = Instant::now();
+        w.edit_as_user(&task_id, patch);
+        let n = i + 1;
+        let got = eventually("progressed", Duration::from_secs(20), || async {
+            let seen = w.seen::<PlannerTaskProgressed>();
+            (seen.len() >= n).then(|| seen[n - 1].clone())
+        })
+        .await
+        .unwrap();
+        delays.push(at.elapsed());
+        assert_eq!(got.progress(), expect, "change {n}");
+        assert_eq!(got.tg_case_id, "C-200");
+        if expect == TaskProgress::Blocked {
+            assert_eq!(got.labels, vec!["Blocked".to_owned()]);
+            assert_eq!(got.previous(), TaskProgress::InProgress);
+        }
+        if n == 3 {
+            assert_eq!(
+                got.added_assignees,
+                vec!["2a1b0c3d-0000-4000-8000-000000000103".to_owned()]
+            );
+        }
+    }
+    // Several more poll cycles: still exactly one event per change.
+    let cycles_from = w.graph_calls();
+    eventually("more polls", Duration::from_secs(20), || async {
+        (w.graph_calls() >= cycles_from + 6).then_some(())
+    })
+    .await
+    .unwrap();
+    let events = w.seen::<PlannerTaskProgressed>();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.progress() == TaskProgress::Blocked)
+            .count(),
+        1
+    );
+    delays.sort();
+    eprintln!("FIGURE planner change → planner.task.progressed delays (poll 50 ms): {delays:?}");
+    eprintln!(
+        "FIGURE graph requests in the measurement (4 changes, includes idle polls): {}",
+        w.graph_calls() - calls_before
+    );
+    assert!(w.graph_400s().is_empty());
+    w.stop_adapter().await;
+}
+
+#[tokio::test]
+async fn a_create_retried_after_a_crash_between_post_and_link_leaves_exactly_one_task() {
+    let mut w = World::start().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let hook: planner_adapter::AfterPost = Arc::new(move |id: &str| {
+        let _ = tx.send(id.to_owned());
+        // The adapter "crashes" here: it never goes on.
+        Box::pin(std::future::pending::<()>())
+    });
+    w.start_adapter(Some(hook), &[]);
+    w.publish(opened(
+        case("C-300", CaseCategory::Order, CasePriority::Normal),
+        globex(),
+    ))
+    .await;
+    let posted = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // Abort the adapter hard after the POST, before the link is stored.
+    let (_token, handle) = w.adapter.take().unwrap();
+    handle.abort();
+    let _ = handle.await;
+    assert_eq!(w.wait_tasks(ISSUES, "[C-300]", 1).await.len(), 1);
+
+    // Restart: the message is redelivered; the intent makes it look for the marker first.
+    w.start_adapter(None, &[]);
+    let created = w
+        .wait_seen::<PlannerTaskCreated, _>("linked", |e| e.tg_case_id == "C-300")
+        .await;
+    assert_eq!(
+        created.task.unwrap().task_id,
+        posted,
+        "the earlier task was adopted"
+    );
+    let (_, details) = w.sandbox.planner().get_task(&posted).unwrap();
+    assert!(
+        details["references"]["https%3A//tg%2Eexample/cases/C-300"].is_object(),
+        "details completed"
+    );
+    // Another redelivery (an update) still finds the link.
+    w.publish(TgCaseUpdated {
+        meta: Some(meta(Origin::Tg, "C-300", globex())),
+        case: Some(case("C-300", CaseCategory::Order, CasePriority::Low)),
+    })
+    .await;
+    eventually("updated", Duration::from_secs(20), || async {
+        (w.sandbox.planner().get_task(&posted)?.0["priority"] == 9).then_some(())
+    })
+    .await
+    .unwrap();
+    let all: Vec<_> = w
+        .tasks(ISSUES)
+        .into_iter()
+        .filter(|t| t["title"].as_str().unwrap().starts_with("[C-300]"))
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        w.sandbox
+            .calls()
+            .of_system("graph")
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with("/planner/tasks"))
+            .count(),
+        1
+    );
+    w.stop_adapter().await;
+}
+
+#[tokio::test]
+async fn a_stale_etag_race_ends_with_both_changes_applied() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    w.publish(opened(
+        case("C-400", CaseCategory::Order, CasePriority::Normal),
+        globex(),
+    ))
+    .await;
+    let created = w
+        .wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-400")
+        .await;
+    let task_id = created.task.unwrap().task_id;
+    // Someone else completes half the work first; our update must keep it.
+    w.sandbox.planner().force_etag_races_with(
+        1,
+        json!({"percentComplete": 50, "appliedCategories": {"category1": true}}),
+    );
+    w.publish(TgCaseUpdated {
+        meta: Some(meta(Origin::Tg, "C-400", globex())),
+        case: Some(case("C-400", CaseCategory::Order, CasePriority::Urgent)),
+    })
+    .await;
+    let t = eventually("our change", Duration::from_secs(20), || async {
+        let (t, _) = w.sandbox.planner().get_task(&task_id)?;
+        (t["priority"] == 1).then_some(t)
+    })
+    .await
+    .unwrap();
+    assert_eq!(t["percentComplete"], 50, "their change kept");
+    assert_eq!(
+        t["appliedCategories"]["category1"], true,
+        "their change kept"
+    );
+    assert_eq!(w.sandbox.planner().pending_etag_races(), 0);
+    assert!(
+        w.sandbox
+            .calls()
+            .of_system("graph")
+            .iter()
+            .any(|c| c.status == 412),
+        "the race happened"
+    );
+    // Their change is a real change: reported as blocked once.
+    let ev = w
+        .wait_seen::<PlannerTaskProgressed, _>("progress", |e| e.tg_case_id == "C-400")
+        .await;
+    assert_eq!(ev.progress(), TaskProgress::Blocked);
+    w.stop_adapter().await;
+}
+
+#[tokio::test]
+async fn a_429_burst_delays_and_loses_nothing() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    w.sandbox.planner().throttle_next(6, 1);
+    let started = Instant::now();
+    for i in 0..5 {
+        w.publish(opened(
+            case(
+                &format!("C-5{i:02}"),
+                CaseCategory::Order,
+                CasePriority::Normal,
+            ),
+            globex(),
+        ))
+        .await;
+    }
+    for i in 0..5 {
+        w.wait_tasks(ISSUES, &format!("[C-5{i:02}]"), 1).await;
+        w.wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == format!("C-5{i:02}"))
+            .await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+    let throttled = w
+        .sandbox
+        .calls()
+        .of_system("graph")
+        .iter()
+        .filter(|c| c.status == 429)
+        .count();
+    assert!(throttled >= 1);
+    for i in 0..5 {
+        let n = w
+            .tasks(ISSUES)
+            .iter()
+            .filter(|t| {
+                t["title"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("[C-5{i:02}]"))
+            })
+            .count();
+        assert_eq!(n, 1, "C-5{i:02}");
+    }
+    assert!(w.graph_400s().is_empty());
+    w.stop_adapter().await;
+}
+
+#[tokio::test]
+async fn p4_an_exception_makes_one_task_per_department_and_reports_when_all_are_complete() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    let before = w.graph_calls();
+    let ex = DynException {
+        exception_id: "E-1".into(),
+        kind: ExceptionKind::InvoiceException as i32,
+        title: "Invoice 991 does not match PO 4711".into(),
+        description: "Price differs by 4%.".into(),
+        invoice_ref: "INV-991".into(),
+        priority: CasePriority::High as i32,
+        departments: vec!["procurement".into(), "logistics".into(), "finance".into()],
+        tg_case_id: "C-600".into(),
+        status: "open".into(),
+        ..Default::default()
+    };
+    w.publish(DynExceptionRaised {
+        meta: Some(meta(Origin::Dyn, "C-600", globex())),
+        exception: Some(ex),
+    })
+    .await;
+    let tasks = w.wait_tasks(ISSUES, "[EX-E-1/", 3).await;
+    eventually("details", Duration::from_secs(20), || async {
+        tasks
+            .iter()
+            .all(|t| {
+                w.sandbox
+                    .planner()
+                    .get_task(t["id"].as_str().unwrap())
+                    .is_some_and(|(_, d)| d["checklist"].as_object().is_some_and(|c| c.len() == 2))
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "FIGURE graph requests for 3 department tasks (batched): {}",
+        w.graph_calls() - before
+    );
+    eventually("announced", Duration::from_secs(20), || async {
+        (w.seen::<PlannerTaskCreated>().len() == 3).then_some(())
+    })
+    .await
+    .unwrap();
+    for (i, t) in tasks.iter().enumerate() {
+        w.edit_as_user(t["id"].as_str().unwrap(), json!({"percentComplete": 100}));
+        let n = i + 1;
+        eventually("progress", Duration::from_secs(20), || async {
+            (w.seen::<PlannerTaskProgressed>()
+                .iter()
+                .filter(|e| e.progress() == TaskProgress::Completed)
+                .count()
+                == n)
+                .then_some(())
+        })
+        .await
+        .unwrap();
+        if n < 3 {
+            assert!(w.seen::<PlannerExceptionCompleted>().is_empty());
+        }
+    }
+    let done = w
+        .wait_seen::<PlannerExceptionCompleted, _>("completed", |_| true)
+        .await;
+    assert_eq!(done.tg_case_id, "C-600");
+    assert_eq!(done.exception_id, "E-1");
+    assert_eq!(done.tasks.len(), 3);
+    assert!(
+        w.seen::<PlannerTaskProgressed>()
+            .iter()
+            .all(|e| e.meta.as_ref().unwrap().correlation_id == "C-600")
+    );
+    assert!(w.graph_400s().is_empty(), "{:?}", w.graph_400s());
+    w.stop_adapter().await;
+}
+
+#[tokio::test]
+async fn p7_an_action_item_becomes_a_task_for_the_mapped_owner_with_its_due_date() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    w.publish(TgActionItemFlagged {
+        meta: Some(meta(Origin::Tg, "C-700", globex())),
+        thread_id: "TH-1".into(),
+        action_item_id: "AI-1".into(),
+        text: "Send the corrected ASN".into(),
+        owner_hint: "Pat@example.com".into(),
+        due_on: "2030-05-04".into(),
+        case_id: "C-700".into(),
+    })
+    .await;
+    let t = &w.wait_tasks(ISSUES, "[AI AI-1]", 1).await[0];
+    assert!(t["assignments"]["2a1b0c3d-0000-4000-8000-000000000102"].is_object());
+    assert!(t["dueDateTime"].as_str().unwrap().starts_with("2030-05-04"));
+    w.stop_adapter().await;
+}
+
+#[tokio::test]
+async fn p3_p5_p6_escalation_review_and_onboarding_tasks_are_created_and_review_labels_reported() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    w.publish(SlaBreached {
+        meta: Some(meta(Origin::Sla, "C-800", globex())),
+        case_id: "C-800".into(),
+        target: SlaTarget::Resolution as i32,
+        priority: CasePriority::High as i32,
+        level: 2,
+        case_title: "ASN missing".into(),
+        next_steps: vec!["Call the partner".into()],
+        ..Default::default()
+    })
+    .await;
+    let esc = &w.wait_tasks(ISSUES, "[C-800 L2]", 1).await[0];
+    assert_eq!(esc["bucketId"], "bKtEscalations0000000000000A");
+    assert_eq!(esc["appliedCategories"]["category4"], true);
+
+    w.publish(ReviewRequested {
+        meta: Some(meta(Origin::Review, "ZZ:GLOBEX", globex())),
+        document: Some(TgDocument {
+            document_id: "D-9".into(),
+            file_name: "w9.pdf".into(),
+            doc_type: DocType::TaxForm as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let review = w
+        .wait_tasks("pLnOnboarding000000000000000", "[doc D-9]", 1)
+        .await[0]
+        .clone();
+    let id = review["id"].as_str().unwrap().to_owned();
+    w.wait_seen::<PlannerTaskCreated, _>("review created", |e| {
+        e.task.as_ref().is_some_and(|t| t.task_id == id)
+    })
+    .await;
+    eventually("first poll", Duration::from_secs(20), || async {
+        (scrape_echoes(&w).await > 0.0).then_some(())
+    })
+    .await
+    .unwrap();
+    w.edit_as_user(
+        &id,
+        json!({"percentComplete": 100, "appliedCategories": {"category2": true}}),
+    );
+    let ev = w
+        .wait_seen::<PlannerTaskProgressed, _>("review outcome", |e| {
+            e.task.as_ref().is_some_and(|t| t.task_id == id)
+        })
+        .await;
+    assert_eq!(ev.progress(), TaskProgress::Completed);
+    assert_eq!(ev.labels, vec!["Approved".to_owned()]);
+    assert_eq!(ev.task.unwrap().kind(), TaskKind::Review);
+
+    w.publish(OnboardingStepsRequested {
+        meta: Some(meta(Origin::Onboarding, "ZZ:GLOBEX", globex())),
+        steps: vec![
+            InternalStep {
+                key: "account_setup".into(),
+                label: "Account setup".into(),
+                state: "pending".into(),
+                task_id: String::new(),
+            },
+            InternalStep {
+                key: "edi_mapping".into(),
+                label: "EDI mapping".into(),
+                state: "pending".into(),
+                task_id: String::new(),
+            },
+        ],
+        ..Default::default()
+    })
+    .await;
+    let steps = w
+        .wait_tasks("pLnOnboarding000000000000000", "[ZZ:GLOBEX ", 2)
+        .await;
+    assert!(
+        steps
+            .iter()
+            .any(|t| t["bucketId"] == "bKtEdiMapping00000000000000A")
+    );
+    assert!(w.graph_400s().is_empty(), "{:?}", w.graph_400s());
+    w.stop_adapter().await;
+}

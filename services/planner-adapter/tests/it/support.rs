@@ -1,0 +1,210 @@
+//! A real nats-server, the sandbox and planner-adapter in-process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tgb_bus::{Bus, BusConfig, Publisher};
+use tgb_proto::{BusEvent, EventMeta, Origin, PartnerRef};
+use tgb_runtime::Config;
+use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_testkit::{NatsServer, eventually};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ISSUES: &str = "pLnPartnerIssues00000000000A";
+
+/// Events seen on `tgb.v1.planner.>`: subject, bytes, arrival.
+pub type Seen = Arc<std::sync::Mutex<Vec<(String, Vec<u8>, std::time::Instant)>>>;
+
+pub struct World {
+    pub nats: NatsServer,
+    pub sandbox: Sandbox,
+    pub bus: Bus,
+    pub publisher: Publisher,
+    pub adapter: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    pub events: Seen,
+}
+
+pub fn config(nats: &NatsServer, sandbox: &Sandbox, extra: &[(&str, &str)]) -> Config {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
+    let mut env: Vec<(String, String)> = vec![
+        ("TGB_NATS_URL".into(), nats.url()),
+        ("TGB_AZURE_AUTHORITY".into(), sandbox.azure_authority()),
+        ("TGB_AZURE_TENANT_ID".into(), "tenant".into()),
+        ("TGB_AZURE_CLIENT_ID".into(), "tgb-bridge".into()),
+        ("TGB_AZURE_CLIENT_SECRET".into(), "tgb-bridge-secret".into()),
+        ("TGB_GRAPH_URL".into(), sandbox.graph_url()),
+        ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS".into(), "50".into()),
+        ("TGB_BUS__ACK_WAIT_SECS".into(), "2".into()),
+    ];
+    for (k, v) in extra {
+        env.push(((*k).into(), (*v).into()));
+    }
+    Config::load_from(Some(&file), env).unwrap()
+}
+
+impl World {
+    pub async fn start() -> World {
+        tgb_testkit::init_test_tracing();
+        let nats = NatsServer::start().await.unwrap();
+        let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+        let bus = Bus::connect(&nats.url(), None, BusConfig::default())
+            .await
+            .unwrap();
+        let publisher = bus.publisher();
+        let events: Seen = Arc::default();
+        let mut sub = bus.client().subscribe("tgb.v1.planner.>").await.unwrap();
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                sink.lock().unwrap().push((
+                    m.subject.to_string(),
+                    m.payload.to_vec(),
+                    std::time::Instant::now(),
+                ));
+            }
+        });
+        bus.client().flush().await.unwrap();
+        World {
+            nats,
+            sandbox,
+            bus,
+            publisher,
+            adapter: None,
+            events,
+        }
+    }
+
+    pub fn start_adapter(
+        &mut self,
+        hook: Option<planner_adapter::AfterPost>,
+        extra: &[(&str, &str)],
+    ) {
+        let config = config(&self.nats, &self.sandbox, extra);
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            planner_adapter::serve_with(config, listener, token, hook).await
+        });
+        self.adapter = Some((shutdown, handle));
+    }
+
+    pub async fn stop_adapter(&mut self) {
+        if let Some((token, handle)) = self.adapter.take() {
+            token.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+        }
+    }
+
+    pub async fn publish<E: BusEvent>(&self, mut event: E) {
+        let meta = event.meta_mut();
+        if meta.event_id.is_empty() {
+            *meta = EventMeta {
+                correlation_id: meta.correlation_id.clone(),
+                partner: meta.partner.clone(),
+                entity: meta.entity.clone(),
+                ..EventMeta::new(tgb_proto::origin_of(E::SUBJECT))
+            };
+        }
+        self.publisher.publish(&event).await.unwrap();
+    }
+
+    pub fn tasks(&self, plan: &str) -> Vec<serde_json::Value> {
+        self.sandbox.planner().list_tasks(plan).unwrap()
+    }
+
+    pub async fn wait_tasks(&self, plan: &str, prefix: &str, n: usize) -> Vec<serde_json::Value> {
+        eventually(
+            &format!("{n} tasks {prefix}"),
+            Duration::from_secs(30),
+            || async {
+                let found: Vec<_> = self
+                    .tasks(plan)
+                    .into_iter()
+                    .filter(|t| t["title"].as_str().unwrap_or_default().starts_with(prefix))
+                    .collect();
+                (found.len() >= n).then_some(found)
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Events seen on `subject`, decoded.
+    pub fn seen<E: BusEvent>(&self) -> Vec<E> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _, _)| s == E::SUBJECT)
+            .map(|(_, b, _)| E::decode(b.as_slice()).unwrap())
+            .collect()
+    }
+
+    pub async fn wait_seen<E: BusEvent, F: Fn(&E) -> bool>(&self, what: &str, f: F) -> E {
+        eventually(what, Duration::from_secs(30), || async {
+            self.seen::<E>().into_iter().find(|e| f(e))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Graph calls answered 400 (a body the schema refused) — must stay 0.
+    pub fn graph_400s(&self) -> Vec<String> {
+        self.sandbox
+            .calls()
+            .of_system("graph")
+            .into_iter()
+            .filter(|c| c.status == 400)
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect()
+    }
+
+    pub fn graph_calls(&self) -> usize {
+        self.sandbox
+            .calls()
+            .of_system("graph")
+            .into_iter()
+            .filter(|c| !c.scripted && c.caller.as_ref().is_none_or(|c| c.kind == "application"))
+            .count()
+    }
+
+    /// A person edits a task in Planner.
+    pub fn edit_as_user(&self, task_id: &str, patch: serde_json::Value) {
+        let user = tgb_sandbox_planner::Caller::user(
+            "2a1b0c3d-0000-4000-8000-000000000102",
+            "Pat Planner",
+        );
+        self.sandbox
+            .planner()
+            .update_task_as(&user, task_id, &patch)
+            .unwrap();
+    }
+}
+
+pub fn acme() -> PartnerRef {
+    PartnerRef {
+        qualifier: "ZZ".into(),
+        id: "ACME01".into(),
+        name: "Acme Corp".into(),
+    }
+}
+
+pub fn globex() -> PartnerRef {
+    PartnerRef {
+        qualifier: "ZZ".into(),
+        id: "GLOBEX".into(),
+        name: "Globex".into(),
+    }
+}
+
+pub fn meta(origin: Origin, correlation: &str, partner: PartnerRef) -> EventMeta {
+    EventMeta {
+        correlation_id: correlation.into(),
+        partner: Some(partner),
+        ..EventMeta::new(origin)
+    }
+}
