@@ -1,9 +1,36 @@
-//! dynamics-adapter: Flows D1–D8 against the Dataverse Web API: upserts from `tg.*`, `review.*`, `planner.*`; `dyn.*` events from Dataverse webhooks and change tracking.
+//! dynamics-adapter: flows D1–D8 against the Dataverse Web API.
+//!
+//! - [`inbound`]: `tg.*`, `review.*`, `onboarding.*` events → Dataverse writes (upserts by
+//!   alternate key or deterministic UUIDv5 ids, coalesced into `$batch` change sets).
+//! - [`detect`]: Dataverse changes → `dyn.*` events, from the webhook
+//!   (`POST /webhooks/dataverse`) and from a change-tracking poll (delta links in
+//!   `tgb_cursors`, re-baselined when Dataverse says the token expired).
+//!
+//! Without `TGB_DATAVERSE_URL` the service only serves health and metrics.
+
+pub mod adapter;
+pub mod batcher;
+pub mod detect;
+pub mod inbound;
+pub mod schema;
+pub mod settings;
+pub mod state;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use anyhow::Context as _;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
+use tgb_clients::dataverse::{DataverseClient, DataverseError, DataverseSettings, entra_token_url};
+use tgb_clients::oauth::ClientCredentials;
 use tgb_runtime::Config;
 use tokio_util::sync::CancellationToken;
+
+pub use adapter::Adapter;
+pub use settings::DynamicsSettings;
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
 pub const NAME: &str = "dynamics-adapter";
@@ -25,7 +52,203 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let settings: DynamicsSettings = config.section("dynamics")?;
+    settings.validate().map_err(anyhow::Error::msg)?;
     let bus = tgb_service::connect(NAME, &config).await?;
-    let workers = tgb_service::Workers::new(&shutdown);
-    tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await
+    let mut workers = tgb_service::Workers::new(&shutdown);
+    let s = &config.settings;
+    let Some(org_url) = s.dataverse_url.clone() else {
+        tracing::warn!("TGB_DATAVERSE_URL is not set: the Dynamics flows are off");
+        return tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await;
+    };
+    let tenant = config.require(&s.azure_tenant_id, "TGB_AZURE_TENANT_ID", NAME)?;
+    let client_id = config.require(&s.azure_client_id, "TGB_AZURE_CLIENT_ID", NAME)?;
+    let secret = config.require(&s.azure_client_secret, "TGB_AZURE_CLIENT_SECRET", NAME)?;
+    let mut credentials = ClientCredentials::new(
+        entra_token_url(&s.azure_authority, tenant).context("TGB_AZURE_AUTHORITY")?,
+        client_id.clone(),
+        secret.clone(),
+    );
+    credentials.refresh_margin = std::time::Duration::from_secs(settings.token_refresh_margin_secs);
+    let governor =
+        tgb_governor::Governor::new(format!("dataverse:{client_id}"), settings.governor.clone());
+    let dv = DataverseClient::new(
+        &DataverseSettings {
+            org_url,
+            request_timeout: settings.request_timeout(),
+            throttle_retries: settings.throttle_retries,
+        },
+        credentials,
+        governor,
+    )?;
+    let app_user = loop {
+        match dv.who_am_i().await {
+            Ok(id) => break id,
+            Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "WhoAmI failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(e.retry_after().unwrap_or(std::time::Duration::from_secs(1))) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("WhoAmI (the application user)")),
+        }
+    };
+    tracing::info!(app_user = %app_user, "Dataverse application user");
+    let batcher = batcher::Batcher::start(
+        dv.clone(),
+        settings.batch_max_requests,
+        settings.batch_linger(),
+    );
+    let adapter = Arc::new(Adapter::new(
+        dv,
+        batcher,
+        tgb_bus::links::Links::new(bus.kv(tgb_bus::names::KV_LINKS).await?),
+        state::States::new(bus.kv(tgb_bus::names::KV_SYNC).await?),
+        bus.kv(tgb_bus::names::KV_CURSORS).await?,
+        bus.publisher(),
+        settings,
+        app_user,
+    ));
+    workers.consumer(
+        &bus,
+        tgb_service::consumer_spec(&config, "dynamics-adapter-in", inbound::SUBJECTS),
+        Arc::new(inbound::Writer(adapter.clone())),
+    );
+    let poller = adapter.clone();
+    workers.spawn(move |stop| async move { poll_loop(poller, stop).await });
+    let hook = Webhook {
+        adapter,
+        key: s.dataverse_webhook_key.clone(),
+    };
+    let routes = axum::Router::new()
+        .route("/webhooks/dataverse", axum::routing::post(webhook))
+        .with_state(Arc::new(hook));
+    tgb_service::run(NAME, listener, routes, bus, shutdown, workers).await
+}
+
+struct Webhook {
+    adapter: Arc<Adapter>,
+    key: Option<secrecy::SecretString>,
+}
+
+fn answer(status: StatusCode, outcome: &'static str, message: &str) -> Response {
+    metrics::counter!("tgb_webhooks_received_total", "source" => "dataverse", "outcome" => outcome)
+        .increment(1);
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": outcome, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn webhook(
+    State(hook): State<Arc<Webhook>>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(expected) = &hook.key else {
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            "rejected",
+            "no webhook key is configured (TGB_DATAVERSE_WEBHOOK_KEY)",
+        );
+    };
+    let presented = headers
+        .get(hook.adapter.settings.webhook_key_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.get("code").cloned());
+    let ok = presented.is_some_and(|p| {
+        use subtle::ConstantTimeEq;
+        p.as_bytes()
+            .ct_eq(expected.expose_secret().as_bytes())
+            .into()
+    });
+    if !ok {
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            "rejected",
+            "missing or wrong webhook key",
+        );
+    }
+    match detect::webhook_body(&hook.adapter, &body).await {
+        Ok(()) => {
+            metrics::counter!("tgb_webhooks_received_total", "source" => "dataverse", "outcome" => "published").increment(1);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(detect::WebhookFailure::Invalid(m)) => answer(StatusCode::BAD_REQUEST, "invalid", &m),
+        Err(detect::WebhookFailure::Failed(m)) => {
+            tracing::warn!(error = %m, "Dataverse webhook not taken");
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "failed",
+                "could not record the change; retry",
+            )
+        }
+    }
+}
+
+/// The reconciling path: change tracking of every configured table, delta links in KV.
+async fn poll_loop(adapter: Arc<Adapter>, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(adapter.settings.poll_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        for table in adapter.settings.poll_tables.clone() {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            if let Err(e) = poll_table(&adapter, &table).await {
+                tracing::warn!(table, error = %e, "change-tracking poll failed; next round retries");
+            }
+        }
+    }
+}
+
+/// One change-tracking round of `table`.
+pub async fn poll_table(adapter: &Adapter, table: &str) -> anyhow::Result<usize> {
+    let key = format!("dataverse.{table}");
+    let link = adapter
+        .cursors
+        .get(&key)
+        .await?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let set = schema::set(table);
+    let (delta, baseline) = match &link {
+        Some(l) => match adapter.dv.changes(set, "", Some(l)).await {
+            Ok(d) => (d, false),
+            Err(DataverseError::DeltaExpired { .. }) => {
+                metrics::counter!("tgb_dynamics_rebaselines_total", "table" => table.to_owned())
+                    .increment(1);
+                tracing::warn!(table, "change-tracking token expired: re-baselining");
+                (adapter.dv.changes(set, "", None).await?, true)
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => (adapter.dv.changes(set, "", None).await?, false),
+    };
+    let mut seen = 0;
+    // A first baseline only sets the starting point; after an expiry every row is checked
+    // (the version and fingerprint filters drop what was already handled).
+    if link.is_some() || baseline {
+        for row in &delta.rows {
+            if let Some(change) = detect::from_row(table, row) {
+                adapter
+                    .on_change(change)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                seen += 1;
+            }
+        }
+    }
+    adapter
+        .cursors
+        .put(&key, delta.delta_link.into_bytes().into())
+        .await?;
+    Ok(seen)
 }

@@ -550,6 +550,7 @@ impl DataverseClient {
     ) -> Result<Delta, DataverseError> {
         let mut next = Some(match delta_link {
             Some(l) => l.to_owned(),
+            None if select.is_empty() => set.to_owned(),
             None => format!("{set}?$select={select}"),
         });
         let prefer = [(

@@ -1,3 +1,5 @@
-//! dynamics-adapter in-process against a real nats-server.
+//! dynamics-adapter in-process against a real nats-server and the sandbox.
 
+mod case_sync;
 mod lifecycle;
+mod support;

@@ -1,0 +1,299 @@
+//! The shared core: the Dataverse client, the batcher, the KV state, account resolution and the
+//! flow metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tgb_bus::HandlerError;
+use tgb_bus::Publisher;
+use tgb_bus::links::{Links, Record};
+use tgb_clients::dataverse::{DataverseClient, DataverseError, quote};
+use tgb_proto as pb;
+use uuid::Uuid;
+
+use crate::batcher::{Batcher, upsert};
+use crate::schema;
+use crate::settings::DynamicsSettings;
+use crate::state::States;
+
+/// Namespace of the deterministic ids tg-bridge gives the rows it creates (UUIDv5).
+pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f1c_2b7e_8d3a_4c61_9e0b_7a2d_1c4f_6b01);
+
+/// `tgb_sync` target of TG → Dataverse state (keyed by the TG entity).
+pub const TO_DATAVERSE: &str = "dataverse";
+/// `tgb_sync` target of Dataverse → bus state (keyed by the Dataverse row).
+pub const FROM_DATAVERSE: &str = "dyn";
+
+/// The deterministic id of a row created for `source_key` (e.g. `tg-comment:CM-1`).
+pub fn row_id(source_key: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, source_key.as_bytes())
+}
+
+/// Everything the flows share.
+pub struct Adapter {
+    /// The Dataverse client (the application user's lane).
+    pub dv: DataverseClient,
+    /// Coalesced writes.
+    pub batcher: Batcher,
+    /// `tgb_links`.
+    pub links: Links,
+    /// `tgb_sync`.
+    pub states: States,
+    /// `tgb_cursors`.
+    pub cursors: async_nats::jetstream::kv::Store,
+    /// Event publisher.
+    pub publisher: Publisher,
+    /// `[dynamics]`.
+    pub settings: DynamicsSettings,
+    /// The application user's id (WhoAmI), lower case.
+    pub app_user: String,
+    accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<String>>>>>,
+    entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter")
+            .field("app_user", &self.app_user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a Dataverse failure to what the consumer does with the message.
+pub fn handler_error(e: DataverseError) -> HandlerError {
+    match &e {
+        DataverseError::Token(t) if !t.is_transient() => HandlerError::Fatal(e.to_string()),
+        _ if e.is_transient() => match e.retry_after() {
+            Some(d) => HandlerError::retry_after(e.to_string(), d),
+            None => HandlerError::transient(e.to_string()),
+        },
+        _ => HandlerError::permanent(e.to_string()),
+    }
+}
+
+/// Counts one source event of a flow.
+pub fn flow(flow: &'static str, outcome: &'static str, occurred: Option<&prost_types::Timestamp>) {
+    metrics::counter!("tgb_flow_events_total", "flow" => flow, "outcome" => outcome).increment(1);
+    if outcome == "applied"
+        && let Some(t) = occurred
+        && let Ok(at) = std::time::SystemTime::try_from(*t)
+        && let Ok(age) = std::time::SystemTime::now().duration_since(at)
+    {
+        metrics::histogram!("tgb_flow_latency_seconds", "flow" => flow).record(age.as_secs_f64());
+    }
+}
+
+/// Counts a dropped echo.
+pub fn echo(target: &'static str, reason: &'static str) {
+    metrics::counter!("tgb_echoes_suppressed_total", "target" => target, "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a dropped stale event.
+pub fn stale(target: &'static str) {
+    metrics::counter!("tgb_stale_events_dropped_total", "target" => target).increment(1);
+}
+
+impl Adapter {
+    /// The core over its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dv: DataverseClient,
+        batcher: Batcher,
+        links: Links,
+        states: States,
+        cursors: async_nats::jetstream::kv::Store,
+        publisher: Publisher,
+        settings: DynamicsSettings,
+        app_user: String,
+    ) -> Self {
+        Adapter {
+            dv,
+            batcher,
+            links,
+            states,
+            cursors,
+            publisher,
+            settings,
+            app_user: app_user.to_ascii_lowercase(),
+            accounts: Mutex::new(HashMap::new()),
+            entity_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A lock serialising work on one entity inside this process.
+    pub fn lock_of(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.entity_locks
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The account of a partner: the linked one; else the one with its `tgb_partnerkey`; else
+    /// (first sync) one whose configured match fields equal the partner id, which then gets the
+    /// key; else a new account upserted by the key. Linked in `tgb_links` either way.
+    pub async fn account_for(&self, partner: &pb::PartnerRef) -> Result<String, HandlerError> {
+        if partner.qualifier.is_empty() || partner.id.is_empty() {
+            return Err(HandlerError::permanent("meta.partner is missing"));
+        }
+        let key = partner.key();
+        let slot = self
+            .accounts
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(id) = slot.as_ref() {
+            return Ok(id.clone());
+        }
+        let tg = Record::new("tg", "partner", &key);
+        if let Some(id) = self
+            .links
+            .find(&tg, "dataverse", "account")
+            .await
+            .map_err(HandlerError::transient)?
+        {
+            *slot = Some(id.clone());
+            return Ok(id);
+        }
+        let set = schema::set("account");
+        let found = self
+            .dv
+            .get(&format!(
+                "{set}?$select=accountid&$filter=tgb_partnerkey eq {}",
+                quote(&key)
+            ))
+            .await
+            .map_err(handler_error)?;
+        let mut id = found["value"][0]["accountid"].as_str().map(str::to_owned);
+        if id.is_none() {
+            for field in &self.settings.account_match_fields {
+                let found = self
+                    .dv
+                    .get(&format!(
+                        "{set}?$select=accountid,tgb_partnerkey&$filter={field} eq {}",
+                        quote(&partner.id)
+                    ))
+                    .await
+                    .map_err(handler_error)?;
+                let candidates: Vec<&Value> = found["value"]
+                    .as_array()
+                    .map(|v| v.iter().filter(|r| r["tgb_partnerkey"].is_null()).collect())
+                    .unwrap_or_default();
+                if candidates.len() == 1 {
+                    let matched = candidates[0]["accountid"].as_str().unwrap_or_default();
+                    self.batcher
+                        .submit(vec![upsert(
+                            &format!("{set}({matched})"),
+                            "accountid",
+                            json!({"tgb_partnerkey": key}),
+                        )])
+                        .await
+                        .map_err(handler_error)?;
+                    metrics::counter!("tgb_dynamics_accounts_matched_total", "field" => field.clone())
+                        .increment(1);
+                    tracing::info!(partner = %key, account = matched, field, "first sync matched an existing account");
+                    id = Some(matched.to_owned());
+                    break;
+                }
+            }
+        }
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let name = if partner.name.is_empty() {
+                    key.clone()
+                } else {
+                    partner.name.clone()
+                };
+                let answers = self
+                    .batcher
+                    .submit(vec![upsert(
+                        &format!("{set}(tgb_partnerkey={})", quote(&key)),
+                        "accountid",
+                        json!({"name": name}),
+                    )])
+                    .await
+                    .map_err(handler_error)?;
+                answers
+                    .first()
+                    .and_then(|a| a.body.as_ref())
+                    .and_then(|b| b["accountid"].as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| HandlerError::transient("the account upsert answered no id"))?
+            }
+        };
+        self.links
+            .link(&tg, &Record::new("dataverse", "account", &id))
+            .await
+            .map_err(HandlerError::transient)?;
+        *slot = Some(id.clone());
+        Ok(id)
+    }
+
+    /// The partner of an account (from the link, else from its `tgb_partnerkey`).
+    pub async fn partner_of(
+        &self,
+        account_id: &str,
+    ) -> Result<Option<pb::PartnerRef>, HandlerError> {
+        let rec = Record::new("dataverse", "account", account_id);
+        let key = match self
+            .links
+            .find(&rec, "tg", "partner")
+            .await
+            .map_err(HandlerError::transient)?
+        {
+            Some(k) => Some(k),
+            None => {
+                let row = match self
+                    .dv
+                    .get(&format!(
+                        "{}({account_id})?$select=tgb_partnerkey,name",
+                        schema::set("account")
+                    ))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(DataverseError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(handler_error(e)),
+                };
+                let key = row["tgb_partnerkey"].as_str().map(str::to_owned);
+                if let Some(k) = &key {
+                    self.links
+                        .link(&Record::new("tg", "partner", k), &rec)
+                        .await
+                        .map_err(HandlerError::transient)?;
+                }
+                key
+            }
+        };
+        Ok(key.map(|k| partner_ref(&k)))
+    }
+
+    /// The TG case linked to an incident.
+    pub async fn tg_case_of(&self, incident_id: &str) -> Result<Option<String>, HandlerError> {
+        self.links
+            .find(
+                &Record::new("dataverse", "incident", incident_id),
+                "tg",
+                "case",
+            )
+            .await
+            .map_err(HandlerError::transient)
+    }
+}
+
+/// `ZZ:ACME01` → a partner reference.
+pub fn partner_ref(key: &str) -> pb::PartnerRef {
+    let (q, id) = key.split_once(':').unwrap_or(("", key));
+    pb::PartnerRef {
+        qualifier: q.to_owned(),
+        id: id.to_owned(),
+        name: String::new(),
+    }
+}

@@ -1,0 +1,163 @@
+//! `[dynamics]`: the adapter's own settings (`TGB_DYNAMICS__*` overrides).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tgb_governor::GovernorConfig;
+
+/// Who wins when both sides changed the same field since the last sync (D8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldPolicy {
+    /// Trading Grid's value is written to Dynamics.
+    TgWins,
+    /// Dynamics keeps its value (and TG hears of it through `dyn.account.updated`).
+    DynamicsWins,
+}
+
+/// The adapter's settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamicsSettings {
+    /// Timeout of one Dataverse call, milliseconds.
+    pub request_timeout_ms: u64,
+    /// 429s waited out (lane paused for `Retry-After`) and re-sent before the event is nakked.
+    pub throttle_retries: u32,
+    /// Refresh the Entra token this many seconds before it expires.
+    pub token_refresh_margin_secs: u64,
+    /// The rate lane of the application user (Dataverse: 6000 requests / 300 s, 52 at once).
+    pub governor: GovernorConfig,
+    /// Writes coalesced into one `$batch` at most (Microsoft advises about 10).
+    pub batch_max_requests: usize,
+    /// How long the first write of a burst waits for others to join its `$batch`, ms.
+    pub batch_linger_ms: u64,
+    /// Time between two change-tracking polls, milliseconds (a poll also runs at start).
+    pub poll_interval_ms: u64,
+    /// Tables polled with change tracking (the reconciling path behind the webhooks).
+    pub poll_tables: Vec<String>,
+    /// TG priority (`urgent`, `high`, `normal`, `low`) → incident `prioritycode`.
+    pub priority_map: BTreeMap<String, i64>,
+    /// TG category (`shipment_discrepancy`, …) → incident `casetypecode`.
+    pub case_type_map: BTreeMap<String, i64>,
+    /// Account columns compared with the TG partner id on a first sync when no account has
+    /// the partner key yet (e.g. `accountnumber`).
+    pub account_match_fields: Vec<String>,
+    /// Per-field policy of D8 conflicts (`legal_name`, `address`, `contacts`).
+    pub field_policies: BTreeMap<String, FieldPolicy>,
+    /// Policy of fields not listed in `field_policies`.
+    pub default_field_policy: FieldPolicy,
+    /// Internal notes whose subject starts with this are posted to TG as partner-visible.
+    pub partner_note_prefix: String,
+    /// D7: publish a KPI snapshot whenever a KPI row changes.
+    pub kpi_publish_on_change: bool,
+    /// D7: publish a KPI snapshot when a period is closed (`tgb_periodclosed`).
+    pub kpi_publish_at_period_close: bool,
+    /// Header that carries the webhook key (`HttpHeader` authentication); the query parameter
+    /// `code` (`WebhookKey`) is accepted too.
+    pub webhook_key_header: String,
+}
+
+impl Default for DynamicsSettings {
+    fn default() -> Self {
+        let map = |pairs: &[(&str, i64)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        DynamicsSettings {
+            request_timeout_ms: 10_000,
+            throttle_retries: 5,
+            token_refresh_margin_secs: 300,
+            governor: GovernorConfig::default(),
+            batch_max_requests: 10,
+            batch_linger_ms: 20,
+            poll_interval_ms: 60_000,
+            poll_tables: [
+                "incident",
+                "annotation",
+                "account",
+                "salesorder",
+                "invoice",
+                "tgb_exception",
+                "tgb_partnerkpi",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            priority_map: map(&[("urgent", 1), ("high", 1), ("normal", 2), ("low", 3)]),
+            case_type_map: map(&[
+                ("shipment_discrepancy", 2),
+                ("invoice_mismatch", 2),
+                ("compliance_exception", 2),
+                ("pricing", 1),
+                ("order", 3),
+                ("other", 1),
+            ]),
+            account_match_fields: vec!["accountnumber".into()],
+            field_policies: [
+                ("legal_name", FieldPolicy::DynamicsWins),
+                ("address", FieldPolicy::TgWins),
+                ("contacts", FieldPolicy::TgWins),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            default_field_policy: FieldPolicy::TgWins,
+            partner_note_prefix: "[partner]".into(),
+            kpi_publish_on_change: true,
+            kpi_publish_at_period_close: true,
+            webhook_key_header: "x-api-key".into(),
+        }
+    }
+}
+
+impl DynamicsSettings {
+    /// [`Self::request_timeout_ms`].
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+    /// [`Self::batch_linger_ms`].
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+    /// [`Self::poll_interval_ms`].
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+    /// The policy of `field`.
+    pub fn policy(&self, field: &str) -> FieldPolicy {
+        self.field_policies
+            .get(field)
+            .copied()
+            .unwrap_or(self.default_field_policy)
+    }
+    /// Checks what deserialisation cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_max_requests == 0 || self.batch_max_requests > 1000 {
+            return Err("dynamics.batch_max_requests must be between 1 and 1000".into());
+        }
+        for t in &self.poll_tables {
+            if crate::schema::table(t).is_none() {
+                return Err(format!(
+                    "dynamics.poll_tables: {t:?} is not a table of the tg-bridge solution"
+                ));
+            }
+        }
+        for (k, v) in &self.priority_map {
+            if !(1..=3).contains(v) {
+                return Err(format!(
+                    "dynamics.priority_map.{k}: {v} is not a prioritycode (1..=3)"
+                ));
+            }
+        }
+        for (k, v) in &self.case_type_map {
+            if !(1..=3).contains(v) {
+                return Err(format!(
+                    "dynamics.case_type_map.{k}: {v} is not a casetypecode (1..=3)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! D1 both ways, retries, staleness, echoes, throttling.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tgb_proto as pb;
+use tgb_testkit::eventually;
+
+use crate::support::*;
+
+fn comment(case_id: &str, comment_id: &str, body: &str) -> pb::TgCommentAdded {
+    pb::TgCommentAdded {
+        meta: meta(pb::Origin::Tg, "case", case_id, ""),
+        case_id: case_id.into(),
+        comment_id: comment_id.into(),
+        author: Some(pb::Person {
+            name: "Pat Partner".into(),
+            email: String::new(),
+        }),
+        side: pb::CommentSide::Partner as i32,
+        body: body.into(),
+        created_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_tg_case_becomes_one_incident_of_the_partner_account_and_comments_become_notes_and_messages()
+ {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    env.publish(opened("C-1", "Short shipment")).await;
+    let incidents = env.wait_rows("incident", 1).await;
+    let accounts = env.rows("account");
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0]["tgb_partnerkey"], "ZZ:ACME01");
+    let inc = &incidents[0];
+    assert_eq!(inc["tgb_tgcaseid"], "C-1");
+    assert_eq!(inc["title"], "Short shipment");
+    assert_eq!(inc["prioritycode"], 1);
+    assert_eq!(inc["casetypecode"], 2);
+    assert_eq!(inc["_customerid_value"], accounts[0]["accountid"]);
+
+    // The same comment twice (a TG retry with a new event id): one note, one message.
+    env.publish(comment("C-1", "CM-1", "Two pallets missing"))
+        .await;
+    env.publish(comment("C-1", "CM-1", "Two pallets missing"))
+        .await;
+    let notes = env.wait_rows("annotation", 1).await;
+    let messages = env.wait_rows("tgb_partnermessage", 1).await;
+    assert_eq!(notes[0]["notetext"], "Two pallets missing");
+    assert_eq!(notes[0]["_objectid_value"], inc["incidentid"]);
+    assert_eq!(messages[0]["_regardingobjectid_value"], inc["incidentid"]);
+    // Both writes of a comment travel as one change set.
+    let batches = env
+        .sandbox
+        .calls()
+        .of_system("dataverse")
+        .into_iter()
+        .filter(|c| c.path.ends_with("$batch"))
+        .count();
+    assert!(batches >= 1, "the note and the message were batched");
+    adapter.stop().await;
+    assert_eq!(env.rows("annotation").len(), 1);
+    assert_eq!(env.rows("tgb_partnermessage").len(), 1);
+    assert_eq!(env.rows("incident").len(), 1);
+    assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
+}
+
+#[tokio::test]
+async fn a_retried_event_after_the_call_but_before_the_ack_creates_no_second_incident_or_note() {
+    let mut env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    env.publish(opened("C-2", "Damaged goods")).await;
+    env.wait_rows("incident", 1).await;
+
+    // The next write is admitted by Dataverse and held there; NATS goes away; the write
+    // completes; the adapter can neither link nor ack; it is then killed.
+    let hold = env.sandbox.dataverse().hold_requests();
+    env.publish(comment("C-2", "CM-9", "Photos attached")).await;
+    eventually("the write is in flight", WAIT, || async {
+        env.sandbox
+            .dataverse()
+            .limits_usage()
+            .iter()
+            .any(|u| u.in_flight > 0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    env.nats.stop().await;
+    drop(hold);
+    env.wait_rows("annotation", 1).await;
+    adapter.task.abort();
+    let _ = adapter.task.await;
+    env.nats.start_again().await.unwrap();
+
+    // A new process gets the message again and re-applies it: same rows.
+    env.bus = tgb_bus::Bus::connect(&env.nats.url(), None, tgb_bus::BusConfig::default())
+        .await
+        .unwrap();
+    let again = env.adapter(&[]).await;
+    eventually("redelivered and acked", WAIT, || async {
+        let puts = env
+            .sandbox
+            .calls()
+            .of_system("dataverse")
+            .into_iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with("$batch") && c.status == 200)
+            .count();
+        (puts >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    again.stop().await;
+    assert_eq!(env.rows("incident").len(), 1);
+    assert_eq!(env.rows("annotation").len(), 1);
+    assert_eq!(env.rows("tgb_partnermessage").len(), 1);
+    assert!(env.bad_requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_event_does_not_overwrite_a_newer_one() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    env.publish(opened("C-3", "v1")).await;
+    env.wait_rows("incident", 1).await;
+    env.publish(updated("C-3", 3, "v3", pb::CaseStatus::Open))
+        .await;
+    eventually("v3 applied", WAIT, || async {
+        (env.rows("incident")[0]["title"] == "v3").then_some(())
+    })
+    .await
+    .unwrap();
+    env.publish(updated("C-3", 2, "v2", pb::CaseStatus::Open))
+        .await;
+    // A newer event after the stale one proves the stale one was handled (in order).
+    let mut marker = updated("C-3", 4, "v3", pb::CaseStatus::Open);
+    marker.case.as_mut().unwrap().description = "marker".into();
+    env.publish(marker).await;
+    eventually("marker applied", WAIT, || async {
+        (env.rows("incident")[0]["description"] == "marker").then_some(())
+    })
+    .await
+    .unwrap();
+    adapter.stop().await;
+    let inc = &env.rows("incident")[0];
+    assert_eq!(inc["title"], "v3");
+    assert_eq!(inc["tgb_tgrevision"], 4);
+}
+
+#[tokio::test]
+async fn an_internal_status_change_reaches_tg_once_and_its_echo_is_not_written_back() {
+    let env = Env::start().await;
+    let case_id = env
+        .sandbox
+        .tg()
+        .raise_case(tgb_sandbox::tg::model::RaiseCase::new(
+            tgb_sandbox::tg::model::PartnerRef {
+                qualifier: "ZZ".into(),
+                id: "ACME01".into(),
+                name: "Acme Corp".into(),
+            },
+            "Late delivery",
+        ))
+        .unwrap()
+        .data["case_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let adapter = env.adapter(&[]).await;
+    env.register_webhook(&adapter);
+    let egress = env.egress().await;
+    env.publish(opened(&case_id, "Late delivery")).await;
+    let inc = env.wait_rows("incident", 1).await[0].clone();
+    let incident_id: uuid::Uuid = inc["incidentid"].as_str().unwrap().parse().unwrap();
+    let writes_before = env.app_writes();
+
+    // Dana sets the case to Waiting for Details in Dynamics.
+    env.sandbox
+        .dataverse()
+        .set_row_as(
+            env.user("agent"),
+            "incident",
+            incident_id,
+            json!({"statecode": 0, "statuscode": 3}),
+        )
+        .unwrap();
+    let events = env.wait_events("tgb.v1.dyn.case.status_changed", 1).await;
+    let pb::Event::DynCaseStatusChanged(ev) = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(ev.tg_case_id, case_id);
+    assert_eq!(ev.tg_status(), pb::CaseStatus::WaitingOnPartner);
+    let tg_case = eventually("TG case waiting", WAIT, || async {
+        let c = env.sandbox.tg().case(&case_id)?;
+        (serde_json::to_value(&c.status).ok()? == json!("waiting_on_partner")).then_some(c)
+    })
+    .await
+    .unwrap();
+
+    // TG reports its new revision back (as tg-ingress would): nothing is written to Dynamics.
+    let echo = updated(
+        &case_id,
+        tg_case.revision as i64,
+        "Late delivery",
+        pb::CaseStatus::WaitingOnPartner,
+    );
+    env.publish(echo).await;
+    let marker = env
+        .publish(comment(&case_id, "CM-marker", "after the echo"))
+        .await;
+    let _ = marker;
+    env.wait_rows("annotation", 1).await;
+    egress.stop().await;
+    adapter.stop().await;
+    // The only write after Dana's change is the marker comment (one $batch).
+    assert_eq!(env.app_writes(), writes_before + 1);
+    assert_eq!(
+        env.events_on("tgb.v1.dyn.case.status_changed").await.len(),
+        1
+    );
+    let status_writes = env
+        .sandbox
+        .tg()
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == "PATCH")
+        .count();
+    assert_eq!(status_writes, 1, "TG got the status once");
+    assert!(env.bad_requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_after() {
+    let env = Env::start().await;
+    env.sandbox
+        .dataverse()
+        .configure_limits(tgb_sandbox_dataverse::ServiceProtectionConfig {
+            requests_per_window: Some(20),
+            window_ms: 5_000,
+            ..Default::default()
+        });
+    let adapter = env
+        .adapter(&[
+            ("TGB_DYNAMICS__GOVERNOR__MAX_CONCURRENT", "2"),
+            ("TGB_DYNAMICS__BATCH_MAX_REQUESTS", "50"),
+            ("TGB_DYNAMICS__BATCH_LINGER_MS", "50"),
+            ("TGB_DYNAMICS__THROTTLE_RETRIES", "20"),
+            ("TGB_BUS__CONCURRENCY", "64"),
+        ])
+        .await;
+    for i in 0..300 {
+        env.publish(opened(&format!("S-{i}"), &format!("storm {i}")))
+            .await;
+    }
+    eventually("300 incidents", Duration::from_secs(120), || async {
+        (env.rows("incident").len() >= 300).then_some(())
+    })
+    .await
+    .unwrap();
+    adapter.stop().await;
+    let rows = env.rows("incident");
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| r["tgb_tgcaseid"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300);
+    assert_eq!(rows.len(), 300);
+
+    // Every request sent after a 429 was answered waited until its Retry-After ran out.
+    let calls = env.sandbox.calls().of_system("dataverse");
+    let usage = env.sandbox.dataverse().limits_usage();
+    let throttled: u64 = usage.iter().map(|u| u.rejected).sum();
+    assert!(throttled > 0, "the storm met the limit");
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let app = env.app_user().to_string();
+    let mine: Vec<_> = calls
+        .iter()
+        .filter(|c| c.caller.as_ref().is_some_and(|u| u.id == app))
+        .collect();
+    for (i, c) in mine.iter().enumerate() {
+        if c.status != 429 {
+            continue;
+        }
+        // The sandbox's Retry-After is at least 1 s; the lane waits the full value, so no
+        // request may arrive within 1 s after a 429 was answered.
+        let answered = parse(&c.at) + time::Duration::milliseconds(c.latency_ms as i64);
+        for later in &mine[i + 1..] {
+            let at = parse(&later.at);
+            if at > answered {
+                assert!(
+                    at - answered >= time::Duration::milliseconds(990),
+                    "request {} came {:?} after the 429 of request {}",
+                    later.seq,
+                    at - answered,
+                    c.seq
+                );
+                break;
+            }
+        }
+    }
+    assert!(env.bad_requests().is_empty());
+}
