@@ -32,7 +32,7 @@ fn opened(c: TgCase, partner: PartnerRef) -> TgCaseOpened {
 async fn p1_case_opened_makes_one_routed_triage_task_and_updates_follow_without_echo() {
     let mut w = World::start().await;
     w.start_adapter(None, &[]);
-    let before = w.graph_calls();
+    let before = w.graph_work_calls();
     w.publish(opened(
         case(
             "C-100",
@@ -47,7 +47,11 @@ async fn p1_case_opened_makes_one_routed_triage_task_and_updates_follow_without_
         .await;
     let task_id = created.task.unwrap().task_id;
     let (task, details) = w.sandbox.planner().get_task(&task_id).unwrap();
-    let per_task = w.graph_calls() - before;
+    let per_task = w.graph_work_calls() - before;
+    assert_eq!(
+        per_task, 3,
+        "POST task, GET details (their ETag), PATCH details"
+    );
     assert_eq!(task["title"], "[C-100] Globex: ASN missing for PO 4711");
     assert_eq!(task["priority"], 3, "high → important");
     assert_eq!(task["bucketId"], "bKtTriage000000000000000000A");
@@ -61,9 +65,7 @@ async fn p1_case_opened_makes_one_routed_triage_task_and_updates_follow_without_
             .unwrap()
             .contains("ASN never arrived")
     );
-    eprintln!(
-        "FIGURE graph requests per triage task created (incl. token + plan labels on first use): {per_task}"
-    );
+    eprintln!("FIGURE graph requests per triage task created (poller excluded): {per_task}");
 
     // A strategic partner's urgent case goes to escalations with the Escalated label.
     w.publish(opened(
@@ -155,7 +157,7 @@ async fn p2_a_task_moved_to_blocked_produces_exactly_one_blocked_progress_event(
     .await
     .unwrap();
 
-    let calls_before = w.graph_calls();
+    let calls_before = w.graph_work_calls();
     let mut delays = Vec::new();
     // Measure: in progress, blocked, assignee added, completed; each one event.
     let changes = [
@@ -212,9 +214,10 @@ async fn p2_a_task_moved_to_blocked_produces_exactly_one_blocked_progress_event(
     );
     delays.sort();
     eprintln!("FIGURE planner change → planner.task.progressed delays (poll 50 ms): {delays:?}");
-    eprintln!(
-        "FIGURE graph requests in the measurement (4 changes, includes idle polls): {}",
-        w.graph_calls() - calls_before
+    assert_eq!(
+        w.graph_work_calls(),
+        calls_before,
+        "detecting a change needs no request besides the plan poll"
     );
     assert!(w.graph_400s().is_empty());
     w.stop_adapter().await;
@@ -395,7 +398,7 @@ async fn a_429_burst_delays_and_loses_nothing() {
 async fn p4_an_exception_makes_one_task_per_department_and_reports_when_all_are_complete() {
     let mut w = World::start().await;
     w.start_adapter(None, &[]);
-    let before = w.graph_calls();
+    let before = w.graph_work_calls();
     let ex = DynException {
         exception_id: "E-1".into(),
         kind: ExceptionKind::InvoiceException as i32,
@@ -428,8 +431,8 @@ async fn p4_an_exception_makes_one_task_per_department_and_reports_when_all_are_
     .await
     .unwrap();
     eprintln!(
-        "FIGURE graph requests for 3 department tasks (batched): {}",
-        w.graph_calls() - before
+        "FIGURE graph requests for 3 department tasks (batched, poller excluded): {}",
+        w.graph_work_calls() - before
     );
     eventually("announced", Duration::from_secs(20), || async {
         (w.seen::<PlannerTaskCreated>().len() == 3).then_some(())

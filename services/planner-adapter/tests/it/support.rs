@@ -172,6 +172,17 @@ impl World {
             .count()
     }
 
+    /// Graph requests made by tg-bridge that are not the poller's (plan task lists, plan labels).
+    pub fn graph_work_calls(&self) -> usize {
+        self.sandbox
+            .calls()
+            .of_system("graph")
+            .into_iter()
+            .filter(|c| !c.scripted && c.caller.as_ref().is_none_or(|c| c.kind == "application"))
+            .filter(|c| !c.path.contains("/planner/plans/"))
+            .count()
+    }
+
     /// A person edits a task in Planner.
     pub fn edit_as_user(&self, task_id: &str, patch: serde_json::Value) {
         let user = tgb_sandbox_planner::Caller::user(
