@@ -1,0 +1,350 @@
+//! `tgb`: run tg-bridge in one process, drive the demo, operate a running system.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use tgb::system::{Ports, System, UpOptions};
+use tgb::{demo, ops, render};
+
+#[derive(Parser)]
+#[command(
+    name = "tgb",
+    version,
+    about = "tg-bridge in one command: run it (up), see it work (demo), operate it (dlq, history, links, replay, status)"
+)]
+struct Cli {
+    /// NATS of the system to operate (default: the one `tgb up` started, from
+    /// <data-dir>/nats.url, else nats://127.0.0.1:4222).
+    #[arg(long, global = true, env = "TGB_NATS_URL")]
+    nats_url: Option<String>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Where `tgb up` keeps the NATS store and writes nats.url.
+    #[arg(long, global = true, default_value = ".data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run NATS, the sandbox and the six services in this process, wired to each other.
+    Up(UpArgs),
+    /// Drive a scripted business day through the sandbox: every flow D1–D8 and P1–P7.
+    Demo(DemoArgs),
+    /// The dead-letter queue (TGB_DLQ).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Everything that happened to a record: each event, the decision taken, the target's
+    /// answer, the trace id. E.g. `tgb history tg:C-10001`, `tgb history dataverse:<guid>`.
+    History {
+        /// `<system>:<id>` or `<system>:<kind>:<id>`.
+        record: String,
+    },
+    /// The records linked to a record (TG case ↔ Dynamics incident ↔ Planner tasks).
+    Links {
+        /// `<system>:<id>` or `<system>:<kind>:<id>`.
+        record: String,
+    },
+    /// Re-deliver to a consumer every message of its subjects stored since a time.
+    Replay {
+        /// The durable consumer (see `tgb status`).
+        #[arg(long)]
+        consumer: String,
+        /// `15m`, `2h`, `1d` ago, or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        /// Show what would be re-delivered; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Streams, consumers (pending, ack pending, redelivered), DLQ depth, governor lanes.
+    Status {
+        /// A service's /metrics URL to read governor lanes from (repeatable).
+        #[arg(long)]
+        metrics: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Every dead letter, oldest first.
+    List {
+        /// Only those of this consumer.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// One dead letter: why, where from, headers, the decoded event.
+    Show { id: u64 },
+    /// Republish dead letters to their original subject (new Nats-Msg-Id), then remove them.
+    Replay {
+        /// The dead letter's id (see `tgb dlq list`).
+        #[arg(conflicts_with = "all", required_unless_present = "all")]
+        id: Option<u64>,
+        /// Every dead letter (of --consumer, when given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only those of this consumer.
+        #[arg(long, requires = "all")]
+        consumer: Option<String>,
+        /// Show what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct UpArgs {
+    /// The tg-bridge TOML file (default: TGB_CONFIG, else config/tg-bridge.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The sandbox TOML file (default: config/sandbox.toml).
+    #[arg(long)]
+    sandbox_config: Option<PathBuf>,
+    /// The sandbox's address (default: the file's, 127.0.0.1:8600).
+    #[arg(long)]
+    sandbox_listen: Option<SocketAddr>,
+    /// Keep the NATS store of the previous run (it is emptied by default: the sandbox starts
+    /// empty too, and old links would point at records that no longer exist).
+    #[arg(long)]
+    keep_data: bool,
+    /// Services on free ports instead of 8081..8086.
+    #[arg(long)]
+    ephemeral_ports: bool,
+    /// The address the services listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    host: IpAddr,
+    /// Run only NATS and the sandbox; run the services yourself with the printed environment.
+    #[arg(long)]
+    sandbox_only: bool,
+    /// Print the environment a service needs to join this system (export lines).
+    #[arg(long)]
+    print_env: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    up: UpArgs,
+    /// Partners taking part.
+    #[arg(long, default_value_t = 1)]
+    partners: usize,
+    /// Cases raised per partner (D1/P1/P2 run once per case).
+    #[arg(long, default_value_t = 2)]
+    cases: usize,
+    /// Drive a system already running (`tgb up`) at this sandbox URL instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// Longest wait for one flow, seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value)
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        println!("{}", human(value));
+    }
+}
+
+fn up_options(cli: &Cli, a: &UpArgs) -> UpOptions {
+    UpOptions {
+        config: a.config.clone(),
+        sandbox_config: a.sandbox_config.clone(),
+        sandbox_listen: a.sandbox_listen,
+        data_dir: cli.data_dir.clone(),
+        keep_data: a.keep_data,
+        nats_url: cli.nats_url.clone(),
+        ports: if a.ephemeral_ports {
+            Ports::Ephemeral
+        } else {
+            Ports::Default(a.host)
+        },
+        sandbox_only: a.sandbox_only,
+        extra_env: Vec::new(),
+    }
+}
+
+/// The NATS of the system to operate.
+fn operator_nats_url(cli: &Cli) -> String {
+    if let Some(url) = &cli.nats_url {
+        return url.clone();
+    }
+    std::fs::read_to_string(cli.data_dir.join("nats.url"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| tgb_runtime::config::DEFAULT_NATS_URL.to_owned())
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tgb: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Up(a) => {
+            let format = tgb_runtime::Config::load()
+                .map(|c| c.settings.log_format)
+                .unwrap_or_default();
+            let _telemetry = tgb_runtime::telemetry::init("tg-bridge", format);
+            let stop = tgb_runtime::shutdown::on_signals();
+            let system = System::start(up_options(&cli, a)).await?;
+            let url_file = cli.data_dir.join("nats.url");
+            let _ = std::fs::create_dir_all(&cli.data_dir);
+            let _ = std::fs::write(&url_file, &system.nats_url);
+            if !a.sandbox_only {
+                system.wait_ready(Duration::from_secs(60)).await?;
+            }
+            println!("tg-bridge is up.\n{}", system.summary());
+            if a.print_env || a.sandbox_only {
+                println!(
+                    "# Environment of a service joining this system:\n{}",
+                    system.print_env()
+                );
+            }
+            println!(
+                "Operate it: tgb status | tgb dlq list | tgb history tg:<case id>   (NATS {})\n\
+                 Drive it:   tgb demo --url {}\nCtrl-C stops everything.",
+                system.nats_url,
+                system.sandbox.base_url()
+            );
+            let result = system.run_until(stop).await;
+            let _ = std::fs::remove_file(&url_file);
+            result.map(|()| 0)
+        }
+        Command::Demo(a) => {
+            let opts = demo::DemoOptions {
+                partners: a.partners.max(1),
+                cases: a.cases.max(1),
+                flow_timeout: Duration::from_secs(a.timeout),
+                progress: !cli.json,
+            };
+            let report = match &a.url {
+                Some(url) => demo::run(url, &opts).await?,
+                None => {
+                    if std::env::var_os("RUST_LOG").is_some() {
+                        let _ = tgb_runtime::telemetry::init(
+                            "tg-bridge",
+                            tgb_runtime::LogFormat::Pretty,
+                        );
+                    }
+                    let mut up = up_options(&cli, &a.up);
+                    if a.up.sandbox_listen.is_none() {
+                        up.sandbox_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+                    }
+                    if !a.up.ephemeral_ports && matches!(up.ports, Ports::Default(_)) {
+                        up.ports = Ports::Ephemeral;
+                    }
+                    let system = System::start(up).await?;
+                    system.wait_ready(Duration::from_secs(60)).await?;
+                    let report = demo::run(&system.sandbox.base_url(), &opts).await;
+                    system.stop().await;
+                    report?
+                }
+            };
+            print(cli.json, &report, demo::render);
+            Ok(if report.all_passed() { 0 } else { 1 })
+        }
+        Command::Dlq { command } => {
+            let (_client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            match command {
+                DlqCommand::List { consumer } => {
+                    let list = ops::dlq_list(&js, consumer.as_deref()).await?;
+                    print(cli.json, &list, |l| render::dlq_list(l));
+                }
+                DlqCommand::Show { id } => {
+                    let d = ops::dlq_show(&js, *id).await?;
+                    print(cli.json, &d, render::dlq_show);
+                }
+                DlqCommand::Replay {
+                    id,
+                    all,
+                    consumer,
+                    dry_run,
+                } => {
+                    let ids: Vec<u64> = if *all {
+                        ops::dlq_list(&js, consumer.as_deref())
+                            .await?
+                            .iter()
+                            .map(|l| l.id)
+                            .collect()
+                    } else {
+                        vec![id.context("give a dead letter id, or --all")?]
+                    };
+                    let bar = (!cli.json && ids.len() > 1).then(|| {
+                        let bar = indicatif::ProgressBar::new(ids.len() as u64);
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "replaying {bar:40} {pos}/{len} {msg}",
+                            )
+                            .expect("valid template"),
+                        );
+                        bar
+                    });
+                    let mut done = Vec::new();
+                    for id in ids {
+                        done.push(ops::dlq_replay(&js, id, *dry_run).await?);
+                        if let Some(b) = &bar {
+                            b.inc(1);
+                        }
+                    }
+                    if let Some(b) = bar {
+                        b.finish_and_clear();
+                    }
+                    print(cli.json, &done, |d| render::replayed(d, *dry_run));
+                }
+            }
+            Ok(0)
+        }
+        Command::History { record } => {
+            let (_client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let h = ops::history(&js, record).await?;
+            print(cli.json, &h, render::history);
+            Ok(0)
+        }
+        Command::Links { record } => {
+            let (_client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let rows = ops::links(&js, record).await?;
+            print(cli.json, &rows, |r| render::links(r, record));
+            Ok(0)
+        }
+        Command::Replay {
+            consumer,
+            since,
+            dry_run,
+        } => {
+            let since = ops::parse_since(since, time::OffsetDateTime::now_utc())?;
+            let (client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let r = ops::replay_consumer(&client, &js, consumer, since, *dry_run).await?;
+            print(cli.json, &r, |r| render::consumer_replay(r, *dry_run));
+            Ok(0)
+        }
+        Command::Status { metrics } => {
+            let (client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let s = ops::status(&client, &js, metrics).await?;
+            print(cli.json, &s, render::status);
+            Ok(0)
+        }
+    }
+}

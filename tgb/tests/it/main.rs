@@ -1,0 +1,4 @@
+//! tgb end to end: `tgb up` in-process, the operator commands, the demo.
+
+mod operator;
+mod support;
