@@ -8,7 +8,18 @@ use tokio_util::sync::CancellationToken;
 async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown() {
     tgb_testkit::init_test_tracing();
     let nats = NatsServer::start().await.unwrap();
-    let config = Config::load_from(None, [("TGB_NATS_URL".to_owned(), nats.url())]).unwrap();
+    let vars = [
+        ("TGB_NATS_URL", nats.url()),
+        ("TGB_TG_API_URL", "http://127.0.0.1:9/tg".to_owned()),
+        (
+            "TGB_TG_TOKEN_URL",
+            "http://127.0.0.1:9/tg/oauth2/token".to_owned(),
+        ),
+        ("TGB_TG_CLIENT_ID", "tgb-bridge".to_owned()),
+        ("TGB_TG_CLIENT_SECRET", "tg-secret".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let config = Config::load_from(None, vars).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -42,4 +53,30 @@ async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown(
 async fn async_nats_jetstream(url: &str) -> tgb_bus::async_nats::jetstream::Context {
     let client = tgb_bus::async_nats::connect(url).await.unwrap();
     tgb_bus::async_nats::jetstream::new(client)
+}
+
+#[tokio::test]
+async fn it_refuses_to_start_without_the_tg_api_or_with_a_bad_policy() {
+    let nats = NatsServer::start().await.unwrap();
+    let config = Config::load_from(None, [("TGB_NATS_URL".to_owned(), nats.url())]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = document_review::serve(config, listener, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TGB_TG_API_URL"), "{err}");
+
+    let vars = [
+        ("TGB_NATS_URL", nats.url()),
+        ("TGB_DOCUMENTS__MAX_SIZE_BYTES", "0".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let config = Config::load_from(None, vars).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = document_review::serve(config, listener, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("documents.max_size_bytes"),
+        "{err}"
+    );
 }

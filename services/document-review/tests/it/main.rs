@@ -1,3 +1,7 @@
-//! document-review in-process against a real nats-server.
+//! document-review in-process against a real nats-server and the sandbox, with tg-egress
+//! in-process where TG must see the outcome.
 
+mod documents;
 mod lifecycle;
+mod onboarding;
+mod support;
