@@ -38,6 +38,15 @@ pub const CONSUMER: &str = "document-review";
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8086);
 
+/// `[documents]` and `[onboarding]`, validated.
+pub fn settings_from(config: &Config) -> anyhow::Result<(DocumentSettings, OnboardingSettings)> {
+    let docs: DocumentSettings = config.section("documents")?;
+    docs.validate()?;
+    let onboarding: OnboardingSettings = config.section("onboarding")?;
+    onboarding.validate()?;
+    Ok((docs, onboarding))
+}
+
 /// Runs the service on its configured address until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let addr = tgb_service::http_addr(&config, DEFAULT_HTTP_ADDR);
@@ -51,10 +60,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let docs: DocumentSettings = config.section("documents")?;
-    docs.validate()?;
-    let onboarding: OnboardingSettings = config.section("onboarding")?;
-    onboarding.validate()?;
+    let (docs, onboarding) = settings_from(&config)?;
     let s = &config.settings;
     let api = config
         .require(&s.tg_api_url, "TGB_TG_API_URL", NAME)?

@@ -65,8 +65,7 @@ pub async fn serve_with_clock(
     shutdown: CancellationToken,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let settings: SlaSettings = config.section("sla")?;
-    let policies = Arc::new(Policies::new(settings)?);
+    let policies = Arc::new(policies_from(&config)?);
     let bus = tgb_service::connect(NAME, &config).await?;
     let clocks = store::Clocks::new(bus.kv(tgb_bus::names::KV_SLA).await?);
     let links = tgb_bus::links::Links::new(bus.kv(tgb_bus::names::KV_LINKS).await?);
@@ -83,6 +82,30 @@ pub async fn serve_with_clock(
         .route("/sla/ticker", get(ticker_status))
         .with_state(status);
     tgb_service::run(NAME, listener, routes, bus, shutdown, workers).await
+}
+
+/// The partner tiers of `[partners]` (shared with planner-adapter's routing).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct PartnerTiers {
+    default_tier: Option<String>,
+    tiers: std::collections::BTreeMap<String, String>,
+}
+
+/// `[sla]` validated, with the partner tiers of `[partners]`: its `tiers` map is the base that
+/// `[sla] tiers` overrides, and its `default_tier` applies unless `[sla] default_tier` is set.
+pub fn policies_from(config: &Config) -> anyhow::Result<Policies> {
+    let mut settings: SlaSettings = config.section("sla")?;
+    let partners: PartnerTiers = config.section("partners")?;
+    if !config.figment().contains("sla.default_tier")
+        && let Some(default) = partners.default_tier
+    {
+        settings.default_tier = default;
+    }
+    for (partner, tier) in partners.tiers {
+        settings.tiers.entry(partner).or_insert(tier);
+    }
+    Ok(Policies::new(settings)?)
 }
 
 async fn ticker_status(State(status): State<Arc<TickerStatus>>) -> axum::Json<serde_json::Value> {

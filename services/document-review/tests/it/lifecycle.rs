@@ -80,3 +80,22 @@ async fn it_refuses_to_start_without_the_tg_api_or_with_a_bad_policy() {
         "{err}"
     );
 }
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
+    let config = Config::load_from(Some(&file), Vec::<(String, String)>::new()).unwrap();
+    let (docs, onboarding) = document_review::settings_from(&config).unwrap();
+    assert_eq!(docs.max_size_bytes, 25 * 1024 * 1024);
+    assert_eq!(docs.review["compliance_certificate"].due_days, 5);
+    let keys: Vec<&str> = onboarding.steps.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "account_setup",
+            "edi_mapping",
+            "compliance_checks",
+            "testing"
+        ]
+    );
+}

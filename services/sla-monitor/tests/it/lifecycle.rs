@@ -43,3 +43,16 @@ async fn async_nats_jetstream(url: &str) -> tgb_bus::async_nats::jetstream::Cont
     let client = tgb_bus::async_nats::connect(url).await.unwrap();
     tgb_bus::async_nats::jetstream::new(client)
 }
+
+#[test]
+fn the_shipped_configuration_is_valid_and_takes_tiers_from_partners() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
+    let config = Config::load_from(Some(&file), Vec::<(String, String)>::new()).unwrap();
+    let policies = sla_monitor::policies_from(&config).unwrap();
+    assert_eq!(policies.tier_of("ZZ:ACME01"), "strategic");
+    assert_eq!(policies.tier_of("ZZ:SOMEONE"), "standard");
+    let urgent = policies.get("strategic", "urgent");
+    assert_eq!(urgent.first_response, Duration::from_secs(30 * 60));
+    assert_eq!(urgent.escalation.len(), 2);
+    assert_eq!(policies.settings().tick_interval_ms, 1000);
+}
