@@ -1,5 +1,6 @@
 //! dynamics-adapter in-process against a real nats-server and the sandbox.
 
 mod case_sync;
+mod flows;
 mod lifecycle;
 mod support;
