@@ -375,6 +375,9 @@ impl<H: Handler> Runner<H> {
             ("consumer", self.spec.name.clone()),
             ("subject", subject.clone()),
         ];
+        if deliveries > 1 {
+            metrics::counter!("tgb_consumer_redeliveries_total", &labels).increment(1);
+        }
         let started = Instant::now();
         let meta = delivery.event.meta().cloned().unwrap_or_default();
         let trace_id = delivery

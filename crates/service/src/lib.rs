@@ -100,6 +100,10 @@ pub async fn run(
     shutdown: CancellationToken,
     mut workers: Workers,
 ) -> anyhow::Result<()> {
+    workers.spawn({
+        let js = bus.jetstream().clone();
+        move |stop| report_dlq_depth(js, stop)
+    });
     let readiness: Arc<dyn Readiness> = Arc::new(BusReadiness(bus));
     let http_shutdown = shutdown.clone();
     workers.set.spawn(async move {
@@ -130,6 +134,28 @@ pub async fn run(
     }
     tracing::info!(service, "stopped");
     first_error.map_or(Ok(()), Err)
+}
+
+/// How often every service reports `tgb_dlq_depth`.
+const DLQ_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Sets the gauge `tgb_dlq_depth` (messages in `TGB_DLQ`) now and every 15 s until `stop`.
+async fn report_dlq_depth(
+    js: tgb_bus::async_nats::jetstream::Context,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(DLQ_DEPTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        if let Ok(mut stream) = js.get_stream(tgb_bus::names::DLQ_STREAM).await
+            && let Ok(info) = stream.info().await
+        {
+            metrics::gauge!("tgb_dlq_depth").set(info.state.messages as f64);
+        }
+    }
 }
 
 /// The address a service listens on: `TGB_HTTP_ADDR`, else its default.

@@ -25,6 +25,26 @@ async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown(
     assert_eq!(health.status(), 200);
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
+    // Every service reports the DLQ depth.
+    eventually(
+        "tgb_dlq_depth exported",
+        Duration::from_secs(20),
+        || async {
+            let text = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .any(|l| l.starts_with("tgb_dlq_depth 0"))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
 
     // It provisioned the streams.
     let js = async_nats_jetstream(&nats.url()).await;
