@@ -127,6 +127,9 @@ struct UpArgs {
     /// Print the environment a service needs to join this system (export lines).
     #[arg(long)]
     print_env: bool,
+    /// Demo timings: Planner polled every 500 ms (not 30 s), SLA ticks every 200 ms.
+    #[arg(long)]
+    fast: bool,
 }
 
 #[derive(Args)]
@@ -139,9 +142,16 @@ struct DemoArgs {
     /// Cases raised per partner (D1/P1/P2 run once per case).
     #[arg(long, default_value_t = 2)]
     cases: usize,
-    /// Drive a system already running (`tgb up`) at this sandbox URL instead of starting one.
+    /// Drive the system a `tgb up` is running (found through <data-dir>/tgb-up.json).
+    #[arg(long, conflicts_with = "url")]
+    attach: bool,
+    /// Drive a system already running at this sandbox URL instead of starting one (P3 then
+    /// needs --control-url, the control URL `tgb up` prints).
     #[arg(long)]
     url: Option<String>,
+    /// `tgb up`'s control URL (moves sla-monitor's clock for P3).
+    #[arg(long, requires = "url")]
+    control_url: Option<String>,
     /// Longest wait for one flow, seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -173,8 +183,19 @@ fn up_options(cli: &Cli, a: &UpArgs) -> UpOptions {
             Ports::Default(a.host)
         },
         sandbox_only: a.sandbox_only,
-        extra_env: Vec::new(),
+        extra_env: if a.fast { fast_env() } else { Vec::new() },
     }
+}
+
+/// Settings that make the demo quick: Planner polled every 500 ms, SLA ticks every 200 ms.
+fn fast_env() -> Vec<(String, String)> {
+    [
+        ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "500"),
+        ("TGB_SLA__TICK_INTERVAL_MS", "200"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
 }
 
 /// The NATS of the system to operate.
@@ -240,8 +261,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 flow_timeout: Duration::from_secs(a.timeout),
                 progress: !cli.json,
             };
-            let report = match &a.url {
-                Some(url) => demo::run(url, &opts).await?,
+            let attached = if a.attach {
+                let file = cli.data_dir.join("tgb-up.json");
+                let text = std::fs::read_to_string(&file).with_context(|| {
+                    format!(
+                        "{} not found: is `tgb up` running with --data-dir {}?",
+                        file.display(),
+                        cli.data_dir.display()
+                    )
+                })?;
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                Some(demo::Target {
+                    sandbox: v["sandbox"].as_str().unwrap_or_default().to_owned(),
+                    control: v["control"].as_str().map(str::to_owned),
+                    local_planner: None,
+                })
+            } else {
+                a.url.as_ref().map(|url| demo::Target {
+                    sandbox: url.trim_end_matches('/').to_owned(),
+                    control: a.control_url.clone(),
+                    local_planner: None,
+                })
+            };
+            let report = match attached {
+                Some(target) => demo::run(&target, &opts).await?,
                 None => {
                     if std::env::var_os("RUST_LOG").is_some() {
                         let _ = tgb_runtime::telemetry::init(
@@ -250,15 +293,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         );
                     }
                     let mut up = up_options(&cli, &a.up);
+                    up.extra_env = fast_env();
                     if a.up.sandbox_listen.is_none() {
                         up.sandbox_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
                     }
-                    if !a.up.ephemeral_ports && matches!(up.ports, Ports::Default(_)) {
-                        up.ports = Ports::Ephemeral;
-                    }
+                    up.ports = Ports::Ephemeral;
                     let system = System::start(up).await?;
                     system.wait_ready(Duration::from_secs(60)).await?;
-                    let report = demo::run(&system.sandbox.base_url(), &opts).await;
+                    let target = demo::Target {
+                        sandbox: system.sandbox.base_url(),
+                        control: Some(system.control_url.clone()),
+                        local_planner: Some((
+                            system.sandbox.planner().clone(),
+                            system.users.clone(),
+                        )),
+                    };
+                    let report = demo::run(&target, &opts).await;
                     system.stop().await;
                     report?
                 }

@@ -50,6 +50,38 @@ pub const SERVICES: &[(&str, u16, ServeFn)] = &[
     }),
 ];
 
+/// sla-monitor's clock in `tgb up`: the system clock plus an offset that only the demo moves
+/// (`POST /sla-clock/advance` on the control listener), so an SLA breach can be shown in
+/// seconds. A deployment runs sla-monitor's own binary with the system clock.
+#[derive(Debug, Default)]
+pub struct OffsetClock {
+    offset_secs: std::sync::atomic::AtomicI64,
+}
+
+impl OffsetClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.offset_secs.fetch_add(
+            i64::try_from(by.as_secs()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// How far ahead of the system clock it is.
+    pub fn offset(&self) -> Duration {
+        Duration::from_secs(
+            u64::try_from(self.offset_secs.load(std::sync::atomic::Ordering::SeqCst)).unwrap_or(0),
+        )
+    }
+}
+
+impl sla_monitor::Clock for OffsetClock {
+    fn now(&self) -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc()
+            + time::Duration::seconds(self.offset_secs.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 /// Where the services listen.
 #[derive(Clone, Debug)]
 pub enum Ports {
@@ -144,6 +176,14 @@ pub struct System {
     shutdown: CancellationToken,
     base_env: Vec<(String, String)>,
     config_file: Option<PathBuf>,
+    /// sla-monitor's clock.
+    pub sla_clock: std::sync::Arc<OffsetClock>,
+    /// The control listener (`GET /` what runs where, `POST /sla-clock/advance`).
+    pub control_url: String,
+    control: Option<JoinHandle<()>>,
+    attach_file: Option<PathBuf>,
+    /// The sandbox's named users: (key, id, name).
+    pub users: Vec<(String, String, String)>,
 }
 
 /// The repository root that holds `rel`, searched from the current directory up, then the
@@ -234,6 +274,12 @@ impl System {
             .first()
             .cloned()
             .context("the sandbox configuration has no [[identity.entra_clients]]")?;
+        let users: Vec<(String, String, String)> = sb_config
+            .identity
+            .users
+            .iter()
+            .map(|u| (u.key.clone(), u.id.to_string(), u.name.clone()))
+            .collect();
         // Subscriptions are added below, once tg-ingress's address is known.
         sb_config.tg.webhooks.retain(|w| w.name != "ingress");
         let sandbox = Sandbox::start(sb_config)
@@ -275,6 +321,11 @@ impl System {
             shutdown,
             base_env,
             config_file,
+            sla_clock: std::sync::Arc::new(OffsetClock::default()),
+            control_url: String::new(),
+            control: None,
+            attach_file: None,
+            users,
         };
 
         // Listeners first, so every address is known before anything runs.
@@ -333,8 +384,13 @@ impl System {
                 .map(|(_, _, f)| *f)
                 .expect("known service");
             let token = system.shutdown.child_token();
+            let clock = system.sla_clock.clone();
             let task = tokio::spawn(async move {
-                let result = serve(config, listener, token).await;
+                let result = if name == "sla-monitor" {
+                    sla_monitor::serve_with_clock(config, listener, token, clock).await
+                } else {
+                    serve(config, listener, token).await
+                };
                 if let Err(e) = &result {
                     tracing::error!(service = name, error = format!("{e:#}"), "service stopped");
                 }
@@ -375,7 +431,74 @@ impl System {
                 messages: Vec::new(),
             })
             .map_err(|e| anyhow::anyhow!("the Dataverse webhook registration: {e}"))?;
+        system.start_control(&opts).await?;
         Ok(system)
+    }
+
+    /// The control listener, and `<data dir>/tgb-up.json` that `tgb demo --attach` and the
+    /// operator commands read.
+    async fn start_control(&mut self, opts: &UpOptions) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("the control listener")?;
+        self.control_url = format!("http://{}", listener.local_addr()?);
+        let attach = self.attach_info();
+        let clock = self.sla_clock.clone();
+        let info = attach.clone();
+        let router = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(move || {
+                    let info = info.clone();
+                    async move { axum::Json(info) }
+                }),
+            )
+            .route(
+                "/sla-clock/advance",
+                axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                    let clock = clock.clone();
+                    async move {
+                        let Some(minutes) = body["minutes"].as_u64() else {
+                            return (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                axum::Json(
+                                    serde_json::json!({"error": "expected {\"minutes\": N}"}),
+                                ),
+                            );
+                        };
+                        clock.advance(Duration::from_secs(minutes * 60));
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(
+                                serde_json::json!({"offset_secs": clock.offset().as_secs()}),
+                            ),
+                        )
+                    }
+                }),
+            );
+        let token = self.shutdown.clone();
+        self.control = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        }));
+        let file = opts.data_dir.join("tgb-up.json");
+        if std::fs::create_dir_all(&opts.data_dir).is_ok()
+            && std::fs::write(&file, serde_json::to_vec_pretty(&self.attach_info())?).is_ok()
+        {
+            self.attach_file = Some(file);
+        }
+        Ok(())
+    }
+
+    /// What runs where, as `tgb-up.json` holds it.
+    pub fn attach_info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sandbox": self.sandbox.base_url(),
+            "nats": self.nats_url,
+            "control": self.control_url,
+            "services": self.services.iter().map(|s| (s.name, format!("http://{}", connect_addr(s.addr)))).collect::<std::collections::BTreeMap<_, _>>(),
+        })
     }
 
     /// The configuration of one service: the process's `TGB_*`, the extra settings, the wiring
@@ -551,6 +674,12 @@ impl System {
     }
 
     async fn stop_rest(&mut self) {
+        if let Some(c) = self.control.take() {
+            let _ = c.await;
+        }
+        if let Some(f) = self.attach_file.take() {
+            let _ = std::fs::remove_file(f);
+        }
         if let Some(n) = &mut self.own_nats {
             n.stop().await;
         }

@@ -1,4 +1,5 @@
 //! tgb end to end: `tgb up` in-process, the operator commands, the demo.
 
+mod demo;
 mod operator;
 mod support;

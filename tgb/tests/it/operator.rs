@@ -123,7 +123,12 @@ async fn dlq_replay_of_a_message_dead_lettered_by_a_sandbox_fault_delivers_it_on
             let spec = format!("tg:{case_id}");
             async move {
                 let h = ops::history(&js, &spec).await.unwrap();
-                let decisions: Vec<Decision> = h.entries.iter().map(|e| e.decision).collect();
+                let decisions: Vec<Decision> = h
+                    .entries
+                    .iter()
+                    .filter(|e| e.consumer == "tg-egress")
+                    .map(|e| e.decision)
+                    .collect();
                 (decisions.contains(&Decision::DeadLettered)
                     && decisions.contains(&Decision::Applied))
                 .then_some(h)
@@ -132,7 +137,17 @@ async fn dlq_replay_of_a_message_dead_lettered_by_a_sandbox_fault_delivers_it_on
     )
     .await
     .unwrap();
-    assert!(history.entries.iter().all(|e| e.consumer == "tg-egress"));
+    let egress: Vec<_> = history
+        .entries
+        .iter()
+        .filter(|e| e.consumer == "tg-egress")
+        .collect();
+    assert!(
+        egress
+            .iter()
+            .all(|e| e.subject == "tgb.v1.dyn.case.note_added")
+    );
+    assert_eq!(egress.last().unwrap().decision, Decision::Applied);
     system.stop().await;
 }
 
