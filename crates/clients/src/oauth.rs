@@ -6,6 +6,7 @@
 //! fetches a fresh one and sends once more.
 
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -139,18 +140,32 @@ impl TokenCache {
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
-        let token = self.token().await?;
-        let first = build().bearer_auth(token.expose_secret()).send().await;
-        match first {
-            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                metrics::counter!("tgb_oauth_retries_total", "issuer" => self.issuer())
-                    .increment(1);
-                self.invalidate(&token).await;
-                let token = self.token().await?;
-                Ok(build().bearer_auth(token.expose_secret()).send().await)
+        let span = client_span(&build);
+        async {
+            let token = self.token().await?;
+            let first = traced(build())
+                .bearer_auth(token.expose_secret())
+                .send()
+                .await;
+            record_status(&first);
+            match first {
+                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                    metrics::counter!("tgb_oauth_retries_total", "issuer" => self.issuer())
+                        .increment(1);
+                    self.invalidate(&token).await;
+                    let token = self.token().await?;
+                    let second = traced(build())
+                        .bearer_auth(token.expose_secret())
+                        .send()
+                        .await;
+                    record_status(&second);
+                    Ok(second)
+                }
+                other => Ok(other),
             }
-            other => Ok(other),
         }
+        .instrument(span)
+        .await
     }
 
     fn issuer(&self) -> String {
@@ -211,5 +226,44 @@ impl TokenCache {
             token: SecretString::from(parsed.access_token),
             refresh_at: started + lifetime - margin,
         })
+    }
+}
+
+/// A client span for the request `build` makes: `"{METHOD} {host}"`, kind client, with the
+/// method, host and path as attributes (the path is not in the name: it carries ids).
+fn client_span<F: Fn() -> reqwest::RequestBuilder>(build: &F) -> tracing::Span {
+    let (method, host, path) = match build().build() {
+        Ok(r) => (
+            r.method().to_string(),
+            r.url().host_str().unwrap_or_default().to_owned(),
+            r.url().path().to_owned(),
+        ),
+        Err(_) => (String::new(), String::new(), String::new()),
+    };
+    tracing::info_span!(
+        "http client",
+        otel.name = %format!("{method} {host}"),
+        otel.kind = "client",
+        http.request.method = %method,
+        server.address = %host,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// The request with the current span's W3C trace context in its headers.
+fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    let mut headers = reqwest::header::HeaderMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(&mut headers))
+    });
+    request.headers(headers)
+}
+
+fn record_status(answer: &Result<reqwest::Response, reqwest::Error>) {
+    if let Ok(r) = answer {
+        tracing::Span::current().record("http.response.status_code", r.status().as_u16());
     }
 }

@@ -1,3 +1,4 @@
 //! tgb-clients against a stand-in token endpoint over loopback.
 
 mod oauth;
+mod trace;
