@@ -2,6 +2,7 @@
 //! in-process where TG must see the outcome.
 
 mod documents;
+mod end_to_end;
 mod lifecycle;
 mod onboarding;
 mod support;

@@ -63,8 +63,14 @@ pub fn partner(id: &str) -> PartnerRef {
 }
 
 impl Env {
-    /// NATS, the sandbox, document-review and tg-egress.
+    /// NATS, the sandbox, document-review and tg-egress with the test policy.
     pub async fn start() -> Env {
+        Env::start_with(POLICY, false).await
+    }
+
+    /// The same with `policy` as the TOML file, and with planner-adapter and dynamics-adapter
+    /// in the loop when `whole_loop` (the policy is then the shipped configuration).
+    pub async fn start_with(policy: &str, whole_loop: bool) -> Env {
         tgb_testkit::init_test_tracing();
         let nats = NatsServer::start().await.unwrap();
         let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
@@ -72,7 +78,7 @@ impl Env {
             .await
             .unwrap();
         let mut config_file = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut config_file, POLICY.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut config_file, policy.as_bytes()).unwrap();
         let mut env = Env {
             nats,
             sandbox,
@@ -84,6 +90,14 @@ impl Env {
         let egress = env.config();
         env.spawn(|l, s| document_review::serve(review, l, s)).await;
         env.spawn(|l, s| tg_egress::serve(egress, l, s)).await;
+        if whole_loop {
+            let planner = env.config();
+            let dynamics = env.config();
+            env.spawn(|l, s| planner_adapter::serve(planner, l, s))
+                .await;
+            env.spawn(|l, s| dynamics_adapter::serve(dynamics, l, s))
+                .await;
+        }
         env
     }
 
@@ -94,6 +108,15 @@ impl Env {
             ("TGB_TG_TOKEN_URL", self.sandbox.tg_token_url()),
             ("TGB_TG_CLIENT_ID", "tgb-bridge".into()),
             ("TGB_TG_CLIENT_SECRET", "tg-secret".into()),
+            ("TGB_AZURE_AUTHORITY", self.sandbox.azure_authority()),
+            ("TGB_AZURE_TENANT_ID", "tenant".into()),
+            ("TGB_AZURE_CLIENT_ID", "tgb-bridge".into()),
+            ("TGB_AZURE_CLIENT_SECRET", "tgb-bridge-secret".into()),
+            ("TGB_GRAPH_URL", self.sandbox.graph_url()),
+            ("TGB_DATAVERSE_URL", self.sandbox.dataverse_url()),
+            ("TGB_DATAVERSE_WEBHOOK_KEY", "test-webhook-key".into()),
+            ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "50".into()),
+            ("TGB_DYNAMICS__POLL_INTERVAL_MS", "3600000".into()),
         ]
         .map(|(k, v)| (k.to_owned(), v));
         Config::load_from(Some(self.config_file.path()), vars).unwrap()

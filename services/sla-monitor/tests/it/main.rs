@@ -2,5 +2,6 @@
 //! partner is told).
 
 mod breaches;
+mod escalation;
 mod lifecycle;
 mod support;
