@@ -151,7 +151,9 @@ impl Sb {
             .map(|_| ())
     }
 
-    /// `user` changes a Planner task in Planner (read for the ETag, then PATCH with If-Match).
+    /// `user` changes a Planner task in Planner: through the emulator's library call when it
+    /// runs here or behind `tgb up`'s control listener, else over
+    /// `/_sandbox/as/{user}/graph/...` (read for the ETag, then PATCH with If-Match).
     async fn planner_update(&self, user: &str, task_id: &str, body: Value) -> anyhow::Result<()> {
         if let Some((planner, users)) = &self.local_planner {
             let (_, id, name) = users
@@ -162,6 +164,13 @@ impl Sb {
                 .update_task_as(&tgb_sandbox_planner::Caller::user(id, name), task_id, &body)
                 .map_err(|e| anyhow::anyhow!("Planner update as {user}: {e:?}"))?;
             return Ok(());
+        }
+        if let Some(control) = &self.control {
+            let url = format!("{control}/planner/tasks/{task_id}?as={user}");
+            return self
+                .send(reqwest::Method::PATCH, &url, Some(&body), None)
+                .await
+                .map(|_| ());
         }
         let url = format!(
             "{}/_sandbox/as/{user}/graph/v1.0/planner/tasks/{task_id}",

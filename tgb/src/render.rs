@@ -157,7 +157,7 @@ pub fn history(h: &History) -> String {
             e.at.clone(),
             e.consumer.clone(),
             e.subject.trim_start_matches("tgb.v1.").to_owned(),
-            format!("{}@{}", e.entity, e.entity_version),
+            format!("{}@{}", e.entity, short(&e.entity_version, 12)),
             e.deliveries.to_string(),
             e.decision.as_str().to_owned(),
             short(&e.detail, 60),

@@ -476,6 +476,42 @@ impl System {
                     }
                 }),
             );
+        // People's Planner changes, through the Planner emulator's library call (the same call
+        // `tgb demo` makes in-process), for a demo driving this system from another process.
+        let planner = self.sandbox.planner().clone();
+        let users = self.users.clone();
+        let router = router.route(
+            "/planner/tasks/{task_id}",
+            axum::routing::patch(
+                move |axum::extract::Path(task_id): axum::extract::Path<String>,
+                      axum::extract::Query(q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >,
+                      axum::Json(patch): axum::Json<serde_json::Value>| {
+                    let (planner, users) = (planner.clone(), users.clone());
+                    async move {
+                        let user = q.get("as").map(String::as_str).unwrap_or("planner");
+                        let Some((_, id, name)) = users.iter().find(|(k, _, _)| k == user) else {
+                            return (
+                                axum::http::StatusCode::NOT_FOUND,
+                                axum::Json(serde_json::json!({"error": format!("no sandbox user '{user}'")})),
+                            );
+                        };
+                        match planner.update_task_as(
+                            &tgb_sandbox_planner::Caller::user(id, name),
+                            &task_id,
+                            &patch,
+                        ) {
+                            Ok(task) => (axum::http::StatusCode::OK, axum::Json(task)),
+                            Err(e) => (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                axum::Json(serde_json::json!({"error": format!("{e:?}")})),
+                            ),
+                        }
+                    }
+                },
+            ),
+        );
         let token = self.shutdown.clone();
         self.control = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, router)
