@@ -298,6 +298,8 @@ impl Adapter {
             .await
             .map_err(HandlerError::transient)?;
         flow(flow_name, "applied", occurred.as_ref());
+        // Every publish, also one JetStream would de-duplicate: tests count double emissions.
+        metrics::counter!("tgb_dynamics_changes_published_total", "flow" => flow_name).increment(1);
         Ok(())
     }
 

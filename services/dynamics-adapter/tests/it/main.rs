@@ -4,3 +4,4 @@ mod case_sync;
 mod flows;
 mod lifecycle;
 mod support;
+mod tracking;

@@ -267,3 +267,24 @@ impl Env {
         .unwrap()
     }
 }
+
+/// The sum of the samples of counter `name` whose labels contain `labels` (e.g.
+/// `table="incident"`), scraped from the service's `/metrics`.
+pub async fn metric(base: &str, name: &str, labels: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            (rest.is_empty() || rest.starts_with('{')).then_some(())?;
+            rest.contains(labels).then_some(())?;
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
