@@ -87,5 +87,18 @@ async fn the_demo_passes_every_flow_in_process_and_history_tells_a_case_story() 
             .iter()
             .any(|e| e.decision == Decision::Applied)
     );
+
+    // The same story from the Dynamics side: the incident resolves to the TG case.
+    let links = ops::links(&js, &format!("tg:case:{case}")).await.unwrap();
+    let incident = links
+        .iter()
+        .find(|l| l.to == "dataverse.incident")
+        .expect("the case is linked to its incident");
+    assert!(links.iter().any(|l| l.to == "planner.task"));
+    let from_dynamics = ops::history(&js, &format!("dataverse:{}", incident.id))
+        .await
+        .unwrap();
+    assert_eq!(from_dynamics.correlations.first(), Some(&case));
+    assert!(from_dynamics.entries.len() >= history.entries.len());
     system.stop().await;
 }
