@@ -1,0 +1,288 @@
+//! The system under test: a real nats-server (restartable on the same port and store), the
+//! sandbox in this process (it plays TG, Dataverse and Planner), and each service as its own
+//! process, wired as `tgb up` wires them (one `whsec_` secret shared by the sandbox's TG
+//! webhook subscription and tg-ingress; one key shared by the Dataverse webhook registration
+//! and dynamics-adapter).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use rand::RngCore as _;
+use tgb_sandbox::config::WebhookSubscriptionConfig;
+use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox_dataverse::{WebhookAuth, WebhookRegistration};
+use tgb_testkit::NatsServer;
+
+use crate::procs::{Binaries, SERVICES, ServiceProcess, repo_root};
+
+/// The TG webhook subscription that points at tg-ingress.
+pub const INGRESS_SUBSCRIPTION: &str = "ingress";
+
+/// What a scenario changes about the system.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Processes per adapter (dynamics-adapter, planner-adapter); the others run once.
+    pub adapter_replicas: usize,
+    /// The sandbox's configuration.
+    pub sandbox: SandboxConfig,
+    /// Extra `TGB_*` settings for every service (after the harness's own).
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            adapter_replicas: 1,
+            sandbox: SandboxConfig::default(),
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+/// Settings the suite gives every service, and why: recovery paths that run every 30–60 s in
+/// production run every second or two here, so that a scenario ends in seconds, not minutes.
+/// Nothing else differs from `config/tg-bridge.toml`.
+pub fn suite_env() -> Vec<(String, String)> {
+    [
+        // The TG feed poll (the webhook path's backstop).
+        ("TGB_TG_INGRESS__POLL_INTERVAL_MS", "1000"),
+        // Dataverse change tracking (the Dataverse webhook's backstop).
+        ("TGB_DYNAMICS__POLL_INTERVAL_MS", "2000"),
+        // Planner's plan poll (no change feed in v1.0).
+        ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "2000"),
+        // Redelivery after a SIGKILL waits out the ack wait of the messages the dead process held.
+        ("TGB_BUS__ACK_WAIT_SECS", "10"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// The running system.
+pub struct FaultSystem {
+    /// The broker.
+    pub nats: NatsServer,
+    /// The emulators.
+    pub sandbox: Sandbox,
+    /// Every service process (replicas included).
+    pub services: Vec<ServiceProcess>,
+    /// The TG webhook secret (to sign webhooks the scenario sends itself).
+    pub webhook_secret: String,
+    /// The suite's own NATS connection (reconnects after a broker restart).
+    pub client: async_nats::Client,
+    /// JetStream on [`FaultSystem::client`].
+    pub js: async_nats::jetstream::Context,
+    /// HTTP client of the harness.
+    pub http: reqwest::Client,
+    /// Logs of the services.
+    pub log_dir: tempfile::TempDir,
+}
+
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl FaultSystem {
+    /// Starts NATS, the sandbox and the services, wires them, and waits until every service
+    /// answers `/readyz`.
+    pub async fn start(opts: Options) -> anyhow::Result<FaultSystem> {
+        tgb_testkit::init_test_tracing();
+        let binaries = Binaries::get()?;
+        let nats = NatsServer::start().await.context("nats-server")?;
+        let mut sb_config = opts.sandbox.clone();
+        sb_config
+            .tg
+            .webhooks
+            .retain(|w| w.name != INGRESS_SUBSCRIPTION);
+        let sandbox = Sandbox::start(sb_config).await.context("the sandbox")?;
+        let webhook_secret = {
+            let mut key = [0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            )
+        };
+        let dataverse_key = random_hex(24);
+        let tg_client = opts
+            .sandbox
+            .identity
+            .tg_clients
+            .first()
+            .cloned()
+            .context("the sandbox has no TG client")?;
+        let entra = opts
+            .sandbox
+            .identity
+            .entra_clients
+            .first()
+            .cloned()
+            .context("the sandbox has no Entra client")?;
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "TGB_CONFIG".into(),
+                repo_root()
+                    .join("config/tg-bridge.toml")
+                    .display()
+                    .to_string(),
+            ),
+            ("TGB_NATS_URL".into(), nats.url()),
+            ("TGB_TG_API_URL".into(), sandbox.tg_api_url()),
+            ("TGB_TG_TOKEN_URL".into(), sandbox.tg_token_url()),
+            ("TGB_TG_CLIENT_ID".into(), tg_client.client_id.clone()),
+            (
+                "TGB_TG_CLIENT_SECRET".into(),
+                tg_client.client_secret.clone(),
+            ),
+            ("TGB_TG_WEBHOOK_SECRETS".into(), webhook_secret.clone()),
+            ("TGB_DATAVERSE_URL".into(), sandbox.dataverse_url()),
+            ("TGB_DATAVERSE_WEBHOOK_KEY".into(), dataverse_key.clone()),
+            ("TGB_AZURE_AUTHORITY".into(), sandbox.azure_authority()),
+            ("TGB_AZURE_TENANT_ID".into(), "sandbox".into()),
+            ("TGB_AZURE_CLIENT_ID".into(), entra.client_id.clone()),
+            (
+                "TGB_AZURE_CLIENT_SECRET".into(),
+                entra.client_secret.clone(),
+            ),
+            ("TGB_GRAPH_URL".into(), sandbox.graph_url()),
+            ("TGB_LOG_FORMAT".into(), "pretty".into()),
+        ];
+        env.extend(suite_env());
+        env.extend(opts.extra_env.iter().cloned());
+
+        let log_dir = tempfile::Builder::new().prefix("tgb-faults-").tempdir()?;
+        let mut services = Vec::new();
+        for name in SERVICES {
+            let replicas = if matches!(name, "dynamics-adapter" | "planner-adapter") {
+                opts.adapter_replicas.max(1)
+            } else {
+                1
+            };
+            for r in 0..replicas {
+                services.push(ServiceProcess::new(
+                    name,
+                    r,
+                    binaries.path(name),
+                    env.clone(),
+                    log_dir.path(),
+                )?);
+            }
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name("tgb-fault-suite")
+            .retry_on_initial_connect()
+            .connect(nats.url())
+            .await
+            .context("the suite's NATS connection")?;
+        let js = async_nats::jetstream::new(client.clone());
+        let mut system = FaultSystem {
+            nats,
+            sandbox,
+            services,
+            webhook_secret,
+            client,
+            js,
+            http: reqwest::Client::new(),
+            log_dir,
+        };
+        // One process first, so that the streams and buckets are provisioned once (the
+        // others find them), then the rest together.
+        system.services[0].start()?;
+        let http = system.http.clone();
+        system.services[0]
+            .wait_ready(&http, Duration::from_secs(60))
+            .await?;
+        for s in system.services.iter_mut().skip(1) {
+            s.start()?;
+        }
+        for s in system.services.iter_mut().skip(1) {
+            s.wait_ready(&http, Duration::from_secs(60)).await?;
+        }
+
+        let ingress = system.process("tg-ingress").addr;
+        let dynamics = system.process("dynamics-adapter").addr;
+        system
+            .sandbox
+            .tg()
+            .webhooks()
+            .add(WebhookSubscriptionConfig {
+                name: INGRESS_SUBSCRIPTION.into(),
+                url: format!("http://{ingress}/webhooks/tg"),
+                secrets: vec![system.webhook_secret.clone()],
+            })
+            .context("the TG webhook subscription")?;
+        system
+            .sandbox
+            .dataverse()
+            .register_webhook(WebhookRegistration {
+                name: "tg-bridge dynamics-adapter".into(),
+                url: format!("http://{dynamics}/webhooks/dataverse"),
+                auth: WebhookAuth::Query {
+                    name: "code".into(),
+                    value: dataverse_key,
+                },
+                entities: Vec::new(),
+                messages: Vec::new(),
+            })
+            .map_err(|e| anyhow::anyhow!("the Dataverse webhook registration: {e}"))?;
+        Ok(system)
+    }
+
+    /// The first replica of a service.
+    pub fn process(&self, name: &str) -> &ServiceProcess {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    fn process_mut(&mut self, name: &str, replica: usize) -> &mut ServiceProcess {
+        self.services
+            .iter_mut()
+            .find(|s| s.name == name && s.replica == replica)
+            .unwrap_or_else(|| panic!("no service {name}#{replica}"))
+    }
+
+    /// SIGKILLs one replica of a service.
+    pub async fn kill(&mut self, name: &str, replica: usize) {
+        self.process_mut(name, replica).kill().await;
+    }
+
+    /// Starts a killed replica again (same port, same environment) and waits until it is
+    /// ready.
+    pub async fn restart(&mut self, name: &str, replica: usize) -> anyhow::Result<()> {
+        let http = self.http.clone();
+        let p = self.process_mut(name, replica);
+        p.start()?;
+        p.wait_ready(&http, Duration::from_secs(60)).await
+    }
+
+    /// Restarts any process that exited by itself (recorded as a crash).
+    pub fn supervise(&mut self) -> anyhow::Result<()> {
+        for s in &mut self.services {
+            s.supervise()?;
+        }
+        Ok(())
+    }
+
+    /// Every exit nobody asked for: (process, status and last log line).
+    pub fn crashes(&self) -> Vec<(String, String)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.crashes.iter().map(|c| (s.label(), c.clone())))
+            .collect()
+    }
+
+    /// Stops every service (SIGKILL: nothing is left to drain at the end of a scenario), the
+    /// sandbox and NATS.
+    pub async fn stop(mut self) {
+        for s in &mut self.services {
+            s.stop().await;
+        }
+        self.sandbox.shutdown().await;
+        self.nats.stop().await;
+    }
+}
