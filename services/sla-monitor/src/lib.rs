@@ -8,8 +8,9 @@
 //! - [`clock`]: the time source, injectable ([`serve_with_clock`]) so tests run hours of SLA time
 //!   in milliseconds.
 //!
-//! HTTP: `GET /sla/ticker` answers `{"ticks": n, "evaluated_at": "<RFC 3339>"}` (the clock
-//! source's time of the last completed evaluation).
+//! HTTP: `GET /sla/ticker` answers `{"ticks": n, "evaluated_at": "<RFC 3339>", "took_us": n,
+//! "clocks": n}`: the clock source's time of the last completed evaluation, how long it took and
+//! how many clocks it looked at. Ticks read clocks from memory, kept current by a KV watcher.
 
 pub mod clock;
 pub mod handler;
@@ -75,7 +76,17 @@ pub async fn serve_with_clock(
     let lifecycle = handler::Lifecycle::new(clocks.clone(), links, policies.clone(), clock.clone());
     let spec = tgb_service::consumer_spec(&config, CONSUMER, handler::SUBJECTS);
     workers.consumer(&bus, spec, Arc::new(lifecycle));
-    let ticker = ticker::Ticker::new(clocks, bus.publisher(), policies, clock, status.clone());
+    let cache = Arc::new(store::Cache::default());
+    let watcher = (clocks.clone(), cache.clone());
+    workers.spawn(|stop| async move { watcher.0.watch_into(&watcher.1, stop).await });
+    let ticker = ticker::Ticker::new(
+        clocks,
+        cache,
+        bus.publisher(),
+        policies,
+        clock,
+        status.clone(),
+    );
     workers.spawn(|stop| ticker.run(stop));
 
     let routes = axum::Router::new()
@@ -119,5 +130,7 @@ async fn ticker_status(State(status): State<Arc<TickerStatus>>) -> axum::Json<se
     axum::Json(serde_json::json!({
         "ticks": status.ticks.load(Ordering::SeqCst),
         "evaluated_at": at,
+        "took_us": status.took_us.load(Ordering::SeqCst),
+        "clocks": status.clocks.load(Ordering::SeqCst),
     }))
 }

@@ -24,7 +24,7 @@ use crate::handler::timestamp;
 use crate::ids;
 use crate::policy::{Policies, priority_of};
 use crate::state::{CaseClock, Due, Target};
-use crate::store::{Change, Clocks};
+use crate::store::{Cache, Change, Clocks};
 
 /// At most this many case ids are listed in a partner impact.
 const IMPACT_IDS: usize = 20;
@@ -36,11 +36,16 @@ pub struct TickerStatus {
     pub ticks: AtomicU64,
     /// The clock source's time of the last completed evaluation (Unix ms).
     pub evaluated_at_ms: AtomicU64,
+    /// How long the last evaluation took (wall time, µs).
+    pub took_us: AtomicU64,
+    /// Clocks the last evaluation looked at.
+    pub clocks: AtomicU64,
 }
 
 /// Evaluates clocks and publishes warnings and breaches.
 pub struct Ticker {
     clocks: Clocks,
+    cache: Arc<Cache>,
     publisher: Publisher,
     policies: Arc<Policies>,
     clock: Arc<dyn Clock>,
@@ -58,6 +63,7 @@ impl Ticker {
     /// A ticker over `clocks`.
     pub fn new(
         clocks: Clocks,
+        cache: Arc<Cache>,
         publisher: Publisher,
         policies: Arc<Policies>,
         clock: Arc<dyn Clock>,
@@ -65,6 +71,7 @@ impl Ticker {
     ) -> Self {
         Ticker {
             clocks,
+            cache,
             publisher,
             policies,
             clock,
@@ -72,8 +79,10 @@ impl Ticker {
         }
     }
 
-    /// Ticks until `shutdown`. A failed tick is logged and retried at the next one.
+    /// Ticks until `shutdown`, from the moment the cache holds every clock. A failed tick is
+    /// logged and retried at the next one.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.cache.wait_synced(&shutdown).await;
         let every = Duration::from_millis(self.policies.settings().tick_interval_ms);
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,8 +102,9 @@ impl Ticker {
 
     /// One evaluation of every clock.
     pub async fn tick(&self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let now = self.clock.now();
-        let all = self.clocks.all().await?;
+        let all = self.cache.snapshot();
         let mut impacts: BTreeMap<String, Impact> = BTreeMap::new();
         for (_, c) in all.iter().filter(|(_, c)| c.is_open()) {
             let i = impacts.entry(c.partner.key()).or_default();
@@ -123,6 +133,9 @@ impl Ticker {
                 self.emit(key, clock, &due, impact).await?;
             }
         }
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.status.took_us.store(took, Ordering::SeqCst);
+        self.status.clocks.store(all.len() as u64, Ordering::SeqCst);
         self.status.ticks.fetch_add(1, Ordering::SeqCst);
         let ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         self.status.evaluated_at_ms.store(ms, Ordering::SeqCst);
@@ -146,16 +159,29 @@ impl Ticker {
         }
     }
 
-    /// Publishes one due warning or breach, then marks it in the clock.
+    /// Publishes one due warning or breach, then marks it in the clock. The clock is read again
+    /// first: a change the cache has not seen yet (a reply, a pause, a resolution) wins.
     async fn emit(
         &self,
         key: &str,
-        clock: &CaseClock,
+        cached: &CaseClock,
         due: &Due,
         impact: Option<&Impact>,
     ) -> anyhow::Result<()> {
-        let policy = self.policies.get(&clock.tier, &clock.priority);
+        let policy = self.policies.get(&cached.tier, &cached.priority);
         let mark = due.key(policy);
+        let (Some(clock), _) = self.clocks.read(key).await? else {
+            return Ok(());
+        };
+        let fresh = self.policies.get(&clock.tier, &clock.priority);
+        let Some(due) = clock
+            .due(fresh, self.clock.now())
+            .into_iter()
+            .find(|d| d.key(fresh) == mark)
+        else {
+            return Ok(());
+        };
+        let (clock, due, policy) = (&clock, &due, fresh);
         let started = clock.started_at.unix_timestamp_nanos().to_string();
         let impact = pb::PartnerImpact {
             tier: clock.tier.clone(),

@@ -411,3 +411,47 @@ async fn breach_detection_delay_is_at_most_one_tick() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// The cost of one evaluation with many open clocks (printed for the report).
+#[tokio::test]
+async fn a_tick_over_two_thousand_open_clocks_stays_well_inside_the_tick_interval() {
+    let env = Env::start().await;
+    let clocks = sla_monitor::store::Clocks::new(env.bus.kv("tgb_sla").await.unwrap());
+    let n = 2000;
+    let mut writes = futures::stream::iter((0..n).map(|i| {
+        let clocks = clocks.clone();
+        async move {
+            let id = format!("C-LOAD-{i}");
+            let mut c = sla_monitor::state::CaseClock::start(&id, t0());
+            c.tier = "standard".into();
+            c.priority = "low".into();
+            clocks
+                .update(&sla_monitor::store::key_of(&id), |_| {
+                    sla_monitor::store::Change::Put(c.clone(), ())
+                })
+                .await
+                .unwrap();
+        }
+    }))
+    .buffer_unordered(64);
+    while writes.next().await.is_some() {}
+    let monitor = env.monitor().await;
+    let took = tgb_testkit::eventually(
+        "a tick over every clock",
+        Duration::from_secs(20),
+        || async {
+            let v: serde_json::Value = reqwest::get(format!("{}/sla/ticker", monitor.base))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["clocks"].as_u64()? == n).then(|| v["took_us"].as_u64())?
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("one tick over {n} open clocks took {took} us");
+    assert!(took < 1_000_000, "{took} us");
+    monitor.stop().await;
+}
