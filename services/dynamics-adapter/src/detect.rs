@@ -4,7 +4,8 @@
 //! - the change-tracking poll (delta link in `tgb_cursors`): the reconciling path.
 //!
 //! Each change goes through the same filters, in order: made by our own application user →
-//! echo (`own_user`); a version not newer than the last applied one for that row → stale;
+//! echo (`own_user`), except an incident whose status differs from the one tg-bridge last
+//! wrote or agreed (a person's change hidden by a later write of ours); a version not newer than the last applied one for that row → stale;
 //! nothing the flow cares about changed since the last sync → skipped. Event ids derive from
 //! (table, row, version, event), so the two paths detecting one change publish one event
 //! (JetStream de-duplicates by `Nats-Msg-Id`).
@@ -229,7 +230,12 @@ impl Adapter {
     pub async fn on_change(&self, mut c: Change) -> Result<(), HandlerError> {
         let lock = self.lock_of(&format!("{}:{}", c.table, c.id));
         let _guard = lock.lock().await;
-        if c.caller.as_deref() == Some(self.app_user.as_str()) {
+        // Our own user as the last modifier does not prove the change is ours: a person may
+        // have changed the row before a later write of ours (the poll only sees the last
+        // modifier). Incidents are compared with the status tg-bridge last wrote or agreed
+        // (`incident_changed`); other tables drop such rows as echoes.
+        let own = c.caller.as_deref() == Some(self.app_user.as_str());
+        if own && (c.table != "incident" || c.message == "Close") {
             echo("dataverse", "own_user");
             return Ok(());
         }
@@ -264,7 +270,7 @@ impl Adapter {
             }
         }
         let published = match c.table.as_str() {
-            "incident" => self.incident_changed(&c).await?,
+            "incident" => self.incident_changed(&c, own).await?,
             "annotation" => self.note_changed(&c).await?,
             "tgb_exception" => self.exception_changed(&c, &state.fields).await?,
             "account" => self.account_changed(&c, &state.fields).await?,
@@ -304,9 +310,15 @@ impl Adapter {
     }
 
     /// D1: status changes and resolutions of incidents linked to TG cases.
+    ///
+    /// `own`: tg-bridge's application user modified the row last. The change is an echo when
+    /// the status equals the one tg-bridge last wrote or agreed on (read under the case's lock,
+    /// so a write in progress has recorded it); a different status is a person's change that a
+    /// later write of ours hid, and is published.
     async fn incident_changed(
         &self,
         c: &Change,
+        own: bool,
     ) -> Result<Option<std::collections::BTreeMap<String, String>>, HandlerError> {
         let tg_case = match text(&c.attrs, "tgb_tgcaseid") {
             "" => self.tg_case_of(&c.id).await?,
@@ -316,6 +328,9 @@ impl Adapter {
             return Ok(None);
         };
         let sync_entity = format!("tg:case:{tg_case}");
+        // The inbound writer holds this lock from its write until it has recorded the status.
+        let case_lock = self.lock_of(&sync_entity);
+        let _case_guard = case_lock.lock().await;
         let partner = match c.attrs.get("_customerid_value").and_then(Value::as_str) {
             Some(a) => self.partner_of(a).await?,
             None => None,
@@ -346,7 +361,15 @@ impl Adapter {
             .await
             .map_err(HandlerError::transient)?;
         if known.fields.get("status") == Some(&hash(&json!(status_class(key)))) {
+            if own {
+                echo("dataverse", "own_user");
+            }
             return Ok(None);
+        }
+        if own {
+            metrics::counter!("tgb_dynamics_hidden_changes_total", "table" => "incident")
+                .increment(1);
+            tracing::info!(incident = %c.id, "a status change behind a later write of ours");
         }
         self.mark_status(&sync_entity, key).await?;
         if state == 1 && c.message == "Update" {

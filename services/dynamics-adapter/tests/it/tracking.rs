@@ -106,3 +106,88 @@ async fn an_expired_delta_token_re_baselines_and_no_change_is_lost_or_emitted_tw
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_persons_change_hidden_by_a_later_write_of_ours_is_found_and_our_own_writes_stay_echoes()
+{
+    let env = Env::start().await;
+    // Only the round at start runs: it sets the baseline.
+    let first = env
+        .adapter(&[("TGB_DYNAMICS__POLL_INTERVAL_MS", "3600000")])
+        .await;
+    env.publish(opened("C-H", "Hidden")).await;
+    let inc = env.wait_rows("incident", 1).await[0].clone();
+    let id: uuid::Uuid = inc["incidentid"].as_str().unwrap().parse().unwrap();
+    eventually("the baseline of incidents", WAIT, || async {
+        env.sandbox
+            .calls()
+            .of_system("dataverse")
+            .iter()
+            .any(|c| c.method == "GET" && c.path.ends_with("/incidents") && c.status == 200)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Dana sets the case to Waiting for Details (no webhook), then TG renames the case and
+    // tg-bridge writes the row: the row's last modifier is now tg-bridge.
+    env.sandbox
+        .dataverse()
+        .set_row_as(
+            env.user("agent"),
+            "incident",
+            id,
+            json!({"statecode": 0, "statuscode": 3}),
+        )
+        .unwrap();
+    env.publish(updated("C-H", 2, "Hidden, renamed", pb::CaseStatus::Open))
+        .await;
+    let row = eventually("renamed", WAIT, || async {
+        let r = env.sandbox.dataverse().row("incident", id)?;
+        (r["title"] == "Hidden, renamed").then_some(r)
+    })
+    .await
+    .unwrap();
+    assert_eq!(row["_modifiedby_value"], env.app_user().to_string());
+    assert_eq!(row["statuscode"], 3, "our write kept Dana's status");
+    first.stop().await;
+
+    // The next round reads the change behind our write.
+    let adapter = env
+        .adapter(&[("TGB_DYNAMICS__POLL_INTERVAL_MS", "100")])
+        .await;
+    let events = env.wait_events("tgb.v1.dyn.case.status_changed", 1).await;
+    assert_eq!(statuses(&events), vec![3]);
+
+    // TG moves the case back to open: tg-bridge writes the status; that row is an echo.
+    let echoes = r#"reason="own_user""#;
+    let before = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+    env.publish(updated(
+        "C-H",
+        3,
+        "Hidden, renamed",
+        pb::CaseStatus::InProgress,
+    ))
+    .await;
+    eventually("status written", WAIT, || async {
+        let r = env.sandbox.dataverse().row("incident", id)?;
+        (r["statuscode"] == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_metric(
+        &adapter.base,
+        "tgb_echoes_suppressed_total",
+        echoes,
+        before + 1.0,
+    )
+    .await;
+    let published = metric(&adapter.base, PUBLISHED, r#"flow="D1""#).await;
+    adapter.stop().await;
+    assert_eq!(published, 1.0, "only Dana's change");
+    assert_eq!(
+        statuses(&env.events_on("tgb.v1.dyn.case.status_changed").await),
+        vec![3]
+    );
+    assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
+}
