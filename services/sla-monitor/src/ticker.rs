@@ -50,6 +50,8 @@ pub struct Ticker {
     policies: Arc<Policies>,
     clock: Arc<dyn Clock>,
     status: Arc<TickerStatus>,
+    /// Partners whose open-clock gauge was set, so it drops to 0 when their last case closes.
+    gauged: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A partner's open cases.
@@ -76,6 +78,7 @@ impl Ticker {
             policies,
             clock,
             status,
+            gauged: std::sync::Mutex::default(),
         }
     }
 
@@ -113,9 +116,17 @@ impl Ticker {
                 i.ids.push(c.case_id.clone());
             }
         }
-        for (partner, i) in &impacts {
-            metrics::gauge!("tgb_sla_open_clocks", "partner" => partner.clone())
-                .set(f64::from(i.open));
+        {
+            let mut gauged = self.gauged.lock().unwrap();
+            for partner in gauged.iter().filter(|p| !impacts.contains_key(*p)) {
+                metrics::gauge!("tgb_sla_open_clocks", "partner" => partner.clone()).set(0.0);
+            }
+            gauged.clear();
+            for (partner, i) in &impacts {
+                metrics::gauge!("tgb_sla_open_clocks", "partner" => partner.clone())
+                    .set(f64::from(i.open));
+                gauged.insert(partner.clone());
+            }
         }
         let retain = time::Duration::hours(
             i64::try_from(self.policies.settings().retain_stopped_hours).unwrap_or(24),

@@ -349,6 +349,18 @@ async fn a_first_response_or_resolution_stops_the_clock_and_a_priority_change_re
     env.clock.set(t0() + mins(5000));
     monitor.evaluated(t0() + mins(5000)).await;
     assert_eq!(env.events::<pb::SlaBreached>().await.len(), 1);
+    let metrics = reqwest::get(format!("{}/metrics", monitor.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tgb_sla_open_clocks{partner="ZZ:FIRST1"} 0"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tgb_sla_time_to_first_response_seconds"));
+    assert!(metrics.contains("tgb_sla_time_to_resolution_seconds"));
     monitor.stop().await;
 }
 
