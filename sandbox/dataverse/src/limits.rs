@@ -79,6 +79,10 @@ pub struct CallerUsage {
     pub throttled_for_ms: u64,
     /// 429 answers sent to this caller so far.
     pub rejected: u64,
+    /// Requests received while this caller was throttled: before the `Retry-After` of a 429
+    /// already answered to it ran out. A client that honours `Retry-After` keeps it at 0.
+    #[serde(default)]
+    pub early_requests: u64,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +93,9 @@ struct CallerState {
     in_flight: u32,
     blocked: Option<(Instant, &'static str)>,
     rejected: u64,
+    /// When the longest `Retry-After` told to this caller runs out.
+    retry_until: Option<Instant>,
+    early: u64,
 }
 
 /// The limiter.
@@ -188,21 +195,25 @@ impl Limits {
         if cfg.enabled {
             let window = Duration::from_millis(cfg.window_ms);
             Self::prune(st, now, window);
+            if st.retry_until.is_some_and(|u| now < u) {
+                st.early += 1;
+            }
             if let Some((until, code)) = st.blocked {
                 let until = until + Duration::from_millis(cfg.penalty_ms);
                 st.blocked = Some((until, code));
                 st.rejected += 1;
-                return Err(throttled(code, &cfg, until - now));
+                return Err(told(st, now, throttled(code, &cfg, until - now)));
             }
             if let Some(max) = cfg.max_concurrent
                 && st.in_flight >= max
             {
                 st.rejected += 1;
-                return Err(Throttled {
+                let t = Throttled {
                     retry_after_secs: 1,
                     code: codes::LIMIT_CONCURRENCY,
                     message: format!("Number of concurrent requests exceeded the limit of {max}."),
-                });
+                };
+                return Err(told(st, now, t));
             }
             if let Some(max) = cfg.requests_per_window
                 && st.requests.len() >= max as usize
@@ -212,7 +223,11 @@ impl Limits {
                 let until = st.requests[excess - 1] + window;
                 st.blocked = Some((until, codes::LIMIT_REQUESTS));
                 st.rejected += 1;
-                return Err(throttled(codes::LIMIT_REQUESTS, &cfg, until - now));
+                return Err(told(
+                    st,
+                    now,
+                    throttled(codes::LIMIT_REQUESTS, &cfg, until - now),
+                ));
             }
             if let Some(budget) = cfg.execution_time_ms {
                 let budget = Duration::from_millis(budget);
@@ -228,7 +243,11 @@ impl Limits {
                     }
                     st.blocked = Some((until, codes::LIMIT_EXECUTION_TIME));
                     st.rejected += 1;
-                    return Err(throttled(codes::LIMIT_EXECUTION_TIME, &cfg, until - now));
+                    return Err(told(
+                        st,
+                        now,
+                        throttled(codes::LIMIT_EXECUTION_TIME, &cfg, until - now),
+                    ));
                 }
             }
         }
@@ -268,12 +287,20 @@ impl Limits {
                         .map(|(u, _)| u.saturating_duration_since(now).as_millis() as u64)
                         .unwrap_or(0),
                     rejected: st.rejected,
+                    early_requests: st.early,
                 }
             })
             .collect();
         out.sort_by(|a, b| a.caller.cmp(&b.caller));
         out
     }
+}
+
+/// Remembers until when the caller was told to wait (`Retry-After` runs out), then answers.
+fn told(st: &mut CallerState, now: Instant, t: Throttled) -> Throttled {
+    let end = now + Duration::from_secs(t.retry_after_secs);
+    st.retry_until = Some(st.retry_until.map_or(end, |u| u.max(end)));
+    t
 }
 
 fn throttled(code: &'static str, cfg: &ServiceProtectionConfig, wait: Duration) -> Throttled {

@@ -183,3 +183,57 @@ async fn limits_are_visible_and_configurable_over_the_admin_api() {
         "one request already in the window"
     );
 }
+
+#[tokio::test]
+async fn requests_before_retry_after_ran_out_are_counted_per_caller() {
+    let t = start(limits(ServiceProtectionConfig {
+        requests_per_window: Some(2),
+        ..off()
+    }))
+    .await;
+    let early = |caller: uuid::Uuid| {
+        t.dv.limits_usage()
+            .into_iter()
+            .find(|u| u.caller == caller.to_string())
+            .map(|u| u.early_requests)
+    };
+    for _ in 0..2 {
+        assert_eq!(whoami(&t, ALICE).await.status(), 200);
+    }
+    // The first 429 is not early: nobody had told Alice to wait.
+    let r = whoami(&t, ALICE).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(early(ALICE), Some(0));
+    // Sent at once after it: early.
+    let r = whoami(&t, ALICE).await;
+    let answered = Instant::now();
+    assert_eq!(r.status(), 429);
+    let wait = retry_after(&r);
+    assert_eq!(early(ALICE), Some(1));
+    assert_eq!(whoami(&t, BOB).await.status(), 200);
+    assert_eq!(early(BOB), Some(0), "per caller");
+
+    // The admin route shows the same count.
+    let limits = t
+        .client
+        .get(format!("{}/_sandbox/limits", t.root))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let alice = limits["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["caller"] == ALICE.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(alice["early_requests"], 1);
+
+    // Waiting the announced Retry-After: admitted, and not early.
+    tokio::time::sleep_until(answered + Duration::from_secs(wait)).await;
+    assert_eq!(whoami(&t, ALICE).await.status(), 200);
+    assert_eq!(early(ALICE), Some(1));
+}
