@@ -11,6 +11,12 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets, in seconds, of the SLA histograms (`tgb_sla_*`): SLA times run from minutes to
+/// days, far past the latency buckets' 60 s.
+pub const SLA_BUCKETS_SECONDS: &[f64] = &[
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 604800.0,
+];
+
 /// How often the recorder's housekeeping runs (draining histogram samples).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -24,6 +30,11 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS_SECONDS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Prefix("tgb_sla_".into()),
+                SLA_BUCKETS_SECONDS,
+            )
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();

@@ -194,3 +194,15 @@ async fn unknown_path_is_404_and_still_served_after() {
     assert_eq!(response.status(), StatusCode::OK);
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn sla_histograms_have_buckets_up_to_a_week() {
+    tgb_runtime::metrics::install();
+    metrics::histogram!("tgb_sla_time_to_resolution_seconds_bucket_test").record(5400.0);
+    let text = tgb_runtime::metrics::install().render();
+    assert!(
+        text.contains("tgb_sla_time_to_resolution_seconds_bucket_test_bucket{le=\"7200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tgb_sla_time_to_resolution_seconds_bucket_test_bucket{le=\"3600\"} 0"));
+}
