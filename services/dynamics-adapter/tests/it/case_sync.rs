@@ -274,10 +274,18 @@ async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_a
     let usage = env.sandbox.dataverse().limits_usage();
     let throttled: u64 = usage.iter().map(|u| u.rejected).sum();
     assert!(throttled > 0, "the storm met the limit");
+    // Exact: the sandbox counts every request that arrived before a Retry-After it had told
+    // the caller ran out.
+    let app = env.app_user().to_string();
+    let lane = usage.iter().find(|u| u.caller == app).unwrap();
+    assert!(lane.rejected > 0);
+    assert_eq!(
+        lane.early_requests, 0,
+        "no request to the lane before its Retry-After ran out"
+    );
     let parse = |s: &str| {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
     };
-    let app = env.app_user().to_string();
     let mine: Vec<_> = calls
         .iter()
         .filter(|c| c.caller.as_ref().is_some_and(|u| u.id == app))
