@@ -164,3 +164,101 @@ async fn status_lists_streams_consumers_and_an_empty_dlq() {
     assert!(!status.governors_note.is_empty());
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_since_a_time_redelivers_to_that_consumer_only_and_the_write_stays_single() {
+    let (system, _dir) = support::system(&[]).await;
+    let sandbox = &system.sandbox;
+    let case_id = sandbox
+        .tg()
+        .raise_case(RaiseCase::new(
+            PartnerRef {
+                qualifier: "ZZ".into(),
+                id: "ACME01".into(),
+                name: "Acme Corp".into(),
+            },
+            "Labels missing",
+        ))
+        .unwrap()
+        .data["case_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (client, js) = ops::jetstream(&system.nats_url).await.unwrap();
+    let bus = tgb_bus::Bus::connect(&system.nats_url, None, tgb_bus::BusConfig::default())
+        .await
+        .unwrap();
+    let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let text = "Labels are reprinted today.";
+    let note = note_for(&case_id, text);
+    let event_id = note.meta.as_ref().unwrap().event_id.clone();
+    bus.publisher().publish(&note).await.unwrap();
+    let handled = |consumer: &'static str, n: usize| {
+        let js = js.clone();
+        let spec = format!("tg:{case_id}");
+        let event_id = event_id.clone();
+        move || {
+            let (js, spec, event_id) = (js.clone(), spec.clone(), event_id.clone());
+            async move {
+                let h = ops::history(&js, &spec).await.ok()?;
+                let count = h
+                    .entries
+                    .iter()
+                    .filter(|e| e.consumer == consumer && e.event_id == event_id)
+                    .count();
+                (count >= n).then_some(count)
+            }
+        }
+    };
+    eventually(
+        "tg-egress handled the note",
+        Duration::from_secs(20),
+        handled("tg-egress", 1),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "sla-monitor handled the note",
+        Duration::from_secs(20),
+        handled("sla-monitor", 1),
+    )
+    .await
+    .unwrap();
+
+    let dry = ops::replay_consumer(&client, &js, "tg-egress", since, true)
+        .await
+        .unwrap();
+    assert!(!dry.applied);
+    assert_eq!(dry.by_subject.get("tgb.v1.dyn.case.note_added"), Some(&1));
+    let done = ops::replay_consumer(&client, &js, "tg-egress", since, false)
+        .await
+        .unwrap();
+    assert!(done.applied);
+    assert_eq!(done.messages, 1);
+
+    eventually(
+        "tg-egress handled it again",
+        Duration::from_secs(20),
+        handled("tg-egress", 2),
+    )
+    .await
+    .unwrap();
+    // The other consumer of the subject saw nothing new, and TG has the comment once (the
+    // replayed write carries the same Idempotency-Key).
+    let h = ops::history(&js, &format!("tg:{case_id}")).await.unwrap();
+    assert_eq!(
+        h.entries
+            .iter()
+            .filter(|e| e.consumer == "sla-monitor" && e.event_id == event_id)
+            .count(),
+        1
+    );
+    let comments = sandbox
+        .tg()
+        .comments(&case_id)
+        .into_iter()
+        .filter(|c| c.body.contains(text))
+        .count();
+    assert_eq!(comments, 1);
+    system.stop().await;
+}
