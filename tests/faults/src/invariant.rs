@@ -255,9 +255,16 @@ fn read_counts(sys: &FaultSystem) -> Counts {
                     .entry((case.to_owned(), s(&w.request, "body").to_owned()))
                     .or_default() += 1;
             }
-            _ => c
-                .other_tg_writes
-                .push(format!("TG {} {}", w.method, w.path)),
+            _ => c.other_tg_writes.push(format!(
+                "TG {} {} {} (case now {:?})",
+                w.method,
+                w.path,
+                w.request,
+                sys.sandbox
+                    .tg()
+                    .case(w.path.trim_start_matches("/v1/cases/"))
+                    .map(|c| c.status)
+            )),
         }
     }
     c

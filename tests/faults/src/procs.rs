@@ -144,6 +144,19 @@ fn build(profile_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `setpriv` (util-linux), when present.
+fn setpriv() -> Option<&'static Path> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            ["/usr/bin/setpriv", "/bin/setpriv"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .as_deref()
+}
+
 /// A free loopback port (bound, read, released): the service binds it itself, and binds it
 /// again after a restart.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -205,7 +218,16 @@ impl ServiceProcess {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("{}", self.log.display()))?;
-        let mut cmd = Command::new(&self.binary);
+        // Under setpriv --pdeathsig, the service dies with the test process even when the test
+        // is killed (a timeout): no orphaned service keeps a port or a CPU.
+        let mut cmd = match setpriv() {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         // Only what the harness gives: no TGB_* of the test's own environment.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("TGB_") {

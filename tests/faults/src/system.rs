@@ -20,24 +20,14 @@ use crate::procs::{Binaries, SERVICES, ServiceProcess, repo_root};
 pub const INGRESS_SUBSCRIPTION: &str = "ingress";
 
 /// What a scenario changes about the system.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Processes per adapter (dynamics-adapter, planner-adapter); the others run once.
-    pub adapter_replicas: usize,
+    /// Processes per service named here (the others run once).
+    pub replicas: Vec<(&'static str, usize)>,
     /// The sandbox's configuration.
     pub sandbox: SandboxConfig,
     /// Extra `TGB_*` settings for every service (after the harness's own).
     pub extra_env: Vec<(String, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            adapter_replicas: 1,
-            sandbox: SandboxConfig::default(),
-            extra_env: Vec::new(),
-        }
-    }
 }
 
 /// Settings the suite gives every service, and why: recovery paths that run every 30–60 s in
@@ -51,6 +41,15 @@ pub fn suite_env() -> Vec<(String, String)> {
         ("TGB_DYNAMICS__POLL_INTERVAL_MS", "2000"),
         // Planner's plan poll (no change feed in v1.0).
         ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "2000"),
+        // tg-bridge's own Graph lane (600 requests/min by default) paces task creation at
+        // about 2.5 tasks/s; the sandbox's Planner publishes no limit, and the lane is the
+        // benchmarks' subject, not this suite's. Raised so that a burst is minutes, not hours.
+        ("TGB_ROUTING__GRAPH__REQUESTS_PER_WINDOW", "60000"),
+        ("TGB_ROUTING__GRAPH__MAX_CONCURRENT", "16"),
+        // A Planner create intent left by a killed process blocks a re-create this long
+        // (default 120 s); still longer than the Graph request timeout (30 s), so a POST in
+        // flight in another replica is never doubled.
+        ("TGB_ROUTING__GRAPH__INTENT_LEASE_SECS", "40"),
         // Redelivery after a SIGKILL waits out the ack wait of the messages the dead process held.
         ("TGB_BUS__ACK_WAIT_SECS", "10"),
     ]
@@ -156,11 +155,11 @@ impl FaultSystem {
         let log_dir = tempfile::Builder::new().prefix("tgb-faults-").tempdir()?;
         let mut services = Vec::new();
         for name in SERVICES {
-            let replicas = if matches!(name, "dynamics-adapter" | "planner-adapter") {
-                opts.adapter_replicas.max(1)
-            } else {
-                1
-            };
+            let replicas = opts
+                .replicas
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(1, |(_, r)| (*r).max(1));
             for r in 0..replicas {
                 services.push(ServiceProcess::new(
                     name,

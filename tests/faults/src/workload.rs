@@ -148,14 +148,32 @@ pub fn raise_one(
 /// Raises the whole burst in TG (each case, comment and resolution is a TG event: webhook
 /// and feed). Returns what the check must find.
 pub fn raise_burst(sys: &FaultSystem, burst: &Burst) -> anyhow::Result<Expected> {
-    let mut exp = Expected {
-        partners: partners().iter().map(PartnerRef::key).collect(),
-        ..Expected::default()
-    };
-    for i in 0..burst.cases {
-        raise_one(sys, burst, i, &mut exp)?;
-    }
+    let mut exp = Expected::new();
+    raise_range(sys, burst, 0..burst.cases, &mut exp)?;
     Ok(exp)
+}
+
+/// Raises cases `range` of the burst into `exp`.
+pub fn raise_range(
+    sys: &FaultSystem,
+    burst: &Burst,
+    range: std::ops::Range<usize>,
+    exp: &mut Expected,
+) -> anyhow::Result<()> {
+    for i in range {
+        raise_one(sys, burst, i, exp)?;
+    }
+    Ok(())
+}
+
+impl Expected {
+    /// Nothing raised yet.
+    pub fn new() -> Self {
+        Expected {
+            partners: partners().iter().map(PartnerRef::key).collect(),
+            ..Expected::default()
+        }
+    }
 }
 
 /// The agents of the burst: for each case in `notes`, as soon as its incident exists in

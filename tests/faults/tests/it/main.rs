@@ -3,4 +3,8 @@
 //! middle of it, and ends with the same invariant check. `--no-capture` prints each report.
 
 mod kill;
+mod nats;
+mod replicas;
+mod sandbox_faults;
 mod support;
+mod webhooks;

@@ -25,9 +25,16 @@ pub struct Run {
 impl Run {
     /// Starts the system with `opts` and raises the burst in TG.
     pub async fn start(name: &str, opts: Options) -> Run {
-        let sys = FaultSystem::start(opts).await.expect("the system starts");
-        let burst = Burst::of(burst_size(DEFAULT_CASES));
+        let (sys, burst) = Run::system(opts).await;
         Run::raise(name, sys, burst).await
+    }
+
+    /// The system started, and the burst it will get.
+    pub async fn system(opts: Options) -> (FaultSystem, Burst) {
+        let t = Instant::now();
+        let sys = FaultSystem::start(opts).await.expect("the system starts");
+        println!("system started in {:.1} s", t.elapsed().as_secs_f64());
+        (sys, Burst::of(burst_size(DEFAULT_CASES)))
     }
 
     /// Raises `burst` on a started system.
@@ -35,6 +42,18 @@ impl Run {
         let started = Instant::now();
         let poison = publish_poison(&sys).await.expect("poison published");
         let expected = raise_burst(&sys, &burst).expect("burst raised");
+        Run::running(name, sys, burst, expected, poison, started)
+    }
+
+    /// A burst the scenario raised itself; starts the agents on its notes.
+    pub fn running(
+        name: &str,
+        sys: FaultSystem,
+        burst: Burst,
+        expected: Expected,
+        poison: Vec<Poison>,
+        started: Instant,
+    ) -> Run {
         let agents = spawn_agents(&sys, expected.agent_notes.clone());
         Run {
             name: name.to_owned(),
