@@ -96,7 +96,18 @@ pub struct Governor {
 /// Held while a request is in flight; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Permit {
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
+    lane: String,
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        drop(self.slot.take());
+        metrics::gauge!("tgb_governor_in_flight", "lane" => self.lane.clone())
+            .set(self.max.saturating_sub(self.slots.available_permits()) as f64);
+    }
 }
 
 impl Governor {
@@ -144,9 +155,15 @@ impl Governor {
         };
         metrics::histogram!("tgb_governor_wait_seconds", "lane" => self.lane.clone())
             .record(started.elapsed().as_secs_f64());
+        let max = self.config.max_concurrent.max(1);
         metrics::gauge!("tgb_governor_in_flight", "lane" => self.lane.clone())
-            .set((self.config.max_concurrent - self.slots.available_permits()) as f64);
-        Permit { _slot: slot }
+            .set(max.saturating_sub(self.slots.available_permits()) as f64);
+        Permit {
+            slot: Some(slot),
+            lane: self.lane.clone(),
+            slots: self.slots.clone(),
+            max,
+        }
     }
 
     /// The target answered 429 with `retry_after`: the whole lane waits that long.
