@@ -508,7 +508,7 @@ pub(crate) async fn act_as(
     app: App,
     dataverse: axum::Router,
     planner: axum::Router,
-    mut req: Request,
+    req: Request,
 ) -> Response {
     use tower::ServiceExt as _;
     let original = req.uri().clone();
@@ -552,15 +552,20 @@ pub(crate) async fn act_as(
             "the forwarded URI is not valid",
         );
     };
-    if req
+    let original_uri = req
         .extensions()
         .get::<axum::extract::OriginalUri>()
-        .is_none()
-    {
-        req.extensions_mut()
-            .insert(axum::extract::OriginalUri(original.clone()));
-    }
+        .cloned()
+        .unwrap_or(axum::extract::OriginalUri(original.clone()));
+    // A fresh request: the outer route's path parameters live in the extensions, and the
+    // emulator's router would see them next to its own ("wrong number of path arguments").
+    let (parts, body) = req.into_parts();
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers;
     *req.uri_mut() = uri;
+    req.extensions_mut().insert(original_uri);
     let caller = Caller::from_user(&user);
     set_caller_headers(req.headers_mut(), &caller);
     let mut response = match router.oneshot(req).await {

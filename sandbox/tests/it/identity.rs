@@ -361,3 +361,27 @@ async fn dataverse_next_links_lead_back_through_the_same_mount() {
         .unwrap();
     assert_eq!(page["value"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn acting_as_a_user_reaches_routes_with_path_parameters() {
+    let sb = start().await;
+    let plan = "pLnPartnerIssues00000000000A";
+    let r = http()
+        .get(format!(
+            "{}/v1.0/planner/plans/{plan}",
+            sb.graph_url_as("planner")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+    let r = http()
+        .get(format!(
+            "{}/v1.0/planner/plans/{plan}/tasks",
+            sb.graph_url_as("planner")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
