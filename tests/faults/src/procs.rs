@@ -37,10 +37,11 @@ impl Binaries {
     /// The directory of the service binaries, once per test binary.
     ///
     /// `TGB_FAULT_BIN_DIR` names it explicitly. Otherwise it is the profile directory of the
-    /// running test executable (`target/<profile>/deps/it-…` → `target/<profile>/`), and the
-    /// six binaries are brought up to date there with `cargo build --bins -p …` (a no-op after
-    /// `cargo nextest run --workspace`, and what keeps `-p tgb-fault-suite` from testing stale
-    /// services). `TGB_FAULT_NO_BUILD=1` skips that build.
+    /// running test executable (`target/<profile>/deps/it-…` → `target/<profile>/`), where
+    /// `cargo nextest run --workspace` (or `cargo build --bins`) has built them.
+    /// `TGB_FAULT_BUILD=1` first brings them up to date with `cargo build --bins -p …` (for
+    /// `-p tgb-fault-suite` runs, which build no other package's binaries). Not the default:
+    /// a cargo inside a test competes with the outer one for the build lock.
     pub fn get() -> anyhow::Result<Binaries> {
         BINARIES
             .get_or_init(|| Self::locate().map_err(|e| format!("{e:#}")))
@@ -71,7 +72,7 @@ impl Binaries {
         let b = Binaries {
             dir: profile_dir.clone(),
         };
-        if std::env::var_os("TGB_FAULT_NO_BUILD").is_none() {
+        if std::env::var_os("TGB_FAULT_BUILD").is_some() {
             build(&profile_dir)?;
         }
         b.check("the test's target directory")?;
@@ -86,7 +87,7 @@ impl Binaries {
             .collect();
         if !missing.is_empty() {
             bail!(
-                "service binaries missing in {} ({from}): {}. Build them first: cargo build --bins {}",
+                "service binaries missing in {} ({from}): {}. Build them first (cargo build --bins {}), or set TGB_FAULT_BUILD=1",
                 self.dir.display(),
                 missing.join(", "),
                 SERVICES.map(|s| format!("-p {s}")).join(" ")
@@ -113,7 +114,19 @@ fn build(profile_dir: &Path) -> anyhow::Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or("debug");
     let mut cmd = std::process::Command::new(&cargo);
-    cmd.arg("build")
+    // The test runs with the variables cargo sets for this package; the inner build must not
+    // see them (they would change fingerprints and build scripts' inputs).
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+            || k == "OUT_DIR"
+            || k.starts_with("NEXTEST")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(repo_root())
+        .arg("build")
         .arg("--bins")
         .arg("--manifest-path")
         .arg(repo_root().join("Cargo.toml"))
