@@ -85,6 +85,39 @@ pub struct LedgerEntry {
     pub trace_id: String,
 }
 
+impl LedgerEntry {
+    /// An entry for a decision taken outside a consumer handler: a poller or a webhook that
+    /// found a change and dropped it (an echo, a stale version). Record it with
+    /// [`crate::Publisher::record`].
+    pub fn outside(
+        source: &str,
+        subject: &str,
+        correlation_id: &str,
+        entity: &str,
+        entity_version: &str,
+        decision: Decision,
+        detail: impl Into<String>,
+    ) -> Self {
+        LedgerEntry {
+            at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            consumer: source.to_owned(),
+            subject: subject.to_owned(),
+            event_id: String::new(),
+            correlation_id: correlation_id.to_owned(),
+            entity: entity.to_owned(),
+            entity_version: entity_version.to_owned(),
+            deliveries: 0,
+            decision,
+            detail: detail.into(),
+            target: String::new(),
+            response: String::new(),
+            trace_id: String::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Noted {
     pub decision: Option<(Decision, String)>,

@@ -58,6 +58,12 @@ impl Publisher {
         .await
     }
 
+    /// Appends a ledger entry (see [`crate::ledger::LedgerEntry::outside`]); never fails the
+    /// caller.
+    pub async fn record(&self, entry: &crate::ledger::LedgerEntry) {
+        crate::ledger::append(&self.js, entry).await;
+    }
+
     /// Publishes bytes with `Nats-Msg-Id` = `msg_id` and the current trace context added to
     /// `headers`.
     #[tracing::instrument(name = "publish", skip_all, fields(otel.kind = "producer", subject, msg_id))]

@@ -160,6 +160,16 @@ impl Poller {
                 metrics::counter!("tgb_echoes_suppressed_total", "target" => "graph", "reason" => "fingerprint").increment(1);
                 metrics::counter!("tgb_flow_events_total", "flow" => "P2", "outcome" => "echo")
                     .increment(1);
+                let entry = tgb_bus::ledger::LedgerEntry::outside(
+                    "planner-adapter-poll",
+                    "planner.task (poll)",
+                    &record.correlation_id,
+                    &format!("planner:task:{}", t.id),
+                    &t.etag,
+                    tgb_bus::ledger::Decision::Echo,
+                    "the task is as tg-bridge last wrote it: not sent back to TG",
+                );
+                self.publisher.record(&entry).await;
             }
             let etag = t.etag.clone();
             self.tasks
