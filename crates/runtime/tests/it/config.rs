@@ -470,8 +470,12 @@ fn repository_default_file_loads_with_the_documented_defaults() {
     .collect();
     let config = Config::load_from(Some(&path), env(&[])).unwrap();
     assert_eq!(config.settings.bus, BusSettings::default());
-    assert_eq!(
-        config.section::<Routing>("routing").unwrap(),
-        Routing::default()
-    );
+    // The services' own sections are theirs to validate (each service has a test that the
+    // shipped file passes its validation); here they only have to be tables.
+    for section in ["routing", "sla", "documents", "onboarding", "dynamics"] {
+        let value = config
+            .section::<Option<serde_json::Map<String, serde_json::Value>>>(section)
+            .unwrap();
+        assert!(value.is_some(), "[{section}] is in the default file");
+    }
 }
