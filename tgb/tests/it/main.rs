@@ -1,5 +1,6 @@
 //! tgb end to end: `tgb up` in-process, the operator commands, the demo.
 
 mod demo;
+mod observability;
 mod operator;
 mod support;
