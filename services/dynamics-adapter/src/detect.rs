@@ -206,6 +206,10 @@ fn text<'a>(attrs: &'a Map<String, Value>, k: &str) -> &'a str {
     attrs.get(k).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// `tgb_sync` field (TO_DATAVERSE, per TG case): the incident's versionnumber as tg-bridge's
+/// last write of it answered, when that answer showed no status change by someone else.
+pub const WRITTEN_VERSION: &str = "dv_version";
+
 /// TG status of an incident state.
 pub fn tg_status(statecode: i64, statuscode: i64) -> pb::CaseStatus {
     match (statecode, statuscode) {
@@ -216,7 +220,7 @@ pub fn tg_status(statecode: i64, statuscode: i64) -> pb::CaseStatus {
     }
 }
 
-fn status_key(s: pb::CaseStatus) -> &'static str {
+pub(crate) fn status_key(s: pb::CaseStatus) -> &'static str {
     match s {
         pb::CaseStatus::Resolved => "resolved",
         pb::CaseStatus::Closed => "closed",
@@ -360,6 +364,33 @@ impl Adapter {
             .get(TO_DATAVERSE, &sync_entity)
             .await
             .map_err(HandlerError::transient)?;
+        // Not newer than tg-bridge's own last write of the row: that write's answer showed the
+        // row as it then was, so this is our echo or a change already overtaken.
+        if let (Some(v), Some(ours)) = (
+            c.version,
+            known
+                .fields
+                .get(WRITTEN_VERSION)
+                .and_then(|w| w.parse::<u64>().ok()),
+        ) && v <= ours
+        {
+            if own {
+                echo("dataverse", "own_user");
+            } else {
+                stale("dataverse");
+            }
+            return Ok(None);
+        }
+        // Our own write whose outcome was never recorded (the adapter stopped between the write
+        // and the record; the redelivered TG event records it): it carries TG's content.
+        if own {
+            let recorded = known.version.parse::<i64>().ok();
+            let written = int(&c.attrs, "tgb_tgrevision");
+            if recorded.is_none() || matches!((written, recorded), (Some(w), Some(r)) if w > r) {
+                echo("dataverse", "own_user");
+                return Ok(None);
+            }
+        }
         if known.fields.get("status") == Some(&hash(&json!(status_class(key)))) {
             if own {
                 echo("dataverse", "own_user");

@@ -228,8 +228,16 @@ impl Writer {
             bind("incident", "customerid", "account"),
             json!(reference("account", &account)),
         );
+        let agreed_closed = ["resolved", "closed"]
+            .iter()
+            .any(|k| state.fields.get("status") == Some(&hash(&json!(k))));
+        let tg_closed = matches!(status, "resolved" | "closed");
+        if linked.is_some() && agreed_closed && tg_closed {
+            // A resolved incident is read-only and TG's case is closed too: nothing to write.
+            return self.closed_unchanged(&entity, &revision, &view).await;
+        }
         let mut set = Vec::new();
-        let close = changed.contains(&"status") && matches!(status, "resolved" | "closed");
+        let close = changed.contains(&"status") && tg_closed;
         if changed.contains(&"status") && !close && linked.is_some() {
             let code = if status == "waiting_on_partner" { 3 } else { 1 };
             body.insert("statecode".into(), json!(0));
@@ -237,7 +245,7 @@ impl Writer {
         }
         set.push(upsert(
             &key,
-            "incidentid,versionnumber",
+            "incidentid,versionnumber,statecode,statuscode",
             Value::Object(body),
         ));
         if close {
@@ -254,13 +262,41 @@ impl Writer {
                 })),
             ));
         }
-        let answers = a.batcher.submit(set).await.map_err(handler_error)?;
-        let incident = answers[0]
-            .body
-            .as_ref()
-            .and_then(|b| b["incidentid"].as_str())
+        let answers = match a.batcher.submit(set).await {
+            Ok(answers) => answers,
+            Err(e) if linked.is_some() && already_resolved(&e) => {
+                // Resolved in Dynamics before tg-bridge learnt of it (the detection path
+                // records it): with TG's case closed too there is nothing to write; otherwise
+                // retry once the resolution is known, which reopens the incident.
+                if tg_closed {
+                    return self.closed_unchanged(&entity, &revision, &view).await;
+                }
+                return Err(HandlerError::transient(e.to_string()));
+            }
+            Err(e) => return Err(handler_error(e)),
+        };
+        let answer = answers[0].body.clone().unwrap_or_default();
+        let incident = answer["incidentid"]
+            .as_str()
             .map(str::to_owned)
             .ok_or_else(|| HandlerError::transient("the incident upsert answered no id"))?;
+        // The row as our write left it. A status we did not write that differs from the agreed
+        // one is someone else's change our write now hides: leave the written version unset so
+        // the detection path still reports it.
+        let answered_status = match (answer["statecode"].as_i64(), answer["statuscode"].as_i64()) {
+            (Some(sc), Some(st)) => {
+                Some(crate::detect::status_key(crate::detect::tg_status(sc, st)))
+            }
+            _ => None,
+        };
+        let hides_a_change = !changed.contains(&"status")
+            && linked.is_some()
+            && answered_status
+                .is_some_and(|k| state.fields.get("status") != Some(&hash(&json!(k))));
+        let written_version = answer["versionnumber"]
+            .as_u64()
+            .filter(|_| !hides_a_change)
+            .map(|v| v.to_string());
         if linked.as_deref() != Some(incident.as_str()) {
             a.links
                 .link(
@@ -279,11 +315,41 @@ impl Writer {
                 for (k, v) in &view {
                     st.fields.insert((*k).to_owned(), hash(v));
                 }
+                if let Some(w) = &written_version {
+                    st.fields
+                        .insert(crate::detect::WRITTEN_VERSION.to_owned(), w.clone());
+                }
                 true
             })
             .await
             .map_err(HandlerError::transient)?;
         Ok(Outcome::Applied)
+    }
+
+    /// TG changed a case whose incident is resolved while TG's case is resolved or closed too:
+    /// the incident is read-only, so the event is recorded as applied without a write.
+    async fn closed_unchanged(
+        &self,
+        entity: &str,
+        revision: &str,
+        view: &BTreeMap<&str, Value>,
+    ) -> Result<Outcome, HandlerError> {
+        self.a()
+            .states
+            .update(TO_DATAVERSE, entity, |st| {
+                if st.is_stale(revision) {
+                    return false;
+                }
+                st.version = revision.to_owned();
+                for (k, v) in view {
+                    st.fields.insert((*k).to_owned(), hash(v));
+                }
+                true
+            })
+            .await
+            .map_err(HandlerError::transient)?;
+        metrics::counter!("tgb_dynamics_resolved_writes_skipped_total").increment(1);
+        Ok(Outcome::Skipped)
     }
 
     /// Where notes and messages about a TG case go: the exception it was opened for (D2),
@@ -830,6 +896,12 @@ impl Writer {
 /// Account columns D8 reads.
 pub const ACCOUNT_COLUMNS: &str =
     "name,address1_line1,address1_city,address1_postalcode,address1_country,versionnumber";
+
+/// Dataverse refused a write to a resolved incident (`0x800404cf`).
+fn already_resolved(e: &tgb_clients::dataverse::DataverseError) -> bool {
+    const CODE: &str = "0x800404cf";
+    e.code().is_some_and(|c| c.eq_ignore_ascii_case(CODE)) || e.to_string().contains(CODE)
+}
 
 /// The D8 fields of a TG profile.
 pub fn tg_account_view(p: &pb::PartnerProfile) -> BTreeMap<&'static str, Value> {

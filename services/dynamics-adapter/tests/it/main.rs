@@ -1,6 +1,7 @@
 //! dynamics-adapter in-process against a real nats-server and the sandbox.
 
 mod case_sync;
+mod echoes;
 mod flows;
 mod lifecycle;
 mod support;

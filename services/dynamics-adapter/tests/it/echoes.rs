@@ -1,0 +1,250 @@
+//! tg-bridge's own incident writes detected late are echoes, and TG updates of a case whose
+//! incident is resolved never dead-letter.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tgb_proto as pb;
+use tgb_testkit::eventually;
+
+use crate::support::*;
+
+const STATUS_CHANGED: &str = "tgb.v1.dyn.case.status_changed";
+const RESOLVED: &str = "tgb.v1.dyn.case.resolved";
+
+fn raise_tg_case(env: &Env, title: &str) -> String {
+    env.sandbox
+        .tg()
+        .raise_case(tgb_sandbox::tg::model::RaiseCase::new(
+            tgb_sandbox::tg::model::PartnerRef {
+                qualifier: "ZZ".into(),
+                id: "ACME01".into(),
+                name: "Acme Corp".into(),
+            },
+            title,
+        ))
+        .unwrap()
+        .data["case_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A webhook endpoint that only keeps what Dataverse sends (to hand it on later).
+async fn capture() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies)
+}
+
+fn tg_patches(env: &Env) -> usize {
+    env.sandbox
+        .tg()
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == "PATCH")
+        .count()
+}
+
+async fn deliver(adapter: &Running, body: &Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/webhooks/dataverse", adapter.base))
+        .header("x-api-key", WEBHOOK_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test]
+async fn the_create_of_an_incident_detected_after_we_resolved_it_is_an_echo_and_tg_is_not_written()
+{
+    let env = Env::start().await;
+    let case_id = raise_tg_case(&env, "Short lived");
+    let adapter = env.adapter(&[]).await;
+    let egress = env.egress().await;
+    let (url, bodies) = capture().await;
+    env.sandbox
+        .dataverse()
+        .register_webhook(tgb_sandbox_dataverse::WebhookRegistration {
+            name: "late".into(),
+            url,
+            auth: tgb_sandbox_dataverse::WebhookAuth::Header {
+                name: "x-api-key".into(),
+                value: WEBHOOK_KEY.into(),
+            },
+            entities: vec![],
+            messages: vec!["Create".into()],
+        })
+        .unwrap();
+
+    // The case is raised and resolved in TG; tg-bridge creates the incident and closes it.
+    env.publish(opened(&case_id, "Short lived")).await;
+    env.publish(updated(
+        &case_id,
+        2,
+        "Short lived",
+        pb::CaseStatus::Resolved,
+    ))
+    .await;
+    let inc = eventually("incident resolved", WAIT, || async {
+        let rows = env.rows("incident");
+        rows.into_iter().find(|r| r["statecode"] == 1)
+    })
+    .await
+    .unwrap();
+    // Only now does the incident's Create (still active) reach the adapter.
+    let create = eventually("the Create notification", WAIT, || async {
+        bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|b| b["PrimaryEntityName"] == "incident" && b["MessageName"] == "Create")
+            .cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(create["PrimaryEntityId"], inc["incidentid"]);
+    let echoes = r#"reason="own_user""#;
+    let before = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+    // The webhook answers once the change is handled.
+    deliver(&adapter, &create).await;
+    let after = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+    egress.stop().await;
+    adapter.stop().await;
+
+    assert_eq!(
+        after,
+        before + 1.0,
+        "the late Create was counted as an echo"
+    );
+    assert!(env.events_on(STATUS_CHANGED).await.is_empty());
+    assert!(env.events_on(RESOLVED).await.is_empty());
+    assert_eq!(tg_patches(&env), 0, "TG's case was not written");
+    assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
+}
+
+#[tokio::test]
+async fn an_own_write_whose_record_was_lost_in_a_crash_is_not_a_persons_change() {
+    let env = Env::start().await;
+    let case_id = raise_tg_case(&env, "Never changed");
+    let adapter = env.adapter(&[]).await;
+    env.register_webhook(&adapter);
+    let egress = env.egress().await;
+    let echoes = r#"reason="own_user""#;
+    let before = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+
+    // The incident as tg-bridge's write made it, with nothing recorded in tgb_sync (the
+    // adapter stopped between the write and the record).
+    let dv = env.sandbox.dataverse();
+    let account = dv
+        .insert_row_as(
+            env.app_user(),
+            "account",
+            json!({"name": "Acme Corp", "tgb_partnerkey": "ZZ:ACME01"}),
+        )
+        .unwrap();
+    dv.insert_row_as(
+        env.app_user(),
+        "incident",
+        json!({"title": "Never changed", "tgb_tgcaseid": case_id, "tgb_tgrevision": 1,
+               "caseorigincode": 3,
+               "customerid_account@odata.bind": format!("/accounts({account})")}),
+    )
+    .unwrap();
+    eventually("the Create handled", WAIT, || async {
+        let v = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+        (v > before).then_some(())
+    })
+    .await
+    .unwrap();
+    egress.stop().await;
+    adapter.stop().await;
+
+    assert!(env.events_on(STATUS_CHANGED).await.is_empty());
+    assert_eq!(tg_patches(&env), 0, "the open TG case was not written");
+}
+
+#[tokio::test]
+async fn updates_of_a_case_whose_incident_is_resolved_never_dead_letter() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    let labels = |outcome: &str| format!(r#"outcome="{outcome}""#);
+    env.publish(opened("C-RO", "Read only")).await;
+    env.publish(updated("C-RO", 2, "Read only", pb::CaseStatus::Resolved))
+        .await;
+    let id: uuid::Uuid = eventually("incident resolved", WAIT, || async {
+        let rows = env.rows("incident");
+        rows.into_iter().find(|r| r["statecode"] == 1)
+    })
+    .await
+    .unwrap()["incidentid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // TG renames the resolved case, then closes it: nothing to write to a read-only incident.
+    env.publish(updated(
+        "C-RO",
+        3,
+        "Read only, renamed",
+        pb::CaseStatus::Resolved,
+    ))
+    .await;
+    env.publish(updated(
+        "C-RO",
+        4,
+        "Read only, renamed",
+        pb::CaseStatus::Closed,
+    ))
+    .await;
+    eventually("both updates handled", WAIT, || async {
+        let done = metric(&adapter.base, "tgb_flow_events_total", &labels("skipped")).await
+            + metric(&adapter.base, "tgb_flow_events_total", &labels("failed")).await;
+        (done >= 2.0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        metric(&adapter.base, "tgb_flow_events_total", &labels("failed")).await,
+        0.0,
+        "nothing dead-lettered"
+    );
+
+    // TG reopens it: the incident is reopened with the update, then resolved again.
+    env.publish(updated("C-RO", 5, "Reopened", pb::CaseStatus::InProgress))
+        .await;
+    eventually("incident reopened", WAIT, || async {
+        let r = env.sandbox.dataverse().row("incident", id)?;
+        (r["statecode"] == 0 && r["title"] == "Reopened").then_some(())
+    })
+    .await
+    .unwrap();
+    env.publish(updated("C-RO", 6, "Reopened", pb::CaseStatus::Resolved))
+        .await;
+    eventually("incident resolved again", WAIT, || async {
+        let r = env.sandbox.dataverse().row("incident", id)?;
+        (r["statecode"] == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let failed = metric(&adapter.base, "tgb_flow_events_total", &labels("failed")).await;
+    adapter.stop().await;
+    assert_eq!(failed, 0.0, "nothing dead-lettered");
+    assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
+}
