@@ -4,3 +4,4 @@ mod demo;
 mod observability;
 mod operator;
 mod support;
+mod tracing;
