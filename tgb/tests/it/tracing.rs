@@ -85,20 +85,26 @@ async fn one_document_upload_is_one_trace_from_ingress_through_the_adapters_to_e
         Duration::from_secs(60),
         || async {
             let spans = spans.lock().unwrap().clone();
-            let ingress = spans.iter().find(|s| s.name.contains("/webhooks/tg"))?;
-            let trace = ingress.trace_id.clone();
-            (has(&spans, &trace, "document-review ")
-                && has(&spans, &trace, "dynamics-adapter")
-                && has(&spans, &trace, "tg-egress ")
-                && spans
-                    .iter()
-                    .any(|s| s.trace_id == trace && s.kind == SpanKind::Client as i32))
-            .then(|| {
+            // Any webhook delivery (a first attempt may have been answered 503 and retried,
+            // with a trace of its own) whose trace reaches every service.
+            let trace = spans
+                .iter()
+                .filter(|s| s.name.contains("/webhooks/tg"))
+                .map(|s| s.trace_id.clone())
+                .find(|trace| {
+                    has(&spans, trace, "document-review ")
+                        && has(&spans, trace, "dynamics-adapter")
+                        && has(&spans, trace, "tg-egress ")
+                        && spans
+                            .iter()
+                            .any(|s| &s.trace_id == trace && s.kind == SpanKind::Client as i32)
+                })?;
+            Some(
                 spans
                     .into_iter()
                     .filter(|s| s.trace_id == trace)
-                    .collect::<Vec<_>>()
-            })
+                    .collect::<Vec<_>>(),
+            )
         },
     )
     .await;
