@@ -264,7 +264,20 @@ impl Writer {
         }
         let answers = match a.batcher.submit(set).await {
             Ok(answers) => answers,
-            Err(e) if linked.is_some() && already_resolved(&e) => {
+            Err(e) if already_resolved(&e) => {
+                // The incident was written by a newer revision of the case (by another replica,
+                // or before this event's redelivery): this event is stale.
+                let row =
+                    a.dv.get(&format!("{key}?$select=tgb_tgrevision"))
+                        .await
+                        .map_err(handler_error)?;
+                if row["tgb_tgrevision"]
+                    .as_i64()
+                    .is_some_and(|r| r > case.revision)
+                {
+                    stale("tg");
+                    return Ok(Outcome::Skipped);
+                }
                 // Resolved in Dynamics before tg-bridge learnt of it (the detection path
                 // records it): with TG's case closed too there is nothing to write; otherwise
                 // retry once the resolution is known, which reopens the incident.

@@ -248,3 +248,65 @@ async fn updates_of_a_case_whose_incident_is_resolved_never_dead_letter() {
     assert_eq!(failed, 0.0, "nothing dead-lettered");
     assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
 }
+
+#[tokio::test]
+async fn an_older_revision_meeting_an_incident_a_newer_one_resolved_is_stale_not_dead_lettered() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    // Another replica wrote and resolved revision 2 of the case; this one has recorded nothing.
+    let dv = env.sandbox.dataverse();
+    let account = dv
+        .insert_row_as(
+            env.app_user(),
+            "account",
+            json!({"name": "Acme Corp", "tgb_partnerkey": "ZZ:ACME01"}),
+        )
+        .unwrap();
+    let id = dv
+        .insert_row_as(
+            env.app_user(),
+            "incident",
+            json!({"title": "Raced", "tgb_tgcaseid": "C-OLD", "tgb_tgrevision": 2,
+                   "customerid_account@odata.bind": format!("/accounts({account})")}),
+        )
+        .unwrap();
+    let (status, _, _) = dv.request_as(
+        env.app_user(),
+        axum::http::Method::POST,
+        "CloseIncident",
+        axum::http::HeaderMap::new(),
+        Some(json!({"IncidentResolution": {
+            "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
+            "subject": "Resolved in Trading Grid (revision 2)",
+            "incidentid@odata.bind": format!("/incidents({id})")}, "Status": 5})),
+    );
+    assert_eq!(status, 204);
+
+    // Revision 1 (opened) arrives now.
+    env.publish(opened("C-OLD", "Raced")).await;
+    let stale = eventually("revision 1 handled", WAIT, || async {
+        let v = metric(
+            &adapter.base,
+            "tgb_stale_events_dropped_total",
+            r#"target="tg""#,
+        )
+        .await;
+        (v >= 1.0).then_some(v)
+    })
+    .await
+    .unwrap();
+    let failed = metric(
+        &adapter.base,
+        "tgb_flow_events_total",
+        r#"outcome="failed""#,
+    )
+    .await;
+    adapter.stop().await;
+    assert_eq!(stale, 1.0);
+    assert_eq!(failed, 0.0, "nothing dead-lettered");
+    let row = env.sandbox.dataverse().row("incident", id).unwrap();
+    assert_eq!(
+        (row["statecode"].clone(), row["title"].clone()),
+        (json!(1), json!("Raced"))
+    );
+}
