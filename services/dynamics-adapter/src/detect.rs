@@ -382,11 +382,15 @@ impl Adapter {
             return Ok(None);
         }
         // Our own write whose outcome was never recorded (the adapter stopped between the write
-        // and the record; the redelivered TG event records it): it carries TG's content.
+        // and the record; the redelivered TG event records it), or one of another revision than
+        // the recorded one: it carries TG's content.
         if own {
             let recorded = known.version.parse::<i64>().ok();
             let written = int(&c.attrs, "tgb_tgrevision");
-            if recorded.is_none() || matches!((written, recorded), (Some(w), Some(r)) if w > r) {
+            // A write of an older revision than the recorded one is ours too (another replica
+            // recorded the newer one first); a person's change behind it would show in the
+            // answer of the newer write.
+            if recorded.is_none() || matches!((written, recorded), (Some(w), Some(r)) if w != r) {
                 echo("dataverse", "own_user");
                 return Ok(None);
             }

@@ -304,8 +304,12 @@ impl Writer {
         };
         let hides_a_change = !changed.contains(&"status")
             && linked.is_some()
-            && answered_status
-                .is_some_and(|k| state.fields.get("status") != Some(&hash(&json!(k))));
+            && answered_status.is_some_and(|k| {
+                state
+                    .fields
+                    .get("status")
+                    .is_some_and(|agreed| *agreed != hash(&json!(k)))
+            });
         let written_version = answer["versionnumber"]
             .as_u64()
             .filter(|_| !hides_a_change)
