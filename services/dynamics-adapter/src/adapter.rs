@@ -1,7 +1,7 @@
 //! The shared core: the Dataverse client, the batcher, the KV state, account resolution and the
 //! flow metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -50,7 +50,11 @@ pub struct Adapter {
     pub app_user: String,
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<String>>>>>,
     entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    not_tg: Mutex<HashSet<String>>,
 }
+
+/// How many incidents without a TG case [`Adapter::tg_case_of`] remembers.
+const NOT_TG_CAPACITY: usize = 10_000;
 
 impl std::fmt::Debug for Adapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,6 +123,7 @@ impl Adapter {
             app_user: app_user.to_ascii_lowercase(),
             accounts: Mutex::new(HashMap::new()),
             entity_locks: Mutex::new(HashMap::new()),
+            not_tg: Mutex::new(HashSet::new()),
         }
     }
 
@@ -275,16 +280,52 @@ impl Adapter {
         Ok(key.map(|k| partner_ref(&k)))
     }
 
-    /// The TG case linked to an incident.
+    /// The TG case of an incident: the linked one; else the incident's own `tgb_tgcaseid`.
+    ///
+    /// The link is stored after the incident is written, so an adapter stopped in between
+    /// leaves an incident without a link until the TG event's redelivery stores it; a note an
+    /// agent adds meanwhile must still reach its case. Incidents found to have no TG case are
+    /// remembered (a bounded set) so notes on them cost no further read.
     pub async fn tg_case_of(&self, incident_id: &str) -> Result<Option<String>, HandlerError> {
-        self.links
+        let incident_id = incident_id.to_ascii_lowercase();
+        if let Some(case) = self
+            .links
             .find(
-                &Record::new("dataverse", "incident", incident_id),
+                &Record::new("dataverse", "incident", &incident_id),
                 "tg",
                 "case",
             )
             .await
-            .map_err(HandlerError::transient)
+            .map_err(HandlerError::transient)?
+        {
+            return Ok(Some(case));
+        }
+        if self.not_tg.lock().unwrap().contains(&incident_id) {
+            return Ok(None);
+        }
+        let row = match self
+            .dv
+            .get(&format!(
+                "{}({incident_id})?$select=tgb_tgcaseid",
+                schema::set("incident")
+            ))
+            .await
+        {
+            Ok(row) => row,
+            Err(DataverseError::NotFound { .. }) => Value::Null,
+            Err(e) => return Err(handler_error(e)),
+        };
+        match row["tgb_tgcaseid"].as_str().filter(|c| !c.is_empty()) {
+            Some(case) => Ok(Some(case.to_owned())),
+            None => {
+                let mut not_tg = self.not_tg.lock().unwrap();
+                if not_tg.len() >= NOT_TG_CAPACITY {
+                    not_tg.clear();
+                }
+                not_tg.insert(incident_id);
+                Ok(None)
+            }
+        }
     }
 }
 

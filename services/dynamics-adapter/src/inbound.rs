@@ -27,6 +27,24 @@ use crate::schema::{self, bind, reference};
 use crate::settings::FieldPolicy;
 use crate::state::hash;
 
+/// `tgb_sync` field: the incident's ETag after tg-bridge's last write of it.
+const ETAG: &str = "dv_etag";
+
+/// Conditional incident writes tried before the event is retried later.
+const MAX_CONDITIONAL_ATTEMPTS: u32 = 4;
+
+/// The condition an incident write is sent with.
+enum Precondition {
+    /// No incident is known: create only.
+    Absent,
+    /// The incident as tg-bridge last wrote or read it.
+    Matches(String),
+    /// Unknown: read the row first.
+    Unknown,
+    /// The row answered no ETag: write unconditionally.
+    Any,
+}
+
 /// Every subject the writer consumes.
 pub const SUBJECTS: &[&str] = &[
     pb::TgCaseOpened::SUBJECT,
@@ -213,21 +231,6 @@ impl Writer {
             schema::set("incident"),
             quote(&case.case_id)
         );
-        let mut body = Map::new();
-        for field in &changed {
-            if *field != "status" {
-                body.insert((*field).to_owned(), view[field].clone());
-            }
-        }
-        if linked.is_none() {
-            body.insert("caseorigincode".into(), json!(3));
-            body.insert("tgb_origin".into(), json!(100_000_000));
-        }
-        body.insert("tgb_tgrevision".into(), json!(case.revision));
-        body.insert(
-            bind("incident", "customerid", "account"),
-            json!(reference("account", &account)),
-        );
         let agreed_closed = ["resolved", "closed"]
             .iter()
             .any(|k| state.fields.get("status") == Some(&hash(&json!(k))));
@@ -236,41 +239,37 @@ impl Writer {
             // A resolved incident is read-only and TG's case is closed too: nothing to write.
             return self.closed_unchanged(&entity, &revision, &view).await;
         }
-        let mut set = Vec::new();
         let close = changed.contains(&"status") && tg_closed;
-        if changed.contains(&"status") && !close && linked.is_some() {
-            let code = if status == "waiting_on_partner" { 3 } else { 1 };
-            body.insert("statecode".into(), json!(0));
-            body.insert("statuscode".into(), json!(code));
-        }
-        set.push(upsert(
-            &key,
-            "incidentid,versionnumber,statecode,statuscode",
-            Value::Object(body),
-        ));
-        if close {
-            set.push(BatchRequest::new(
-                Method::POST,
-                "CloseIncident",
-                Some(json!({
-                    "IncidentResolution": {
-                        "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
-                        "subject": format!("Resolved in Trading Grid (revision {})", case.revision),
-                        "incidentid@odata.bind": format!("/{key}"),
-                    },
-                    "Status": 5
-                })),
-            ));
-        }
-        let answers = match a.batcher.submit(set).await {
-            Ok(answers) => answers,
-            Err(e) if already_resolved(&e) => {
-                // The incident was written by a newer revision of the case (by another replica,
-                // or before this event's redelivery): this event is stale.
-                let row =
-                    a.dv.get(&format!("{key}?$select=tgb_tgrevision"))
-                        .await
-                        .map_err(handler_error)?;
+        // Every write is conditional, so that two replicas (or a redelivery racing a newer
+        // revision) never let an older revision of the case overwrite a newer one: a new
+        // incident with `If-None-Match: *`, a known one with the ETag of our last write. A 412
+        // re-reads the row: a newer `tgb_tgrevision` makes this event stale, else the whole view
+        // is written again under the row's current ETag.
+        let mut precondition = match (&linked, state.fields.get(ETAG)) {
+            (None, _) => Precondition::Absent,
+            (Some(_), Some(etag)) => Precondition::Matches(etag.clone()),
+            (Some(_), None) => Precondition::Unknown,
+        };
+        let mut whole_view = false;
+        let mut attempts = 0;
+        let answers = loop {
+            attempts += 1;
+            if matches!(precondition, Precondition::Unknown) {
+                let row = match a
+                    .dv
+                    .get(&format!(
+                        "{key}?$select=tgb_tgrevision,statecode,statuscode,versionnumber"
+                    ))
+                    .await
+                {
+                    Ok(row) => Some(row),
+                    Err(tgb_clients::dataverse::DataverseError::NotFound { .. }) => None,
+                    Err(e) => return Err(handler_error(e)),
+                };
+                let Some(row) = row else {
+                    precondition = Precondition::Absent;
+                    continue;
+                };
                 if row["tgb_tgrevision"]
                     .as_i64()
                     .is_some_and(|r| r > case.revision)
@@ -278,15 +277,92 @@ impl Writer {
                     stale("tg");
                     return Ok(Outcome::Skipped);
                 }
-                // Resolved in Dynamics before tg-bridge learnt of it (the detection path
-                // records it): with TG's case closed too there is nothing to write; otherwise
-                // retry once the resolution is known, which reopens the incident.
-                if tg_closed {
+                if tg_closed && row["statecode"].as_i64().is_some_and(|s| s != 0) {
                     return self.closed_unchanged(&entity, &revision, &view).await;
                 }
-                return Err(HandlerError::transient(e.to_string()));
+                precondition = match row["@odata.etag"].as_str() {
+                    Some(etag) => Precondition::Matches(etag.to_owned()),
+                    None => Precondition::Any,
+                };
+                whole_view = true;
             }
-            Err(e) => return Err(handler_error(e)),
+            let mut body = Map::new();
+            for (field, value) in &view {
+                if *field != "status" && (whole_view || changed.contains(field)) {
+                    body.insert((*field).to_owned(), value.clone());
+                }
+            }
+            if linked.is_none() {
+                body.insert("caseorigincode".into(), json!(3));
+                body.insert("tgb_origin".into(), json!(100_000_000));
+            }
+            body.insert("tgb_tgrevision".into(), json!(case.revision));
+            body.insert(
+                bind("incident", "customerid", "account"),
+                json!(reference("account", &account)),
+            );
+            if changed.contains(&"status") && !close && linked.is_some() {
+                let code = if status == "waiting_on_partner" { 3 } else { 1 };
+                body.insert("statecode".into(), json!(0));
+                body.insert("statuscode".into(), json!(code));
+            }
+            let write = upsert(
+                &key,
+                "incidentid,versionnumber,statecode,statuscode",
+                Value::Object(body),
+            );
+            let write = match &precondition {
+                Precondition::Absent => write.header("If-None-Match", "*"),
+                Precondition::Matches(etag) => write.header("If-Match", etag),
+                Precondition::Any | Precondition::Unknown => write,
+            };
+            let mut set = vec![write];
+            if close {
+                set.push(BatchRequest::new(
+                    Method::POST,
+                    "CloseIncident",
+                    Some(json!({
+                        "IncidentResolution": {
+                            "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
+                            "subject": format!("Resolved in Trading Grid (revision {})", case.revision),
+                            "incidentid@odata.bind": format!("/{key}"),
+                        },
+                        "Status": 5
+                    })),
+                ));
+            }
+            match a.batcher.submit(set).await {
+                Ok(answers) => break answers,
+                Err(tgb_clients::dataverse::DataverseError::Conflict { .. })
+                    if attempts < MAX_CONDITIONAL_ATTEMPTS =>
+                {
+                    metrics::counter!("tgb_dynamics_conditional_retries_total").increment(1);
+                    precondition = Precondition::Unknown;
+                }
+                Err(e) if already_resolved(&e) => {
+                    // The incident was written by a newer revision of the case (by another
+                    // replica, or before this event's redelivery): this event is stale.
+                    let row =
+                        a.dv.get(&format!("{key}?$select=tgb_tgrevision"))
+                            .await
+                            .map_err(handler_error)?;
+                    if row["tgb_tgrevision"]
+                        .as_i64()
+                        .is_some_and(|r| r > case.revision)
+                    {
+                        stale("tg");
+                        return Ok(Outcome::Skipped);
+                    }
+                    // Resolved in Dynamics before tg-bridge learnt of it (the detection path
+                    // records it): with TG's case closed too there is nothing to write;
+                    // otherwise retry once the resolution is known, which reopens the incident.
+                    if tg_closed {
+                        return self.closed_unchanged(&entity, &revision, &view).await;
+                    }
+                    return Err(HandlerError::transient(e.to_string()));
+                }
+                Err(e) => return Err(handler_error(e)),
+            }
         };
         let answer = answers[0].body.clone().unwrap_or_default();
         let incident = answer["incidentid"]
@@ -310,6 +386,11 @@ impl Writer {
                     .get("status")
                     .is_some_and(|agreed| *agreed != hash(&json!(k)))
             });
+        // A resolution moves the row's version past the answer's: the next write re-reads it.
+        let etag = answer["versionnumber"]
+            .as_u64()
+            .filter(|_| !close)
+            .map(|v| format!("W/\"{v}\""));
         let written_version = answer["versionnumber"]
             .as_u64()
             .filter(|_| !hides_a_change)
@@ -336,6 +417,10 @@ impl Writer {
                     st.fields
                         .insert(crate::detect::WRITTEN_VERSION.to_owned(), w.clone());
                 }
+                match &etag {
+                    Some(e) => st.fields.insert(ETAG.to_owned(), e.clone()),
+                    None => st.fields.remove(ETAG),
+                };
                 true
             })
             .await

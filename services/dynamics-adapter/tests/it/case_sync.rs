@@ -313,3 +313,160 @@ async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_a
     }
     assert!(env.bad_requests().is_empty());
 }
+
+#[tokio::test]
+async fn an_older_revision_cannot_reopen_an_incident_another_replica_resolved_meanwhile() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    env.publish(opened("C-RACE", "v1")).await;
+    let id = env.wait_rows("incident", 1).await[0]["incidentid"]
+        .as_str()
+        .unwrap()
+        .parse::<uuid::Uuid>()
+        .unwrap();
+    // Another replica wrote revision 3 (TG resolved the case) after this one recorded
+    // revision 1: the row moved on behind this replica's back.
+    let dv = env.sandbox.dataverse();
+    let (status, _, _) = dv.request_as(
+        env.app_user(),
+        axum::http::Method::PATCH,
+        &format!("incidents({id})"),
+        axum::http::HeaderMap::new(),
+        Some(json!({"tgb_tgrevision": 3})),
+    );
+    assert_eq!(status, 204);
+    let (status, _, _) = dv.request_as(
+        env.app_user(),
+        axum::http::Method::POST,
+        "CloseIncident",
+        axum::http::HeaderMap::new(),
+        Some(json!({"IncidentResolution": {
+            "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
+            "subject": "Resolved in Trading Grid (revision 3)",
+            "incidentid@odata.bind": format!("/incidents({id})")}, "Status": 5})),
+    );
+    assert_eq!(status, 204);
+
+    // Revision 2 (waiting on the partner: an active status) reaches this replica now.
+    env.publish(updated("C-RACE", 2, "v2", pb::CaseStatus::WaitingOnPartner))
+        .await;
+    eventually("revision 2 found stale", WAIT, || async {
+        let v = metric(
+            &adapter.base,
+            "tgb_stale_events_dropped_total",
+            r#"target="tg""#,
+        )
+        .await;
+        (v >= 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    adapter.stop().await;
+    let row = env.sandbox.dataverse().row("incident", id).unwrap();
+    assert_eq!(
+        (
+            row["statecode"].clone(),
+            row["title"].clone(),
+            row["tgb_tgrevision"].clone()
+        ),
+        (json!(1), json!("v1"), json!(3)),
+        "the resolved incident is neither reopened nor overwritten"
+    );
+    assert_eq!(env.rows("incidentresolution").len(), 1);
+}
+
+#[tokio::test]
+async fn a_forced_etag_race_on_an_incident_update_ends_with_the_update_applied() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    env.publish(opened("C-ETAG", "v1")).await;
+    env.wait_rows("incident", 1).await;
+    // The next conditional write meets someone else's edit first and gets 412.
+    env.sandbox.dataverse().force_etag_races(1);
+    env.publish(updated("C-ETAG", 2, "v2", pb::CaseStatus::WaitingOnPartner))
+        .await;
+    eventually("v2 applied", WAIT, || async {
+        let inc = &env.rows("incident")[0];
+        (inc["title"] == "v2" && inc["statuscode"] == 3).then_some(())
+    })
+    .await
+    .unwrap();
+    let retries = metric(&adapter.base, "tgb_dynamics_conditional_retries_total", "").await;
+    adapter.stop().await;
+    assert_eq!(retries, 1.0, "one 412, one re-read, one successful write");
+    let conflicts = env
+        .sandbox
+        .calls()
+        .of_system("dataverse")
+        .into_iter()
+        .filter(|c| c.status == 412)
+        .count();
+    assert_eq!(conflicts, 1);
+    assert_eq!(env.rows("incident")[0]["tgb_tgrevision"], 2);
+}
+
+#[tokio::test]
+async fn an_agent_note_on_an_incident_whose_link_was_never_stored_still_reaches_its_case() {
+    let env = Env::start().await;
+    // The adapter wrote the incident and stopped before storing the link (a crash between
+    // the two): the row carries the TG case id, tgb_links knows nothing of it.
+    let dv = env.sandbox.dataverse();
+    let account = dv
+        .insert_row_as(
+            env.app_user(),
+            "account",
+            json!({"name": "Acme Corp", "tgb_partnerkey": "ZZ:ACME01"}),
+        )
+        .unwrap();
+    let incident = dv
+        .insert_row_as(
+            env.app_user(),
+            "incident",
+            json!({"title": "Unlinked", "tgb_tgcaseid": "C-NOLINK", "tgb_tgrevision": 1,
+                   "customerid_account@odata.bind": format!("/accounts({account})")}),
+        )
+        .unwrap();
+    let other = dv
+        .insert_row_as(
+            env.user("agent"),
+            "incident",
+            json!({"title": "Not from TG",
+                   "customerid_account@odata.bind": format!("/accounts({account})")}),
+        )
+        .unwrap();
+    let adapter = env.adapter(&[]).await;
+    env.register_webhook(&adapter);
+    // An agent notes on both incidents.
+    for (id, text) in [(other, "internal only"), (incident, "we are on it")] {
+        dv.insert_row_as(
+            env.user("agent"),
+            "annotation",
+            json!({"subject": "Agent note", "notetext": text,
+                   "objectid_incident@odata.bind": format!("/incidents({id})")}),
+        )
+        .unwrap();
+    }
+    // Both notes' webhooks answered: both notes were handled.
+    eventually("both notes delivered", WAIT, || async {
+        let answered = dv
+            .webhook_deliveries()
+            .into_iter()
+            .filter(|d| d.entity == "annotation" && d.status.is_some_and(|s| s < 300))
+            .count();
+        (answered == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let events = env.wait_events("tgb.v1.dyn.case.note_added", 1).await;
+    adapter.stop().await;
+    let pb::Event::DynCaseNoteAdded(ev) = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(ev.tg_case_id, "C-NOLINK");
+    assert_eq!(ev.text, "we are on it");
+    assert_eq!(
+        env.events_on("tgb.v1.dyn.case.note_added").await.len(),
+        1,
+        "the note on the incident without a TG case is not sent anywhere"
+    );
+}
