@@ -5,10 +5,12 @@
 //!   whatever the retries, updated ETag-aware), routed by [`routing`] (`[routing]`,
 //!   `[partners]`, validated at start).
 //! - [`poller`]: polls the configured plans and publishes `planner.task.progressed` and
-//!   `planner.exception.completed`, dropping tg-bridge's own writes (echoes).
+//!   `planner.exception.completed`, dropping tg-bridge's own writes (echoes); one replica at a
+//!   time polls, the one holding the [`leader`] lease.
 
 pub mod handler;
 pub mod labels;
+pub mod leader;
 pub mod poller;
 pub mod routing;
 pub mod store;
@@ -97,7 +99,13 @@ pub async fn serve_with(
 
     let bus = tgb_service::connect(NAME, &config).await?;
     let links = tgb_bus::links::Links::new(bus.kv(tgb_bus::names::KV_LINKS).await?);
-    let store = store::Store::new(bus.kv(tgb_bus::names::KV_SYNC).await?);
+    let sync = bus.kv(tgb_bus::names::KV_SYNC).await?;
+    let lease = leader::Lease::new(
+        sync.clone(),
+        Duration::from_millis(g.poller_lease_ttl_ms),
+        Duration::from_millis(g.poller_lease_renew_ms),
+    );
+    let store = store::Store::new(sync);
     let tasks = tasks::Tasks {
         graph,
         links,
@@ -126,6 +134,6 @@ pub async fn serve_with(
         tgb_service::consumer_spec(&config, handler::CONSUMER, handler::SUBJECTS),
         handler,
     );
-    workers.spawn(move |stop| poller.run(poll_interval, stop));
+    workers.spawn(move |stop| poller.run(poll_interval, lease, stop));
     tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await
 }

@@ -28,6 +28,7 @@ use tgb_proto::{
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{partner_of, task_ref};
+use crate::leader::Lease;
 use crate::routing::Routing;
 use crate::store::Observed;
 use crate::tasks::{Tasks, progress_of};
@@ -56,23 +57,63 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Polls every `interval` until `shutdown`.
+    /// Polls every `interval` until `shutdown`, while this replica holds the poller `lease`
+    /// (one poller across replicas); otherwise tries to take the lease every renewal period.
     pub async fn run(
         mut self,
         interval: Duration,
+        lease: Lease,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        metrics::gauge!("tgb_planner_poller_leader").set(0.0);
+        loop {
+            let revision = loop {
+                match lease.try_acquire().await {
+                    Ok(Some(rev)) => break rev,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the poller lease; retrying"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(lease.renew_every()) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            };
+            tracing::info!(holder = %lease.holder(), "this replica polls the plans (poller lease taken)");
+            metrics::gauge!("tgb_planner_poller_leader").set(1.0);
+            let lost = shutdown.child_token();
+            // Polled together in this task: when it ends, the renewals end with it.
+            let (_, held) = tokio::join!(
+                async {
+                    self.lead(interval, &lost).await;
+                    lost.cancel();
+                },
+                lease.clone().keep(revision, lost.clone())
+            );
+            metrics::gauge!("tgb_planner_poller_leader").set(0.0);
+            if shutdown.is_cancelled() {
+                if let Some(rev) = held {
+                    lease.release(rev).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Polls until `stop` (shutdown, or the lease lost). The task records are loaded first:
+    /// another replica may have written them since this one last polled.
+    async fn lead(&mut self, interval: Duration, stop: &CancellationToken) {
         loop {
             match self.tasks.store.load_all().await {
                 Ok(n) => {
                     tracing::info!(tasks = n, "planner poller loaded its task records");
+                    self.foreign.clear();
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot load task records, retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = stop.cancelled() => return,
                     }
                 }
             }
@@ -82,8 +123,10 @@ impl Poller {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return,
             }
+            // A cycle under way is finished even if the lease is lost meanwhile: a second
+            // poller for a moment costs reads, never a duplicate event.
             if let Err(e) = self.cycle().await {
                 tracing::warn!(error = %e, "planner poll cycle stopped early; next cycle retries");
             }

@@ -100,6 +100,11 @@ pub struct GraphSettings {
     pub intent_lease_secs: u64,
     /// Request timeout, seconds.
     pub timeout_secs: u64,
+    /// The poller lease (one polling replica) runs out this long after its last renewal,
+    /// milliseconds: how long a crashed poller's plans go unpolled at most.
+    pub poller_lease_ttl_ms: u64,
+    /// The holder renews the lease, and the others try to take it, this often, milliseconds.
+    pub poller_lease_renew_ms: u64,
 }
 
 impl Default for GraphSettings {
@@ -111,6 +116,8 @@ impl Default for GraphSettings {
             max_concurrent: 4,
             intent_lease_secs: 120,
             timeout_secs: 30,
+            poller_lease_ttl_ms: 15_000,
+            poller_lease_renew_ms: 3_000,
         }
     }
 }
@@ -266,6 +273,15 @@ impl Routing {
     pub fn validate(&self) -> Result<(), RoutingError> {
         if self.graph.poll_interval_ms == 0 {
             return Err(err("graph.poll_interval_ms", "must be above 0"));
+        }
+        if self.graph.poller_lease_renew_ms == 0 {
+            return Err(err("graph.poller_lease_renew_ms", "must be above 0"));
+        }
+        if self.graph.poller_lease_ttl_ms < self.graph.poller_lease_renew_ms.saturating_mul(2) {
+            return Err(err(
+                "graph.poller_lease_ttl_ms",
+                "must be at least twice graph.poller_lease_renew_ms",
+            ));
         }
         if self.graph.max_concurrent == 0 {
             return Err(err("graph.max_concurrent", "must be above 0"));

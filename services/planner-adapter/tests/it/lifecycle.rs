@@ -37,6 +37,22 @@ async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown(
         200
     );
     w.bus.jetstream().get_stream("TGB_EVENTS").await.unwrap();
+    // The only replica takes the poller lease.
+    eventually("poller leader gauge", Duration::from_secs(20), || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l == "tgb_planner_poller_leader 1")
+            .then_some(())
+    })
+    .await
+    .unwrap();
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), service)

@@ -2,4 +2,5 @@
 
 mod flows;
 mod lifecycle;
+mod replicas;
 mod support;

@@ -47,9 +47,13 @@ pub fn config(nats: &NatsServer, sandbox: &Sandbox, extra: &[(&str, &str)]) -> C
 
 impl World {
     pub async fn start() -> World {
+        World::start_with(SandboxConfig::default()).await
+    }
+
+    pub async fn start_with(sandbox_config: SandboxConfig) -> World {
         tgb_testkit::init_test_tracing();
         let nats = NatsServer::start().await.unwrap();
-        let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+        let sandbox = Sandbox::start(sandbox_config).await.unwrap();
         let bus = Bus::connect(&nats.url(), None, BusConfig::default())
             .await
             .unwrap();
@@ -82,6 +86,16 @@ impl World {
         hook: Option<planner_adapter::AfterPost>,
         extra: &[(&str, &str)],
     ) {
+        self.adapter = Some(self.spawn_adapter(hook, extra));
+    }
+
+    /// One more planner-adapter (a replica), stopped by cancelling the token (or aborting the
+    /// handle: a crash).
+    pub fn spawn_adapter(
+        &self,
+        hook: Option<planner_adapter::AfterPost>,
+        extra: &[(&str, &str)],
+    ) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
         let config = config(&self.nats, &self.sandbox, extra);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -89,7 +103,24 @@ impl World {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             planner_adapter::serve_with(config, listener, token, hook).await
         });
-        self.adapter = Some((shutdown, handle));
+        (shutdown, handle)
+    }
+
+    /// `GET /planner/plans/{id}/tasks` calls tg-bridge made (any page), by caller id.
+    pub fn plan_polls_by_caller(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for c in self.sandbox.calls().of_system("graph") {
+            let Some(caller) = c.caller.as_ref() else {
+                continue;
+            };
+            if c.scripted || caller.kind != "application" || c.method != "GET" {
+                continue;
+            }
+            if c.path.contains("/planner/plans/") && c.path.ends_with("/tasks") {
+                *out.entry(caller.id.clone()).or_default() += 1;
+            }
+        }
+        out
     }
 
     pub async fn stop_adapter(&mut self) {
