@@ -2,8 +2,8 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State as AxState};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{OriginalUri, Path, Request, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -260,6 +260,81 @@ fn read_list(
     }
 }
 
+/// Where a list was asked for: the absolute URL its `@odata.nextLink` repeats (the sandbox's
+/// mount prefix included), and the `$skiptoken` it carries.
+pub(crate) struct ListAt {
+    url: String,
+    skiptoken: Option<String>,
+}
+
+impl ListAt {
+    fn of(original: &Uri, headers: &HeaderMap) -> ListAt {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        let skiptoken = original.query().and_then(|q| {
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == "$skiptoken" || k.eq_ignore_ascii_case("%24skiptoken")).then(|| v.to_owned())
+            })
+        });
+        ListAt {
+            url: format!("http://{host}{}", original.path()),
+            skiptoken,
+        }
+    }
+}
+
+/// A task list, a page at a time: at most `list_page_size` tasks (Planner's page size is fixed:
+/// `$top` and `Prefer: odata.maxpagesize` change nothing), then `@odata.nextLink` with an opaque
+/// `$skiptoken` (the creation order of the page's last task, so pages stay consistent while
+/// tasks are created, changed or deleted between two reads).
+fn read_task_page(
+    p: &Planner,
+    ctx: &Ctx,
+    at: &ListAt,
+    ids: impl FnOnce(&crate::model::State) -> Result<Vec<String>, GraphError>,
+    context: &str,
+) -> Response {
+    let after = match at.skiptoken.as_deref() {
+        None => 0,
+        Some(t) => match t
+            .strip_prefix("RTS")
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+        {
+            Some(n) => n,
+            None => {
+                return ctx.error(&GraphError::bad_request(
+                    "The request is invalid: the $skiptoken is not one this service issued.",
+                ));
+            }
+        },
+    };
+    let size = p.config().list_page_size.max(1);
+    let st = p.state();
+    let all = match ids(&st) {
+        Ok(ids) => ids,
+        Err(e) => return ctx.error(&e),
+    };
+    let mut rest: Vec<(String, u64)> = all
+        .into_iter()
+        .filter_map(|id| {
+            let seq = st.seq_of(Kind::Task, &id)?;
+            (seq > after).then_some((id, seq))
+        })
+        .collect();
+    let more = rest.len() > size;
+    rest.truncate(size);
+    let next = more.then(|| rest.last().map(|(_, seq)| *seq)).flatten();
+    let page: Vec<String> = rest.into_iter().map(|(id, _)| id).collect();
+    let mut body = st.render_list(Kind::Task, page, context);
+    if let Some(seq) = next {
+        body["@odata.nextLink"] = Value::String(format!("{}?$skiptoken=RTS{seq:x}", at.url));
+    }
+    ctx.json(StatusCode::OK, body, None)
+}
+
 /// POST: 201 with the new object and its ETag.
 fn created(p: &Planner, ctx: &Ctx, kind: Kind, id: Result<String, GraphError>) -> Response {
     match id {
@@ -440,13 +515,14 @@ async fn plan_buckets(
 async fn plan_tasks(
     AxState(p): AxState<Planner>,
     h: HeaderMap,
+    OriginalUri(original): OriginalUri,
     Path(id): Path<String>,
 ) -> Response {
     let ctx = ctx!(h);
-    read_list(
+    read_task_page(
         &p,
         &ctx,
-        Kind::Task,
+        &ListAt::of(&original, &h),
         |s| s.tasks_of_plan(&id),
         &format!("planner/plans('{id}')/tasks"),
     )
@@ -505,13 +581,14 @@ async fn delete_bucket(
 async fn bucket_tasks(
     AxState(p): AxState<Planner>,
     h: HeaderMap,
+    OriginalUri(original): OriginalUri,
     Path(id): Path<String>,
 ) -> Response {
     let ctx = ctx!(h);
-    read_list(
+    read_task_page(
         &p,
         &ctx,
-        Kind::Task,
+        &ListAt::of(&original, &h),
         |s| s.tasks_of_bucket(&id),
         &format!("planner/buckets('{id}')/tasks"),
     )

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Planner's page size of task lists (see [`PlannerConfig::list_page_size`]).
+pub const DEFAULT_LIST_PAGE_SIZE: usize = 400;
+
 /// What the emulator starts with (and returns to on reset).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -14,6 +17,11 @@ pub struct PlannerConfig {
     pub groups: Vec<SeedGroup>,
     /// The person whose change a forced ETag race applies ("someone else edited it first").
     pub race_user: SeedUser,
+    /// Tasks per page of `GET /planner/plans/{id}/tasks` and `GET /planner/buckets/{id}/tasks`;
+    /// more follow through `@odata.nextLink`. Planner's page size is fixed by the service, not
+    /// by the client (`$top` and `Prefer: odata.maxpagesize` are ignored); its engineers give it
+    /// as about 400, the default here. Tests lower it to page small plans.
+    pub list_page_size: usize,
 }
 
 /// Planner's limits. Graph publishes these per tenant; the defaults are Planner's documented ones.
@@ -122,6 +130,7 @@ impl Default for PlannerConfig {
         Self {
             limits: PlannerLimits::default(),
             race_user: SeedUser::default(),
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
             groups: vec![SeedGroup {
                 id: "0b7a5f5e-6a3c-4f1e-8d0a-2c9e4b1f7a10".into(),
                 display_name: "Partner Operations".into(),

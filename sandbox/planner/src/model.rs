@@ -266,6 +266,11 @@ impl State {
         json!({"@odata.context": format!("{GRAPH}/$metadata#{context}"), "value": value})
     }
 
+    /// Creation order of an object (what list pages are cut on).
+    pub fn seq_of(&self, kind: Kind, id: &str) -> Option<u64> {
+        self.map(kind).get(id).map(|o| o.seq)
+    }
+
     pub fn etag(&self, kind: Kind, id: &str) -> Option<&str> {
         self.map(kind).get(id).map(|o| o.etag.as_str())
     }

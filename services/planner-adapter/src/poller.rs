@@ -1,6 +1,7 @@
 //! P2: polls the configured plans and reports progress.
 //!
-//! Each cycle reads `GET /planner/plans/{id}/tasks` once per plan (the list carries
+//! Each cycle reads `GET /planner/plans/{id}/tasks` once per plan, one request per page of
+//! about 400 tasks (`@odata.nextLink` followed; the list carries
 //! `percentComplete`, `assignments`, `appliedCategories` and the checklist counts, so task
 //! details are never needed to detect progress). A task whose ETag is the one the poller saw
 //! last is skipped. For a changed task tg-bridge created, the observable state (progress,

@@ -395,22 +395,63 @@ impl GraphClient {
         Self::parse("GET /planner/tasks/{id}/details", &a.body)
     }
 
-    /// `GET /planner/plans/{id}/tasks`: every task of a plan, with its ETag.
+    /// `GET /planner/plans/{id}/tasks`: every task of a plan, with its ETag, following
+    /// `@odata.nextLink` (Planner pages long lists; one request per page).
     pub async fn list_plan_tasks(&self, plan_id: &str) -> Result<Vec<Task>, GraphError> {
         #[derive(serde::Deserialize)]
         struct List {
             value: Vec<Task>,
+            #[serde(rename = "@odata.nextLink")]
+            next_link: Option<String>,
         }
-        let a = self
-            .call(
-                Method::GET,
-                "/planner/plans/{id}/tasks",
-                &format!("/planner/plans/{}/tasks", enc(plan_id)),
-                None,
-                None,
-            )
-            .await?;
-        Ok(Self::parse::<List>("GET /planner/plans/{id}/tasks", &a.body)?.value)
+        const ROUTE: &str = "GET /planner/plans/{id}/tasks";
+        // Planner caps a plan at 9000 tasks: far fewer pages than this.
+        const MAX_PAGES: usize = 1000;
+        let mut tasks = Vec::new();
+        let mut path = format!("/planner/plans/{}/tasks", enc(plan_id));
+        for _ in 0..MAX_PAGES {
+            let a = self
+                .call(Method::GET, "/planner/plans/{id}/tasks", &path, None, None)
+                .await?;
+            let page = Self::parse::<List>(ROUTE, &a.body)?;
+            tasks.extend(page.value);
+            match page.next_link {
+                Some(next) => path = self.same_origin(ROUTE, &next)?,
+                None => return Ok(tasks),
+            }
+        }
+        Err(GraphError::Permanent {
+            route: ROUTE.into(),
+            status: 200,
+            code: "TooManyPages".into(),
+            message: format!(
+                "more than {MAX_PAGES} pages of tasks; stopped following @odata.nextLink"
+            ),
+        })
+    }
+
+    /// An `@odata.nextLink` as a path for [`Self::call`]: it must lead to the Graph this client
+    /// talks to (the token is sent with it).
+    fn same_origin(&self, route: &str, link: &str) -> Result<String, GraphError> {
+        let refused = |why: &str| GraphError::Permanent {
+            route: route.to_owned(),
+            status: 200,
+            code: "UnexpectedAnswer".into(),
+            message: format!("@odata.nextLink {why}"),
+        };
+        let url = Url::parse(link).map_err(|_| refused("is not a URL"))?;
+        let root = self.url("");
+        if url.origin() != root.origin() {
+            return Err(refused("leads to another host"));
+        }
+        let rest = url
+            .path()
+            .strip_prefix(root.path().trim_end_matches('/'))
+            .ok_or_else(|| refused("leaves the Graph version root"))?;
+        Ok(match url.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        })
     }
 
     /// `GET /planner/plans/{id}/details`: the plan's label names.

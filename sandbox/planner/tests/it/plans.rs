@@ -1,4 +1,5 @@
 use reqwest::Method;
+use serde_json::Value;
 
 use crate::support::*;
 
@@ -134,4 +135,79 @@ async fn plans_and_buckets_are_created_renamed_and_deleted_with_their_own_etags(
 
     let (_, _, all) = app.get("/planner/plans").await;
     assert_eq!(all["value"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn task_lists_come_in_pages_linked_by_next_link_and_stay_consistent_under_writes() {
+    let app = spawn_with(tgb_sandbox_planner::PlannerConfig {
+        list_page_size: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        tgb_sandbox_planner::PlannerConfig::default().list_page_size,
+        tgb_sandbox_planner::DEFAULT_LIST_PAGE_SIZE
+    );
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let (t, _) = app.create_task("plannerTask/create_minimal").await;
+        created.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let (status, _, first) = app
+        .get(&format!("/planner/plans/{PLAN}/tasks?$top=10"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        first["value"].as_array().unwrap().len(),
+        2,
+        "$top does not change the page"
+    );
+    let mut next = first["@odata.nextLink"].as_str().unwrap().to_owned();
+    assert!(
+        next.starts_with(&format!(
+            "{}/v1.0/planner/plans/{PLAN}/tasks?$skiptoken=",
+            app.base
+        )),
+        "{next}"
+    );
+    let mut ids: Vec<String> = first["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    // A task created between two pages shows up on a later page; none repeats or is skipped.
+    let (late, _) = app.create_task("plannerTask/create_minimal").await;
+    created.push(late["id"].as_str().unwrap().to_owned());
+    let mut pages = 1;
+    loop {
+        let r = app
+            .http
+            .get(&next)
+            .header("x-tgb-caller-id", APP_USER)
+            .header("x-tgb-caller-kind", "application")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        pages += 1;
+        let values = page["value"].as_array().unwrap();
+        assert!(values.len() <= 2);
+        ids.extend(values.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        match page["@odata.nextLink"].as_str() {
+            Some(n) => next = n.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(ids, created);
+    let (_, _, bucket) = app.get(&format!("/planner/buckets/{TRIAGE}/tasks")).await;
+    assert!(bucket["value"].as_array().unwrap().len() <= 2);
+
+    let (status, _, body) = app
+        .get(&format!("/planner/plans/{PLAN}/tasks?$skiptoken=nonsense"))
+        .await;
+    assert_eq!(status, 400);
+    assert_graph_error(&body);
 }

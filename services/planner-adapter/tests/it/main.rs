@@ -2,5 +2,6 @@
 
 mod flows;
 mod lifecycle;
+mod paging;
 mod replicas;
 mod support;
