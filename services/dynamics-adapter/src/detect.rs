@@ -117,6 +117,13 @@ pub fn from_context(body: &Value) -> Result<Change, ContextError> {
         .ok_or_else(|| ContextError::Shape("PrimaryEntityName is missing".into()))?;
     let id = text("PrimaryEntityId")
         .ok_or_else(|| ContextError::Shape("PrimaryEntityId is missing".into()))?;
+    // The id goes into request paths: only a GUID is taken.
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(ContextError::Shape(format!(
+            "PrimaryEntityId {:?} is not a GUID",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
     let input = |name: &str| {
         o.get("InputParameters")
             .and_then(Value::as_array)

@@ -333,10 +333,12 @@ impl Writer {
             }
             match a.batcher.submit(set).await {
                 Ok(answers) => break answers,
-                Err(tgb_clients::dataverse::DataverseError::Conflict { .. })
-                    if attempts < MAX_CONDITIONAL_ATTEMPTS =>
-                {
+                Err(e @ tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
                     metrics::counter!("tgb_dynamics_conditional_retries_total").increment(1);
+                    if attempts >= MAX_CONDITIONAL_ATTEMPTS {
+                        // The row keeps moving: try again later, never dead-letter a race.
+                        return Err(HandlerError::transient(e.to_string()));
+                    }
                     precondition = Precondition::Unknown;
                 }
                 Err(e) if already_resolved(&e) => {
