@@ -14,7 +14,7 @@ use tgb::{demo, ops, render};
 #[command(
     name = "tgb",
     version,
-    about = "tg-bridge in one command: run it (up), see it work (demo), operate it (dlq, history, links, replay, status)"
+    about = "tg-bridge in one command: run it (up), see it work (demo), operate it (dlq, history, links, replay, status), measure it (bench)"
 )]
 struct Cli {
     /// NATS of the system to operate (default: the one `tgb up` started, from
@@ -71,6 +71,65 @@ enum Command {
         #[arg(long)]
         metrics: Vec<String>,
     },
+    /// Benchmarks: pipeline throughput and latency against raw JetStream, Dataverse and Graph
+    /// requests per change, the backlog under the Dataverse limits, CPU and memory per
+    /// service. Writes bench.json, summary.md and pipeline.svg.
+    Bench(BenchArgs),
+    /// One service in its own process (what `tgb bench` starts when the service binaries
+    /// were not built).
+    #[command(hide = true)]
+    BenchService {
+        /// The service.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Where the results go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Scaled down: the Dataverse window 600 requests / 30 s (the same 20 req/s), a backlog
+    /// of 3,000 changes, shorter steps.
+    #[arg(long)]
+    quick: bool,
+    /// Sections to run (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    sections: Vec<tgb::bench::Section>,
+    /// Offered loads, cases/s, in order (the ramp stops at the first saturated step).
+    #[arg(long, value_delimiter = ',', default_value = "25,50,100,200,400,800")]
+    steps: Vec<f64>,
+    /// Seconds each step offers its load (default 10; --quick 5).
+    #[arg(long)]
+    step_secs: Option<f64>,
+    /// Longest wait after a step for its incidents and tasks, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    drain_secs: f64,
+    /// Messages of the raw JetStream measure.
+    #[arg(long, default_value_t = 50_000)]
+    raw_messages: usize,
+    /// Partners the pipeline's cases come from.
+    #[arg(long, default_value_t = 8)]
+    partners: usize,
+    /// The idle window of the resources, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    idle_secs: f64,
+    /// Rounds of the quota mix (17 changes of 15 kinds each; default 5, --quick 2).
+    #[arg(long)]
+    mix_rounds: Option<usize>,
+    /// planner-adapter's plan poll during the mix, ms (config/tg-bridge.toml: 30000).
+    #[arg(long, default_value_t = 30_000)]
+    planner_poll_ms: u64,
+    /// Changes in the backlog (default 10,000; --quick 3,000).
+    #[arg(long)]
+    backlog: Option<usize>,
+    /// How the services run: their own binaries (beside tgb; `cargo build --release --bins`),
+    /// tgb itself once per service, or auto (the binaries when all six are there).
+    #[arg(long, value_enum, default_value = "auto")]
+    service_binaries: tgb::bench::procs::ServiceBinaries,
+    /// The directory of the service binaries (default: tgb's own).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -208,6 +267,67 @@ fn operator_nats_url(cli: &Cli) -> String {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| tgb_runtime::config::DEFAULT_NATS_URL.to_owned())
+}
+
+fn bench_options(a: &BenchArgs) -> anyhow::Result<tgb::bench::BenchOptions> {
+    if let Some(bad) = a.steps.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        anyhow::bail!("--steps: {bad} is not a positive rate");
+    }
+    if a.steps.is_empty() {
+        anyhow::bail!("--steps: give at least one rate");
+    }
+    let step_secs = a.step_secs.unwrap_or(if a.quick { 5.0 } else { 10.0 });
+    if !(step_secs.is_finite() && step_secs > 0.0) {
+        anyhow::bail!("--step-secs must be above 0");
+    }
+    Ok(tgb::bench::BenchOptions {
+        out_dir: a.out.clone(),
+        quick: a.quick,
+        sections: if a.sections.is_empty() {
+            vec![tgb::bench::Section::Pipeline, tgb::bench::Section::Quota]
+        } else {
+            a.sections.clone()
+        },
+        pipeline: tgb::bench::pipeline::PipelineOptions {
+            steps: a.steps.clone(),
+            step_secs,
+            drain_secs: a.drain_secs.max(1.0),
+            raw_messages: a.raw_messages.max(1),
+            partners: a.partners.max(1),
+            saturation_share: 0.8,
+        },
+        idle_secs: a.idle_secs.max(0.5),
+        mix_rounds: a.mix_rounds.unwrap_or(if a.quick { 2 } else { 5 }).max(1),
+        planner_poll_ms: a.planner_poll_ms.max(100),
+        backlog: a
+            .backlog
+            .unwrap_or(if a.quick { 3_000 } else { 10_000 })
+            .max(1),
+        services: a.service_binaries,
+        bin_dir: a.bin_dir.clone(),
+    })
+}
+
+/// One service, as its own binary's `main` runs it.
+async fn bench_service(name: &str) -> anyhow::Result<()> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    match name {
+        "tg-ingress" => tgb_service::main(tg_ingress::NAME, any, tg_ingress::serve).await,
+        "tg-egress" => tgb_service::main(tg_egress::NAME, any, tg_egress::serve).await,
+        "dynamics-adapter" => {
+            tgb_service::main(dynamics_adapter::NAME, any, dynamics_adapter::serve).await
+        }
+        "planner-adapter" => {
+            tgb_service::main(planner_adapter::NAME, any, planner_adapter::serve).await
+        }
+        "sla-monitor" => tgb_service::main(sla_monitor::NAME, any, sla_monitor::serve).await,
+        "document-review" => {
+            tgb_service::main(document_review::NAME, any, document_review::serve).await
+        }
+        other => anyhow::bail!(
+            "no service '{other}' (tg-ingress, tg-egress, dynamics-adapter, planner-adapter, sla-monitor, document-review)"
+        ),
+    }
 }
 
 #[tokio::main]
@@ -388,6 +508,33 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let (client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
             let r = ops::replay_consumer(&client, &js, consumer, since, *dry_run).await?;
             print(cli.json, &r, |r| render::consumer_replay(r, *dry_run));
+            Ok(0)
+        }
+        Command::Bench(a) => {
+            let opts = bench_options(a)?;
+            let quiet = cli.json;
+            let report = tgb::bench::run(&opts, &|m: String| {
+                if !quiet {
+                    eprintln!("tgb bench: {m}");
+                }
+            })
+            .await?;
+            print(cli.json, &report, |r| {
+                format!(
+                    "{}\nResults in {}: bench.json, summary.md{}.",
+                    tgb::bench::report::markdown(r),
+                    opts.out_dir.display(),
+                    if r.pipeline.is_some() {
+                        ", pipeline.svg"
+                    } else {
+                        ""
+                    }
+                )
+            });
+            Ok(0)
+        }
+        Command::BenchService { name } => {
+            bench_service(name).await?;
             Ok(0)
         }
         Command::Status { metrics } => {

@@ -1,5 +1,6 @@
 //! tgb end to end: `tgb up` in-process, the operator commands, the demo.
 
+mod bench;
 mod demo;
 mod observability;
 mod operator;
