@@ -335,17 +335,7 @@ async fn an_older_revision_cannot_reopen_an_incident_another_replica_resolved_me
         Some(json!({"tgb_tgrevision": 3})),
     );
     assert_eq!(status, 204);
-    let (status, _, _) = dv.request_as(
-        env.app_user(),
-        axum::http::Method::POST,
-        "CloseIncident",
-        axum::http::HeaderMap::new(),
-        Some(json!({"IncidentResolution": {
-            "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
-            "subject": "Resolved in Trading Grid (revision 3)",
-            "incidentid@odata.bind": format!("/incidents({id})")}, "Status": 5})),
-    );
-    assert_eq!(status, 204);
+    env.resolve_as_app(id, 3);
 
     // Revision 2 (waiting on the partner: an active status) reaches this replica now.
     env.publish(updated("C-RACE", 2, "v2", pb::CaseStatus::WaitingOnPartner))
@@ -411,13 +401,7 @@ async fn an_agent_note_on_an_incident_whose_link_was_never_stored_still_reaches_
     // The adapter wrote the incident and stopped before storing the link (a crash between
     // the two): the row carries the TG case id, tgb_links knows nothing of it.
     let dv = env.sandbox.dataverse();
-    let account = dv
-        .insert_row_as(
-            env.app_user(),
-            "account",
-            json!({"name": "Acme Corp", "tgb_partnerkey": "ZZ:ACME01"}),
-        )
-        .unwrap();
+    let account = env.acme_account();
     let incident = dv
         .insert_row_as(
             env.app_user(),

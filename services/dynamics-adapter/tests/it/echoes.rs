@@ -151,13 +151,7 @@ async fn an_own_write_whose_record_was_lost_in_a_crash_is_not_a_persons_change()
     // The incident as tg-bridge's write made it, with nothing recorded in tgb_sync (the
     // adapter stopped between the write and the record).
     let dv = env.sandbox.dataverse();
-    let account = dv
-        .insert_row_as(
-            env.app_user(),
-            "account",
-            json!({"name": "Acme Corp", "tgb_partnerkey": "ZZ:ACME01"}),
-        )
-        .unwrap();
+    let account = env.acme_account();
     dv.insert_row_as(
         env.app_user(),
         "incident",
@@ -255,13 +249,7 @@ async fn an_older_revision_meeting_an_incident_a_newer_one_resolved_is_stale_not
     let adapter = env.adapter(&[]).await;
     // Another replica wrote and resolved revision 2 of the case; this one has recorded nothing.
     let dv = env.sandbox.dataverse();
-    let account = dv
-        .insert_row_as(
-            env.app_user(),
-            "account",
-            json!({"name": "Acme Corp", "tgb_partnerkey": "ZZ:ACME01"}),
-        )
-        .unwrap();
+    let account = env.acme_account();
     let id = dv
         .insert_row_as(
             env.app_user(),
@@ -270,17 +258,7 @@ async fn an_older_revision_meeting_an_incident_a_newer_one_resolved_is_stale_not
                    "customerid_account@odata.bind": format!("/accounts({account})")}),
         )
         .unwrap();
-    let (status, _, _) = dv.request_as(
-        env.app_user(),
-        axum::http::Method::POST,
-        "CloseIncident",
-        axum::http::HeaderMap::new(),
-        Some(json!({"IncidentResolution": {
-            "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
-            "subject": "Resolved in Trading Grid (revision 2)",
-            "incidentid@odata.bind": format!("/incidents({id})")}, "Status": 5})),
-    );
-    assert_eq!(status, 204);
+    env.resolve_as_app(id, 2);
 
     // Revision 1 (opened) arrives now.
     env.publish(opened("C-OLD", "Raced")).await;

@@ -194,6 +194,33 @@ impl Env {
         self.sandbox.identity().user(key).unwrap().id
     }
 
+    /// The partner's account, as tg-bridge would have created it.
+    pub fn acme_account(&self) -> Uuid {
+        self.sandbox
+            .dataverse()
+            .insert_row_as(
+                self.app_user(),
+                "account",
+                serde_json::json!({"name": "Acme Corp", "tgb_partnerkey": "ZZ:ACME01"}),
+            )
+            .unwrap()
+    }
+
+    /// Resolves an incident as tg-bridge's application user does (`CloseIncident`).
+    pub fn resolve_as_app(&self, incident: Uuid, revision: i64) {
+        let (status, _, _) = self.sandbox.dataverse().request_as(
+            self.app_user(),
+            axum::http::Method::POST,
+            "CloseIncident",
+            axum::http::HeaderMap::new(),
+            Some(serde_json::json!({"IncidentResolution": {
+                "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
+                "subject": format!("Resolved in Trading Grid (revision {revision})"),
+                "incidentid@odata.bind": format!("/incidents({incident})")}, "Status": 5})),
+        );
+        assert_eq!(status, 204);
+    }
+
     pub fn app_user(&self) -> Uuid {
         SandboxConfig::default().identity.entra_clients[0].app_user_id
     }
