@@ -3,6 +3,7 @@
 //! echoes (a detected change equal to our own last write).
 
 use async_nats::jetstream::kv;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -68,21 +69,7 @@ impl Sync {
     /// The state of `entity` (e.g. `tg:case:C-1`) in `target` (e.g. `dataverse`), with the KV
     /// revision to pass to [`Sync::put`].
     pub async fn get(&self, target: &str, entity: &str) -> Result<(SyncState, u64), SyncError> {
-        let key = Self::key(target, entity);
-        match self.kv.entry(&key).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let state = serde_json::from_slice(&e.value).map_err(|err| SyncError {
-                    key: key.clone(),
-                    reason: err.to_string(),
-                })?;
-                Ok((state, e.revision))
-            }
-            Ok(_) => Ok((SyncState::default(), 0)),
-            Err(e) => Err(SyncError {
-                key,
-                reason: e.to_string(),
-            }),
-        }
+        self.get_as(target, entity).await
     }
 
     /// Stores the state if the entry is still at `revision` (0 = absent); `Ok(false)` when
@@ -94,8 +81,49 @@ impl Sync {
         state: &SyncState,
         revision: u64,
     ) -> Result<bool, SyncError> {
+        self.put_as(target, entity, state, revision).await
+    }
+
+    /// [`Sync::get`] of a richer entry: a service may keep more than [`SyncState`] under the
+    /// same key (a superset of its fields, so every reader still finds `version` and
+    /// `fingerprint`). An absent or deleted entry is `T::default()` at revision 0.
+    pub async fn get_as<T: DeserializeOwned + Default>(
+        &self,
+        target: &str,
+        entity: &str,
+    ) -> Result<(T, u64), SyncError> {
         let key = Self::key(target, entity);
-        let value = serde_json::to_vec(state).expect("serialisable").into();
+        match self.kv.entry(&key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                let state = serde_json::from_slice(&e.value).map_err(|err| SyncError {
+                    key: key.clone(),
+                    reason: err.to_string(),
+                })?;
+                Ok((state, e.revision))
+            }
+            Ok(_) => Ok((T::default(), 0)),
+            Err(e) => Err(SyncError {
+                key,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// [`Sync::put`] of a richer entry (see [`Sync::get_as`]).
+    pub async fn put_as<T: Serialize>(
+        &self,
+        target: &str,
+        entity: &str,
+        state: &T,
+        revision: u64,
+    ) -> Result<bool, SyncError> {
+        let key = Self::key(target, entity);
+        let value = serde_json::to_vec(state)
+            .map_err(|e| SyncError {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?
+            .into();
         let result = if revision == 0 {
             self.kv
                 .create(&key, value)
@@ -118,6 +146,11 @@ impl Sync {
             }
             Err(reason) => Err(SyncError { key, reason }),
         }
+    }
+
+    /// The store itself, for free-form records kept beside the states.
+    pub fn store(&self) -> &kv::Store {
+        &self.kv
     }
 }
 

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tgb_bus::links::encode_token;
 
 /// The state of one entity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,46 +42,25 @@ pub fn hash(value: &serde_json::Value) -> String {
 }
 
 /// A KV failure.
-#[derive(Debug, thiserror::Error)]
-#[error("tgb_sync {key}: {reason}")]
-pub struct StateError {
-    key: String,
-    reason: String,
-}
+pub type StateError = tgb_bus::sync::SyncError;
 
 /// The `tgb_sync` bucket as the adapter uses it.
 #[derive(Clone, Debug)]
 pub struct States {
-    kv: kv::Store,
+    sync: tgb_bus::sync::Sync,
 }
 
 impl States {
     /// Over `tgb_sync`.
     pub fn new(kv: kv::Store) -> Self {
-        States { kv }
-    }
-
-    fn key(target: &str, entity: &str) -> String {
-        format!("{}.{}", encode_token(target), encode_token(entity))
+        States {
+            sync: tgb_bus::sync::Sync::new(kv),
+        }
     }
 
     /// The state and its KV revision (0 = none yet).
     pub async fn get(&self, target: &str, entity: &str) -> Result<(EntityState, u64), StateError> {
-        let key = Self::key(target, entity);
-        match self.kv.entry(&key).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let s = serde_json::from_slice(&e.value).map_err(|err| StateError {
-                    key: key.clone(),
-                    reason: err.to_string(),
-                })?;
-                Ok((s, e.revision))
-            }
-            Ok(_) => Ok((EntityState::default(), 0)),
-            Err(e) => Err(StateError {
-                key,
-                reason: e.to_string(),
-            }),
-        }
+        self.sync.get_as(target, entity).await
     }
 
     /// Stores `state` if the entry is still at `revision`; `Ok(false)` when someone else wrote.
@@ -93,28 +71,7 @@ impl States {
         state: &EntityState,
         revision: u64,
     ) -> Result<bool, StateError> {
-        let key = Self::key(target, entity);
-        let value = serde_json::to_vec(state).expect("serialisable").into();
-        let result = if revision == 0 {
-            self.kv
-                .create(&key, value)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        } else {
-            self.kv
-                .update(&key, value, revision)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        match result {
-            Ok(()) => Ok(true),
-            Err(r) if r.contains("wrong last sequence") || r.contains("already exists") => {
-                Ok(false)
-            }
-            Err(reason) => Err(StateError { key, reason }),
-        }
+        self.sync.put_as(target, entity, state, revision).await
     }
 
     /// Read-modify-write with retries on concurrent writers; `f` returns false to leave the
@@ -134,14 +91,15 @@ impl States {
             }
         }
         Err(StateError {
-            key: Self::key(target, entity),
+            key: format!("{target}.{entity}"),
             reason: "kept changing under 20 attempts".into(),
         })
     }
 
     /// Stores a free-form record (conflicts) under `conflict.<entity>.<field>`.
     pub async fn record(&self, key: &str, value: &serde_json::Value) -> Result<(), StateError> {
-        self.kv
+        self.sync
+            .store()
             .put(key, serde_json::to_vec(value).expect("serialisable").into())
             .await
             .map(|_| ())
@@ -153,7 +111,7 @@ impl States {
 
     /// A free-form record, if present.
     pub async fn read(&self, key: &str) -> Option<serde_json::Value> {
-        let v = self.kv.get(key).await.ok()??;
+        let v = self.sync.store().get(key).await.ok()??;
         serde_json::from_slice(&v).ok()
     }
 }
