@@ -1,13 +1,16 @@
 //! Test support for tg-bridge: a real `nats-server -js` per test on a free port with a temporary
 //! store (stopped on drop, restartable on the same port and store for fault tests), the lookup of
-//! the pinned server binary, and waits with deadlines instead of sleeps.
+//! the pinned server binary, waits with deadlines instead of sleeps, and a service run in-process
+//! on a loopback port after the start-up checks every service shares ([`RunningService`]).
 
 mod nats;
+mod service;
 mod wait;
 
 pub use nats::{
     MIN_NATS_VERSION, NatsServer, NatsServerError, find_nats_server, nats_server_version,
 };
+pub use service::{PROVISIONED_STREAMS, RunningService};
 pub use wait::{WaitTimeout, eventually};
 
 /// Sets up test logging once per test binary; logs show with `TEST_LOG=1`.

@@ -21,7 +21,6 @@ pub type Seen = Arc<std::sync::Mutex<Vec<(String, Vec<u8>, std::time::Instant)>>
 pub struct World {
     pub nats: NatsServer,
     pub sandbox: Sandbox,
-    pub bus: Bus,
     pub publisher: Publisher,
     pub adapter: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     pub events: Seen,
@@ -74,7 +73,6 @@ impl World {
         World {
             nats,
             sandbox,
-            bus,
             publisher,
             adapter: None,
             events,

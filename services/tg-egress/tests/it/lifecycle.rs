@@ -1,7 +1,5 @@
-use std::time::Duration;
-
 use tgb_runtime::Config;
-use tgb_testkit::{NatsServer, eventually};
+use tgb_testkit::{NatsServer, RunningService};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -24,39 +22,11 @@ async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown(
         .map(|(k, v)| (k.to_owned(), v)),
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let service = tokio::spawn(tg_egress::serve(config, listener, shutdown.clone()));
-
-    let http = reqwest::Client::new();
-    eventually("ready", Duration::from_secs(20), || async {
-        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
+    let service = RunningService::start(&nats.url(), |listener, shutdown| {
+        tg_egress::serve(config, listener, shutdown)
     })
-    .await
-    .unwrap();
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), 200);
-
-    // It provisioned the streams.
-    let js = async_nats_jetstream(&nats.url()).await;
-    js.get_stream("TGB_EVENTS").await.unwrap();
-    js.get_stream("TGB_DLQ").await.unwrap();
-
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), service)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-}
-
-async fn async_nats_jetstream(url: &str) -> tgb_bus::async_nats::jetstream::Context {
-    let client = tgb_bus::async_nats::connect(url).await.unwrap();
-    tgb_bus::async_nats::jetstream::new(client)
+    .await;
+    service.stop().await;
 }
 
 #[tokio::test]

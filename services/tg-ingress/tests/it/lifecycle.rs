@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use tgb_runtime::Config;
-use tgb_testkit::{NatsServer, eventually};
+use tgb_testkit::{NatsServer, RunningService, eventually};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -9,59 +9,17 @@ async fn it_connects_provisions_serves_health_and_metrics_and_stops_on_shutdown(
     tgb_testkit::init_test_tracing();
     let nats = NatsServer::start().await.unwrap();
     let config = Config::load_from(None, [("TGB_NATS_URL".to_owned(), nats.url())]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let service = tokio::spawn(tg_ingress::serve(config, listener, shutdown.clone()));
-
-    let http = reqwest::Client::new();
-    eventually("ready", Duration::from_secs(20), || async {
-        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
+    let service = RunningService::start(&nats.url(), |listener, shutdown| {
+        tg_ingress::serve(config, listener, shutdown)
     })
-    .await
-    .unwrap();
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), 200);
+    .await;
     // Every service reports the DLQ depth.
-    eventually(
-        "tgb_dlq_depth exported",
-        Duration::from_secs(20),
-        || async {
-            let text = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.lines()
-                .any(|l| l.starts_with("tgb_dlq_depth 0"))
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
-
-    // It provisioned the streams.
-    let js = async_nats_jetstream(&nats.url()).await;
-    js.get_stream("TGB_EVENTS").await.unwrap();
-    js.get_stream("TGB_DLQ").await.unwrap();
-
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), service)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-}
-
-async fn async_nats_jetstream(url: &str) -> tgb_bus::async_nats::jetstream::Context {
-    let client = tgb_bus::async_nats::connect(url).await.unwrap();
-    tgb_bus::async_nats::jetstream::new(client)
+    service
+        .wait_for_metric("tgb_dlq_depth exported", |l| {
+            l.starts_with("tgb_dlq_depth 0")
+        })
+        .await;
+    service.stop().await;
 }
 
 #[tokio::test]
