@@ -75,6 +75,9 @@ pub struct BusSettings {
     pub dlq_max_age_days: u64,
     /// Deliveries of one message before it is dead-lettered; at least 1.
     pub max_deliver: i64,
+    /// Longest wait between two deliveries after a transient failure, seconds (the wait
+    /// doubles from 1 s up to it, unless the target said `Retry-After`).
+    pub backoff_max_secs: u64,
     /// Time a consumer has to ack a message before it is redelivered, seconds.
     pub ack_wait_secs: u64,
     /// Messages one consumer handles at the same time.
@@ -88,7 +91,8 @@ impl Default for BusSettings {
             duplicate_window_secs: 3600,
             max_age_days: 7,
             dlq_max_age_days: 30,
-            max_deliver: 8,
+            max_deliver: 20,
+            backoff_max_secs: 300,
             ack_wait_secs: 30,
             concurrency: 16,
         }
@@ -109,6 +113,10 @@ impl BusSettings {
     /// [`Self::dlq_max_age_days`] as a duration.
     pub fn dlq_max_age(&self) -> Duration {
         Duration::from_secs(self.dlq_max_age_days.saturating_mul(DAY_SECS))
+    }
+    /// [`Self::backoff_max_secs`] as a duration.
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_secs(self.backoff_max_secs)
     }
     /// [`Self::ack_wait_secs`] as a duration.
     pub fn ack_wait(&self) -> Duration {
@@ -163,6 +171,9 @@ impl BusSettings {
         }
         if self.ack_wait_secs == 0 {
             return Err(invalid("ack_wait_secs", "must be at least 1".into()));
+        }
+        if self.backoff_max_secs == 0 {
+            return Err(invalid("backoff_max_secs", "must be at least 1".into()));
         }
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "must be at least 1".into()));

@@ -39,6 +39,7 @@ pub fn consumer_spec(config: &Config, name: &str, subjects: &[&str]) -> Consumer
     let b = &config.settings.bus;
     ConsumerSpec {
         max_deliver: b.max_deliver,
+        backoff_max: b.backoff_max(),
         ack_wait: b.ack_wait(),
         concurrency: b.concurrency,
         ..ConsumerSpec::new(name, subjects)

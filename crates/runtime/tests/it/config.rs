@@ -50,7 +50,8 @@ fn defaults_apply_when_the_default_file_is_missing_and_env_is_empty() {
     assert_eq!(s.bus.duplicate_window_secs, 3600);
     assert_eq!(s.bus.max_age_days, 7);
     assert_eq!(s.bus.dlq_max_age_days, 30);
-    assert_eq!(s.bus.max_deliver, 8);
+    assert_eq!(s.bus.max_deliver, 20);
+    assert_eq!(s.bus.backoff_max_secs, 300);
     assert_eq!(s.bus.ack_wait_secs, 30);
     assert_eq!(s.bus.concurrency, 16);
 }

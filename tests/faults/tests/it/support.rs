@@ -8,8 +8,11 @@ use tgb_fault_suite::{Burst, Expected, FaultSystem, Options, Report, burst_size}
 /// measured times at 2,000).
 pub const DEFAULT_CASES: usize = 300;
 
-/// How long a scenario may take to converge after its fault.
-pub const CONVERGE_WITHIN: Duration = Duration::from_secs(200);
+/// How long a scenario may take to converge after its fault: 200 s, or a quarter second per
+/// case for bursts larger than 800 (a burst of 2,000 under 10% 5xx needs about 6 minutes).
+pub fn converge_within(cases: usize) -> Duration {
+    Duration::from_millis(200_000.max(cases as u64 * 250))
+}
 
 /// A started scenario: the system, the burst raised, the agents answering, the poison sent.
 pub struct Run {
@@ -75,7 +78,7 @@ impl Run {
             &self.expected,
             &self.poison,
             self.started,
-            CONVERGE_WITHIN,
+            converge_within(self.burst.cases),
         )
         .await
         .expect("the check runs");
