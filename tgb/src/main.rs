@@ -97,7 +97,11 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_enum)]
     sections: Vec<tgb::bench::Section>,
     /// Offered loads, cases/s, in order (the ramp stops at the first saturated step).
-    #[arg(long, value_delimiter = ',', default_value = "25,50,100,200,400,800")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "25,50,75,100,150,200,300,400,800"
+    )]
     steps: Vec<f64>,
     /// Seconds each step offers its load (default 10; --quick 5).
     #[arg(long)]
@@ -284,7 +288,7 @@ fn bench_options(a: &BenchArgs) -> anyhow::Result<tgb::bench::BenchOptions> {
         out_dir: a.out.clone(),
         quick: a.quick,
         sections: if a.sections.is_empty() {
-            vec![tgb::bench::Section::Pipeline, tgb::bench::Section::Quota]
+            tgb::bench::Section::ALL.to_vec()
         } else {
             a.sections.clone()
         },

@@ -178,11 +178,10 @@ impl BenchSystem {
             probe_task: None,
             _dir: dir,
         };
-        // One process first, so that the streams and buckets are provisioned once.
-        let mut first = true;
+        // One after the other: the first provisions the streams and buckets, the others find
+        // them.
         for name in spec.start.clone() {
-            system.start_service(name, first).await?;
-            first = false;
+            system.start_service(name).await?;
         }
 
         let ingress = system.service("tg-ingress").addr;
@@ -254,9 +253,8 @@ impl BenchSystem {
         Ok(())
     }
 
-    /// Starts one service and waits until it is ready (`alone`: before any other runs).
-    pub async fn start_service(&mut self, name: &str, alone: bool) -> anyhow::Result<()> {
-        let _ = alone;
+    /// Starts one service and waits until it is ready.
+    pub async fn start_service(&mut self, name: &str) -> anyhow::Result<()> {
         let (launcher, cwd, http) = (self.launcher.clone(), self.cwd.clone(), self.http.clone());
         let p = self
             .services
@@ -299,7 +297,7 @@ impl BenchSystem {
 
     /// Messages not yet handled by the durable consumers (pending + ack pending), summed.
     pub async fn backlog(&self) -> anyhow::Result<u64> {
-        let mut stream = self
+        let stream = self
             .js
             .get_stream(tgb_bus::names::EVENTS_STREAM)
             .await
@@ -317,7 +315,6 @@ impl BenchSystem {
             let info = stream.consumer_info(&n).await.context("consumer info")?;
             total += info.num_pending + info.num_ack_pending as u64;
         }
-        let _ = stream.info().await;
         Ok(total)
     }
 

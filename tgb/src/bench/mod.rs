@@ -37,8 +37,15 @@ use resources::{ProcUsage, Sampler};
 pub enum Section {
     /// Throughput and latency, raw JetStream, and the resources measured with them.
     Pipeline,
-    /// Requests per change, and the backlog under the Dataverse limits.
-    Quota,
+    /// Requests per change for the mix of flows, `$batch` on and off.
+    Mix,
+    /// The backlog under the Dataverse limits.
+    Backlog,
+}
+
+impl Section {
+    /// Every section, in the order they run.
+    pub const ALL: [Section; 3] = [Section::Pipeline, Section::Mix, Section::Backlog];
 }
 
 /// What `tgb bench` runs.
@@ -172,6 +179,16 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(String)) -> anyhow::Resu
     let _ = std::fs::remove_dir_all(&logs);
     let launcher = Launcher::choose(opts.services, opts.bin_dir.as_deref())?;
     progress(format!("services: {}", launcher.describe()));
+    if matches!(launcher, Launcher::SelfExec(_)) && opts.services == ServiceBinaries::Auto {
+        progress(format!(
+            "(the six service binaries are not all beside tgb: `cargo build {}--bins` puts them there)",
+            if cfg!(debug_assertions) {
+                ""
+            } else {
+                "--release "
+            }
+        ));
+    }
     let mut report = BenchReport {
         run: if opts.quick { "quick" } else { "full" }.into(),
         started_at,
@@ -190,13 +207,28 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(String)) -> anyhow::Resu
         wall_secs: 0.0,
     };
 
+    // The results so far are written after each section.
     if opts.sections.contains(&Section::Pipeline) {
         let (p, r) = pipeline_section(opts, &launcher, &logs.join("pipeline"), progress).await?;
         report.pipeline = Some(p);
         report.resources = Some(r);
+        report.wall_secs = (harness::now_ms() - started) / 1000.0;
+        write(&opts.out_dir, &report)?;
     }
-    if opts.sections.contains(&Section::Quota) {
-        report.quota = Some(quota_section(opts, &launcher, &logs, progress).await?);
+    if opts.sections.contains(&Section::Mix) {
+        let (on, off) = mix_section(opts, &launcher, &logs, progress).await?;
+        let q = report.quota.get_or_insert_with(QuotaResult::default);
+        q.batching_on = Some(on);
+        q.batching_off = Some(off);
+        report.wall_secs = (harness::now_ms() - started) / 1000.0;
+        write(&opts.out_dir, &report)?;
+    }
+    if opts.sections.contains(&Section::Backlog) {
+        let b = backlog_section(opts, &launcher, &logs, progress).await?;
+        report
+            .quota
+            .get_or_insert_with(QuotaResult::default)
+            .backlog = Some(b);
     }
     report.wall_secs = (harness::now_ms() - started) / 1000.0;
     write(&opts.out_dir, &report)?;
@@ -251,12 +283,12 @@ async fn pipeline_section(
     result
 }
 
-async fn quota_section(
+async fn mix_section(
     opts: &BenchOptions,
     launcher: &Launcher,
     logs: &Path,
     progress: &dyn Fn(String),
-) -> anyhow::Result<QuotaResult> {
+) -> anyhow::Result<(quota::MixResult, quota::MixResult)> {
     let mut mixes = Vec::new();
     for batching in [true, false] {
         progress(format!(
@@ -298,7 +330,17 @@ async fn quota_section(
         sys.stop().await;
         mixes.push(r?);
     }
+    let off = mixes.pop().context("the mix without $batch")?;
+    let on = mixes.pop().context("the mix with $batch")?;
+    Ok((on, off))
+}
 
+async fn backlog_section(
+    opts: &BenchOptions,
+    launcher: &Launcher,
+    logs: &Path,
+    progress: &dyn Fn(String),
+) -> anyhow::Result<quota::BacklogResult> {
     // The backlog, under the real limits (or the same rate over a tenth of the window).
     let scale = if opts.quick { 10 } else { 1 };
     let mut sandbox = SandboxConfig {
@@ -331,7 +373,7 @@ async fn quota_section(
         // others are not part of this measure (Planner has its own lane).
         start: vec!["tg-ingress", "tg-egress"],
         env: e,
-        incident_probe: false,
+        incident_probe: true,
     };
     progress(format!(
         "quota: starting a system with Dataverse limits {} requests / {} s",
@@ -347,14 +389,7 @@ async fn quota_section(
     });
     let b = quota::run_backlog(&mut sys, opts.backlog.max(1), opts.quick, gov, progress).await;
     sys.stop().await;
-    let backlog = b?;
-    let batching_off = mixes.pop().context("the mix without $batch")?;
-    let batching_on = mixes.pop().context("the mix with $batch")?;
-    Ok(QuotaResult {
-        batching_on,
-        batching_off,
-        backlog,
-    })
+    b
 }
 
 /// dynamics-adapter's default governor as config/tg-bridge.toml sets it (else the built-in

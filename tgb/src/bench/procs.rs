@@ -80,8 +80,7 @@ impl Launcher {
         match self {
             Launcher::Binaries(_) => "the service binaries (one process each)".into(),
             Launcher::SelfExec(_) => {
-                "tgb bench-service <name> (one process each; the service binaries were not built)"
-                    .into()
+                "tgb itself, one process per service (tgb bench-service <name>)".into()
             }
         }
     }
@@ -175,6 +174,9 @@ impl ServiceProcess {
                 "RUST_LOG",
                 std::env::var("TGB_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            // The error, not a backtrace, at the top of the log when a service cannot start.
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0")
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -126,18 +126,26 @@ pub struct BacklogResult {
     pub requests_per_change: f64,
     /// Every change reached Dynamics before the deadline.
     pub complete: bool,
+    /// How long the Dataverse emulator took to answer the adapter's requests, ms (with the
+    /// adapter's concurrency, what bounds the rate when the governor does not).
+    pub dataverse_latency_ms: super::pipeline::Percentiles,
+    /// CPU and memory over the drain: dynamics-adapter, nats-server, and this process (the
+    /// emulators).
+    pub resources: Vec<super::resources::ProcUsage>,
 }
 
-/// Section 2's result.
-#[derive(Clone, Debug, Serialize)]
+/// Section 2's result (each part when its section ran).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct QuotaResult {
     /// The mix with `$batch` coalescing (the default).
-    pub batching_on: MixResult,
+    pub batching_on: Option<MixResult>,
     /// The mix with `$batch` coalescing off (`TGB_DYNAMICS__BATCH_MAX_REQUESTS=1`).
-    pub batching_off: MixResult,
+    pub batching_off: Option<MixResult>,
     /// The backlog.
-    pub backlog: BacklogResult,
+    pub backlog: Option<BacklogResult>,
 }
+
+const SERVICES_NAMES: [&str; 6] = super::procs::SERVICES;
 
 /// The sandbox over HTTP, as the people of the mix use it.
 struct People<'a> {
@@ -672,30 +680,27 @@ pub async fn run_backlog(
     .await?;
     let baseline = last_seq(sys);
     let expected = cases.len();
-    let case_set: HashSet<String> = cases.into_iter().collect();
     progress(format!(
         "quota: dynamics-adapter drains the backlog under {limit_requests} requests / {window} s"
     ));
-    sys.start_service("dynamics-adapter", false).await?;
+    sys.start_service("dynamics-adapter").await?;
     // Expected: ~1 request per change at 20/s at most; allow three times that.
     let within = Duration::from_secs_f64((n as f64 / allowed.max(1.0)) * 3.0 + 120.0);
     let deadline = now_ms() + within.as_secs_f64() * 1000.0;
     let mut complete = false;
+    let sampler = super::resources::Sampler::new(
+        sys.pids()
+            .into_iter()
+            .filter(|(n, _)| n == "dynamics-adapter" || !SERVICES_NAMES.contains(&n.as_str()))
+            .collect(),
+    );
+    let before = sampler.sample();
+    let incidents_before = sys.probe.as_ref().map_or(0, |p| p.count());
     loop {
         if let Some(crash) = sys.crashed() {
             bail!("{crash}");
         }
-        let incidents = sys
-            .sandbox
-            .dataverse()
-            .rows("incident")
-            .iter()
-            .filter(|r| {
-                r["tgb_tgcaseid"]
-                    .as_str()
-                    .is_some_and(|c| case_set.contains(c))
-            })
-            .count();
+        let incidents = sys.probe.as_ref().map_or(0, |p| p.count()) - incidents_before;
         if incidents >= expected && sys.backlog().await.unwrap_or(u64::MAX) == 0 {
             complete = true;
             break;
@@ -703,14 +708,16 @@ pub async fn run_backlog(
         if now_ms() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let usage = sampler.usage(&before, &sampler.sample());
     let calls: Vec<_> = ms_calls(sys, baseline)
         .into_iter()
         .filter(|c| c.system == "dataverse")
         .collect();
     let throttled = calls.iter().filter(|c| c.status == 429).count() as u64;
     let answered: Vec<_> = calls.iter().filter(|c| c.status != 429).collect();
+    let latency = super::pipeline::Percentiles::of(answered.iter().map(|c| c.latency_ms).collect());
     // The call log stamps calls to the second: the rate is taken over the whole seconds
     // between the first and the last (both partial seconds left out).
     let secs: Vec<f64> = answered
@@ -753,6 +760,8 @@ pub async fn run_backlog(
         early_requests: early,
         requests_per_change: requests as f64 / n.max(1) as f64,
         complete,
+        dataverse_latency_ms: latency,
+        resources: usage,
     })
 }
 

@@ -79,14 +79,20 @@ pub fn markdown(r: &BenchReport) -> String {
             p.bus_messages_per_case
         );
     }
-    if let Some(q) = &r.quota {
+    if r.quota.is_some() {
         let _ = writeln!(out, "## Quota efficiency\n");
+    }
+    if let Some(q) = r
+        .quota
+        .as_ref()
+        .filter(|q| q.batching_on.is_some() || q.batching_off.is_some())
+    {
         let _ = writeln!(
             out,
             "| mix | changes | naive requests | Dataverse | Graph (of which plan polls) | requests per change | naive per change | share of naive |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-        for m in [&q.batching_on, &q.batching_off] {
+        for m in [&q.batching_on, &q.batching_off].into_iter().flatten() {
             let _ = writeln!(
                 out,
                 "| $batch {} | {} | {} | {} | {} ({}) | {:.2} | {:.2} | {:.2} |",
@@ -101,12 +107,15 @@ pub fn markdown(r: &BenchReport) -> String {
                 m.share_of_naive
             );
         }
-        let _ = writeln!(
-            out,
-            "\nNaive: one request per change per Microsoft target it must reach. Plan polls run every {} ms whatever the changes.",
-            q.batching_on.planner_poll_ms
-        );
-        let b = &q.backlog;
+        if let Some(m) = &q.batching_on {
+            let _ = writeln!(
+                out,
+                "\nNaive: one request per change per Microsoft target it must reach. Plan polls run every {} ms whatever the changes.",
+                m.planner_poll_ms
+            );
+        }
+    }
+    if let Some(b) = r.quota.as_ref().and_then(|q| q.backlog.as_ref()) {
         let _ = writeln!(
             out,
             "\nBacklog ({} mode: {} requests / {} s, {} concurrent; {} changes): {} Dataverse requests in {:.0} s = **{:.1} req/s, {:.0}% of the allowed {:.0} req/s**; 429s: {} (after the first: **{}**), requests sent before a Retry-After ran out: {}; {}.\n",
@@ -128,6 +137,17 @@ pub fn markdown(r: &BenchReport) -> String {
             } else {
                 "NOT every change reached Dynamics before the deadline"
             }
+        );
+        let _ = writeln!(
+            out,
+            "The emulator answered the adapter in p50 {:.0} ms / p99 {:.0} ms; CPU over the drain: {}.\n",
+            b.dataverse_latency_ms.p50,
+            b.dataverse_latency_ms.p99,
+            b.resources
+                .iter()
+                .map(|u| format!("{} {:.0}%", u.process, u.cpu_percent))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if let Some(res) = &r.resources {
