@@ -255,14 +255,29 @@ impl BenchSystem {
 
     /// Starts one service and waits until it is ready.
     pub async fn start_service(&mut self, name: &str) -> anyhow::Result<()> {
-        let (launcher, cwd, http) = (self.launcher.clone(), self.cwd.clone(), self.http.clone());
-        let p = self
-            .services
+        self.spawn_service(name)?;
+        self.wait_ready(name).await
+    }
+
+    /// Starts one service (it may work before it answers `/readyz`).
+    pub fn spawn_service(&mut self, name: &str) -> anyhow::Result<()> {
+        let (launcher, cwd) = (self.launcher.clone(), self.cwd.clone());
+        self.services
             .iter_mut()
             .find(|s| s.name == name)
-            .with_context(|| format!("no service {name}"))?;
-        p.start(&launcher, &cwd)?;
-        p.wait_ready(&http, Duration::from_secs(90)).await
+            .with_context(|| format!("no service {name}"))?
+            .start(&launcher, &cwd)
+    }
+
+    /// Waits until a started service answers `/readyz`.
+    pub async fn wait_ready(&mut self, name: &str) -> anyhow::Result<()> {
+        let http = self.http.clone();
+        self.services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service {name}"))?
+            .wait_ready(&http, Duration::from_secs(90))
+            .await
     }
 
     /// The process of a service.

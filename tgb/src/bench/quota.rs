@@ -31,25 +31,30 @@ pub struct ChangeKind {
     pub count: u64,
     /// Microsoft targets (Dataverse, Graph) it must reach: the naive requests per change.
     pub naive_targets: u64,
+    /// Of which Dataverse.
+    pub naive_dataverse: u64,
+    /// Of which Graph.
+    pub naive_graph: u64,
 }
 
-/// The mix, once per round: (event, origin, count per round, Microsoft targets).
-pub const MIX: &[(&str, &str, u64, u64)] = &[
-    ("tg.case.opened", "partner in TG", 3, 2),
-    ("tg.case.comment_added", "partner in TG", 1, 1),
-    ("tg.case.updated (resolved)", "partner in TG", 1, 2),
-    ("tg.document.uploaded", "partner in TG", 1, 2),
-    ("tg.dispute.opened", "partner in TG", 1, 1),
-    ("tg.partner.updated", "partner in TG", 1, 1),
-    ("tg.discussion.action_item", "partner in TG", 1, 1),
-    ("tg.onboarding.updated", "partner in TG", 1, 2),
-    ("dyn.exception.raised", "agent in Dynamics", 1, 1),
-    ("dyn.order.milestone", "agent in Dynamics", 1, 0),
-    ("dyn.kpi.snapshot", "agent in Dynamics", 1, 0),
-    ("dyn.case.note_added", "agent in Dynamics", 1, 0),
-    ("dyn.case.status_changed", "agent in Dynamics", 1, 0),
-    ("dyn.invoice.status_changed", "agent in Dynamics", 1, 0),
-    ("planner.task.progressed", "planner in Planner", 1, 0),
+/// The mix, once per round: (event, origin, count per round, Dataverse targets, Graph
+/// targets).
+pub const MIX: &[(&str, &str, u64, u64, u64)] = &[
+    ("tg.case.opened", "partner in TG", 3, 1, 1),
+    ("tg.case.comment_added", "partner in TG", 1, 1, 0),
+    ("tg.case.updated (resolved)", "partner in TG", 1, 1, 1),
+    ("tg.document.uploaded", "partner in TG", 1, 1, 1),
+    ("tg.dispute.opened", "partner in TG", 1, 1, 0),
+    ("tg.partner.updated", "partner in TG", 1, 1, 0),
+    ("tg.discussion.action_item", "partner in TG", 1, 0, 1),
+    ("tg.onboarding.updated", "partner in TG", 1, 1, 1),
+    ("dyn.exception.raised", "agent in Dynamics", 1, 0, 1),
+    ("dyn.order.milestone", "agent in Dynamics", 1, 0, 0),
+    ("dyn.kpi.snapshot", "agent in Dynamics", 1, 0, 0),
+    ("dyn.case.note_added", "agent in Dynamics", 1, 0, 0),
+    ("dyn.case.status_changed", "agent in Dynamics", 1, 0, 0),
+    ("dyn.invoice.status_changed", "agent in Dynamics", 1, 0, 0),
+    ("planner.task.progressed", "planner in Planner", 1, 0, 0),
 ];
 
 /// One run of the mix.
@@ -65,6 +70,10 @@ pub struct MixResult {
     pub changes_to_microsoft: u64,
     /// One request per change per Microsoft target.
     pub naive_requests: u64,
+    /// Of which to Dataverse.
+    pub naive_dataverse_requests: u64,
+    /// Of which to Graph.
+    pub naive_graph_requests: u64,
     /// tg-bridge's requests to Dataverse.
     pub dataverse_requests: u64,
     /// tg-bridge's requests to Graph.
@@ -554,11 +563,13 @@ pub async fn run_mix(
     let graph = calls.iter().filter(|c| c.system == "graph").count() as u64;
     let kinds: Vec<ChangeKind> = MIX
         .iter()
-        .map(|(kind, origin, per_round, targets)| ChangeKind {
+        .map(|(kind, origin, per_round, dv, graph)| ChangeKind {
             kind,
             origin,
             count: per_round * rounds as u64,
-            naive_targets: *targets,
+            naive_targets: dv + graph,
+            naive_dataverse: *dv,
+            naive_graph: *graph,
         })
         .collect();
     let changes: u64 = kinds.iter().map(|k| k.count).sum();
@@ -574,6 +585,8 @@ pub async fn run_mix(
             .map(|k| k.count)
             .sum(),
         naive_requests: naive,
+        naive_dataverse_requests: kinds.iter().map(|k| k.count * k.naive_dataverse).sum(),
+        naive_graph_requests: kinds.iter().map(|k| k.count * k.naive_graph).sum(),
         dataverse_requests: dataverse,
         graph_requests: graph,
         graph_plan_polls: plan_polls,
@@ -683,11 +696,9 @@ pub async fn run_backlog(
     progress(format!(
         "quota: dynamics-adapter drains the backlog under {limit_requests} requests / {window} s"
     ));
-    sys.start_service("dynamics-adapter").await?;
-    // Expected: ~1 request per change at 20/s at most; allow three times that.
-    let within = Duration::from_secs_f64((n as f64 / allowed.max(1.0)) * 3.0 + 120.0);
-    let deadline = now_ms() + within.as_secs_f64() * 1000.0;
-    let mut complete = false;
+    // Counted from before the adapter starts: it works before it answers /readyz.
+    let incidents_before = sys.probe.as_ref().map_or(0, |p| p.count());
+    sys.spawn_service("dynamics-adapter")?;
     let sampler = super::resources::Sampler::new(
         sys.pids()
             .into_iter()
@@ -695,7 +706,11 @@ pub async fn run_backlog(
             .collect(),
     );
     let before = sampler.sample();
-    let incidents_before = sys.probe.as_ref().map_or(0, |p| p.count());
+    sys.wait_ready("dynamics-adapter").await?;
+    // Expected: ~1 request per change at 20/s at most; allow three times that.
+    let within = Duration::from_secs_f64((n as f64 / allowed.max(1.0)) * 3.0 + 120.0);
+    let deadline = now_ms() + within.as_secs_f64() * 1000.0;
+    let mut complete = false;
     loop {
         if let Some(crash) = sys.crashed() {
             bail!("{crash}");
