@@ -251,13 +251,16 @@ async fn drain(
         if let Some(crash) = sys.crashed() {
             bail!("{crash}");
         }
+        // Counting tasks copies the plan's tasks out of the emulator: only once the incidents
+        // are there, and twice a second (the times measured come from the records, not from
+        // this poll).
         if incident_count(sys) >= incidents && task_count(sys) >= tasks {
             return Ok(true);
         }
         if now_ms() >= deadline_ms {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
