@@ -24,7 +24,7 @@ use tgb_proto::BusEvent as _;
 use crate::adapter::{Adapter, TO_DATAVERSE, echo, flow, handler_error, row_id, stale};
 use crate::batcher::upsert;
 use crate::schema::{self, bind, reference};
-use crate::settings::FieldPolicy;
+use crate::settings::{DynamicsSettings, FieldPolicy};
 use crate::state::hash;
 
 /// `tgb_sync` field: the incident's ETag after tg-bridge's last write of it.
@@ -137,6 +137,38 @@ fn category_key(c: pb::CaseCategory) -> &'static str {
     }
 }
 
+/// D1's mapping of a TG case to the incident columns tg-bridge keeps in step (title,
+/// description, priority and case type by the configured maps) and the status class, each
+/// compared field by field with what both sides last agreed on.
+pub fn incident_view(case: &pb::TgCase, s: &DynamicsSettings) -> BTreeMap<&'static str, Value> {
+    BTreeMap::from([
+        ("title", json!(truncate(&case.title, 200))),
+        ("description", json!(truncate(&case.description, 2000))),
+        (
+            "prioritycode",
+            json!(
+                s.priority_map
+                    .get(priority_key(case.priority()))
+                    .copied()
+                    .unwrap_or(2)
+            ),
+        ),
+        (
+            "casetypecode",
+            json!(
+                s.case_type_map
+                    .get(category_key(case.category()))
+                    .copied()
+                    .unwrap_or(1)
+            ),
+        ),
+        (
+            "status",
+            json!(status_class(case_status_key(case.status()))),
+        ),
+    ])
+}
+
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
@@ -172,31 +204,8 @@ impl Writer {
         }
         let partner = meta.partner.clone().unwrap_or_default();
         let account = a.account_for(&partner).await?;
-        let s = &a.settings;
         let status = case_status_key(case.status());
-        let view: BTreeMap<&str, Value> = BTreeMap::from([
-            ("title", json!(truncate(&case.title, 200))),
-            ("description", json!(truncate(&case.description, 2000))),
-            (
-                "prioritycode",
-                json!(
-                    s.priority_map
-                        .get(priority_key(case.priority()))
-                        .copied()
-                        .unwrap_or(2)
-                ),
-            ),
-            (
-                "casetypecode",
-                json!(
-                    s.case_type_map
-                        .get(category_key(case.category()))
-                        .copied()
-                        .unwrap_or(1)
-                ),
-            ),
-            ("status", json!(status_class(status))),
-        ]);
+        let view = incident_view(case, &a.settings);
         let changed: Vec<&str> = view
             .iter()
             .filter(|(k, v)| state.fields.get(**k) != Some(&hash(v)))

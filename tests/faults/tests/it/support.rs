@@ -8,10 +8,16 @@ use tgb_fault_suite::{Burst, Expected, FaultSystem, Options, Report, burst_size}
 /// measured times at 2,000).
 pub const DEFAULT_CASES: usize = 300;
 
-/// How long a scenario may take to converge after its fault: 200 s, or a quarter second per
-/// case for bursts larger than 800 (a burst of 2,000 under 10% 5xx needs about 6 minutes).
+/// How long a scenario may take to converge after its fault: `TGB_FAULT_CONVERGE_SECS`, else
+/// 200 s, or a quarter second per case for bursts larger than 800.
 pub fn converge_within(cases: usize) -> Duration {
-    Duration::from_millis(200_000.max(cases as u64 * 250))
+    match std::env::var("TGB_FAULT_CONVERGE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(secs) => Duration::from_secs(secs),
+        None => Duration::from_millis(200_000.max(cases as u64 * 250)),
+    }
 }
 
 /// A started scenario: the system, the burst raised, the agents answering, the poison sent.
