@@ -285,9 +285,12 @@ pub fn run(
                 (resp.status.as_u16() >= 400).then_some(resp.status)
             }
             Item::ChangeSet(parts) => {
-                // A change set of one request is as atomic as that request sent alone: no
-                // snapshot (a snapshot copies the whole store, O(rows) per change set).
-                let before = (parts.len() > 1).then(|| st.clone());
+                // A change set of one request is as atomic as that request sent alone; a
+                // larger one journals the rows it writes, to roll them back on a failure.
+                let journaled = parts.len() > 1;
+                if journaled {
+                    st.begin();
+                }
                 let mut cids: HashMap<String, String> = HashMap::new();
                 let mut answers: Vec<(Option<&str>, Resp)> = Vec::new();
                 let mut failure: Option<(Option<&str>, Resp)> = None;
@@ -309,15 +312,16 @@ pub fn run(
                 match failure {
                     Some((cid, resp)) => {
                         // Atomic: nothing of the change set remains (forced races stay used).
-                        if let Some(before) = before {
-                            let races = st.etag_races;
-                            *st = before;
-                            st.etag_races = races;
+                        if journaled {
+                            st.rollback();
                         }
                         write_part(&mut out, &batch_boundary, cid, &resp);
                         Some(resp.status)
                     }
                     None => {
+                        if journaled {
+                            st.commit();
+                        }
                         let cs = format!("changesetresponse_{}", Uuid::new_v4());
                         out.push_str(&format!(
                             "--{batch_boundary}\r\nContent-Type: multipart/mixed; boundary={cs}\r\n\r\n"

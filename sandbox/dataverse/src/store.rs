@@ -105,6 +105,18 @@ pub struct Store {
     ticket_seq: u64,
     /// Alternate key index: table → normalized key values → row id.
     key_index: HashMap<String, HashMap<String, Uuid>>,
+    /// While a change set runs: what it changed, to roll it back.
+    journal: Option<Journal>,
+}
+
+/// The undo record of a change set: each row it touched as it was before (none: it did not
+/// exist), and the lengths of the change log and of the pending events. Rolling back costs
+/// what the change set touched, not the size of the store.
+#[derive(Debug, Clone, Default)]
+struct Journal {
+    rows: HashMap<(String, Uuid), Option<Row>>,
+    changes: usize,
+    events: usize,
 }
 
 /// A validated request body.
@@ -201,8 +213,62 @@ impl Store {
         })
     }
 
+    /// Starts a change set: from here, every row written is remembered as it was.
+    pub fn begin(&mut self) {
+        self.journal = Some(Journal {
+            rows: HashMap::new(),
+            changes: self.changes.len(),
+            events: self.events.len(),
+        });
+    }
+
+    /// Ends a change set, keeping what it wrote.
+    pub fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Ends a change set, undoing what it wrote: rows, key index, change log and events.
+    /// Versions keep growing (no ETag is reused) and forced races stay used.
+    pub fn rollback(&mut self) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        self.changes.truncate(journal.changes);
+        self.events.truncate(journal.events);
+        let schema = crate::schema::Schema::get();
+        for ((table, id), before) in journal.rows {
+            let Some(t) = schema.table(&table) else {
+                continue;
+            };
+            match before {
+                Some(row) => self.put_row(t, id, row),
+                None => {
+                    self.unindex(t, id);
+                    self.rows_mut(&table).remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Remembers a row before a change set first writes it.
+    fn remember(&mut self, table: &str, id: Uuid) {
+        let key = (table.to_owned(), id);
+        if self
+            .journal
+            .as_ref()
+            .is_none_or(|j| j.rows.contains_key(&key))
+        {
+            return;
+        }
+        let before = self.row(table, id).cloned();
+        if let Some(j) = self.journal.as_mut() {
+            j.rows.insert(key, before);
+        }
+    }
+
     /// Stores a row, keeping the alternate key index in step.
     fn put_row(&mut self, table: &Table, id: Uuid, row: Row) {
+        self.remember(&table.logicalname, id);
         self.unindex(table, id);
         let index = self.key_index.entry(table.logicalname.clone()).or_default();
         for key in &table.keys {
@@ -677,6 +743,7 @@ impl Store {
 
     /// Deletes a row.
     pub fn delete(&mut self, ctx: &Ctx, table: &Table, id: Uuid) -> Result<(), ODataError> {
+        self.remember(&table.logicalname, id);
         self.unindex(table, id);
         let Some(pre) = self
             .rows_mut(&table.logicalname)
@@ -734,6 +801,7 @@ impl Store {
 
     /// Someone else changes the row (its version moves).
     fn concurrent_edit(&mut self, table: &Table, id: Uuid) {
+        self.remember(&table.logicalname, id);
         let version = self.next_version();
         let now = now_string();
         if let Some(row) = self

@@ -203,3 +203,58 @@ async fn more_than_the_limit_of_requests_is_refused() {
     assert_eq!(status, 400);
     assert!(t.dv.rows("accounts").is_empty());
 }
+
+#[tokio::test]
+async fn a_failed_change_set_restores_the_rows_it_changed_and_their_alternate_keys() {
+    let t = start(no_limits()).await;
+    let id = t.account("Acme Corp", "ZZ:KEEP").await;
+    let before = t.get_json(&format!("accounts({id})")).await;
+    let body = batch(&[changeset(
+        "changeset_1",
+        &[
+            part(
+                "PATCH",
+                &format!("/api/data/v9.2/accounts({id})"),
+                Some("1"),
+                Some(json!({"name": "Renamed", "tgb_partnerkey": "ZZ:MOVED"})),
+            ),
+            part(
+                "POST",
+                "/api/data/v9.2/accounts",
+                Some("2"),
+                Some(json!({"name": "Created then undone", "tgb_partnerkey": "ZZ:NEW"})),
+            ),
+            part(
+                "POST",
+                "/api/data/v9.2/tasks",
+                Some("3"),
+                Some(json!({"subject": "x".repeat(201)})),
+            ),
+        ],
+    )]);
+    let (status, _, _) = send(&t, body, None).await;
+    assert_eq!(status, 400);
+    let after = t.get_json(&format!("accounts({id})")).await;
+    assert_eq!(after["name"], "Acme Corp");
+    assert_eq!(after["@odata.etag"], before["@odata.etag"]);
+    assert_eq!(
+        t.dv.rows("accounts").len(),
+        1,
+        "the created account is gone"
+    );
+    // The alternate keys are as before the change set.
+    assert_eq!(
+        t.get("accounts(tgb_partnerkey='ZZ:KEEP')").await.status(),
+        200
+    );
+    assert_eq!(
+        t.get("accounts(tgb_partnerkey='ZZ:MOVED')").await.status(),
+        404
+    );
+    assert_eq!(
+        t.get("accounts(tgb_partnerkey='ZZ:NEW')").await.status(),
+        404
+    );
+    // A key freed by the rollback can be taken again.
+    t.account("Another", "ZZ:NEW").await;
+}
