@@ -220,7 +220,7 @@ async fn ensure_kv(
             };
             compare("KV bucket", &existing, &desired)
         }
-        Err(_) => js
+        Err(_) => match js
             .create_key_value(jetstream::kv::Config {
                 bucket: bucket.to_owned(),
                 description: format!("tg-bridge {bucket}"),
@@ -230,12 +230,27 @@ async fn ensure_kv(
                 ..Default::default()
             })
             .await
-            .map(|_| ())
-            .map_err(|e| ProvisionError::Nats {
+        {
+            Ok(_) => Ok(()),
+            // Another service may have created it first (all start together): check that.
+            Err(e) if js.get_stream(&stream_name).await.is_ok() => {
+                Box::pin(ensure_kv(js, bucket, history, replicas))
+                    .await
+                    .map_err(|conflict| match conflict {
+                        ProvisionError::Nats { .. } => ProvisionError::Nats {
+                            kind: "KV bucket",
+                            name: bucket.to_owned(),
+                            reason: e.to_string(),
+                        },
+                        other => other,
+                    })
+            }
+            Err(e) => Err(ProvisionError::Nats {
                 kind: "KV bucket",
                 name: bucket.to_owned(),
                 reason: e.to_string(),
             }),
+        },
     }
 }
 
@@ -247,18 +262,23 @@ async fn ensure_object_store(
     if js.get_object_store(bucket).await.is_ok() {
         return Ok(());
     }
-    js.create_object_store(jetstream::object_store::Config {
-        bucket: bucket.to_owned(),
-        description: Some("tg-bridge documents fetched from Trading Grid".into()),
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| ProvisionError::Nats {
-        kind: "object store",
-        name: bucket.to_owned(),
-        reason: e.to_string(),
-    })
+    let created = js
+        .create_object_store(jetstream::object_store::Config {
+            bucket: bucket.to_owned(),
+            description: Some("tg-bridge documents fetched from Trading Grid".into()),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Another service may have created it first (all start together).
+        Err(_) if js.get_object_store(bucket).await.is_ok() => Ok(()),
+        Err(e) => Err(ProvisionError::Nats {
+            kind: "object store",
+            name: bucket.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
 }
