@@ -195,6 +195,9 @@ pub struct ServiceProcess {
     /// Exits nobody asked for (the harness started the process again, as an orchestrator
     /// would), with their status.
     pub crashes: Vec<String>,
+    /// Until the system is wired (webhooks registered), a port taken by someone else between
+    /// [`free_addr`] and the service's bind may be swapped for another.
+    pub may_move: bool,
 }
 
 impl ServiceProcess {
@@ -216,6 +219,7 @@ impl ServiceProcess {
             child: None,
             kills: 0,
             crashes: Vec::new(),
+            may_move: true,
         })
     }
 
@@ -309,6 +313,17 @@ impl ServiceProcess {
             if let Some(c) = self.child.as_mut()
                 && let Some(status) = c.try_wait()?
             {
+                // The free port was taken before the service bound it (another process's
+                // listener or outgoing connection): another port, once wiring allows it.
+                let tail = self.log_tail(30);
+                if self.may_move && tail.contains("cannot listen on") {
+                    self.may_move = false;
+                    tracing::warn!(service = %self.label(), "its port was taken meanwhile; another one");
+                    self.addr = free_addr()?;
+                    self.child = None;
+                    self.start()?;
+                    continue;
+                }
                 bail!(
                     "{} exited during start-up ({status}):\n{}",
                     self.label(),

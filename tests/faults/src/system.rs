@@ -200,6 +200,10 @@ impl FaultSystem {
         for s in system.services.iter_mut().skip(1) {
             s.wait_ready(&http, Duration::from_secs(60)).await?;
         }
+        // From here the addresses are wired (webhooks, checks): they stay.
+        for s in system.services.iter_mut() {
+            s.may_move = false;
+        }
 
         let ingress = system.process("tg-ingress").addr;
         let dynamics = system.process("dynamics-adapter").addr;
