@@ -104,6 +104,16 @@ pub struct OwnNats {
 impl OwnNats {
     /// Starts the server with its store in `dir/store` and its log in `dir/nats-server.log`.
     pub async fn start(binary: &Path, dir: &Path) -> anyhow::Result<OwnNats> {
+        Self::start_with(Command::new(binary), binary, dir).await
+    }
+
+    /// [`OwnNats::start`] through `command`, which runs `binary` (e.g. under a wrapper that
+    /// kills it with its parent); the server's arguments are appended to it.
+    pub async fn start_with(
+        mut command: Command,
+        binary: &Path,
+        dir: &Path,
+    ) -> anyhow::Result<OwnNats> {
         let store = dir.join("store");
         std::fs::create_dir_all(&store)
             .with_context(|| format!("cannot create the NATS store {}", store.display()))?;
@@ -111,7 +121,7 @@ impl OwnNats {
         let mut log_file = tokio::fs::File::create(&log)
             .await
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut child = Command::new(binary)
+        let mut child = command
             .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
             .arg(&store)
             .stdin(Stdio::null())
@@ -165,6 +175,11 @@ impl OwnNats {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// The JetStream store.

@@ -267,7 +267,7 @@ impl Writer {
                 let row = match a
                     .dv
                     .get(&format!(
-                        "{key}?$select=tgb_tgrevision,statecode,statuscode,versionnumber"
+                        "{key}?$select=tgb_tgrevision,statecode,statuscode"
                     ))
                     .await
                 {

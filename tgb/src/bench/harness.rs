@@ -15,7 +15,7 @@ use tgb_sandbox::config::WebhookSubscriptionConfig;
 use tgb_sandbox::{Sandbox, SandboxConfig};
 use tgb_sandbox_dataverse::{WebhookAuth, WebhookRegistration};
 
-use super::procs::{Launcher, NatsProcess, SERVICES, ServiceProcess};
+use super::procs::{Launcher, SERVICES, ServiceProcess, start_nats};
 
 /// The TG webhook subscription that points at tg-ingress.
 pub const INGRESS_SUBSCRIPTION: &str = "ingress";
@@ -63,7 +63,7 @@ impl IncidentProbe {
 /// The running system.
 pub struct BenchSystem {
     /// The broker.
-    pub nats: NatsProcess,
+    pub nats: crate::nats::OwnNats,
     /// The emulators.
     pub sandbox: Sandbox,
     /// Every service process (started or not).
@@ -101,7 +101,7 @@ impl BenchSystem {
     /// Starts NATS, the sandbox and the services of `spec.start`, and wires them.
     pub async fn start(spec: Spec, launcher: &Launcher, log_dir: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("tgb-bench-").tempdir()?;
-        let nats = NatsProcess::start(dir.path()).await?;
+        let nats = start_nats(dir.path()).await?;
         let config_file = crate::system::find_in_repo(tgb_runtime::config::DEFAULT_CONFIG_PATH)
             .context("config/tg-bridge.toml not found: run tgb bench from the repository")?;
         let cwd = config_file

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 /// The six services, by binary name.
@@ -249,84 +248,11 @@ impl ServiceProcess {
     }
 }
 
-/// nats-server with JetStream, as its own process (its pid is sampled too).
-#[derive(Debug)]
-pub struct NatsProcess {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl NatsProcess {
-    /// Starts `nats-server -js` on a free port with its store in `dir`.
-    pub async fn start(dir: &Path) -> anyhow::Result<NatsProcess> {
-        let binary = crate::nats::find_server()?;
-        let store = dir.join("store");
-        std::fs::create_dir_all(&store)
-            .with_context(|| format!("cannot create the NATS store {}", store.display()))?;
-        let log = dir.join("nats-server.log");
-        let mut log_file = tokio::fs::File::create(&log)
-            .await
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut child = command_with_deathsig(&binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(&store)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let stderr = child.stderr.take().context("piped stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(20), async {
-            let mut port = None;
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log_file.write_all(format!("{line}\n").as_bytes()).await;
-                if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                    port = rest
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse::<u16>().ok());
-                }
-                if line.contains("Server is ready") {
-                    return port;
-                }
-            }
-            None
-        })
-        .await;
-        let Ok(Some(port)) = ready else {
-            let _ = child.kill().await;
-            bail!("nats-server did not start; its log is {}", log.display());
-        };
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log_file.write_all(format!("{line}\n").as_bytes()).await;
-            }
-        });
-        Ok(NatsProcess {
-            child: Some(child),
-            port,
-        })
-    }
-
-    /// `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Its pid.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-
-    /// Kills it.
-    pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
+/// nats-server with JetStream, as its own process (its pid is sampled too), killed with
+/// the bench.
+pub async fn start_nats(dir: &Path) -> anyhow::Result<crate::nats::OwnNats> {
+    let binary = crate::nats::find_server()?;
+    crate::nats::OwnNats::start_with(command_with_deathsig(&binary), &binary, dir).await
 }
 
 /// One reading of `/proc/<pid>`.
