@@ -11,7 +11,7 @@ pub use nats::{
     MIN_NATS_VERSION, NatsServer, NatsServerError, find_nats_server, nats_server_version,
 };
 pub use service::{PROVISIONED_STREAMS, RunningService};
-pub use wait::{WaitTimeout, eventually};
+pub use wait::{HANG_GUARD, WaitTimeout, eventually};
 
 /// Sets up test logging once per test binary; logs show with `TEST_LOG=1`.
 pub fn init_test_tracing() {

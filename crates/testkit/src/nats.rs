@@ -143,15 +143,16 @@ impl NatsServer {
     pub async fn start_again(&mut self) -> Result<(), NatsServerError> {
         self.stop().await;
         // The listening socket of the killed process can linger for a moment; retry the bind.
-        let mut last = None;
-        for _ in 0..50 {
+        // Polled until the hang guard runs out, not a fixed number of tries: on a loaded machine
+        // the old process can take seconds to let the port go.
+        let deadline = tokio::time::Instant::now() + crate::HANG_GUARD;
+        loop {
             match self.spawn().await {
                 Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(last.unwrap_or(NatsServerError::Start("did not start".into())))
     }
 
     async fn spawn(&mut self) -> Result<(), NatsServerError> {
@@ -171,7 +172,7 @@ impl NatsServer {
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
         let mut log = Vec::new();
-        let ready = tokio::time::timeout(Duration::from_secs(20), async {
+        let ready = tokio::time::timeout(crate::HANG_GUARD, async {
             let mut port = None;
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.split("Listening for client connections on ").nth(1) {

@@ -11,7 +11,7 @@ use crate::eventually;
 pub const PROVISIONED_STREAMS: [&str; 2] = ["TGB_EVENTS", "TGB_DLQ"];
 
 /// How long a service may take to become ready, and to stop once shutdown is asked.
-const DEADLINE: Duration = Duration::from_secs(20);
+const DEADLINE: Duration = crate::HANG_GUARD;
 
 /// A tg-bridge service running in-process on a loopback port, started by
 /// [`RunningService::start`] after the checks every service must pass; [`RunningService::stop`]

@@ -19,6 +19,10 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// How long a test waits for a condition before it calls it a hang: generous, because CI runs
+/// on two busy cores; the wait itself ends as soon as the condition holds.
+pub const WAIT_SECS: u64 = 120;
+
 /// Polls `check` until it yields `Some`, failing after `secs` seconds.
 pub async fn wait_for<T, F, Fut>(secs: u64, mut check: F) -> T
 where

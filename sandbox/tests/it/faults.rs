@@ -144,7 +144,16 @@ async fn latency_delays_only_the_matching_route() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert!(started.elapsed() < Duration::from_millis(300));
+    let _ = started;
+    // Which calls the rule touched is in the log; how long the other took says nothing on a
+    // busy machine.
+    let other = sb
+        .calls()
+        .of_system("tg")
+        .into_iter()
+        .find(|c| c.path == "/v1/cases/C-1")
+        .unwrap();
+    assert!(other.faults.is_empty(), "{other:?}");
     let logged = sb
         .calls()
         .of_system("tg")
@@ -209,8 +218,10 @@ async fn faults_are_managed_over_http() {
 
 #[tokio::test]
 async fn a_rule_with_a_duration_ends_by_itself() {
+    const RULE_MS: u64 = 1_000;
     let sb = start().await;
     let token = tg_token(&sb).await;
+    let added = Instant::now();
     sb.faults()
         .add(
             FaultRule::new(
@@ -220,15 +231,17 @@ async fn a_rule_with_a_duration_ends_by_itself() {
                     status: 503,
                 },
             )
-            .for_duration(Duration::from_millis(200)),
+            .for_duration(Duration::from_millis(RULE_MS)),
         )
         .unwrap();
     let client = http();
-    assert_eq!(
-        get_events(&sb, &client, &token).await.unwrap().status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    wait_for(5, || {
+    let status = get_events(&sb, &client, &token).await.unwrap().status();
+    // While the rule lasts it answers; a machine too busy to send this request within the rule's
+    // time sees it ended already, which is what the rest of the test shows anyway.
+    if added.elapsed() < Duration::from_millis(RULE_MS) {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    wait_for(WAIT_SECS, || {
         let (client, token) = (client.clone(), token.clone());
         let sb = &sb;
         async move {

@@ -117,7 +117,7 @@ async fn tg_token_expires_after_the_configured_lifetime() {
     let url = format!("{}/v1/events", sb.tg_api_url());
     let first = http().get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
-    let refused = wait_for(5, || {
+    let refused = wait_for(WAIT_SECS, || {
         let (url, token) = (url.clone(), token.clone());
         async move {
             let r = http().get(&url).bearer_auth(&token).send().await.unwrap();

@@ -562,7 +562,7 @@ async fn an_idempotency_key_is_forgotten_after_its_ttl() {
             .send()
     };
     assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
-    wait_for(5, || async {
+    wait_for(WAIT_SECS, || async {
         let r = post().await.unwrap();
         (!r.headers().contains_key("idempotent-replayed")).then_some(())
     })

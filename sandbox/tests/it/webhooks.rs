@@ -178,7 +178,7 @@ async fn delivered_webhooks_verify_with_every_active_secret() {
         .tg()
         .raise_case(RaiseCase::new(acme_ref(), "Pallets short"))
         .unwrap();
-    let got = wait_for(5, || {
+    let got = wait_for(WAIT_SECS, || {
         let r = receiver.received();
         async move { r.first().cloned() }
     })
@@ -220,7 +220,7 @@ async fn rotated_secrets_sign_the_next_delivery() {
     sb.tg()
         .raise_case(RaiseCase::new(acme_ref(), "after rotation"))
         .unwrap();
-    let (headers, body) = wait_for(5, || {
+    let (headers, body) = wait_for(WAIT_SECS, || {
         let r = receiver.received();
         async move { r.first().cloned() }
     })
@@ -237,7 +237,7 @@ async fn a_receiver_answering_500_gets_the_same_webhook_id_again_until_200() {
         .tg()
         .raise_case(RaiseCase::new(acme_ref(), "retry me"))
         .unwrap();
-    let stats = wait_for(5, || {
+    let stats = wait_for(WAIT_SECS, || {
         let s = sb.tg().webhooks().stats("ingress").unwrap();
         async move { (s.delivered == 1).then_some(s) }
     })
@@ -275,7 +275,7 @@ async fn an_unreachable_receiver_is_retried_then_given_up() {
     sb.tg()
         .raise_case(RaiseCase::new(acme_ref(), "nobody home"))
         .unwrap();
-    let stats = wait_for(5, || {
+    let stats = wait_for(WAIT_SECS, || {
         let s = sb.tg().webhooks().stats("gone").unwrap();
         async move { (s.gave_up == 1).then_some(s) }
     })
@@ -325,7 +325,7 @@ async fn paused_subscription_skips_events_that_still_reach_the_feed() {
         .tg()
         .raise_case(RaiseCase::new(acme_ref(), "after resume"))
         .unwrap();
-    wait_for(5, || {
+    wait_for(WAIT_SECS, || {
         let s = sb.tg().webhooks().stats("ingress").unwrap();
         async move { (s.delivered == 1).then_some(()) }
     })
@@ -364,7 +364,7 @@ async fn subscriptions_can_be_added_at_run_time_over_http() {
         .unwrap();
     assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
     raise_case(&sb, "x").await;
-    wait_for(5, || {
+    wait_for(WAIT_SECS, || {
         let n = receiver.received().len();
         async move { (n == 1).then_some(()) }
     })
@@ -392,7 +392,7 @@ async fn every_event_is_delivered_once_after_a_stretch_of_503s() {
                 .id,
         );
     }
-    let stats = wait_for(20, || {
+    let stats = wait_for(WAIT_SECS, || {
         let s = sb.tg().webhooks().stats("ingress").unwrap();
         async move { (s.delivered == 100).then_some(s) }
     })

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tgb::ops;
 use tgb_bus::ledger::Decision;
 use tgb_proto as pb;
@@ -69,7 +67,7 @@ async fn dlq_replay_of_a_message_dead_lettered_by_a_sandbox_fault_delivers_it_on
         .await
         .unwrap();
 
-    let letter = eventually("the note is dead-lettered", Duration::from_secs(20), || {
+    let letter = eventually("the note is dead-lettered", tgb_testkit::HANG_GUARD, || {
         let js = js.clone();
         async move { ops::dlq_list(&js, None).await.unwrap().into_iter().next() }
     })
@@ -99,7 +97,7 @@ async fn dlq_replay_of_a_message_dead_lettered_by_a_sandbox_fault_delivers_it_on
 
     let comment = eventually(
         "the note reaches the TG case",
-        Duration::from_secs(20),
+        tgb_testkit::HANG_GUARD,
         || {
             let tg = sandbox.tg().clone();
             let case_id = case_id.clone();
@@ -117,7 +115,7 @@ async fn dlq_replay_of_a_message_dead_lettered_by_a_sandbox_fault_delivers_it_on
     // The ledger tells the story: dead-lettered, then applied after the replay.
     let history = eventually(
         "the ledger has both decisions",
-        Duration::from_secs(10),
+        tgb_testkit::HANG_GUARD,
         || {
             let js = js.clone();
             let spec = format!("tg:{case_id}");
@@ -212,14 +210,14 @@ async fn replay_since_a_time_redelivers_to_that_consumer_only_and_the_write_stay
     };
     eventually(
         "tg-egress handled the note",
-        Duration::from_secs(20),
+        tgb_testkit::HANG_GUARD,
         handled("tg-egress", 1),
     )
     .await
     .unwrap();
     eventually(
         "sla-monitor handled the note",
-        Duration::from_secs(20),
+        tgb_testkit::HANG_GUARD,
         handled("sla-monitor", 1),
     )
     .await
@@ -238,7 +236,7 @@ async fn replay_since_a_time_redelivers_to_that_consumer_only_and_the_write_stay
 
     eventually(
         "tg-egress handled it again",
-        Duration::from_secs(20),
+        tgb_testkit::HANG_GUARD,
         handled("tg-egress", 2),
     )
     .await

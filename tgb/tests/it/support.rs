@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tgb::system::{System, UpOptions};
 
 /// A whole tg-bridge on free ports with its own NATS store, plus the temporary directory that
@@ -14,7 +12,7 @@ pub async fn system(extra_env: &[(&str, &str)]) -> (System, tempfile::TempDir) {
         .collect();
     let system = System::start(opts).await.expect("tgb up starts");
     system
-        .wait_ready(Duration::from_secs(30))
+        .wait_ready(tgb_testkit::HANG_GUARD)
         .await
         .expect("every service ready");
     (system, dir)

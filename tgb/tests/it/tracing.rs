@@ -2,7 +2,6 @@
 //! OTLP/HTTP to an in-process receiver.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -82,7 +81,7 @@ async fn one_document_upload_is_one_trace_from_ingress_through_the_adapters_to_e
     };
     let journey = tgb_testkit::eventually(
         "the journey's spans exported",
-        Duration::from_secs(60),
+        tgb_testkit::HANG_GUARD,
         || async {
             let spans = spans.lock().unwrap().clone();
             // Any webhook delivery (a first attempt may have been answered 503 and retried,

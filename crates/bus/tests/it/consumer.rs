@@ -458,7 +458,7 @@ async fn every_acked_publish_is_consumed_across_a_nats_server_restart() {
     );
     eventually(
         "every acked message consumed",
-        Duration::from_secs(60),
+        tgb_testkit::HANG_GUARD,
         || async {
             let seen = count.bodies.lock().unwrap().clone();
             acked.iter().all(|b| seen.contains(b)).then_some(())

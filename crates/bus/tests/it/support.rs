@@ -6,7 +6,7 @@ use tgb_proto::{BusEvent, EntityRef, EventMeta, Origin, TgCommentAdded};
 use tgb_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-pub const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = tgb_testkit::HANG_GUARD;
 
 pub async fn server_and_bus() -> (NatsServer, Bus) {
     tgb_testkit::init_test_tracing();

@@ -11,7 +11,7 @@ use tgb_runtime::http::Readiness;
 use tokio::task::JoinHandle;
 
 /// Longest any test waits for a condition.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A service started in-process on port 0.
 pub struct App {

@@ -157,13 +157,13 @@ pub async fn error_of(r: Response) -> (u16, String, String) {
     )
 }
 
-/// Polls `f` until it returns Some, for at most 10 s.
+/// Polls `f` until it returns Some, for at most 120 s (a hang guard: CI runs on two busy cores).
 pub async fn eventually<T, F, Fut>(mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             if let Some(v) = f().await {
                 return v;
@@ -172,5 +172,5 @@ where
         }
     })
     .await
-    .expect("condition not reached within 10 s")
+    .expect("condition not reached within 120 s")
 }

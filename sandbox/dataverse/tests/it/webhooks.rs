@@ -53,7 +53,7 @@ async fn receiver(answers: &[u16]) -> (String, mpsc::UnboundedReceiver<Received>
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+    tokio::time::timeout(Duration::from_secs(120), rx.recv())
         .await
         .expect("a webhook call within 10 s")
         .expect("receiver open")

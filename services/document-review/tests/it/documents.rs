@@ -6,7 +6,7 @@ use tgb_testkit::eventually;
 
 use crate::support::{Env, partner, progressed, uploaded};
 
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = tgb_testkit::HANG_GUARD;
 
 #[tokio::test]
 async fn a_document_with_a_wrong_digest_is_refused_dead_lettered_and_the_partner_told_once() {

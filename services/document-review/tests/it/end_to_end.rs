@@ -11,7 +11,7 @@ use tgb_testkit::eventually;
 
 use crate::support::{Env, onboarding_updated, partner, uploaded};
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = tgb_testkit::HANG_GUARD;
 const ONBOARDING_PLAN: &str = "pLnOnboarding000000000000000";
 
 fn shipped() -> String {

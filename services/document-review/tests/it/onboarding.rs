@@ -6,7 +6,7 @@ use tgb_testkit::eventually;
 
 use crate::support::{Env, onboarding_updated, partner, progressed};
 
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = tgb_testkit::HANG_GUARD;
 
 fn requirements(state: &str) -> Vec<Requirement> {
     [

@@ -136,7 +136,7 @@ impl Env {
     pub async fn stop(self) {
         for (shutdown, task) in self.running {
             shutdown.cancel();
-            tokio::time::timeout(Duration::from_secs(20), task)
+            tokio::time::timeout(tgb_testkit::HANG_GUARD, task)
                 .await
                 .unwrap()
                 .unwrap()
@@ -208,7 +208,7 @@ impl Env {
             .unwrap();
         let mut out = Vec::new();
         while out.len() < count {
-            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            let m = tokio::time::timeout(tgb_testkit::HANG_GUARD, messages.next())
                 .await
                 .unwrap()
                 .unwrap()

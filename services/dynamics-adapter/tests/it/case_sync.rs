@@ -1,7 +1,5 @@
 //! D1 both ways, retries, staleness, echoes, throttling.
 
-use std::time::Duration;
-
 use serde_json::json;
 use tgb_proto as pb;
 use tgb_testkit::eventually;
@@ -233,6 +231,7 @@ async fn an_internal_status_change_reaches_tg_once_and_its_echo_is_not_written_b
 #[tokio::test]
 async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_after() {
     let env = Env::start().await;
+    // Service protection as a real org can have it: 20 requests per 5 s for the app user.
     env.sandbox
         .dataverse()
         .configure_limits(tgb_sandbox_dataverse::ServiceProtectionConfig {
@@ -249,11 +248,25 @@ async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_a
             ("TGB_BUS__CONCURRENCY", "64"),
         ])
         .await;
+    // Whether the window above is exceeded depends on how fast this machine batches the storm
+    // (a slow machine sends fewer, fuller batches). The storm is made certain instead: the first
+    // five Dataverse requests after the adapter started are answered 429 with `Retry-After: 2`,
+    // whatever the timing; the window may add more.
+    env.sandbox
+        .faults()
+        .add(tgb_sandbox::FaultRule::new(
+            "dataverse",
+            tgb_sandbox::Fault::Burst429 {
+                count: 5,
+                retry_after_secs: 2,
+            },
+        ))
+        .unwrap();
     for i in 0..300 {
         env.publish(opened(&format!("S-{i}"), &format!("storm {i}")))
             .await;
     }
-    eventually("300 incidents", Duration::from_secs(120), || async {
+    eventually("300 incidents", tgb_testkit::HANG_GUARD, || async {
         (env.rows("incident").len() >= 300).then_some(())
     })
     .await
@@ -269,47 +282,62 @@ async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_a
     assert_eq!(ids.len(), 300);
     assert_eq!(rows.len(), 300);
 
-    // Every request sent after a 429 was answered waited until its Retry-After ran out.
-    let calls = env.sandbox.calls().of_system("dataverse");
-    let usage = env.sandbox.dataverse().limits_usage();
-    let throttled: u64 = usage.iter().map(|u| u.rejected).sum();
-    assert!(throttled > 0, "the storm met the limit");
-    // Exact: the sandbox counts every request that arrived before a Retry-After it had told
-    // the caller ran out.
-    let app = env.app_user().to_string();
-    let lane = usage.iter().find(|u| u.caller == app).unwrap();
-    assert!(lane.rejected > 0);
-    assert_eq!(
-        lane.early_requests, 0,
-        "no request to the lane before its Retry-After ran out"
-    );
+    // Every request the adapter sent after a 429 was answered waited until that answer's
+    // Retry-After ran out: the injected ones (2 s) and any from the window (at least 1 s).
+    let calls: Vec<_> = env
+        .sandbox
+        .calls()
+        .of_system("dataverse")
+        .into_iter()
+        .filter(|c| !c.scripted)
+        .collect();
+    let injected = calls
+        .iter()
+        .filter(|c| c.status == 429 && !c.faults.is_empty())
+        .count();
+    assert_eq!(injected, 5, "the storm met five injected 429s");
+    // The lane holds two requests at once, so when a 429 is answered one other request can
+    // already be on its way: it cannot honour an answer its sender has not read yet. Any
+    // further request arriving before the Retry-After ran out would be one sent in spite of it.
+    const IN_FLIGHT_BESIDE: usize = 1;
     let parse = |s: &str| {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
     };
-    let mine: Vec<_> = calls
-        .iter()
-        .filter(|c| c.caller.as_ref().is_some_and(|u| u.id == app))
-        .collect();
-    for (i, c) in mine.iter().enumerate() {
-        if c.status != 429 {
-            continue;
-        }
-        // The sandbox's Retry-After is at least 1 s; the lane waits the full value, so no
-        // request may arrive within 1 s after a 429 was answered.
+    let mut window_429s = 0;
+    for c in calls.iter().filter(|c| c.status == 429) {
+        // Injected: 2 s. The window's own is at least 1 s (whole seconds, rounded up).
+        let retry_after = if c.faults.is_empty() {
+            window_429s += 1;
+            1_000
+        } else {
+            2_000
+        };
         let answered = parse(&c.at) + time::Duration::milliseconds(c.latency_ms as i64);
-        for later in &mine[i + 1..] {
-            let at = parse(&later.at);
-            if at > answered {
-                assert!(
-                    at - answered >= time::Duration::milliseconds(990),
-                    "request {} came {:?} after the 429 of request {}",
-                    later.seq,
-                    at - answered,
-                    c.seq
-                );
-                break;
-            }
-        }
+        let until = answered + time::Duration::milliseconds(retry_after - 10);
+        let early: Vec<u64> = calls
+            .iter()
+            .filter(|l| {
+                let at = parse(&l.at);
+                at > answered && at < until
+            })
+            .map(|l| l.seq)
+            .collect();
+        assert!(
+            early.len() <= IN_FLIGHT_BESIDE,
+            "requests {early:?} arrived before the Retry-After of the 429 to request {} ran out",
+            c.seq
+        );
+    }
+    // The sandbox's own count agrees: requests it received while it had told the app user to
+    // wait, at most the one in flight per 429.
+    let usage = env.sandbox.dataverse().limits_usage();
+    let app = env.app_user().to_string();
+    if let Some(lane) = usage.iter().find(|u| u.caller == app) {
+        assert!(
+            lane.early_requests as usize <= window_429s * IN_FLIGHT_BESIDE,
+            "{} requests came before a Retry-After of the window ran out ({window_429s} 429s)",
+            lane.early_requests
+        );
     }
     assert!(env.bad_requests().is_empty());
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const WEBHOOK_KEY: &str = "dv-webhook-key";
-pub const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = tgb_testkit::HANG_GUARD;
 
 pub struct Env {
     pub nats: NatsServer,
@@ -28,7 +28,7 @@ pub struct Running {
 impl Running {
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
+        tokio::time::timeout(tgb_testkit::HANG_GUARD, self.task)
             .await
             .unwrap()
             .unwrap()

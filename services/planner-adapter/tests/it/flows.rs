@@ -93,7 +93,7 @@ async fn p1_case_opened_makes_one_routed_triage_task_and_updates_follow_without_
         case: Some(c),
     })
     .await;
-    eventually("task updated", Duration::from_secs(20), || async {
+    eventually("task updated", tgb_testkit::HANG_GUARD, || async {
         let (t, d) = w.sandbox.planner().get_task(&task_id)?;
         (t["priority"] == 1
             && t["title"] == "[C-100] Globex: ASN missing for PO 4711 and 4712"
@@ -103,7 +103,7 @@ async fn p1_case_opened_makes_one_routed_triage_task_and_updates_follow_without_
     .await
     .unwrap();
     // The poll after tg-bridge's own update sees the change as an echo and emits nothing.
-    eventually("echo counted", Duration::from_secs(20), || async {
+    eventually("echo counted", tgb_testkit::HANG_GUARD, || async {
         (w.sandbox.planner().get_task(&task_id).is_some() && scrape_echoes(&w).await > 0.0)
             .then_some(())
     })
@@ -151,7 +151,7 @@ async fn p2_a_task_moved_to_blocked_produces_exactly_one_blocked_progress_event(
         .await;
     let task_id = created.task.unwrap().task_id;
     // Wait until the poller has looked at the task once (its own creation is an echo).
-    eventually("first poll", Duration::from_secs(20), || async {
+    eventually("first poll", tgb_testkit::HANG_GUARD, || async {
         (scrape_echoes(&w).await > 0.0).then_some(())
     })
     .await
@@ -176,7 +176,7 @@ async fn p2_a_task_moved_to_blocked_produces_exactly_one_blocked_progress_event(
         let at = Instant::now();
         w.edit_as_user(&task_id, patch);
         let n = i + 1;
-        let got = eventually("progressed", Duration::from_secs(20), || async {
+        let got = eventually("progressed", tgb_testkit::HANG_GUARD, || async {
             let seen = w.seen::<PlannerTaskProgressed>();
             (seen.len() >= n).then(|| seen[n - 1].clone())
         })
@@ -198,7 +198,7 @@ async fn p2_a_task_moved_to_blocked_produces_exactly_one_blocked_progress_event(
     }
     // Several more poll cycles: still exactly one event per change.
     let cycles_from = w.graph_calls();
-    eventually("more polls", Duration::from_secs(20), || async {
+    eventually("more polls", tgb_testkit::HANG_GUARD, || async {
         (w.graph_calls() >= cycles_from + 6).then_some(())
     })
     .await
@@ -238,7 +238,7 @@ async fn a_create_retried_after_a_crash_between_post_and_link_leaves_exactly_one
         globex(),
     ))
     .await;
-    let posted = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+    let posted = tokio::time::timeout(tgb_testkit::HANG_GUARD, rx.recv())
         .await
         .unwrap()
         .unwrap();
@@ -269,7 +269,7 @@ async fn a_create_retried_after_a_crash_between_post_and_link_leaves_exactly_one
         case: Some(case("C-300", CaseCategory::Order, CasePriority::Low)),
     })
     .await;
-    eventually("updated", Duration::from_secs(20), || async {
+    eventually("updated", tgb_testkit::HANG_GUARD, || async {
         (w.sandbox.planner().get_task(&posted)?.0["priority"] == 9).then_some(())
     })
     .await
@@ -315,7 +315,7 @@ async fn a_stale_etag_race_ends_with_both_changes_applied() {
         case: Some(case("C-400", CaseCategory::Order, CasePriority::Urgent)),
     })
     .await;
-    let t = eventually("our change", Duration::from_secs(20), || async {
+    let t = eventually("our change", tgb_testkit::HANG_GUARD, || async {
         let (t, _) = w.sandbox.planner().get_task(&task_id)?;
         (t["priority"] == 1).then_some(t)
     })
@@ -417,7 +417,7 @@ async fn p4_an_exception_makes_one_task_per_department_and_reports_when_all_are_
     })
     .await;
     let tasks = w.wait_tasks(ISSUES, "[EX-E-1/", 3).await;
-    eventually("details", Duration::from_secs(20), || async {
+    eventually("details", tgb_testkit::HANG_GUARD, || async {
         tasks
             .iter()
             .all(|t| {
@@ -434,7 +434,7 @@ async fn p4_an_exception_makes_one_task_per_department_and_reports_when_all_are_
         "FIGURE graph requests for 3 department tasks (batched, poller excluded): {}",
         w.graph_work_calls() - before
     );
-    eventually("announced", Duration::from_secs(20), || async {
+    eventually("announced", tgb_testkit::HANG_GUARD, || async {
         (w.seen::<PlannerTaskCreated>().len() == 3).then_some(())
     })
     .await
@@ -442,7 +442,7 @@ async fn p4_an_exception_makes_one_task_per_department_and_reports_when_all_are_
     for (i, t) in tasks.iter().enumerate() {
         w.edit_as_user(t["id"].as_str().unwrap(), json!({"percentComplete": 100}));
         let n = i + 1;
-        eventually("progress", Duration::from_secs(20), || async {
+        eventually("progress", tgb_testkit::HANG_GUARD, || async {
             (w.seen::<PlannerTaskProgressed>()
                 .iter()
                 .filter(|e| e.progress() == TaskProgress::Completed)
@@ -530,7 +530,7 @@ async fn p3_p5_p6_escalation_review_and_onboarding_tasks_are_created_and_review_
         e.task.as_ref().is_some_and(|t| t.task_id == id)
     })
     .await;
-    eventually("first poll", Duration::from_secs(20), || async {
+    eventually("first poll", tgb_testkit::HANG_GUARD, || async {
         (scrape_echoes(&w).await > 0.0).then_some(())
     })
     .await

@@ -1,7 +1,6 @@
 //! Plans longer than one page of `GET /planner/plans/{id}/tasks` (`@odata.nextLink`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use tgb_proto::*;
@@ -74,7 +73,7 @@ async fn a_plan_longer_than_a_page_is_read_in_full_by_the_marker_search_and_the_
     ];
     w.start_adapter(Some(hook), &env);
     w.publish(opened("C-700")).await;
-    let posted = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+    let posted = tokio::time::timeout(tgb_testkit::HANG_GUARD, rx.recv())
         .await
         .unwrap()
         .unwrap();
@@ -123,7 +122,7 @@ async fn a_plan_longer_than_a_page_is_read_in_full_by_the_marker_search_and_the_
     w.sandbox.calls().clear();
     eventually(
         "20 polls of the short plan",
-        Duration::from_secs(30),
+        tgb_testkit::HANG_GUARD,
         || async { (list_calls(&w, ONBOARDING).len() >= 20).then_some(()) },
     )
     .await

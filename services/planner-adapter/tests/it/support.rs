@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use tgb_bus::{Bus, BusConfig, Publisher};
@@ -124,7 +123,7 @@ impl World {
     pub async fn stop_adapter(&mut self) {
         if let Some((token, handle)) = self.adapter.take() {
             token.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+            let _ = tokio::time::timeout(tgb_testkit::HANG_GUARD, handle).await;
         }
     }
 
@@ -148,7 +147,7 @@ impl World {
     pub async fn wait_tasks(&self, plan: &str, prefix: &str, n: usize) -> Vec<serde_json::Value> {
         eventually(
             &format!("{n} tasks {prefix}"),
-            Duration::from_secs(30),
+            tgb_testkit::HANG_GUARD,
             || async {
                 let found: Vec<_> = self
                     .tasks(plan)
@@ -174,7 +173,7 @@ impl World {
     }
 
     pub async fn wait_seen<E: BusEvent, F: Fn(&E) -> bool>(&self, what: &str, f: F) -> E {
-        eventually(what, Duration::from_secs(30), || async {
+        eventually(what, tgb_testkit::HANG_GUARD, || async {
             self.seen::<E>().into_iter().find(|e| f(e))
         })
         .await

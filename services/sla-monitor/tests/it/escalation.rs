@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tgb_proto as pb;
 use tgb_runtime::Config;
@@ -53,7 +52,7 @@ async fn monitor(env: &Env, sandbox: &Sandbox) -> Monitor {
         shutdown,
         task,
     };
-    eventually("ticking", Duration::from_secs(20), || async {
+    eventually("ticking", tgb_testkit::HANG_GUARD, || async {
         (m.ticker().await?.0 > 0).then_some(())
     })
     .await
@@ -101,7 +100,7 @@ async fn a_breach_makes_exactly_one_escalation_task_with_two_replicas_and_a_rest
     let a = monitor(&env, &sandbox).await;
 
     env.clock.set(t0() + mins(60));
-    let tasks = eventually("escalation task", Duration::from_secs(30), || async {
+    let tasks = eventually("escalation task", tgb_testkit::HANG_GUARD, || async {
         let t = escalation_tasks(&sandbox, "C-E2E1");
         (!t.is_empty()).then_some(t)
     })
@@ -114,7 +113,7 @@ async fn a_breach_makes_exactly_one_escalation_task_with_two_replicas_and_a_rest
     b.evaluated(t0() + mins(60)).await;
     let breaches = env.events::<pb::SlaBreached>().await;
     assert_eq!(breaches.len(), 1, "{breaches:?}");
-    let created = eventually("task created event", Duration::from_secs(30), || async {
+    let created = eventually("task created event", tgb_testkit::HANG_GUARD, || async {
         let c: Vec<pb::PlannerTaskCreated> = env
             .events::<pb::PlannerTaskCreated>()
             .await

@@ -92,7 +92,7 @@ pub struct Monitor {
 impl Monitor {
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
+        tokio::time::timeout(tgb_testkit::HANG_GUARD, self.task)
             .await
             .unwrap()
             .unwrap()
@@ -118,7 +118,7 @@ impl Monitor {
     pub async fn evaluated(&self, at: OffsetDateTime) {
         let ticks = eventually(
             "a tick at the clock's time",
-            Duration::from_secs(20),
+            tgb_testkit::HANG_GUARD,
             || async {
                 match self.ticker().await? {
                     (n, Some(t)) if t >= at => Some(n),
@@ -128,7 +128,7 @@ impl Monitor {
         )
         .await
         .unwrap();
-        eventually("one more tick", Duration::from_secs(20), || async {
+        eventually("one more tick", tgb_testkit::HANG_GUARD, || async {
             (self.ticker().await?.0 > ticks).then_some(())
         })
         .await
@@ -174,7 +174,7 @@ impl Env {
             shutdown,
             task,
         };
-        eventually("ticking", Duration::from_secs(20), || async {
+        eventually("ticking", tgb_testkit::HANG_GUARD, || async {
             (m.ticker().await?.0 > 0).then_some(())
         })
         .await
@@ -197,7 +197,7 @@ impl Env {
     ) -> sla_monitor::state::CaseClock {
         let clocks = sla_monitor::store::Clocks::new(self.bus.kv("tgb_sla").await.unwrap());
         let key = sla_monitor::store::key_of(case_id);
-        eventually(what, Duration::from_secs(20), || async {
+        eventually(what, tgb_testkit::HANG_GUARD, || async {
             let (c, _) = clocks.read(&key).await.ok()?;
             c.filter(|c| check(c))
         })
@@ -243,7 +243,7 @@ impl Env {
             .unwrap();
         use futures::StreamExt;
         while out.len() < count {
-            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            let m = tokio::time::timeout(tgb_testkit::HANG_GUARD, messages.next())
                 .await
                 .unwrap()
                 .unwrap()

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tgb_proto as pb;
 use tgb_sandbox::tg::model::{Money, OpenDispute, UploadDocument};
 
@@ -28,7 +26,7 @@ async fn a_dynamics_exception_opens_one_linked_collaboration_case() {
     env.publish(raised.clone()).await;
     let links = tgb_bus::links::Links::new(env.bus.kv("tgb_links").await.unwrap());
     let exception = tgb_bus::links::Record::new("dataverse", "exception", "EX-1");
-    let case_id = tgb_testkit::eventually("linked", Duration::from_secs(20), || async {
+    let case_id = tgb_testkit::eventually("linked", tgb_testkit::HANG_GUARD, || async {
         links.find(&exception, "tg", "case").await.ok()?
     })
     .await
@@ -76,7 +74,7 @@ async fn a_dynamics_exception_opens_one_linked_collaboration_case() {
         }),
     };
     env.publish(updated).await;
-    tgb_testkit::eventually("resolved", Duration::from_secs(20), || async {
+    tgb_testkit::eventually("resolved", tgb_testkit::HANG_GUARD, || async {
         (env.sandbox.tg().case(&case_id)?.status == "resolved").then_some(())
     })
     .await
@@ -239,7 +237,7 @@ async fn every_flow_reaches_tg_as_its_contract_call() {
     .await;
     // Once tg-egress holds a token, it expires: the next call gets a 401, refreshes the
     // token, and goes through.
-    tgb_testkit::eventually("a first write", Duration::from_secs(20), || async {
+    tgb_testkit::eventually("a first write", tgb_testkit::HANG_GUARD, || async {
         (tg.snapshot().milestones.len() == 1).then_some(())
     })
     .await
@@ -255,7 +253,7 @@ async fn every_flow_reaches_tg_as_its_contract_call() {
     })
     .await;
 
-    tgb_testkit::eventually("everything written", Duration::from_secs(30), || async {
+    tgb_testkit::eventually("everything written", tgb_testkit::HANG_GUARD, || async {
         let s = tg.snapshot();
         let partner = &s.partners["ZZ:ACME01"];
         let done = s.milestones.len() == 1
@@ -321,7 +319,7 @@ async fn a_refused_write_goes_to_the_dlq_with_tgs_answer() {
     // A comment on a case TG does not have: 404, permanent.
     env.publish(crate::support::note("C-404", "lost")).await;
     let js = env.bus.jetstream();
-    let message = tgb_testkit::eventually("dead-lettered", Duration::from_secs(20), || async {
+    let message = tgb_testkit::eventually("dead-lettered", tgb_testkit::HANG_GUARD, || async {
         let stream = js.get_stream("TGB_DLQ").await.ok()?;
         stream.get_raw_message(1).await.ok()
     })

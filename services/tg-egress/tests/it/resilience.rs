@@ -52,7 +52,7 @@ async fn comments_and_statuses_arrive_exactly_once_through_a_503_stretch_and_429
         }
         env.publish(status(case, pb::CaseStatus::InProgress)).await;
     }
-    tgb_testkit::eventually("all written", Duration::from_secs(120), || async {
+    tgb_testkit::eventually("all written", tgb_testkit::HANG_GUARD, || async {
         cases
             .iter()
             .all(|c| {
@@ -180,7 +180,7 @@ async fn a_412_on_a_status_update_is_resolved_by_re_reading_the_case() {
     let egress = env.egress(&proxy_url).await;
     env.publish(status(&case, pb::CaseStatus::WaitingOnPartner))
         .await;
-    let case_now = tgb_testkit::eventually("status set", Duration::from_secs(20), || async {
+    let case_now = tgb_testkit::eventually("status set", tgb_testkit::HANG_GUARD, || async {
         let c = env.sandbox.tg().case(&case)?;
         (c.status == "waiting_on_partner").then_some(c)
     })
@@ -210,7 +210,7 @@ async fn egress_killed_between_the_call_and_the_ack_posts_no_duplicate_comment()
 
     let first = env.egress(&proxy_url).await;
     let event_id = env.publish(note(&case, "posted once")).await;
-    tokio::time::timeout(Duration::from_secs(20), proxy.reached.notified())
+    tokio::time::timeout(tgb_testkit::HANG_GUARD, proxy.reached.notified())
         .await
         .expect("the comment reached TG");
     assert_eq!(env.api_comments(&case), ["posted once"]);
@@ -222,7 +222,7 @@ async fn egress_killed_between_the_call_and_the_ack_posts_no_duplicate_comment()
     let second = env.egress(&proxy_url).await;
     tgb_testkit::eventually(
         "redelivered and replayed",
-        Duration::from_secs(30),
+        tgb_testkit::HANG_GUARD,
         || async {
             let writes: Vec<_> = env
                 .sandbox
@@ -255,7 +255,7 @@ async fn egress_killed_between_the_call_and_the_ack_posts_no_duplicate_comment()
     );
     // The redelivery was acknowledged: nothing is pending on the consumer.
     let js = env.bus.jetstream();
-    tgb_testkit::eventually("acked", Duration::from_secs(10), || async {
+    tgb_testkit::eventually("acked", tgb_testkit::HANG_GUARD, || async {
         let mut c: tgb_bus::async_nats::jetstream::consumer::PullConsumer = js
             .get_consumer_from_stream("tg-egress", "TGB_EVENTS")
             .await

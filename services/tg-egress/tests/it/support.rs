@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tgb_bus::{Bus, BusConfig};
 use tgb_proto as pb;
 use tgb_runtime::Config;
@@ -23,7 +21,7 @@ pub struct Running {
 impl Running {
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
+        tokio::time::timeout(tgb_testkit::HANG_GUARD, self.task)
             .await
             .unwrap()
             .unwrap()

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tgb_runtime::Config;
 use tgb_testkit::{NatsServer, RunningService, eventually};
 use tokio_util::sync::CancellationToken;
@@ -39,19 +37,19 @@ async fn readyz_answers_503_while_nats_is_down_and_200_after_it_returns() {
             .ok()
             .map(|r| r.status().as_u16())
     };
-    eventually("ready", Duration::from_secs(20), || async {
+    eventually("ready", tgb_testkit::HANG_GUARD, || async {
         (status(http.clone(), base.clone()).await == Some(200)).then_some(())
     })
     .await
     .unwrap();
     nats.stop().await;
-    eventually("not ready", Duration::from_secs(20), || async {
+    eventually("not ready", tgb_testkit::HANG_GUARD, || async {
         (status(http.clone(), base.clone()).await == Some(503)).then_some(())
     })
     .await
     .unwrap();
     nats.start_again().await.unwrap();
-    eventually("ready again", Duration::from_secs(30), || async {
+    eventually("ready again", tgb_testkit::HANG_GUARD, || async {
         (status(http.clone(), base.clone()).await == Some(200)).then_some(())
     })
     .await
@@ -75,7 +73,7 @@ async fn the_binary_exits_0_on_sigterm() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    eventually("binary ready", Duration::from_secs(30), || async {
+    eventually("binary ready", tgb_testkit::HANG_GUARD, || async {
         let r = http
             .get(format!("http://127.0.0.1:{port}/readyz"))
             .send()
@@ -91,7 +89,7 @@ async fn the_binary_exits_0_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    let exit = tokio::time::timeout(tgb_testkit::HANG_GUARD, child.wait())
         .await
         .unwrap()
         .unwrap();

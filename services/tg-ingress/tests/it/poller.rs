@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tgb_sandbox::SandboxConfig;
 use tgb_sandbox::config::{RetryConfig, WebhookSubscriptionConfig};
 use tgb_sandbox::tg::model::{PartnerRef, RaiseCase};
@@ -36,7 +34,7 @@ async fn events_missed_while_webhooks_are_paused_are_recovered_by_the_poller_onc
         tg.raise_case(RaiseCase::new(partner.clone(), format!("live {i}")))
             .unwrap();
     }
-    tgb_testkit::eventually("delivered by webhook", Duration::from_secs(10), || async {
+    tgb_testkit::eventually("delivered by webhook", tgb_testkit::HANG_GUARD, || async {
         (webhooks.stats("ingress").unwrap().delivered == 5).then_some(())
     })
     .await
@@ -53,7 +51,7 @@ async fn events_missed_while_webhooks_are_paused_are_recovered_by_the_poller_onc
     let kv = env.js.get_key_value("tgb_cursors").await.unwrap();
     tgb_testkit::eventually(
         "cursor at the end of the feed",
-        Duration::from_secs(10),
+        tgb_testkit::HANG_GUARD,
         || async {
             let v = kv.get("tg.events").await.ok()??;
             (v.as_ref() == b"15").then_some(())

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tgb_bus::async_nats::jetstream;
 use tgb_runtime::Config;
 use tgb_sandbox::{Sandbox, SandboxConfig};
@@ -51,7 +49,7 @@ impl Env {
         let shutdown = CancellationToken::new();
         let service = tokio::spawn(tg_ingress::serve(config, listener, shutdown.clone()));
         let http = reqwest::Client::new();
-        tgb_testkit::eventually("ingress ready", Duration::from_secs(20), || async {
+        tgb_testkit::eventually("ingress ready", tgb_testkit::HANG_GUARD, || async {
             let r = http.get(format!("{base}/readyz")).send().await.ok()?;
             (r.status() == 200).then_some(())
         })
@@ -120,7 +118,7 @@ impl Env {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(s) = self.service.take() {
-            tokio::time::timeout(Duration::from_secs(20), s)
+            tokio::time::timeout(tgb_testkit::HANG_GUARD, s)
                 .await
                 .unwrap()
                 .unwrap()

@@ -268,7 +268,7 @@ async fn with_nats_stopped_webhooks_get_503_and_the_retries_deliver_everything_o
         .unwrap()
     };
     raise("before the outage".into());
-    tgb_testkit::eventually("first stored", Duration::from_secs(10), || async {
+    tgb_testkit::eventually("first stored", tgb_testkit::HANG_GUARD, || async {
         (env.stored().await == 1).then_some(())
     })
     .await
@@ -288,7 +288,7 @@ async fn with_nats_stopped_webhooks_get_503_and_the_retries_deliver_everything_o
     // Every event of the outage was refused at least once, with a 503.
     tgb_testkit::eventually(
         "every outage event refused",
-        Duration::from_secs(20),
+        tgb_testkit::HANG_GUARD,
         || async {
             let attempts = env.sandbox.tg().webhooks().deliveries("ingress").unwrap();
             raised
@@ -304,7 +304,7 @@ async fn with_nats_stopped_webhooks_get_503_and_the_retries_deliver_everything_o
     .await
     .unwrap();
     env.nats.start_again().await.unwrap();
-    tgb_testkit::eventually("all delivered", Duration::from_secs(30), || async {
+    tgb_testkit::eventually("all delivered", tgb_testkit::HANG_GUARD, || async {
         let s = env.sandbox.tg().webhooks().stats("ingress").unwrap();
         (s.delivered == 21 && s.pending == 0).then_some(())
     })
