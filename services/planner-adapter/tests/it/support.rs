@@ -35,6 +35,14 @@ pub fn config(nats: &NatsServer, sandbox: &Sandbox, extra: &[(&str, &str)]) -> C
         ("TGB_AZURE_CLIENT_SECRET".into(), "tgb-bridge-secret".into()),
         ("TGB_GRAPH_URL".into(), sandbox.graph_url()),
         ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS".into(), "50".into()),
+        // Polling every 50 ms asks for some 80 Graph requests a second, eight times what the
+        // production lane (600 / 60 s) grants: the poller would hold the lane and a create
+        // would wait seconds for its turn, longer the busier the machine. The lane is opened
+        // to match the polling rate.
+        (
+            "TGB_ROUTING__GRAPH__REQUESTS_PER_WINDOW".into(),
+            "60000".into(),
+        ),
         ("TGB_BUS__ACK_WAIT_SECS".into(), "2".into()),
     ];
     for (k, v) in extra {

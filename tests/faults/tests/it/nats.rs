@@ -35,7 +35,7 @@ async fn nats_server_restarted_mid_burst_loses_and_doubles_nothing() {
     let before = failed(&run);
     let refused = tgb_testkit::eventually(
         "a webhook refused while NATS is down",
-        Duration::from_secs(30),
+        tgb_testkit::HANG_GUARD,
         || {
             let n = failed(&run);
             async move { (n > before).then_some(n) }
