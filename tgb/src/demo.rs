@@ -69,7 +69,8 @@ pub struct Report {
     pub flows: Vec<FlowResult>,
     /// Wall time, seconds.
     pub wall_secs: f64,
-    /// TG cases the demo raised (for `tgb history tg:<id>`).
+    /// TG cases the demo raised (for `tgb history tg:<id>`); the first went through D1, P1, P2
+    /// and D4.
     pub cases: Vec<String>,
 }
 
@@ -478,7 +479,16 @@ async fn case_day(
             )
             .await?;
         let case_id = ev["data"]["case_id"].as_str().context("no case id")?.to_owned();
-        cases.lock().unwrap().push(case_id.clone());
+        {
+            // The case with the whole story (P2 too) comes first, whichever was raised first:
+            // it is the one the report points to (`tgb history`).
+            let mut cases = cases.lock().unwrap();
+            if with_p2 {
+                cases.insert(0, case_id.clone());
+            } else {
+                cases.push(case_id.clone());
+            }
+        }
         f.sent(format!("{} raised {case_id} in TG", p.id));
         let incident = sb
             .until(deadline, "D1: the Dynamics case", |s| {
