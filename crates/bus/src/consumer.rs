@@ -1,27 +1,34 @@
 //! The typed consumer runner over a durable pull consumer of `TGB_EVENTS`.
 //!
-//! Each message is decoded once, handled, then acknowledged according to the handler's answer:
+//! Each message is decoded once, handled, then acknowledged according to the handler's answer,
+//! and the runner alone writes what happened: the ledger entry ([`crate::ledger`]), the flow
+//! metric `tgb_flow_events_total` and its latency, from the handler's [`Outcome`].
 //!
 //! | answer | what the runner does |
 //! |---|---|
-//! | `Ok` | ack (confirmed by the server) |
-//! | `Transient` | nak with a delay: the handler's retry-after, else a delay doubling per delivery; on the last allowed delivery, dead-letter instead |
-//! | `Permanent` | copy to `TGB_DLQ` with the reason, then term |
+//! | `Ok(outcome)` | ack (confirmed by the server); ledger: the outcome's decision |
+//! | transient error | nak with a delay: its retry-after, else a delay doubling per delivery; on the last allowed delivery, dead-letter instead |
+//! | permanent error, or a panic | copy to `TGB_DLQ` with the reason, then term |
 //! | undecodable bytes | copy to `TGB_DLQ`, then term |
-//! | `Fatal` | nak, stop pulling, finish in-flight work and return the error |
+//! | fatal error | nak, stop pulling, finish in-flight work and return the error |
 //!
 //! Messages of one entity ([`tgb_proto::Event::entity_key`]) are handled one at a time, in
 //! delivery order, by this process; other entities proceed in parallel up to `concurrency`.
+//! Messages queued behind their entity's message in flight are kept alive with progress acks,
+//! so they never use up deliveries unseen. The bookkeeping of an entity is released by a drop
+//! guard, even if handling panics. A message the server stopped delivering
+//! (`MAX_DELIVERIES` advisory: every delivery timed out, e.g. each crashed the process) is
+//! dead-lettered from the stream by sequence.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, Message, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tgb_proto::Event;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -29,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::bus::Bus;
-use crate::ledger::{self, Decision, LedgerEntry, Noted};
+use crate::ledger::{self, Decision, LedgerEntry};
+use crate::outcome::{ErrorClass, HandlerError, Outcome};
 use crate::{names, trace};
 
 /// How a durable consumer is declared. Every setting is explicit.
@@ -98,50 +106,19 @@ pub struct Delivery {
     pub headers: HeaderMap,
 }
 
-/// How a handler failed; decides what happens to the message.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth retrying later (a 429, a 503, a timeout); `retry_after` overrides the backoff.
-    #[error("transient: {reason}")]
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    /// Retrying cannot help (a 400, a 403, invalid content): dead-letter it.
-    #[error("permanent: {0}")]
-    Permanent(String),
-    /// The worker cannot go on (misconfiguration): stop the consumer.
-    #[error("fatal: {0}")]
-    Fatal(String),
-}
-
-impl HandlerError {
-    /// A transient failure with the default backoff.
-    pub fn transient(reason: impl std::fmt::Display) -> Self {
-        HandlerError::Transient {
-            reason: reason.to_string(),
-            retry_after: None,
-        }
-    }
-
-    /// A transient failure to retry after `delay` (e.g. a `Retry-After`).
-    pub fn retry_after(reason: impl std::fmt::Display, delay: Duration) -> Self {
-        HandlerError::Transient {
-            reason: reason.to_string(),
-            retry_after: Some(delay),
-        }
-    }
-
-    /// A permanent failure.
-    pub fn permanent(reason: impl std::fmt::Display) -> Self {
-        HandlerError::Permanent(reason.to_string())
-    }
-}
-
 /// Handles one event. Must be idempotent: a message can be delivered again after a crash.
 pub trait Handler: Send + Sync + 'static {
-    /// Handles one delivery; see [`HandlerError`] for what each failure causes.
-    fn handle(&self, delivery: Delivery) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    /// Handles one delivery: what it did, or why it failed (the error's class decides what
+    /// happens to the message).
+    fn handle(
+        &self,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+
+    /// The flow an event belongs to, for the metric of a failure (an outcome names its own).
+    fn flow_of(&self, _event: &Event) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Why a consumer stopped.
@@ -217,6 +194,12 @@ pub async fn run_consumer<H: Handler>(
     // they are aborted with it and their messages are redelivered, as after a crash.
     let mut workers = JoinSet::new();
     let batch = spec.concurrency.clamp(1, 256);
+    let watching = CancellationToken::new();
+    workers.spawn(runner.clone().watch_max_deliveries(
+        bus.client().clone(),
+        stream,
+        watching.clone(),
+    ));
 
     'outer: while !shutdown.is_cancelled() && !runner.fatal.is_cancelled() {
         let mut messages = match consumer
@@ -257,6 +240,7 @@ pub async fn run_consumer<H: Handler>(
             }
         }
     }
+    watching.cancel();
     while workers.join_next().await.is_some() {}
     match runner.fatal_reason.lock().unwrap().take() {
         Some(reason) => Err(ConsumerError::Fatal {
@@ -265,6 +249,44 @@ pub async fn run_consumer<H: Handler>(
         }),
         None => Ok(()),
     }
+}
+
+/// Releases an entity's bookkeeping when its worker ends, however it ends: the key leaves
+/// `busy` and every sequence it held leaves `held`, so the messages still queued behind it are
+/// redelivered to whoever holds the consumer next instead of being dropped as duplicates.
+struct EntityGuard<'a> {
+    busy: &'a Mutex<HashMap<String, VecDeque<Job>>>,
+    held: &'a Mutex<HashSet<u64>>,
+    key: &'a str,
+    done: bool,
+}
+
+impl Drop for EntityGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let queued = lock(self.busy).remove(self.key).unwrap_or_default();
+        let mut held = lock(self.held);
+        for job in queued {
+            held.remove(&job.seq);
+        }
+    }
+}
+
+/// A lock that survives a panic of another holder (the maps stay consistent: every change is a
+/// single insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The text of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 impl<H: Handler> Runner<H> {
@@ -300,13 +322,10 @@ impl<H: Handler> Runner<H> {
             k if k.is_empty() => format!("seq:{seq}"),
             k => k,
         };
-        {
-            let mut held = self.held.lock().unwrap();
-            if !held.insert(seq) {
-                // A redelivery of a message this process still holds: the held copy will be
-                // acknowledged; handling both would only race.
-                return;
-            }
+        if !lock(&self.held).insert(seq) {
+            // A redelivery of a message this process still holds: the held copy will be
+            // acknowledged; handling both would only race.
+            return;
         }
         let job = Job {
             message,
@@ -314,7 +333,7 @@ impl<H: Handler> Runner<H> {
             seq,
         };
         {
-            let mut busy = self.busy.lock().unwrap();
+            let mut busy = lock(&self.busy);
             if let Some(queue) = busy.get_mut(&key) {
                 queue.push_back(job);
                 return;
@@ -323,22 +342,41 @@ impl<H: Handler> Runner<H> {
         }
         let runner = self.clone();
         workers.spawn(async move {
+            let mut guard = EntityGuard {
+                busy: &runner.busy,
+                held: &runner.held,
+                key: &key,
+                done: false,
+            };
             let mut next = Some(job);
             while let Some(job) = next {
                 let seq = job.seq;
-                runner.process(job).await;
-                runner.held.lock().unwrap().remove(&seq);
-                let mut busy = runner.busy.lock().unwrap();
+                runner.process(job, &key).await;
+                lock(&runner.held).remove(&seq);
+                let mut busy = lock(&runner.busy);
                 next = busy.get_mut(&key).and_then(VecDeque::pop_front);
                 if next.is_none() {
                     busy.remove(&key);
+                    guard.done = true;
                 }
             }
+            drop(guard);
             drop(permit);
         });
     }
 
-    async fn process(&self, job: Job) {
+    /// Progress acks for the messages queued behind `key`'s message in flight.
+    async fn keep_queued_alive(&self, key: &str) {
+        let queued: Vec<Message> = lock(&self.busy)
+            .get(key)
+            .map(|q| q.iter().map(|j| j.message.clone()).collect())
+            .unwrap_or_default();
+        for m in queued {
+            let _ = m.ack_with(AckKind::Progress).await;
+        }
+    }
+
+    async fn process(&self, job: Job, key: &str) {
         let Job {
             message,
             event,
@@ -363,6 +401,7 @@ impl<H: Handler> Runner<H> {
             deliveries,
         );
         trace::set_parent_from(&span, &headers);
+        let flow_of_event = self.handler.flow_of(&event);
         let delivery = Delivery {
             event,
             subject: subject.clone(),
@@ -385,15 +424,19 @@ impl<H: Handler> Runner<H> {
             .get("traceparent")
             .map(|v| ledger::trace_id_of(v.as_str()))
             .unwrap_or_default();
-        let (result, noted) = {
-            let handling = ledger::NOTED.scope(RefCell::new(Noted::default()), async {
-                let r = self.handler.handle(delivery).await;
-                (
-                    r,
-                    ledger::NOTED.with(|n| std::mem::take(&mut *n.borrow_mut())),
-                )
-            });
-            let handling = handling.instrument(span.clone());
+        let result = {
+            // A panic is this message's permanent failure, not the end of the worker.
+            let handling = AssertUnwindSafe(self.handler.handle(delivery))
+                .catch_unwind()
+                .map(|r| {
+                    r.unwrap_or_else(|payload| {
+                        Err(HandlerError::permanent(format!(
+                            "the handler panicked: {}",
+                            panic_text(payload.as_ref())
+                        )))
+                    })
+                })
+                .instrument(span.clone());
             tokio::pin!(handling);
             let mut progress = tokio::time::interval(self.spec.ack_wait / 2);
             progress.tick().await;
@@ -402,23 +445,31 @@ impl<H: Handler> Runner<H> {
                     r = &mut handling => break r,
                     _ = progress.tick() => {
                         let _ = message.ack_with(AckKind::Progress).await;
+                        self.keep_queued_alive(key).await;
                     }
                 }
             }
         };
         metrics::histogram!("tgb_handler_duration_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
-        let decision = match (&result, noted.decision) {
-            (Ok(()), Some((d, detail))) => (d, detail),
-            (Ok(()), None) => (Decision::Applied, String::new()),
-            (Err(HandlerError::Transient { reason, .. }), _)
-                if deliveries < self.spec.max_deliver =>
-            {
-                (Decision::Retried, reason.clone())
+        let last_try = deliveries >= self.spec.max_deliver;
+        let (decision, detail, target, response) = match &result {
+            Ok(o) => (
+                o.decision,
+                o.detail.clone(),
+                o.target.clone(),
+                o.response.clone(),
+            ),
+            Err(e) if e.is_transient() && !last_try => {
+                (Decision::Retried, e.reason(), String::new(), String::new())
             }
-            (Err(e), _) => (Decision::DeadLettered, e.to_string()),
+            Err(e) => (
+                Decision::DeadLettered,
+                e.reason(),
+                String::new(),
+                String::new(),
+            ),
         };
-        let (target, response) = noted.target.unwrap_or_default();
         let entry = LedgerEntry {
             at: time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
@@ -430,19 +481,28 @@ impl<H: Handler> Runner<H> {
             entity: meta.entity_key(),
             entity_version: meta.entity_version.clone(),
             deliveries,
-            decision: decision.0,
-            detail: decision.1,
+            decision,
+            detail,
             target,
             response,
             trace_id,
         };
-        if !matches!(result, Err(HandlerError::Fatal(_))) {
+        let fatal = matches!(&result, Err(e) if e.class() == ErrorClass::Fatal);
+        if !fatal {
             ledger::append(&self.js, &entry).await;
         }
         metrics::counter!("tgb_decisions_total", "consumer" => self.spec.name.clone(), "decision" => entry.decision.as_str()).increment(1);
+        let flow = match &result {
+            Ok(o) => o.flow.map(|f| (f, o.decision.as_str())),
+            Err(_) if decision == Decision::DeadLettered => flow_of_event.map(|f| (f, "failed")),
+            Err(_) => None,
+        };
+        if let Some((flow, outcome)) = flow {
+            record_flow(flow, outcome, meta.occurred_at.as_ref());
+        }
         let _enter = span.enter();
         match result {
-            Ok(()) => match message.double_ack().await {
+            Ok(_) => match message.double_ack().await {
                 Ok(()) => {
                     metrics::counter!("tgb_consumer_messages_total", "consumer" => self.spec.name.clone(), "subject" => subject, "outcome" => "acked").increment(1);
                 }
@@ -451,32 +511,100 @@ impl<H: Handler> Runner<H> {
                     tracing::warn!(error = %e, "ack not confirmed; the message may be redelivered");
                 }
             },
-            Err(HandlerError::Transient {
-                reason,
-                retry_after,
-            }) => {
-                if deliveries >= self.spec.max_deliver {
-                    let reason = format!("gave up after {deliveries} deliveries: {reason}");
-                    self.dead_letter(&message, "max_deliver", &reason, deliveries)
-                        .await;
-                } else {
-                    let delay = retry_after.unwrap_or_else(|| self.spec.backoff(deliveries));
-                    tracing::info!(%reason, ?delay, "transient failure, redelivery later");
-                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                    metrics::counter!("tgb_consumer_messages_total", "consumer" => self.spec.name.clone(), "subject" => subject, "outcome" => "nakked").increment(1);
+            Err(e) => match e.class() {
+                ErrorClass::Transient { retry_after } => {
+                    let reason = e.reason();
+                    if last_try {
+                        let reason = format!("gave up after {deliveries} deliveries: {reason}");
+                        self.dead_letter(&message, "max_deliver", &reason, deliveries)
+                            .await;
+                    } else {
+                        let delay = retry_after.unwrap_or_else(|| self.spec.backoff(deliveries));
+                        tracing::info!(%reason, ?delay, "transient failure, redelivery later");
+                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                        metrics::counter!("tgb_consumer_messages_total", "consumer" => self.spec.name.clone(), "subject" => subject, "outcome" => "nakked").increment(1);
+                    }
                 }
+                ErrorClass::Permanent => {
+                    self.dead_letter(&message, "permanent", &e.reason(), deliveries)
+                        .await;
+                }
+                ErrorClass::Fatal => {
+                    let reason = e.reason();
+                    tracing::error!(%reason, "fatal handler error, stopping the consumer");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(self.spec.backoff_base)))
+                        .await;
+                    *lock(&self.fatal_reason) = Some(reason);
+                    self.fatal.cancel();
+                }
+            },
+        }
+    }
+
+    /// Dead-letters every message the server stopped delivering to this consumer because its
+    /// deliveries ran out unseen (each timed out: e.g. it crashed the process every time). The
+    /// advisory names the stream sequence; the message is read from the stream and copied to
+    /// `TGB_DLQ` once (replicas all hear the advisory; the DLQ de-duplicates by id).
+    async fn watch_max_deliveries(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        stream: jetstream::stream::Stream,
+        stop: CancellationToken,
+    ) {
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            names::EVENTS_STREAM,
+            self.spec.name
+        );
+        let mut advisories = match client.subscribe(subject).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(consumer = %self.spec.name, error = %e, "cannot watch MAX_DELIVERIES advisories");
+                return;
             }
-            Err(HandlerError::Permanent(reason)) => {
-                self.dead_letter(&message, "permanent", &reason, deliveries)
-                    .await;
+        };
+        loop {
+            let advisory = tokio::select! {
+                a = advisories.next() => match a { Some(a) => a, None => return },
+                _ = stop.cancelled() => return,
+            };
+            #[derive(serde::Deserialize)]
+            struct MaxDeliveries {
+                stream_seq: u64,
+                deliveries: i64,
             }
-            Err(HandlerError::Fatal(reason)) => {
-                tracing::error!(%reason, "fatal handler error, stopping the consumer");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(self.spec.backoff_base)))
-                    .await;
-                *self.fatal_reason.lock().unwrap() = Some(reason);
-                self.fatal.cancel();
+            let Ok(a) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
+                continue;
+            };
+            if lock(&self.held).contains(&a.stream_seq) {
+                // Still queued or in flight here: the runner dead-letters it if it fails.
+                continue;
+            }
+            match stream.get_raw_message(a.stream_seq).await {
+                Ok(raw) => {
+                    let reason = format!(
+                        "no delivery was acknowledged or refused within its ack wait ({} deliveries)",
+                        a.deliveries
+                    );
+                    self.copy_to_dlq(
+                        &raw.subject,
+                        Some(raw.headers.clone()),
+                        raw.payload.clone(),
+                        a.stream_seq,
+                        "max_deliver",
+                        &reason,
+                        a.deliveries,
+                    )
+                    .await
+                    .map_or_else(
+                        |e| tracing::error!(error = %e, seq = a.stream_seq, "cannot dead-letter a message whose deliveries ran out"),
+                        |()| tracing::warn!(consumer = %self.spec.name, seq = a.stream_seq, "dead-lettered a message whose deliveries ran out unseen"),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, seq = a.stream_seq, "a message whose deliveries ran out is gone from the stream")
+                }
             }
         }
     }
@@ -486,31 +614,19 @@ impl<H: Handler> Runner<H> {
     async fn dead_letter(&self, message: &Message, kind: &str, reason: &str, deliveries: i64) {
         let subject = message.subject.to_string();
         let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let mut headers = message.headers.clone().unwrap_or_default();
-        // One dead letter per consumer and message, even if this runs twice after a crash.
-        headers.insert(
-            names::HDR_MSG_ID,
-            format!("dlq:{}:{seq}", self.spec.name).as_str(),
-        );
-        headers.insert(names::HDR_ERROR_KIND, kind);
-        headers.insert(names::HDR_ERROR, single_line(reason).as_str());
-        headers.insert(names::HDR_CONSUMER, self.spec.name.as_str());
-        headers.insert(names::HDR_DELIVERIES, deliveries.to_string().as_str());
-        headers.insert(names::HDR_ORIGINAL_SUBJECT, subject.as_str());
-        headers.insert(names::HDR_ORIGINAL_SEQ, seq.to_string().as_str());
-        let published = async {
-            self.js
-                .publish_with_headers(
-                    names::dlq_subject(&self.spec.name, &subject),
-                    headers,
-                    message.payload.clone(),
-                )
-                .await?
-                .await
-                .map_err(async_nats::Error::from)
-        };
-        match published.await {
-            Ok(_) => {
+        let copied = self
+            .copy_to_dlq(
+                &subject,
+                message.headers.clone(),
+                message.payload.clone(),
+                seq,
+                kind,
+                reason,
+                deliveries,
+            )
+            .await;
+        match copied {
+            Ok(()) => {
                 tracing::warn!(consumer = %self.spec.name, %subject, kind, reason, "dead-lettered");
                 let _ = message.double_ack_with(AckKind::Term).await;
                 metrics::counter!("tgb_consumer_messages_total", "consumer" => self.spec.name.clone(), "subject" => subject, "outcome" => "dead_lettered").increment(1);
@@ -522,6 +638,58 @@ impl<H: Handler> Runner<H> {
                     .await;
             }
         }
+    }
+
+    /// Publishes a copy of a message to `TGB_DLQ` with why, and waits for the PubAck. One dead
+    /// letter per consumer and message (`Nats-Msg-Id`), even if this runs twice.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_to_dlq(
+        &self,
+        subject: &str,
+        headers: Option<HeaderMap>,
+        payload: bytes::Bytes,
+        seq: u64,
+        kind: &str,
+        reason: &str,
+        deliveries: i64,
+    ) -> Result<(), async_nats::Error> {
+        let mut headers = headers.unwrap_or_default();
+        headers.insert(
+            names::HDR_MSG_ID,
+            format!("dlq:{}:{seq}", self.spec.name).as_str(),
+        );
+        headers.insert(names::HDR_ERROR_KIND, kind);
+        headers.insert(names::HDR_ERROR, single_line(reason).as_str());
+        headers.insert(names::HDR_CONSUMER, self.spec.name.as_str());
+        headers.insert(names::HDR_DELIVERIES, deliveries.to_string().as_str());
+        headers.insert(names::HDR_ORIGINAL_SUBJECT, subject);
+        headers.insert(names::HDR_ORIGINAL_SEQ, seq.to_string().as_str());
+        self.js
+            .publish_with_headers(
+                names::dlq_subject(&self.spec.name, subject),
+                headers,
+                payload,
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
+/// `tgb_flow_events_total{flow, outcome}`, and `tgb_flow_latency_seconds{flow}` from the
+/// source event's `occurred_at` when the effect was applied.
+fn record_flow(
+    flow: &'static str,
+    outcome: &'static str,
+    occurred: Option<&prost_types::Timestamp>,
+) {
+    metrics::counter!("tgb_flow_events_total", "flow" => flow, "outcome" => outcome).increment(1);
+    if outcome == Decision::Applied.as_str()
+        && let Some(t) = occurred
+        && let Ok(at) = std::time::SystemTime::try_from(*t)
+        && let Ok(age) = std::time::SystemTime::now().duration_since(at)
+    {
+        metrics::histogram!("tgb_flow_latency_seconds", "flow" => flow).record(age.as_secs_f64());
     }
 }
 

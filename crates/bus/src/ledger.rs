@@ -1,13 +1,11 @@
 //! The ledger: one entry per handled message, what was decided and why, so an operator can
 //! answer "where is this partner's message, and why?" (`tgb history`) without reading logs.
 //!
-//! The consumer runner writes an entry after every handling. A handler states its decision with
-//! [`decide`] (echo, stale, duplicate, conflict and which side won) and what the target answered
-//! with [`note_target`]; without a call, the entry says `applied` (or `retried`,
-//! `dead_lettered`). Entries go to `TGB_LEDGER` on `tgb.ledger.<correlation>`, so one business
-//! thread (a TG case) is one subject.
-
-use std::cell::RefCell;
+//! The consumer runner writes an entry after every handling, from the handler's
+//! [`crate::Outcome`] (applied, echo, stale, duplicate, conflict and which side won, skipped;
+//! the record and what it answered) or its error (`retried`, `dead_lettered`). Entries go to
+//! `TGB_LEDGER` on `tgb.ledger.<correlation>`, so one business thread (a TG case) is one
+//! subject.
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -116,27 +114,6 @@ impl LedgerEntry {
             trace_id: String::new(),
         }
     }
-}
-
-#[derive(Default)]
-pub(crate) struct Noted {
-    pub decision: Option<(Decision, String)>,
-    pub target: Option<(String, String)>,
-}
-
-tokio::task_local! {
-    pub(crate) static NOTED: RefCell<Noted>;
-}
-
-/// States the handler's decision for the message being handled (last call wins). Outside a
-/// consumer handler this does nothing.
-pub fn decide(decision: Decision, detail: impl Into<String>) {
-    let _ = NOTED.try_with(|n| n.borrow_mut().decision = Some((decision, detail.into())));
-}
-
-/// Records the target record and its answer for the message being handled.
-pub fn note_target(target: impl Into<String>, response: impl Into<String>) {
-    let _ = NOTED.try_with(|n| n.borrow_mut().target = Some((target.into(), response.into())));
 }
 
 /// The ledger subject of a correlation id.

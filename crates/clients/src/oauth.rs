@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tgb_governor::{Classify, ErrorClass};
 use url::Url;
 
 /// Who asks for tokens, and where.
@@ -57,6 +58,17 @@ pub enum OAuthError {
     /// The answer was not a token.
     #[error("token endpoint answered something that is not a token: {0}")]
     Invalid(String),
+}
+
+impl Classify for OAuthError {
+    /// An unreachable or garbled token endpoint is transient; refused credentials are fatal:
+    /// every request of this identity would fail until someone fixes the secret.
+    fn class(&self) -> ErrorClass {
+        match self {
+            OAuthError::Unavailable(_) | OAuthError::Invalid(_) => ErrorClass::TRANSIENT,
+            OAuthError::Refused { .. } => ErrorClass::Fatal,
+        }
+    }
 }
 
 impl OAuthError {

@@ -8,6 +8,10 @@
 //! - [`Governor::pause_for`]: on any 429 the whole lane waits `Retry-After` before its next
 //!   request; a later, longer `Retry-After` extends the pause, a shorter one never shortens it.
 
+mod class;
+
+pub use class::{Classify, ErrorClass, parse_retry_after, retry_after_header};
+
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,16 +3,22 @@
 //!
 //! 1. [`connect`]: the bus from the settings (refuses NATS < 2.10, provisions idempotently);
 //! 2. [`Workers`]: consumers and loops, each stopping on the shared shutdown token;
-//! 3. [`run`]: the HTTP listener (`/healthz`, `/readyz` = bus ready, `/metrics`, the service's
-//!    routes) and the workers together; a worker that fails stops the whole service, and
-//!    shutdown drains in-flight messages before `run` returns.
+//! 3. [`run`]: the HTTP listener (`/healthz`, `/readyz` = bus ready and no consumer stopped,
+//!    `/metrics`, the service's routes) and the workers together; a worker that fails stops the
+//!    whole service, and shutdown drains in-flight messages before `run` returns.
+//!
+//! A consumer whose handler met a fatal error (a refused secret, a missing permission) stops
+//! alone: the service keeps serving, `/readyz` answers 503 naming the consumer and the error,
+//! and `tgb_consumer_stopped{consumer}` is 1, until someone fixes the cause and restarts it.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
-use tgb_bus::{Bus, BusConfig, ConsumerSpec, Handler};
+use std::sync::Mutex;
+
+use tgb_bus::{Bus, BusConfig, ConsumerError, ConsumerSpec, Handler};
 use tgb_runtime::Config;
 use tgb_runtime::http::Readiness;
 use tokio::task::JoinSet;
@@ -46,12 +52,28 @@ pub fn consumer_spec(config: &Config, name: &str, subjects: &[&str]) -> Consumer
     }
 }
 
-/// `/readyz`: NATS connected and both streams present.
-struct BusReadiness(Bus);
+/// Consumers stopped by a fatal error, with why.
+type Stopped = Arc<Mutex<Vec<String>>>;
+
+/// `/readyz`: NATS connected, both streams present, and every consumer running.
+struct BusReadiness {
+    bus: Bus,
+    stopped: Stopped,
+}
 
 impl Readiness for BusReadiness {
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(self.0.ready())
+        Box::pin(async move {
+            let stopped = self
+                .stopped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .join("; ");
+            if !stopped.is_empty() {
+                return Err(stopped);
+            }
+            self.bus.ready().await
+        })
     }
 }
 
@@ -59,6 +81,7 @@ impl Readiness for BusReadiness {
 pub struct Workers {
     shutdown: CancellationToken,
     set: JoinSet<anyhow::Result<()>>,
+    stopped: Stopped,
 }
 
 impl Workers {
@@ -67,17 +90,32 @@ impl Workers {
         Workers {
             shutdown: shutdown.clone(),
             set: JoinSet::new(),
+            stopped: Stopped::default(),
         }
     }
 
-    /// Runs `handler` over the durable consumer `spec`.
+    /// Runs `handler` over the durable consumer `spec`. A fatal handler error stops this
+    /// consumer only: `/readyz` then says why, and the rest of the service goes on.
     pub fn consumer<H: Handler>(&mut self, bus: &Bus, spec: ConsumerSpec, handler: Arc<H>) {
         let bus = bus.clone();
         let shutdown = self.shutdown.clone();
+        let stopped = self.stopped.clone();
         self.set.spawn(async move {
-            tgb_bus::run_consumer(&bus, spec, handler, shutdown)
-                .await
-                .map_err(anyhow::Error::from)
+            metrics::gauge!("tgb_consumer_stopped", "consumer" => spec.name.clone()).set(0.0);
+            match tgb_bus::run_consumer(&bus, spec, handler, shutdown.clone()).await {
+                Err(ConsumerError::Fatal { consumer, reason }) => {
+                    tracing::error!(%consumer, %reason, "consumer stopped by a fatal error; /readyz reports it until a restart");
+                    metrics::gauge!("tgb_consumer_stopped", "consumer" => consumer.clone())
+                        .set(1.0);
+                    stopped
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(format!("consumer {consumer} stopped: {reason}"));
+                    shutdown.cancelled().await;
+                    Ok(())
+                }
+                other => other.map_err(anyhow::Error::from),
+            }
         });
     }
 
@@ -105,7 +143,10 @@ pub async fn run(
         let js = bus.jetstream().clone();
         move |stop| report_dlq_depth(js, stop)
     });
-    let readiness: Arc<dyn Readiness> = Arc::new(BusReadiness(bus));
+    let readiness: Arc<dyn Readiness> = Arc::new(BusReadiness {
+        bus,
+        stopped: workers.stopped.clone(),
+    });
     let http_shutdown = shutdown.clone();
     workers.set.spawn(async move {
         tgb_runtime::http::serve(listener, routes, readiness, http_shutdown)

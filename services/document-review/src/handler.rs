@@ -11,7 +11,6 @@
 //! redelivery publishes the same id: JetStream drops the copy and TG sees one write.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
@@ -19,23 +18,27 @@ use base64::Engine as _;
 use tgb_bus::async_nats;
 use tgb_bus::links::encode_token;
 use tgb_bus::{Delivery, Handler, HandlerError, Publisher};
-use tgb_clients::tg::{TgClient, TgError};
+use tgb_clients::tg::TgClient;
 use tgb_proto as pb;
-use tgb_proto::BusEvent as _;
 use time::OffsetDateTime;
 
-use crate::ids;
 use crate::intake::{self, Refusal};
 use crate::kvjson::{self, Change};
 use crate::onboarding::{Onboarding, StepState, step_state};
 use crate::settings::{DocumentSettings, OnboardingSettings, doc_type_name};
 
 /// Every subject document-review consumes.
-pub const SUBJECTS: &[&str] = &[
-    pb::TgDocumentUploaded::SUBJECT,
-    pb::TgOnboardingUpdated::SUBJECT,
-    pb::PlannerTaskProgressed::SUBJECT,
-];
+pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
+
+tgb_bus::routes! {
+    /// Every event document-review consumes, with its flow (a review task's progress is P5; an
+    /// onboarding task's, P6, is named by the outcome).
+    pub Routes {
+        TgDocumentUploaded => "P5",
+        TgOnboardingUpdated => "P6",
+        PlannerTaskProgressed => "P5",
+    }
+}
 
 /// Object metadata: the document as announced (protobuf, base64).
 const META_DOCUMENT: &str = "tgb-document";
@@ -56,23 +59,10 @@ pub struct Review {
     onboarding: OnboardingSettings,
 }
 
-/// What handling did, for `tgb_flow_events_total`.
+/// What handling did (the runner records it from the outcome).
 enum Outcome {
     Applied(&'static str),
     Skipped(&'static str),
-}
-
-fn tg_error(e: TgError) -> HandlerError {
-    match &e {
-        TgError::Transient {
-            retry_after: Some(d),
-            ..
-        } => HandlerError::retry_after(&e, *d),
-        TgError::Transient { .. } | TgError::Conflict { .. } => HandlerError::transient(&e),
-        TgError::Permanent { .. } => HandlerError::permanent(&e),
-        TgError::Auth(a) if a.is_transient() => HandlerError::transient(&e),
-        TgError::Auth(_) => HandlerError::Fatal(e.to_string()),
-    }
 }
 
 fn time_of(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
@@ -110,7 +100,7 @@ fn derived_meta(
 ) -> pb::EventMeta {
     let at = time_of(cause.occurred_at.as_ref()).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     pb::EventMeta {
-        event_id: ids::derived(at, parts),
+        event_id: tgb_bus::ids::derived(at, parts),
         entity: Some(entity),
         ..pb::EventMeta::caused_by(origin, cause)
     }
@@ -186,11 +176,7 @@ impl Review {
         if let Err(r) = intake::check_announced_size(doc.size, self.docs.max_size_bytes) {
             return self.refuse(meta, &doc, r).await;
         }
-        let content = self
-            .tg
-            .document_content(&doc.document_id)
-            .await
-            .map_err(tg_error)?;
+        let content = self.tg.document_content(&doc.document_id).await?;
         let sha256 = match intake::verify(
             &content.bytes,
             self.docs.max_size_bytes,
@@ -527,38 +513,22 @@ pub fn expired_on(expires_on: &str, today: time::Date) -> Option<time::Date> {
 }
 
 impl Handler for Review {
-    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
-        let occurred = delivery
-            .event
-            .meta()
-            .and_then(|m| time_of(m.occurred_at.as_ref()));
-        let result = self.dispatch(&delivery.event).await;
-        let flow = match &delivery.event {
-            pb::Event::TgOnboardingUpdated(_) => "P6",
-            _ => "P5",
-        };
-        let (flow, outcome) = match &result {
-            Ok(Outcome::Applied(flow)) => (*flow, "applied"),
-            Ok(Outcome::Skipped(why)) => {
-                tracing::debug!(why, "nothing to do");
-                (flow, "skipped")
+    async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
+        let flow = Routes::flow_of(&delivery.event).unwrap_or("P5");
+        Ok(match self.dispatch(&delivery.event).await? {
+            Outcome::Applied(flow) => tgb_bus::Outcome::applied(flow),
+            Outcome::Skipped("status_unchanged") => {
+                tgb_bus::Outcome::duplicate(flow, "status_unchanged")
             }
-            Err(HandlerError::Permanent(_)) => (flow, "failed"),
-            Err(_) => return result.map(|_| ()),
-        };
-        metrics::counter!("tgb_flow_events_total", "flow" => flow, "outcome" => outcome)
-            .increment(1);
-        if outcome == "applied"
-            && let Some(at) = occurred
-        {
-            let latency = (OffsetDateTime::now_utc() - at).max(time::Duration::ZERO);
-            metrics::histogram!("tgb_flow_latency_seconds", "flow" => flow).record(
-                Duration::try_from(latency)
-                    .unwrap_or_default()
-                    .as_secs_f64(),
-            );
-        }
-        result.map(|_| ())
+            Outcome::Skipped(why) => {
+                tracing::debug!(why, "nothing to do");
+                tgb_bus::Outcome::skipped(flow, why)
+            }
+        })
+    }
+
+    fn flow_of(&self, event: &pb::Event) -> Option<&'static str> {
+        Routes::flow_of(event)
     }
 }
 

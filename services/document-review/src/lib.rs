@@ -10,7 +10,6 @@
 //! `TGB_TG_CLIENT_SECRET`) to fetch document contents.
 
 pub mod handler;
-pub mod ids;
 pub mod intake;
 pub mod kvjson;
 pub mod onboarding;

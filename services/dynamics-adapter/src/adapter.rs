@@ -64,16 +64,10 @@ impl std::fmt::Debug for Adapter {
     }
 }
 
-/// Maps a Dataverse failure to what the consumer does with the message.
+/// Maps a Dataverse failure to what the consumer does with the message: the error's own class
+/// ([`tgb_bus::Classify`]), with the error kept as the source.
 pub fn handler_error(e: DataverseError) -> HandlerError {
-    match &e {
-        DataverseError::Token(t) if !t.is_transient() => HandlerError::Fatal(e.to_string()),
-        _ if e.is_transient() => match e.retry_after() {
-            Some(d) => HandlerError::retry_after(e.to_string(), d),
-            None => HandlerError::transient(e.to_string()),
-        },
-        _ => HandlerError::permanent(e.to_string()),
-    }
+    HandlerError::classified(e)
 }
 
 /// Counts one source event of a flow.

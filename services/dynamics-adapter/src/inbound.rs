@@ -19,9 +19,8 @@ use tgb_bus::links::Record;
 use tgb_bus::{Delivery, Handler, HandlerError};
 use tgb_clients::dataverse::{BatchRequest, quote};
 use tgb_proto as pb;
-use tgb_proto::BusEvent as _;
 
-use crate::adapter::{Adapter, TO_DATAVERSE, echo, flow, handler_error, row_id, stale};
+use crate::adapter::{Adapter, TO_DATAVERSE, echo, handler_error, row_id, stale};
 use crate::batcher::upsert;
 use crate::schema::{self, bind, reference};
 use crate::settings::{DynamicsSettings, FieldPolicy};
@@ -45,56 +44,72 @@ enum Precondition {
     Any,
 }
 
-/// Every subject the writer consumes.
-pub const SUBJECTS: &[&str] = &[
-    pb::TgCaseOpened::SUBJECT,
-    pb::TgCaseUpdated::SUBJECT,
-    pb::TgCommentAdded::SUBJECT,
-    pb::TgDocumentUploaded::SUBJECT,
-    pb::TgDisputeOpened::SUBJECT,
-    pb::TgDisputeUpdated::SUBJECT,
-    pb::TgPartnerUpdated::SUBJECT,
-    pb::ReviewCompleted::SUBJECT,
-    pb::OnboardingStatus::SUBJECT,
-];
+tgb_bus::routes! {
+    /// Every event the writer consumes, with its flow.
+    pub Routes {
+        TgCaseOpened => "D1",
+        TgCaseUpdated => "D1",
+        TgCommentAdded => "D4",
+        TgDocumentUploaded => "D4",
+        TgDisputeOpened => "D6",
+        TgDisputeUpdated => "D6",
+        TgPartnerUpdated => "D8",
+        ReviewCompleted => "D3",
+        OnboardingStatus => "D3",
+    }
+}
 
+/// Every subject the writer consumes.
+pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 /// The consumer's handler.
 pub struct Writer(pub Arc<Adapter>);
 
 enum Outcome {
     Applied,
     Skipped,
+    Stale,
     Echo,
 }
 
 impl Handler for Writer {
-    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
         let meta = delivery.event.meta().cloned().unwrap_or_default();
-        let (name, result) = match &delivery.event {
-            pb::Event::TgCaseOpened(e) => ("D1", self.case(&meta, e.case.as_ref()).await),
-            pb::Event::TgCaseUpdated(e) => ("D1", self.case(&meta, e.case.as_ref()).await),
-            pb::Event::TgCommentAdded(e) => ("D4", self.comment(e).await),
-            pb::Event::TgDocumentUploaded(e) => ("D4", self.document(&meta, e).await),
-            pb::Event::ReviewCompleted(e) => ("D3", self.review(&meta, e).await),
-            pb::Event::OnboardingStatus(e) => ("D3", self.onboarding(&meta, e).await),
-            pb::Event::TgDisputeOpened(e) => {
-                ("D6", self.dispute(&meta, e.dispute.as_ref(), true).await)
-            }
+        let flow = Routes::flow_of(&delivery.event).unwrap_or("D1");
+        let outcome = match &delivery.event {
+            pb::Event::TgCaseOpened(e) => self.case(&meta, e.case.as_ref()).await?,
+            pb::Event::TgCaseUpdated(e) => self.case(&meta, e.case.as_ref()).await?,
+            pb::Event::TgCommentAdded(e) => self.comment(e).await?,
+            pb::Event::TgDocumentUploaded(e) => self.document(&meta, e).await?,
+            pb::Event::ReviewCompleted(e) => self.review(&meta, e).await?,
+            pb::Event::OnboardingStatus(e) => self.onboarding(&meta, e).await?,
+            pb::Event::TgDisputeOpened(e) => self.dispute(&meta, e.dispute.as_ref(), true).await?,
             pb::Event::TgDisputeUpdated(e) => {
-                ("D6", self.dispute(&meta, e.dispute.as_ref(), false).await)
+                self.dispute(&meta, e.dispute.as_ref(), false).await?
             }
-            pb::Event::TgPartnerUpdated(e) => ("D8", self.partner(&meta, e).await),
-            _ => ("D1", Ok(Outcome::Skipped)),
+            pb::Event::TgPartnerUpdated(e) => self.partner(&meta, e).await?,
+            other => {
+                return Err(HandlerError::permanent(format!(
+                    "dynamics-adapter has no route for {}",
+                    other.subject()
+                )));
+            }
         };
-        let outcome = match &result {
-            Ok(Outcome::Applied) => "applied",
-            Ok(Outcome::Skipped) => "skipped",
-            Ok(Outcome::Echo) => "echo",
-            Err(HandlerError::Permanent(_)) => "failed",
-            Err(_) => return result.map(|_| ()),
-        };
-        flow(name, outcome, meta.occurred_at.as_ref());
-        result.map(|_| ())
+        Ok(match outcome {
+            Outcome::Applied => tgb_bus::Outcome::applied(flow),
+            Outcome::Skipped => tgb_bus::Outcome::skipped(flow, "nothing to write"),
+            Outcome::Stale => tgb_bus::Outcome::stale(
+                flow,
+                "an older TG revision than the one Dynamics already has",
+            ),
+            Outcome::Echo => tgb_bus::Outcome::echo(
+                flow,
+                "TG reports the revision tg-bridge wrote: not written back",
+            ),
+        })
+    }
+
+    fn flow_of(&self, event: &pb::Event) -> Option<&'static str> {
+        Routes::flow_of(event)
     }
 }
 
@@ -200,7 +215,7 @@ impl Writer {
         let revision = case.revision.to_string();
         if state.is_stale(&revision) {
             stale("tg");
-            return Ok(Outcome::Skipped);
+            return Ok(Outcome::Stale);
         }
         let partner = meta.partner.clone().unwrap_or_default();
         let account = a.account_for(&partner).await?;
@@ -284,7 +299,7 @@ impl Writer {
                     .is_some_and(|r| r > case.revision)
                 {
                     stale("tg");
-                    return Ok(Outcome::Skipped);
+                    return Ok(Outcome::Stale);
                 }
                 if tg_closed && row["statecode"].as_i64().is_some_and(|s| s != 0) {
                     return self.closed_unchanged(&entity, &revision, &view).await;
@@ -362,7 +377,7 @@ impl Writer {
                         .is_some_and(|r| r > case.revision)
                     {
                         stale("tg");
-                        return Ok(Outcome::Skipped);
+                        return Ok(Outcome::Stale);
                     }
                     // Resolved in Dynamics before tg-bridge learnt of it (the detection path
                     // records it): with TG's case closed too there is nothing to write;
@@ -760,7 +775,7 @@ impl Writer {
         let revision = d.revision.to_string();
         if state.is_stale(&revision) {
             stale("tg");
-            return Ok(Outcome::Skipped);
+            return Ok(Outcome::Stale);
         }
         let found =
             a.dv.get(&format!(
@@ -886,7 +901,7 @@ impl Writer {
         let revision = profile.revision.to_string();
         if state.is_stale(&revision) {
             stale("tg");
-            return Ok(Outcome::Skipped);
+            return Ok(Outcome::Stale);
         }
         let account = a.account_for(&partner).await?;
         let current =

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tgb_bus::{Delivery, Handler, HandlerError, Publisher};
+use tgb_bus::{Delivery, Handler, HandlerError, Outcome, Publisher};
 use tgb_proto::{
     CasePriority, EntityRef, Event, EventMeta, Origin, PartnerRef, PlannerTaskCreated, TaskKind,
     TaskRef, TgCase,
@@ -24,17 +24,23 @@ use crate::tasks::{TaskSpec, Tasks};
 
 /// Consumer name.
 pub const CONSUMER: &str = "planner-adapter";
+tgb_bus::routes! {
+    /// What it consumes, with the flow (a case routed to several departments is P4, named by
+    /// the outcome).
+    pub Routes {
+        TgCaseOpened => "P1",
+        TgCaseUpdated => "P1",
+        TgActionItemFlagged => "P7",
+        DynExceptionRaised => "P4",
+        DynExceptionUpdated => "P4",
+        SlaBreached => "P3",
+        ReviewRequested => "P5",
+        OnboardingStepsRequested => "P6",
+    }
+}
+
 /// What it consumes.
-pub const SUBJECTS: &[&str] = &[
-    "tgb.v1.tg.case.opened",
-    "tgb.v1.tg.case.updated",
-    "tgb.v1.tg.discussion.action_item",
-    "tgb.v1.dyn.exception.raised",
-    "tgb.v1.dyn.exception.updated",
-    "tgb.v1.sla.case.breached",
-    "tgb.v1.review.document.requested",
-    "tgb.v1.onboarding.steps.requested",
-];
+pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 
 /// The handler.
 pub struct PlannerHandler {
@@ -46,19 +52,6 @@ pub struct PlannerHandler {
     pub partners: Arc<Partners>,
     /// Publishes `planner.task.created`.
     pub publisher: Publisher,
-}
-
-fn flow_done(flow: &'static str, outcome: &'static str, meta: Option<&EventMeta>) {
-    metrics::counter!("tgb_flow_events_total", "flow" => flow, "outcome" => outcome).increment(1);
-    if outcome == "applied"
-        && let Some(at) = meta.and_then(|m| m.occurred_at)
-    {
-        let at =
-            std::time::UNIX_EPOCH + Duration::new(at.seconds.max(0) as u64, at.nanos.max(0) as u32);
-        if let Ok(d) = std::time::SystemTime::now().duration_since(at) {
-            metrics::histogram!("tgb_flow_latency_seconds", "flow" => flow).record(d.as_secs_f64());
-        }
-    }
 }
 
 impl PlannerHandler {
@@ -128,7 +121,7 @@ impl PlannerHandler {
         Ok(())
     }
 
-    async fn case(&self, meta: &EventMeta, case: &TgCase) -> Result<&'static str, HandlerError> {
+    async fn case(&self, meta: &EventMeta, case: &TgCase) -> Result<Outcome, HandlerError> {
         let partner_name = meta
             .partner
             .as_ref()
@@ -149,14 +142,17 @@ impl PlannerHandler {
             )?;
             let records = self.tasks.ensure_many(&specs, self.blocked()).await?;
             self.announce(meta, &records).await?;
-            return Ok("P4");
+            return Ok(Outcome::applied("P4"));
         }
         let tier = self.partners.tier(meta.partner_key().as_deref()).to_owned();
         let Some(placement) = self
             .routing
             .route_case(case.category(), case.priority(), &tier)
         else {
-            return Ok("skip");
+            return Ok(Outcome::skipped(
+                "P1",
+                "routing sends cases of this category, priority and tier nowhere",
+            ));
         };
         let title = if partner_name.is_empty() {
             case.title.clone()
@@ -201,7 +197,7 @@ impl PlannerHandler {
         if created {
             self.announce(meta, &[record]).await?;
         }
-        Ok("P1")
+        Ok(Outcome::applied("P1"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -298,7 +294,7 @@ impl PlannerHandler {
         Ok(())
     }
 
-    async fn handle_event(&self, event: &Event) -> Result<&'static str, HandlerError> {
+    async fn handle_event(&self, event: &Event) -> Result<Outcome, HandlerError> {
         match event {
             Event::TgCaseOpened(e) => {
                 let meta = e.meta.clone().unwrap_or_default();
@@ -306,11 +302,11 @@ impl PlannerHandler {
                     .case
                     .clone()
                     .ok_or_else(|| HandlerError::permanent("tg.case.opened without a case"))?;
-                let flow = self.case(&meta, &case).await?;
-                if flow == "P4" {
+                let outcome = self.case(&meta, &case).await?;
+                if outcome.flow == Some("P4") {
                     self.group_for_case(&meta, &case).await?;
                 }
-                Ok(flow)
+                Ok(outcome)
             }
             Event::TgCaseUpdated(e) => {
                 let meta = e.meta.clone().unwrap_or_default();
@@ -318,11 +314,11 @@ impl PlannerHandler {
                     .case
                     .clone()
                     .ok_or_else(|| HandlerError::permanent("tg.case.updated without a case"))?;
-                let flow = self.case(&meta, &case).await?;
-                if flow == "P4" {
+                let outcome = self.case(&meta, &case).await?;
+                if outcome.flow == Some("P4") {
                     self.group_for_case(&meta, &case).await?;
                 }
-                Ok(flow)
+                Ok(outcome)
             }
             Event::DynExceptionRaised(e) => {
                 self.exception(e.meta.as_ref(), e.exception.as_ref()).await
@@ -385,8 +381,10 @@ impl PlannerHandler {
                 let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
                 if created {
                     self.announce(&meta, &[r]).await?;
+                    Ok(Outcome::applied("P3"))
+                } else {
+                    Ok(Outcome::duplicate("P3", "the task exists already"))
                 }
-                Ok("P3")
             }
             Event::ReviewRequested(e) => {
                 let meta = e.meta.clone().unwrap_or_default();
@@ -435,8 +433,10 @@ impl PlannerHandler {
                 let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
                 if created {
                     self.announce(&meta, &[r]).await?;
+                    Ok(Outcome::applied("P5"))
+                } else {
+                    Ok(Outcome::duplicate("P5", "the task exists already"))
                 }
-                Ok("P5")
             }
             Event::OnboardingStepsRequested(e) => {
                 let meta = e.meta.clone().unwrap_or_default();
@@ -482,7 +482,7 @@ impl PlannerHandler {
                 }
                 let records = self.tasks.ensure_many(&specs, self.blocked()).await?;
                 self.announce(&meta, &records).await?;
-                Ok("P6")
+                Ok(Outcome::applied("P6"))
             }
             Event::TgActionItemFlagged(e) => {
                 let meta = e.meta.clone().unwrap_or_default();
@@ -532,10 +532,15 @@ impl PlannerHandler {
                 let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
                 if created {
                     self.announce(&meta, &[r]).await?;
+                    Ok(Outcome::applied("P7"))
+                } else {
+                    Ok(Outcome::duplicate("P7", "the task exists already"))
                 }
-                Ok("P7")
             }
-            _ => Ok("skip"),
+            other => Err(HandlerError::permanent(format!(
+                "planner-adapter has no route for {}",
+                other.subject()
+            ))),
         }
     }
 
@@ -591,12 +596,12 @@ impl PlannerHandler {
         &self,
         meta: Option<&EventMeta>,
         ex: Option<&tgb_proto::DynException>,
-    ) -> Result<&'static str, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let meta = meta.cloned().unwrap_or_default();
         let ex =
             ex.ok_or_else(|| HandlerError::permanent("dyn.exception.* without an exception"))?;
         if ex.departments.is_empty() {
-            return Ok("skip");
+            return Ok(Outcome::skipped("P4", "the exception names no department"));
         }
         let partner_name = meta
             .partner
@@ -633,7 +638,7 @@ impl PlannerHandler {
         let all = self.linked_records(&specs).await?;
         self.record_group(&specs, &all).await?;
         self.announce(&meta, &records).await?;
-        Ok("P4")
+        Ok(Outcome::applied("P4"))
     }
 }
 
@@ -660,29 +665,14 @@ pub fn partner_of(r: &Option<(String, String, String)>) -> Option<PartnerRef> {
 }
 
 impl Handler for PlannerHandler {
-    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, delivery: Delivery) -> Result<Outcome, HandlerError> {
         let started = Instant::now();
         let result = self.handle_event(&delivery.event).await;
-        let flow = match &delivery.event {
-            Event::TgCaseOpened(_) | Event::TgCaseUpdated(_) => "P1",
-            Event::DynExceptionRaised(_) | Event::DynExceptionUpdated(_) => "P4",
-            Event::SlaBreached(_) => "P3",
-            Event::ReviewRequested(_) => "P5",
-            Event::OnboardingStepsRequested(_) => "P6",
-            Event::TgActionItemFlagged(_) => "P7",
-            _ => "P1",
-        };
-        match &result {
-            Ok("skip") => flow_done(flow, "skipped", delivery.event.meta()),
-            Ok(f) => flow_done(
-                if *f == "P4" { "P4" } else { flow },
-                "applied",
-                delivery.event.meta(),
-            ),
-            Err(HandlerError::Permanent(_)) => flow_done(flow, "failed", None),
-            Err(_) => {}
-        }
         tracing::debug!(subject = %delivery.subject, elapsed = ?started.elapsed(), ok = result.is_ok(), "handled");
-        result.map(|_| ())
+        result
+    }
+
+    fn flow_of(&self, event: &Event) -> Option<&'static str> {
+        Routes::flow_of(event)
     }
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use tgb_bus::links::{Links, Record};
-use tgb_bus::{Delivery, Handler, HandlerError};
+use tgb_bus::{Delivery, Handler, HandlerError, Outcome};
 use tgb_proto as pb;
 use tgb_proto::BusEvent as _;
 use time::OffsetDateTime;
@@ -212,17 +212,36 @@ impl Lifecycle {
 }
 
 /// Durations measured by a change (recorded once, after the write won).
-#[derive(Default)]
 struct Measured {
     first_response: Option<f64>,
     resolution: Option<f64>,
     priority: String,
+    /// What was decided, for the ledger.
+    outcome: Outcome,
+}
+
+impl Default for Measured {
+    fn default() -> Self {
+        Measured {
+            first_response: None,
+            resolution: None,
+            priority: String::new(),
+            outcome: Outcome::applied("P3").outside_flows(),
+        }
+    }
+}
+
+fn no_clock(why: &str) -> Measured {
+    Measured {
+        outcome: Outcome::ignored(why),
+        ..Measured::default()
+    }
 }
 
 impl Handler for Lifecycle {
-    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, delivery: Delivery) -> Result<Outcome, HandlerError> {
         let Some((case_id, action)) = self.action(&delivery.event).await? else {
-            return Ok(());
+            return Ok(Outcome::ignored("no SLA clock moves on this event"));
         };
         let at = delivery
             .event
@@ -242,7 +261,7 @@ impl Handler for Lifecycle {
                     (None, Action::Open(case, meta) | Action::Update(case, meta)) => {
                         let status = case.status();
                         if matches!(status_effect(status), StatusEffect::Stop) {
-                            return Change::Keep(m);
+                            return Change::Keep(no_clock("the case is already closed"));
                         }
                         let mut clock = self.open(case, meta, at);
                         apply_status(&mut clock, status, at);
@@ -250,8 +269,12 @@ impl Handler for Lifecycle {
                         return Change::Put(clock, m);
                     }
                     // Nothing is known of a case that was never opened here: no clock to move.
-                    (None, _) => return Change::Keep(m),
-                    (Some(_), Action::Open(..)) => return Change::Keep(m),
+                    (None, _) => return Change::Keep(no_clock("no clock runs for this case")),
+                    (Some(_), Action::Open(..)) => {
+                        m.outcome =
+                            Outcome::duplicate("P3", "the clock runs already").outside_flows();
+                        return Change::Keep(m);
+                    }
                     (Some(clock), _) => clock,
                 };
                 let before = clock.clone();
@@ -259,6 +282,14 @@ impl Handler for Lifecycle {
                     Action::Open(..) => {}
                     Action::Update(case, _) => {
                         if case.revision != 0 && case.revision <= clock.revision {
+                            m.outcome = Outcome::stale(
+                                "P3",
+                                format!(
+                                    "revision {} is not newer than the clock's {}",
+                                    case.revision, clock.revision
+                                ),
+                            )
+                            .outside_flows();
                             return Change::Keep(m);
                         }
                         clock.revision = case.revision.max(clock.revision);
@@ -279,7 +310,11 @@ impl Handler for Lifecycle {
                 }
                 m.priority = clock.priority.clone();
                 if clock == before {
-                    Change::Keep(Measured::default())
+                    Change::Keep(Measured {
+                        outcome: Outcome::duplicate("P3", "the clock is already so")
+                            .outside_flows(),
+                        ..Measured::default()
+                    })
                 } else {
                     Change::Put(clock, m)
                 }
@@ -294,6 +329,6 @@ impl Handler for Lifecycle {
             metrics::histogram!("tgb_sla_time_to_resolution_seconds", "priority" => measured.priority)
                 .record(s);
         }
-        Ok(())
+        Ok(measured.outcome)
     }
 }

@@ -14,7 +14,6 @@
 
 pub mod clock;
 pub mod handler;
-pub mod ids;
 pub mod policy;
 pub mod state;
 pub mod store;

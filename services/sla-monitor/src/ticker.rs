@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::handler::timestamp;
-use crate::ids;
 use crate::policy::{Policies, priority_of};
 use crate::state::{CaseClock, Due, Target};
 use crate::store::{Cache, Change, Clocks};
@@ -211,7 +210,8 @@ impl Ticker {
                 due_at,
                 permille,
             } => {
-                let id = ids::derived(clock.started_at, &[&clock.case_id, &started, &mark]);
+                let id =
+                    tgb_bus::ids::derived(clock.started_at, &[&clock.case_id, &started, &mark]);
                 let event = pb::SlaWarning {
                     meta: Some(self.meta(clock, id, self.clock.now())),
                     case_id: clock.case_id.clone(),
@@ -230,7 +230,8 @@ impl Ticker {
                 index,
             } => {
                 let level = &policy.escalation[*index];
-                let id = ids::derived(clock.started_at, &[&clock.case_id, &started, &mark]);
+                let id =
+                    tgb_bus::ids::derived(clock.started_at, &[&clock.case_id, &started, &mark]);
                 let mut next_steps = level.next_steps.clone();
                 if next_steps.is_empty() {
                     next_steps.push(format!(

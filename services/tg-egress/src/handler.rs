@@ -27,28 +27,32 @@ use tgb_bus::links::{Links, Record};
 use tgb_bus::{Delivery, Handler, HandlerError};
 use tgb_clients::tg::{self, TgClient, TgError};
 use tgb_proto as pb;
-use tgb_proto::BusEvent as _;
 
 use crate::EgressSettings;
 
+tgb_bus::routes! {
+    /// Every event tg-egress consumes, with the flow whose TG side it writes.
+    pub Routes {
+        DynCaseNoteAdded => "D1",
+        DynCaseStatusChanged => "D1",
+        DynCaseResolved => "D1",
+        DynExceptionRaised => "D2",
+        DynExceptionUpdated => "D2",
+        DynOrderMilestone => "D5",
+        DynInvoiceStatusChanged => "D6",
+        DynKpiSnapshot => "D7",
+        DynAccountUpdated => "D8",
+        PlannerTaskProgressed => "P2",
+        PlannerExceptionCompleted => "P4",
+        SlaBreached => "P3",
+        ReviewCompleted => "P5",
+        ReviewIntakeRefused => "P5",
+        OnboardingStatus => "P6",
+    }
+}
+
 /// Every subject tg-egress consumes.
-pub const SUBJECTS: &[&str] = &[
-    pb::DynCaseNoteAdded::SUBJECT,
-    pb::DynCaseStatusChanged::SUBJECT,
-    pb::DynCaseResolved::SUBJECT,
-    pb::DynExceptionRaised::SUBJECT,
-    pb::DynExceptionUpdated::SUBJECT,
-    pb::DynOrderMilestone::SUBJECT,
-    pb::DynInvoiceStatusChanged::SUBJECT,
-    pb::DynKpiSnapshot::SUBJECT,
-    pb::DynAccountUpdated::SUBJECT,
-    pb::PlannerTaskProgressed::SUBJECT,
-    pb::PlannerExceptionCompleted::SUBJECT,
-    pb::SlaBreached::SUBJECT,
-    pb::ReviewCompleted::SUBJECT,
-    pb::ReviewIntakeRefused::SUBJECT,
-    pb::OnboardingStatus::SUBJECT,
-];
+pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 
 /// The handler of the tg-egress consumer.
 pub struct Egress {
@@ -61,19 +65,6 @@ pub struct Egress {
 enum Outcome {
     Written,
     Skipped(&'static str),
-}
-
-fn tg_error(e: TgError) -> HandlerError {
-    match &e {
-        TgError::Transient { retry_after, .. } => match retry_after {
-            Some(delay) => HandlerError::retry_after(&e, *delay),
-            None => HandlerError::transient(&e),
-        },
-        TgError::Permanent { .. } => HandlerError::permanent(&e),
-        TgError::Conflict { .. } => HandlerError::transient(&e),
-        TgError::Auth(a) if a.is_transient() => HandlerError::transient(&e),
-        TgError::Auth(_) => HandlerError::Fatal(e.to_string()),
-    }
 }
 
 fn case_status(s: pb::CaseStatus) -> Option<tg::CaseStatus> {
@@ -170,10 +161,7 @@ impl Egress {
             author,
             visibility,
         };
-        self.client
-            .add_comment(key, case_id, &comment)
-            .await
-            .map_err(tg_error)?;
+        self.client.add_comment(key, case_id, &comment).await?;
         Ok(Outcome::Written)
     }
 
@@ -185,7 +173,7 @@ impl Egress {
         status: tg::CaseStatus,
     ) -> Result<Outcome, HandlerError> {
         for _ in 0..=self.settings.conflict_retries {
-            let case = self.client.case(case_id).await.map_err(tg_error)?;
+            let case = self.client.case(case_id).await?;
             if case.status == status {
                 return Ok(Outcome::Skipped("status_already_set"));
             }
@@ -203,7 +191,7 @@ impl Egress {
                     metrics::counter!("tgb_tg_egress_conflicts_total").increment(1);
                     continue;
                 }
-                Err(e) => return Err(tg_error(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(HandlerError::transient(format!(
@@ -357,8 +345,7 @@ impl Egress {
                 };
                 self.client
                     .post_milestone(key, &partner, &e.order_ref, &body)
-                    .await
-                    .map_err(tg_error)?;
+                    .await?;
                 Ok(Outcome::Written)
             }
             pb::Event::DynInvoiceStatusChanged(e) => {
@@ -388,10 +375,7 @@ impl Egress {
                         _ => None,
                     },
                 };
-                self.client
-                    .put_dispute(key, &e.dispute_id, &update)
-                    .await
-                    .map_err(tg_error)?;
+                self.client.put_dispute(key, &e.dispute_id, &update).await?;
                 Ok(Outcome::Written)
             }
             pb::Event::DynKpiSnapshot(e) => {
@@ -409,10 +393,7 @@ impl Egress {
                         })
                         .collect(),
                 };
-                self.client
-                    .put_scorecard(key, &partner, &scorecard)
-                    .await
-                    .map_err(tg_error)?;
+                self.client.put_scorecard(key, &partner, &scorecard).await?;
                 Ok(Outcome::Written)
             }
             pb::Event::DynAccountUpdated(e) => {
@@ -447,10 +428,7 @@ impl Egress {
                             .collect()
                     }),
                 };
-                self.client
-                    .patch_partner(key, &partner, &patch)
-                    .await
-                    .map_err(tg_error)?;
+                self.client.patch_partner(key, &partner, &patch).await?;
                 Ok(Outcome::Written)
             }
             pb::Event::PlannerTaskProgressed(e) => {
@@ -527,8 +505,7 @@ impl Egress {
                 };
                 self.client
                     .review_document(key, &doc.document_id, &review)
-                    .await
-                    .map_err(tg_error)?;
+                    .await?;
                 Ok(Outcome::Written)
             }
             pb::Event::ReviewIntakeRefused(e) => {
@@ -547,8 +524,7 @@ impl Egress {
                     };
                     self.client
                         .review_document(key, &doc.document_id, &review)
-                        .await
-                        .map_err(tg_error)?;
+                        .await?;
                     Ok(Outcome::Written)
                 } else {
                     self.comment(
@@ -601,10 +577,7 @@ impl Egress {
                         .collect(),
                     overall,
                 };
-                self.client
-                    .put_onboarding(key, &partner, &status)
-                    .await
-                    .map_err(tg_error)?;
+                self.client.put_onboarding(key, &partner, &status).await?;
                 Ok(Outcome::Written)
             }
             _ => Ok(Outcome::Skipped("not_for_tg")),
@@ -674,11 +647,7 @@ impl Egress {
         };
         // A replay (same key) answers the same case id, so a crash before the link is recorded
         // links the case created the first time.
-        let created = self
-            .client
-            .create_case(key, &case)
-            .await
-            .map_err(tg_error)?;
+        let created = self.client.create_case(key, &case).await?;
         self.links
             .link(&Record::new("tg", "case", &created.case_id), &exception)
             .await
@@ -688,19 +657,36 @@ impl Egress {
     }
 }
 
+/// Skips that mean "TG already shows this": duplicates, not mere skips.
+const ALREADY_DONE: &[&str] = &[
+    "status_already_set",
+    "unchanged",
+    "already_linked",
+    "already_has_a_case",
+];
+
 impl Handler for Egress {
-    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
         let subject = delivery.subject.clone();
+        let flow = Routes::flow_of(&delivery.event).unwrap_or("unrouted");
         let result = self.dispatch(&delivery.event).await;
         let outcome = match &result {
             Ok(Outcome::Written) => "written",
             Ok(Outcome::Skipped(why)) => why,
-            Err(HandlerError::Transient { .. }) => "transient",
-            Err(HandlerError::Permanent(_)) => "permanent",
-            Err(HandlerError::Fatal(_)) => "fatal",
+            Err(e) => e.class().as_str(),
         };
         metrics::counter!("tgb_tg_egress_events_total", "subject" => subject, "outcome" => outcome)
             .increment(1);
-        result.map(|_| ())
+        result.map(|o| match o {
+            Outcome::Written => tgb_bus::Outcome::applied(flow),
+            Outcome::Skipped(why) if ALREADY_DONE.contains(&why) => {
+                tgb_bus::Outcome::duplicate(flow, why)
+            }
+            Outcome::Skipped(why) => tgb_bus::Outcome::skipped(flow, why),
+        })
+    }
+
+    fn flow_of(&self, event: &pb::Event) -> Option<&'static str> {
+        Routes::flow_of(event)
     }
 }

@@ -65,7 +65,13 @@ async fn the_demo_passes_every_flow_in_process_and_history_tells_a_case_story() 
                 && has("tg-egress", "tgb.v1.dyn.case.note_added")
                 && has("tg-egress", "tgb.v1.dyn.case.status_changed")
                 && has("tg-egress", "tgb.v1.planner.task.progressed")
-                && h.entries.iter().any(|e| e.decision == Decision::Echo))
+                && h.entries.iter().any(|e| e.decision == Decision::Echo)
+                // Consumers state their own decisions too, not only the Planner poller: e.g.
+                // sla-monitor finds that Pat's progress changes no clock (a duplicate).
+                && h.entries.iter().any(|e| {
+                    e.consumer != "planner-adapter-poll"
+                        && matches!(e.decision, Decision::Duplicate | Decision::Stale)
+                }))
             .then_some(h)
         }
     })

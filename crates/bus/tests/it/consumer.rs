@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tgb_bus::{Delivery, Handler, HandlerError, names};
+use tgb_bus::{Delivery, Handler, HandlerError, Outcome, names};
 use tgb_proto::{BusEvent, Event, TgCommentAdded};
 use tgb_testkit::eventually;
 use tokio::sync::Notify;
@@ -26,7 +26,7 @@ struct Flaky {
 }
 
 impl Handler for Flaky {
-    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
         self.seen
             .lock()
             .unwrap()
@@ -38,7 +38,7 @@ impl Handler for Flaky {
             });
         }
         self.succeeded.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Outcome::applied("T1"))
     }
 }
 
@@ -127,7 +127,7 @@ struct Picky {
 }
 
 impl Handler for Picky {
-    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
         match body(&d).as_str() {
             "poison" => Err(HandlerError::permanent(
                 "partner key ZZ:NOPE has no account",
@@ -135,7 +135,7 @@ impl Handler for Picky {
             "sticky" => Err(HandlerError::transient("target keeps answering 503")),
             other => {
                 self.handled.lock().unwrap().push(other.to_owned());
-                Ok(())
+                Ok(Outcome::applied("T1"))
             }
         }
     }
@@ -260,7 +260,7 @@ struct Serial {
 }
 
 impl Handler for Serial {
-    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
         let case = match &d.event {
             Event::TgCommentAdded(c) => c.case_id.clone(),
             _ => unreachable!(),
@@ -283,7 +283,7 @@ impl Handler for Serial {
             .push(body(&d));
         *self.active.lock().unwrap().get_mut(&case).unwrap() -= 1;
         self.total.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Outcome::applied("T1"))
     }
 }
 
@@ -330,12 +330,12 @@ struct Blocking {
 }
 
 impl Handler for Blocking {
-    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
         self.deliveries.lock().unwrap().push(d.deliveries);
         self.started.notify_one();
         self.release.notified().await;
         self.done.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Outcome::applied("T1"))
     }
 }
 
@@ -416,9 +416,9 @@ struct Count {
 }
 
 impl Handler for Count {
-    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
         self.bodies.lock().unwrap().push(body(&d));
-        Ok(())
+        Ok(Outcome::applied("T1"))
     }
 }
 
@@ -468,4 +468,76 @@ async fn every_acked_publish_is_consumed_across_a_nats_server_restart() {
     .unwrap();
     stop.cancel();
     join.await.unwrap().unwrap();
+}
+
+/// Panics on "boom" (as an index past the end of an empty answer would); handles the rest.
+struct Panicky {
+    handled: Mutex<Vec<String>>,
+}
+
+impl Handler for Panicky {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
+        let b = body(&d);
+        if b == "boom" {
+            let answers: Vec<u16> = Vec::new();
+            let _ = answers[0];
+        }
+        self.handled.lock().unwrap().push(b);
+        Ok(Outcome::applied("D4"))
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_dead_letters_that_message_and_its_entity_goes_on() {
+    let (_server, bus) = server_and_bus().await;
+    let p = bus.publisher();
+    // One case: the panic happens with messages of the same entity queued behind it.
+    for b in ["first", "boom", "second", "third"] {
+        p.publish(&comment("C-9", b)).await.unwrap();
+    }
+    p.publish(&comment("C-10", "elsewhere")).await.unwrap();
+    let panicky = Arc::new(Panicky {
+        handled: Mutex::new(Vec::new()),
+    });
+    let (stop, join) = spawn_consumer(
+        &bus,
+        spec("panicky", &[TgCommentAdded::SUBJECT]),
+        panicky.clone(),
+    );
+    let letters = eventually("the panic dead-lettered", WAIT, || async {
+        let l = dead_letters(&bus).await;
+        (!l.is_empty()).then_some(l)
+    })
+    .await
+    .unwrap();
+    eventually("everything acked or termed", WAIT, || async {
+        (consumer_state(&bus, "panicky").await == (0, 0)).then_some(())
+    })
+    .await
+    .unwrap();
+    // The consumer kept running after the panic, and stops cleanly when asked.
+    stop.cancel();
+    join.await.unwrap().unwrap();
+    let mut handled = panicky.handled.lock().unwrap().clone();
+    let c9: Vec<_> = handled
+        .iter()
+        .filter(|b| *b != "elsewhere")
+        .cloned()
+        .collect();
+    assert_eq!(c9, vec!["first", "second", "third"], "in order, none lost");
+    handled.sort();
+    assert!(handled.contains(&"elsewhere".to_owned()));
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        letter.headers.get(names::HDR_ERROR_KIND).unwrap().as_str(),
+        "permanent"
+    );
+    let reason = letter.headers.get(names::HDR_ERROR).unwrap().to_string();
+    assert!(
+        reason.contains("the handler panicked") && reason.contains("index out of bounds"),
+        "{reason}"
+    );
+    let dead = <TgCommentAdded as prost::Message>::decode(letter.payload.as_ref()).unwrap();
+    assert_eq!(dead.body, "boom");
 }

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use tgb_bus::ledger::{self, Decision};
-use tgb_bus::{Delivery, Handler, HandlerError};
+use tgb_bus::{Delivery, Handler, HandlerError, Outcome};
 use tgb_proto::{BusEvent, Event, TgCommentAdded};
 use tgb_testkit::eventually;
 
@@ -11,20 +11,17 @@ use crate::support::*;
 struct Deciding;
 
 impl Handler for Deciding {
-    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
         let Event::TgCommentAdded(c) = &d.event else {
             unreachable!()
         };
         match c.body.as_str() {
-            "mine" => {
-                ledger::decide(Decision::Echo, "written by tg-bridge's application user");
-                Ok(())
-            }
+            "mine" => Ok(Outcome::echo(
+                "D4",
+                "written by tg-bridge's application user",
+            )),
             "bad" => Err(HandlerError::permanent("no account for ZZ:NOPE")),
-            _ => {
-                ledger::note_target("dataverse:annotation:1234", "204");
-                Ok(())
-            }
+            _ => Ok(Outcome::applied("D4").target("dataverse:annotation:1234", "204")),
         }
     }
 }

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use tgb_bus::{Delivery, Handler, HandlerError};
+use tgb_bus::{Delivery, Handler, HandlerError, Outcome};
 use tgb_proto::{BusEvent, Event, SUBJECTS};
 use tgb_testkit::eventually;
 
@@ -10,10 +10,10 @@ use crate::support::*;
 struct Collect(Mutex<BTreeMap<String, Event>>);
 
 impl Handler for Collect {
-    async fn handle(&self, d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, d: Delivery) -> Result<Outcome, HandlerError> {
         assert_eq!(d.subject, d.event.subject(), "delivered on its own subject");
         self.0.lock().unwrap().insert(d.subject.clone(), d.event);
-        Ok(())
+        Ok(Outcome::applied("T1"))
     }
 }
 

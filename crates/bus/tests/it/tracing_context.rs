@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use tgb_bus::{Delivery, Handler, HandlerError};
+use tgb_bus::{Delivery, Handler, HandlerError, Outcome};
 use tgb_proto::{BusEvent, TgCommentAdded};
 use tgb_testkit::eventually;
 use tracing::Instrument;
@@ -13,9 +13,9 @@ use crate::support::*;
 struct InSpan;
 
 impl Handler for InSpan {
-    async fn handle(&self, _d: Delivery) -> Result<(), HandlerError> {
+    async fn handle(&self, _d: Delivery) -> Result<Outcome, HandlerError> {
         tracing::info_span!("handler work").in_scope(|| {});
-        Ok(())
+        Ok(Outcome::applied("T1"))
     }
 }
 

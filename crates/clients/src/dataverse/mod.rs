@@ -31,6 +31,7 @@ use url::Url;
 
 use crate::oauth::{ClientCredentials, OAuthError, TokenCache};
 pub use batch::{BatchAnswer, BatchRequest};
+use tgb_governor::{Classify, ErrorClass};
 
 /// The path of the Web API under the organisation URL.
 pub const API_PATH: &str = "api/data/v9.2/";
@@ -111,6 +112,29 @@ pub enum DataverseError {
         /// What was wrong.
         message: String,
     },
+}
+
+impl Classify for DataverseError {
+    /// Throttling and outages are transient (with the wait asked for); a refused token or a
+    /// 401 is fatal (no request can succeed until the secret or the user is fixed); the rest
+    /// is permanent for the request that met it.
+    fn class(&self) -> ErrorClass {
+        match self {
+            DataverseError::Throttled { retry_after, .. } => ErrorClass::Transient {
+                retry_after: Some(*retry_after),
+            },
+            DataverseError::Unavailable { retry_after, .. } => ErrorClass::Transient {
+                retry_after: *retry_after,
+            },
+            DataverseError::Token(e) => e.class(),
+            DataverseError::Rejected { status: 401, .. } => ErrorClass::Fatal,
+            DataverseError::Conflict { .. }
+            | DataverseError::NotFound { .. }
+            | DataverseError::Rejected { .. }
+            | DataverseError::DeltaExpired { .. }
+            | DataverseError::Invalid { .. } => ErrorClass::Permanent,
+        }
+    }
 }
 
 impl DataverseError {
@@ -231,12 +255,11 @@ pub fn quote(value: &str) -> String {
 }
 
 fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    tgb_governor::retry_after_header(
+        headers
+            .get(reqwest::header::RETRY_AFTER)
+            .map(reqwest::header::HeaderValue::as_bytes),
+    )
 }
 
 fn odata_error(body: &Option<Value>) -> (String, String) {

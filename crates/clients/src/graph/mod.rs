@@ -31,6 +31,7 @@ use tgb_governor::Governor;
 use url::Url;
 
 use crate::oauth::{ClientCredentials, OAuthError, TokenCache};
+use tgb_governor::{Classify, ErrorClass};
 pub use types::*;
 
 /// The scope of a Graph token (client credentials).
@@ -86,6 +87,22 @@ pub enum GraphError {
     Auth(#[from] OAuthError),
 }
 
+impl Classify for GraphError {
+    /// Outages and ETag conflicts are transient; a refused token or a 401 is fatal; a 404 or
+    /// any other refusal is permanent for the request that met it.
+    fn class(&self) -> ErrorClass {
+        match self {
+            GraphError::Transient { retry_after, .. } => ErrorClass::Transient {
+                retry_after: *retry_after,
+            },
+            GraphError::Conflict { .. } => ErrorClass::TRANSIENT,
+            GraphError::Auth(e) => e.class(),
+            GraphError::Permanent { status: 401, .. } => ErrorClass::Fatal,
+            GraphError::NotFound { .. } | GraphError::Permanent { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
 impl GraphError {
     /// The delay Graph asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
@@ -127,14 +144,9 @@ impl GraphError {
     }
 }
 
-/// Reads `Retry-After` (delta-seconds; an HTTP date counts as one second).
+/// Reads `Retry-After` ([`tgb_governor::parse_retry_after`]: delta-seconds or an HTTP date).
 fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    let v = value?.trim();
-    Some(
-        v.parse::<u64>()
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(1)),
-    )
+    tgb_governor::parse_retry_after(value?)
 }
 
 /// Classifies a non-success answer.

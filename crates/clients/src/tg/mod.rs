@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::oauth::{OAuthError, TokenCache};
+use tgb_governor::{Classify, ErrorClass};
 pub use types::*;
 
 /// A call that did not succeed.
@@ -61,6 +62,22 @@ pub enum TgError {
     Auth(#[from] OAuthError),
 }
 
+impl Classify for TgError {
+    /// Outages and revision conflicts are transient; a refused token or a 401 is fatal; any
+    /// other refusal is permanent for the request that met it.
+    fn class(&self) -> ErrorClass {
+        match self {
+            TgError::Transient { retry_after, .. } => ErrorClass::Transient {
+                retry_after: *retry_after,
+            },
+            TgError::Conflict { .. } => ErrorClass::TRANSIENT,
+            TgError::Auth(e) => e.class(),
+            TgError::Permanent { status: 401, .. } => ErrorClass::Fatal,
+            TgError::Permanent { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
 impl TgError {
     /// The `Retry-After` TG asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
@@ -82,13 +99,9 @@ impl TgError {
     }
 }
 
-/// Reads `Retry-After` (delta-seconds; an HTTP date is taken as "soon").
+/// Reads `Retry-After` ([`tgb_governor::parse_retry_after`]: delta-seconds or an HTTP date).
 pub fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
-    let v = value?.to_str().ok()?.trim();
-    match v.parse::<u64>() {
-        Ok(secs) => Some(Duration::from_secs(secs)),
-        Err(_) => Some(Duration::from_secs(1)),
-    }
+    tgb_governor::retry_after_header(value.map(reqwest::header::HeaderValue::as_bytes))
 }
 
 /// A document's bytes as `GET /v1/documents/{id}/content` answers them.

@@ -187,7 +187,7 @@ async fn a_breach_published_just_before_a_crash_is_not_published_again() {
 
     // What the crashed instance published before it could mark the breach: the same event id.
     let started = clock.started_at.unix_timestamp_nanos().to_string();
-    let id = sla_monitor::ids::derived(clock.started_at, &["C-R2", &started, "first_response.1"]);
+    let id = tgb_bus::ids::derived(clock.started_at, &["C-R2", &started, "first_response.1"]);
     let crashed = pb::SlaBreached {
         meta: Some(pb::EventMeta {
             event_id: id.clone(),

@@ -345,3 +345,69 @@ async fn a_refused_write_goes_to_the_dlq_with_tgs_answer() {
 fn prost_types_now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(std::time::SystemTime::now())
 }
+
+#[tokio::test]
+async fn a_refused_secret_stops_the_consumer_and_readyz_says_why_without_dead_letters() {
+    let env = Env::start().await;
+    let case = env.raise_case("Pallets short");
+    // TG's token endpoint refuses this secret (401): no request of this identity can succeed
+    // until someone fixes it, so the consumer stops instead of dead-lettering every message.
+    let egress = env
+        .egress_with(
+            &env.sandbox.tg_api_url(),
+            &[("TGB_TG_CLIENT_SECRET", "a-revoked-secret")],
+        )
+        .await;
+    env.publish(crate::support::note(&case, "first")).await;
+    env.publish(crate::support::note(&case, "second")).await;
+    let http = reqwest::Client::new();
+    let reason = tgb_testkit::eventually(
+        "/readyz names the stopped consumer",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let r = http
+                .get(format!("{}/readyz", egress.base))
+                .send()
+                .await
+                .ok()?;
+            if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                return None;
+            }
+            let body: serde_json::Value = r.json().await.ok()?;
+            let reason = body["reason"].as_str()?.to_owned();
+            reason
+                .contains("consumer tg-egress stopped")
+                .then_some(reason)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(reason.contains("refused"), "{reason}");
+    assert!(
+        !reason.contains("a-revoked-secret"),
+        "the secret is not in the reason"
+    );
+    // The service still serves (health, metrics) while its consumer is stopped.
+    let health = http
+        .get(format!("{}/healthz", egress.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    assert!(!egress.task.is_finished());
+    // Nothing was dead-lettered: both notes wait in the stream for the fixed secret.
+    let js = env.bus.jetstream();
+    let mut dlq = js.get_stream("TGB_DLQ").await.unwrap();
+    assert_eq!(dlq.info().await.unwrap().state.messages, 0);
+    assert!(env.api_comments(&case).is_empty());
+    egress.stop().await;
+
+    // With the secret fixed, a restart writes both notes.
+    let egress = env.egress(&env.sandbox.tg_api_url()).await;
+    tgb_testkit::eventually("both notes in TG", tgb_testkit::HANG_GUARD, || async {
+        (env.api_comments(&case).len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    egress.stop().await;
+}

@@ -16,6 +16,8 @@ pub struct Env {
 pub struct Running {
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
 }
 
 impl Running {
@@ -51,7 +53,12 @@ impl Env {
     /// Starts tg-egress against `api_url` (the sandbox's TG API unless a test puts a proxy
     /// in front), with short redelivery settings.
     pub async fn egress(&self, api_url: &str) -> Running {
-        let vars = [
+        self.egress_with(api_url, &[]).await
+    }
+
+    /// As [`Env::egress`], with more (or other) `TGB_*` variables.
+    pub async fn egress_with(&self, api_url: &str, extra: &[(&str, &str)]) -> Running {
+        let mut vars: Vec<(String, String)> = [
             ("TGB_NATS_URL", self.nats.url()),
             ("TGB_TG_API_URL", api_url.to_owned()),
             ("TGB_TG_TOKEN_URL", self.sandbox.tg_token_url()),
@@ -60,12 +67,22 @@ impl Env {
             ("TGB_BUS__MAX_DELIVER", "100".into()),
             ("TGB_BUS__ACK_WAIT_SECS", "2".into()),
         ]
-        .map(|(k, v)| (k.to_owned(), v));
+        .map(|(k, v)| (k.to_owned(), v))
+        .into();
+        for (k, v) in extra {
+            vars.retain(|(name, _)| name != k);
+            vars.push(((*k).to_owned(), (*v).to_owned()));
+        }
         let config = Config::load_from(None, vars).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(tg_egress::serve(config, listener, shutdown.clone()));
-        Running { shutdown, task }
+        Running {
+            shutdown,
+            task,
+            base,
+        }
     }
 
     pub fn raise_case(&self, title: &str) -> String {

@@ -1,6 +1,7 @@
 //! Deterministic event ids: the same fact always gets the same ULID, so JetStream's
 //! `Nats-Msg-Id` de-duplication and TG's `Idempotency-Key` absorb a second publish (a redelivery,
-//! a restart between publish and bookkeeping, two replicas racing).
+//! a restart between publish and bookkeeping, two replicas racing). Shared by every service that
+//! derives the id of a fact it found (SLA breaches, review outcomes).
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
