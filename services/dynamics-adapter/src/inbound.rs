@@ -2,7 +2,7 @@
 //!
 //! | subject | flow | Dataverse |
 //! |---|---|---|
-//! | `tg.case.opened/updated` | D1 | upsert `incidents(tgb_tgcaseid=…)`, only the fields that changed since the last sync; customer = the partner's account; TG resolved/closed → `CloseIncident` |
+//! | `tg.case.opened/updated` | D1 | write `incidents(<id>)` (the linked row, else the one holding `tgb_tgcaseid`, found with `$filter`, else a new one at UUIDv5 of the case id), only the fields that changed since the last sync; customer = the partner's account; TG resolved/closed → `CloseIncident` |
 //! | `tg.case.comment_added` | D1, D2, D4 | annotation (UUIDv5 id) on the case, or on the exception the case was opened for; `tgb_partnermessage` activity regarding it |
 //! | `tg.document.uploaded` | D1, D4 | annotation with the document reference; `tgb_partnermessage` (document interaction) |
 //! | `review.document.completed` | D3 | verification flag on the account + annotation; banking details only as a document reference |
@@ -21,8 +21,10 @@ use tgb_clients::dataverse::{BatchRequest, quote};
 use tgb_proto as pb;
 use tgb_proto::BusEvent as _;
 
-use crate::adapter::{Adapter, TO_DATAVERSE, echo, flow, handler_error, row_id, stale};
-use crate::batcher::upsert;
+use crate::adapter::{
+    Adapter, TO_DATAVERSE, echo, flow, handler_error, incident_id, row_id, stale,
+};
+use crate::batcher::{must_exist, upsert};
 use crate::schema::{self, bind, reference};
 use crate::settings::{DynamicsSettings, FieldPolicy};
 use crate::state::hash;
@@ -235,10 +237,15 @@ impl Writer {
                 .map_err(HandlerError::transient)?;
             return Ok(Outcome::Echo);
         }
-        let key = format!(
-            "{}(tgb_tgcaseid={})",
-            schema::set("incident"),
-            quote(&case.case_id)
+        // The incident's address: the linked row, else the id tg-bridge gives a new one. Never
+        // its alternate key: a TG id may hold characters Dataverse refuses in a key value in a
+        // URL, so `tgb_tgcaseid` travels in the body and the row is found with `$filter`.
+        let incidents = schema::set("incident");
+        let mut key = format!(
+            "{incidents}({})",
+            linked
+                .clone()
+                .unwrap_or_else(|| incident_id(&case.case_id).to_string())
         );
         let agreed_closed = ["resolved", "closed"]
             .iter()
@@ -264,21 +271,21 @@ impl Writer {
         let answers = loop {
             attempts += 1;
             if matches!(precondition, Precondition::Unknown) {
-                let row = match a
-                    .dv
-                    .get(&format!(
-                        "{key}?$select=tgb_tgrevision,statecode,statuscode"
-                    ))
+                let row = a
+                    .incident_by_case(
+                        &case.case_id,
+                        "incidentid,tgb_tgrevision,statecode,statuscode",
+                    )
                     .await
-                {
-                    Ok(row) => Some(row),
-                    Err(tgb_clients::dataverse::DataverseError::NotFound { .. }) => None,
-                    Err(e) => return Err(handler_error(e)),
-                };
+                    .map_err(handler_error)?;
                 let Some(row) = row else {
                     precondition = Precondition::Absent;
+                    key = format!("{incidents}({})", incident_id(&case.case_id));
                     continue;
                 };
+                if let Some(id) = row["incidentid"].as_str() {
+                    key = format!("{incidents}({id})");
+                }
                 if row["tgb_tgrevision"]
                     .as_i64()
                     .is_some_and(|r| r > case.revision)
@@ -304,6 +311,9 @@ impl Writer {
             if linked.is_none() {
                 body.insert("caseorigincode".into(), json!(3));
                 body.insert("tgb_origin".into(), json!(100_000_000));
+            }
+            if linked.is_none() || matches!(precondition, Precondition::Absent) {
+                body.insert("tgb_tgcaseid".into(), json!(case.case_id));
             }
             body.insert("tgb_tgrevision".into(), json!(case.revision));
             body.insert(
@@ -699,11 +709,11 @@ impl Writer {
             doc.file_name
         );
         let set = vec![
-            upsert(
+            must_exist(upsert(
                 &format!("{}({account})", schema::set("account")),
                 "accountid",
                 fields,
-            ),
+            )),
             Self::note(
                 &format!("tg-review:{}:{}", doc.document_id, verified),
                 "account",
@@ -732,11 +742,11 @@ impl Writer {
         let account = self.a().account_for(&partner).await?;
         self.a()
             .batcher
-            .submit(vec![upsert(
+            .submit(vec![must_exist(upsert(
                 &format!("{}({account})", schema::set("account")),
                 "accountid",
                 json!({"tgb_onboardingstatus": value}),
-            )])
+            ))])
             .await
             .map_err(handler_error)?;
         Ok(Outcome::Applied)
@@ -783,11 +793,34 @@ impl Writer {
         } else {
             d.case_id.clone()
         };
+        // The incident: the TG case's linked one, else the one holding the key, else the id
+        // tg-bridge gives a new one (never the key in a URL: it holds `:`). A TG case already
+        // in Dynamics keeps its own title and description: the dispute only points at it.
+        let existing = match a
+            .links
+            .find(
+                &Record::new("tg", "case", &case_key),
+                "dataverse",
+                "incident",
+            )
+            .await
+            .map_err(HandlerError::transient)?
+        {
+            Some(id) => Some(id),
+            None => a
+                .incident_by_case(&case_key, "incidentid")
+                .await
+                .map_err(handler_error)?
+                .and_then(|row| row["incidentid"].as_str().map(str::to_owned)),
+        };
         let incident_key = format!(
-            "{}(tgb_tgcaseid={})",
+            "{}({})",
             schema::set("incident"),
-            quote(&case_key)
+            existing
+                .clone()
+                .unwrap_or_else(|| incident_id(&case_key).to_string())
         );
+        let write_incident = existing.is_none() || d.case_id.is_empty();
         let status = match d.status() {
             pb::DisputeStatus::UnderReview => 100_000_001,
             pb::DisputeStatus::Resolved => 100_000_002,
@@ -807,8 +840,9 @@ impl Writer {
         if opened && let Some(t) = meta.occurred_at.as_ref().and_then(rfc3339) {
             columns["tgb_disputeraisedon"] = json!(t);
         }
-        let set = vec![
-            upsert(
+        let mut set = Vec::new();
+        if write_incident {
+            set.push(upsert(
                 &incident_key,
                 "incidentid",
                 json!({
@@ -817,22 +851,33 @@ impl Writer {
                     "casetypecode": 2,
                     "caseorigincode": 3,
                     "tgb_origin": 100_000_002,
+                    "tgb_tgcaseid": case_key,
                     bind("incident", "customerid", "account"): reference("account", &account),
                 }),
-            ),
-            upsert(
-                &format!("{}({invoice})", schema::set("invoice")),
-                "invoiceid",
-                columns,
-            ),
-        ];
-        let answers = a.batcher.submit(set).await.map_err(handler_error)?;
-        let incident = answers[0]
-            .body
-            .as_ref()
-            .and_then(|b| b["incidentid"].as_str())
-            .unwrap_or_default()
-            .to_owned();
+            ));
+        }
+        set.push(must_exist(upsert(
+            &format!("{}({invoice})", schema::set("invoice")),
+            "invoiceid",
+            columns,
+        )));
+        let answers = match a.batcher.submit(set).await {
+            Ok(answers) => answers,
+            // The key was taken meanwhile by a row at another id: the next delivery finds it.
+            Err(e @ tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
+                return Err(HandlerError::transient(e.to_string()));
+            }
+            Err(e) => return Err(handler_error(e)),
+        };
+        let incident = match &existing {
+            Some(id) if !write_incident => id.clone(),
+            _ => answers[0]
+                .body
+                .as_ref()
+                .and_then(|b| b["incidentid"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        };
         a.links
             .link(
                 &Record::new("tg", "dispute", &d.dispute_id),
@@ -955,11 +1000,11 @@ impl Writer {
         ));
         let mut set = Vec::new();
         if !write.is_empty() {
-            set.push(upsert(
+            set.push(must_exist(upsert(
                 &format!("{}({account})", schema::set("account")),
                 "accountid",
                 Value::Object(write),
-            ));
+            )));
         }
         if state.fields.get("contacts") != Some(&contacts_h)
             && a.settings.policy("contacts") == FieldPolicy::TgWins

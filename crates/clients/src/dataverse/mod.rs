@@ -225,9 +225,26 @@ pub fn route_of(method: &Method, path: &str) -> String {
     format!("{method} {out}")
 }
 
-/// Quotes a string for an OData key or filter literal (`'` doubled).
+/// Quotes a string for a `$filter` literal in a URL: `'` doubled, then the characters a query
+/// string would misread percent-encoded (`%` `&` `#` `+` `'`), so a value holding them reaches
+/// Dataverse unchanged. (Alternate-key values are never put in a URL: Dataverse refuses a key
+/// value holding `/ # < > * % & : \ ? +` there, encoded or not.)
 pub fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let doubled = value.replace('\'', "''");
+    let mut out = String::with_capacity(doubled.len() + 2);
+    out.push('\'');
+    for c in doubled.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '&' => out.push_str("%26"),
+            '#' => out.push_str("%23"),
+            '+' => out.push_str("%2B"),
+            '\'' => out.push_str("%27"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -711,6 +728,7 @@ mod tests {
 
     #[test]
     fn literals_are_quoted() {
-        assert_eq!(quote("O'Brien"), "'O''Brien'");
+        assert_eq!(quote("O'Brien"), "'O%27%27Brien'");
+        assert_eq!(quote("ZZ:A&B+C#1%"), "'ZZ:A%26B%2BC%231%25'");
     }
 }
