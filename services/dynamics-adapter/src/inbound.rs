@@ -256,6 +256,11 @@ impl Writer {
             return self.closed_unchanged(&entity, &revision, &view).await;
         }
         let close = changed.contains(&"status") && tg_closed;
+        // TG's case is active again while the incident is resolved: a resolved case is
+        // read-only, so the state change goes alone first, the other columns after it, in one
+        // change set.
+        let mut reopen = linked.is_some() && agreed_closed && !tg_closed;
+        let active_code = if status == "waiting_on_partner" { 3 } else { 1 };
         // Every write is conditional, so that two replicas (or a redelivery racing a newer
         // revision) never let an older revision of the case overwrite a newer one: a new
         // incident with `If-None-Match: *`, a known one with the ETag of our last write. A 412
@@ -293,9 +298,11 @@ impl Writer {
                     stale("tg");
                     return Ok(Outcome::Skipped);
                 }
-                if tg_closed && row["statecode"].as_i64().is_some_and(|s| s != 0) {
+                let resolved = row["statecode"].as_i64().is_some_and(|s| s != 0);
+                if tg_closed && resolved {
                     return self.closed_unchanged(&entity, &revision, &view).await;
                 }
+                reopen = reopen && resolved;
                 precondition = match row["@odata.etag"].as_str() {
                     Some(etag) => Precondition::Matches(etag.to_owned()),
                     None => Precondition::Any,
@@ -320,22 +327,34 @@ impl Writer {
                 bind("incident", "customerid", "account"),
                 json!(reference("account", &account)),
             );
-            if changed.contains(&"status") && !close && linked.is_some() {
-                let code = if status == "waiting_on_partner" { 3 } else { 1 };
+            if changed.contains(&"status") && !close && linked.is_some() && !reopen {
                 body.insert("statecode".into(), json!(0));
-                body.insert("statuscode".into(), json!(code));
+                body.insert("statuscode".into(), json!(active_code));
+            }
+            let condition = |request: BatchRequest| match &precondition {
+                Precondition::Absent => request.header("If-None-Match", "*"),
+                Precondition::Matches(etag) => request.header("If-Match", etag),
+                Precondition::Any | Precondition::Unknown => request,
+            };
+            let mut set = Vec::new();
+            if reopen {
+                set.push(condition(BatchRequest::new(
+                    Method::PATCH,
+                    key.clone(),
+                    Some(json!({"statecode": 0, "statuscode": active_code})),
+                )));
             }
             let write = upsert(
                 &key,
                 "incidentid,versionnumber,statecode,statuscode",
                 Value::Object(body),
             );
-            let write = match &precondition {
-                Precondition::Absent => write.header("If-None-Match", "*"),
-                Precondition::Matches(etag) => write.header("If-Match", etag),
-                Precondition::Any | Precondition::Unknown => write,
-            };
-            let mut set = vec![write];
+            set.push(if reopen {
+                must_exist(write)
+            } else {
+                condition(write)
+            });
+            let written_at = set.len() - 1;
             if close {
                 set.push(BatchRequest::new(
                     Method::POST,
@@ -351,7 +370,7 @@ impl Writer {
                 ));
             }
             match a.batcher.submit(set).await {
-                Ok(answers) => break answers,
+                Ok(mut answers) => break answers.swap_remove(written_at),
                 Err(e @ tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
                     metrics::counter!("tgb_dynamics_conditional_retries_total").increment(1);
                     if attempts >= MAX_CONDITIONAL_ATTEMPTS {
@@ -380,12 +399,18 @@ impl Writer {
                     if tg_closed {
                         return self.closed_unchanged(&entity, &revision, &view).await;
                     }
+                    if reopen {
+                        // The state change alone was refused too: retrying cannot help.
+                        return Err(HandlerError::permanent(format!(
+                            "reopening the resolved incident was refused: {e}"
+                        )));
+                    }
                     return Err(HandlerError::transient(e.to_string()));
                 }
                 Err(e) => return Err(handler_error(e)),
             }
         };
-        let answer = answers[0].body.clone().unwrap_or_default();
+        let answer = answers.body.clone().unwrap_or_default();
         let incident = answer["incidentid"]
             .as_str()
             .map(str::to_owned)
@@ -537,11 +562,43 @@ impl Writer {
         if let Some(t) = sent_at.and_then(rfc3339) {
             body["tgb_sentat"] = json!(t);
         }
+        // Written completed: a case cannot be resolved while activities regarding it are open,
+        // and a captured message is a record of something that happened, not work to do. A
+        // completed activity cannot be updated, so it is created once (`If-None-Match: *`).
+        body["statecode"] = json!(1);
+        body["statuscode"] = json!(2);
         upsert(
             &format!("{}({msg})", schema::set("tgb_partnermessage")),
             "activityid",
             body,
         )
+        .header("If-None-Match", "*")
+    }
+
+    /// Writes a change set holding create-only partner messages. A 412 means a message exists
+    /// already (a redelivery): the rest of the set is written without it.
+    async fn submit_capture(&self, set: Vec<BatchRequest>) -> Result<(), HandlerError> {
+        let batcher = &self.a().batcher;
+        match batcher.submit(set.clone()).await {
+            Ok(_) => Ok(()),
+            Err(tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
+                metrics::counter!("tgb_dynamics_messages_already_written_total").increment(1);
+                let rest: Vec<BatchRequest> = set
+                    .into_iter()
+                    .filter(|r| {
+                        !r.headers
+                            .iter()
+                            .any(|(k, v)| k.eq_ignore_ascii_case("If-None-Match") && v == "*")
+                    })
+                    .collect();
+                if rest.is_empty() {
+                    return Ok(());
+                }
+                batcher.submit(rest).await.map_err(handler_error)?;
+                Ok(())
+            }
+            Err(e) => Err(handler_error(e)),
+        }
     }
 
     /// D1/D2/D4: a TG comment → note + partner message on the case (or exception).
@@ -591,7 +648,7 @@ impl Writer {
                 e.created_at.as_ref(),
             ),
         ];
-        self.a().batcher.submit(set).await.map_err(handler_error)?;
+        self.submit_capture(set).await?;
         Ok(Outcome::Applied)
     }
 
@@ -654,7 +711,7 @@ impl Writer {
                 ),
             );
         }
-        self.a().batcher.submit(set).await.map_err(handler_error)?;
+        self.submit_capture(set).await?;
         Ok(Outcome::Applied)
     }
 

@@ -1,5 +1,6 @@
 //! dynamics-adapter in-process against a real nats-server and the sandbox.
 
+mod activities;
 mod bad_input;
 mod case_sync;
 mod echoes;
