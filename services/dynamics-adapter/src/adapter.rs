@@ -65,6 +65,8 @@ pub struct Adapter {
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<String>>>>>,
     entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     not_tg: Mutex<HashSet<String>>,
+    /// Per polled table: the stored delta link that keeps failing, and how many times in a row.
+    pub(crate) link_failures: Mutex<HashMap<String, (String, u32)>>,
 }
 
 /// How many incidents without a TG case [`Adapter::tg_case_of`] remembers.
@@ -138,6 +140,7 @@ impl Adapter {
             accounts: Mutex::new(HashMap::new()),
             entity_locks: Mutex::new(HashMap::new()),
             not_tg: Mutex::new(HashSet::new()),
+            link_failures: Mutex::new(HashMap::new()),
         }
     }
 

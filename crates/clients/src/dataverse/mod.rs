@@ -277,6 +277,10 @@ fn error_of(
 ) -> DataverseError {
     let (code, message) = odata_error(body);
     let route = route.to_owned();
+    // The HTTP status of an expired change-tracking token is not documented: the code decides.
+    if code.eq_ignore_ascii_case(EXPIRED_VERSION_STAMP) {
+        return DataverseError::DeltaExpired { route };
+    }
     match status {
         429 => DataverseError::Throttled {
             route,
@@ -293,7 +297,6 @@ fn error_of(
             code,
             message,
         },
-        400 if code == EXPIRED_VERSION_STAMP => DataverseError::DeltaExpired { route },
         408 | 500..=599 => DataverseError::Unavailable {
             route,
             status: Some(status),
@@ -718,10 +721,15 @@ mod tests {
             DataverseError::NotFound { .. }
         ));
         let expired = Some(serde_json::json!({"error": {"code": EXPIRED_VERSION_STAMP}}));
-        assert!(matches!(
-            error_of("r", 400, None, &expired),
-            DataverseError::DeltaExpired { .. }
-        ));
+        for status in [400, 403, 404, 410, 412, 422, 500, 503] {
+            assert!(
+                matches!(
+                    error_of("r", status, None, &expired),
+                    DataverseError::DeltaExpired { .. }
+                ),
+                "{status}"
+            );
+        }
         let e = error_of("r", 403, None, &None);
         assert!(!e.is_transient());
     }
