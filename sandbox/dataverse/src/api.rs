@@ -224,6 +224,8 @@ fn route(
         }
         _ => {}
     }
+    // Before the segment check: a `/` inside a key value is the key rule's refusal.
+    crate::query::check_key_literals(&path)?;
     if path.contains('/') {
         return Err(ODataError::bad_request(
             codes::INVALID_ARGUMENT,

@@ -29,6 +29,13 @@ pub mod codes {
     pub const VALIDATION: &str = "0x80044331";
     /// CaseAlreadyResolved.
     pub const CASE_ALREADY_RESOLVED: &str = "0x800404cf";
+    /// The object cannot be updated because it is read-only (a completed or canceled
+    /// activity).
+    pub const READ_ONLY: &str = "0x8004022e";
+    /// `CloseIncident` on a case with open activities. Microsoft documents the rule (a case
+    /// with open activities cannot be resolved until they are completed or canceled) but not
+    /// the code the Web API answers: the emulator answers InvalidArgument.
+    pub const OPEN_ACTIVITIES: &str = "0x80040203";
     /// Invalid statecode/statuscode combination.
     pub const INVALID_STATE_STATUS: &str = "0x8004431a";
     /// ExpiredVersionStamp: the change-tracking token expired, re-baseline.

@@ -501,12 +501,65 @@ pub enum KeyPredicate {
     Alternate(Vec<(String, Value)>),
 }
 
-/// Parses the inside of the parentheses of a key predicate (already percent-decoded).
+/// The characters that break `GET` and `PATCH` by an alternate key when a key value holds one
+/// of them, percent-encoded or not ("Define alternate keys using Power Apps", and "Work with
+/// alternate keys", section "Unicode characters in key value").
+pub const KEY_VALUE_REFUSED: &[char] = &['/', '#', '<', '>', '*', '%', '&', ':', '\\', '?', '+'];
+
+/// What Dataverse answers a key value holding one of [`KEY_VALUE_REFUSED`]: the OData URI
+/// parser's 400 "Bad Request - Error in query syntax.".
+pub fn key_value_refused(value: &str) -> ODataError {
+    ODataError::bad_request(
+        codes::ODATA,
+        format!(
+            "Bad Request - Error in query syntax. (the alternate key value '{value}' holds one of / # < > * % & : \\ ? +)"
+        ),
+    )
+}
+
+/// Refuses a path whose key predicate has a quoted value holding one of [`KEY_VALUE_REFUSED`]
+/// (`path` is already percent-decoded, so encoded characters are refused too).
+pub fn check_key_literals(path: &str) -> Result<(), ODataError> {
+    let Some(open) = path.find('(') else {
+        return Ok(());
+    };
+    let chars: Vec<char> = path[open..].chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '\'' {
+            i += 1;
+            continue;
+        }
+        let mut lit = String::new();
+        i += 1;
+        while i < chars.len() {
+            if chars[i] == '\'' {
+                if chars.get(i + 1) == Some(&'\'') {
+                    lit.push('\'');
+                    i += 2;
+                    continue;
+                }
+                break;
+            }
+            lit.push(chars[i]);
+            i += 1;
+        }
+        i += 1;
+        if lit.contains(KEY_VALUE_REFUSED) {
+            return Err(key_value_refused(&lit));
+        }
+    }
+    Ok(())
+}
+
+/// Parses the inside of the parentheses of a key predicate (already percent-decoded). A string
+/// value holding one of [`KEY_VALUE_REFUSED`] is refused as Dataverse refuses it.
 pub fn parse_key(s: &str) -> Result<KeyPredicate, ODataError> {
     let s = s.trim();
     if let Ok(u) = Uuid::parse_str(s) {
         return Ok(KeyPredicate::Id(u));
     }
+    check_key_literals(&format!("({s})"))?;
     let bad = || {
         ODataError::bad_request(
             codes::ODATA,

@@ -664,9 +664,15 @@ impl Store {
             .and_then(|r| r.attrs.get("statecode"))
             .and_then(Value::as_i64)
             .unwrap_or(0);
+        let only_state = p
+            .attrs
+            .keys()
+            .all(|k| k == "statecode" || k == "statuscode");
         if table.logicalname == "incident" {
             let new_state = p.attrs.get("statecode").and_then(Value::as_i64);
-            if current_state != 0 && new_state != Some(0) {
+            // A resolved case is read-only: it is reopened by a state change alone; its other
+            // columns can be written after that, in a later request.
+            if current_state != 0 && (new_state != Some(0) || !only_state) {
                 return Err(ODataError::bad_request(
                     codes::CASE_ALREADY_RESOLVED,
                     "This case has already been resolved. Close and reopen the case record to see the updates.",
@@ -679,7 +685,37 @@ impl Store {
                 ));
             }
         }
+        if table.activity && current_state != 0 && !only_state {
+            // A completed or canceled activity is read-only.
+            return Err(ODataError::bad_request(
+                codes::READ_ONLY,
+                "The object cannot be updated because it is read-only.",
+            ));
+        }
         self.apply_update(ctx, table, id, p.attrs, current_state, "Update")
+    }
+
+    /// Activities regarding `incident` that are still open (statecode 0).
+    pub fn open_activities(&self, incident: Uuid) -> usize {
+        let id = incident.to_string();
+        Schema::get()
+            .tables()
+            .iter()
+            .filter(|t| t.activity)
+            .filter_map(|t| self.rows(&t.logicalname))
+            .flat_map(|rows| rows.values())
+            .filter(|r| {
+                r.attrs
+                    .get("_regardingobjectid_value")
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(&id))
+                    && r.attrs
+                        .get("statecode")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                        == 0
+            })
+            .count()
     }
 
     fn apply_update(
@@ -870,6 +906,15 @@ impl Store {
             return Err(ODataError::bad_request(
                 codes::CASE_ALREADY_RESOLVED,
                 "This case has already been resolved. Close and reopen the case record to see the updates.",
+            ));
+        }
+        let open = self.open_activities(incident_id);
+        if open > 0 {
+            return Err(ODataError::bad_request(
+                codes::OPEN_ACTIVITIES,
+                format!(
+                    "The case cannot be resolved: {open} activities regarding it are still open. Complete or cancel them first."
+                ),
             ));
         }
         let valid = incident.column("statuscode").is_some_and(|c| {

@@ -435,6 +435,14 @@ pub fn remote_execution_context(org: &OrgInfo, ev: &Event, endpoint: Uuid) -> Va
         .map(|p| vec![json!({"key": "PreImage", "value": sdk_entity(table, ev.id, p, None)})])
         .unwrap_or_default();
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    // `Close` is not a request on a row (its target is the IncidentResolution it creates):
+    // Dataverse sends it with an empty primary entity id; the case is the resolution's
+    // `incidentid`.
+    let primary_id = if ev.message == "Close" {
+        Uuid::nil()
+    } else {
+        ev.id
+    };
     json!({
         "BusinessUnitId": org.business_unit.to_string(),
         "CorrelationId": ev.correlation.to_string(),
@@ -463,7 +471,7 @@ pub fn remote_execution_context(org: &OrgInfo, ev: &Event, endpoint: Uuid) -> Va
         "ParentContext": null,
         "PostEntityImages": post_images,
         "PreEntityImages": pre_images,
-        "PrimaryEntityId": ev.id.to_string(),
+        "PrimaryEntityId": primary_id.to_string(),
         "PrimaryEntityName": ev.table,
         "RequestId": Uuid::new_v4().to_string(),
         "SecondaryEntityName": "none",

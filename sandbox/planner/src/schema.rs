@@ -249,7 +249,7 @@ fn build_registry() -> Result<Registry, String> {
             "type": ["object", "null"],
             "required": ["@odata.type"],
             "properties": {
-                "@odata.type": odata_type(&["externalReference", "plannerExternalReference"]),
+                "@odata.type": odata_type(&["plannerExternalReference"]),
                 "alias": nullable_string,
                 "previewPriority": nullable_string,
                 "type": nullable_string,

@@ -12,7 +12,7 @@ use tgb_clients::dataverse::{DataverseClient, DataverseError, quote};
 use tgb_proto as pb;
 use uuid::Uuid;
 
-use crate::batcher::{Batcher, upsert};
+use crate::batcher::{Batcher, must_exist, upsert};
 use crate::schema;
 use crate::settings::DynamicsSettings;
 use crate::state::States;
@@ -28,6 +28,20 @@ pub const FROM_DATAVERSE: &str = "dyn";
 /// The deterministic id of a row created for `source_key` (e.g. `tg-comment:CM-1`).
 pub fn row_id(source_key: &str) -> Uuid {
     Uuid::new_v5(&ID_NAMESPACE, source_key.as_bytes())
+}
+
+/// The id tg-bridge gives the account it creates for a partner (`ZZ:ACME01`).
+///
+/// Rows are never addressed by their alternate keys in a URL: a key value holding any of
+/// `/ # < > * % & : \ ? +` cannot be used there, encoded or not ("Define alternate keys using
+/// Power Apps"), and every partner key holds `:`. The key column travels in the body instead.
+pub fn account_id(partner_key: &str) -> Uuid {
+    row_id(&format!("tg-partner:{partner_key}"))
+}
+
+/// The id tg-bridge gives the incident it creates for a TG case key (`C-1`, `dispute:D-1`).
+pub fn incident_id(case_key: &str) -> Uuid {
+    row_id(&format!("tg-case:{case_key}"))
 }
 
 /// Everything the flows share.
@@ -51,6 +65,8 @@ pub struct Adapter {
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<String>>>>>,
     entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     not_tg: Mutex<HashSet<String>>,
+    /// Per polled table: the stored delta link that keeps failing, and how many times in a row.
+    pub(crate) link_failures: Mutex<HashMap<String, (String, u32)>>,
 }
 
 /// How many incidents without a TG case [`Adapter::tg_case_of`] remembers.
@@ -118,6 +134,7 @@ impl Adapter {
             accounts: Mutex::new(HashMap::new()),
             entity_locks: Mutex::new(HashMap::new()),
             not_tg: Mutex::new(HashSet::new()),
+            link_failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -161,15 +178,7 @@ impl Adapter {
             return Ok(id);
         }
         let set = schema::set("account");
-        let found = self
-            .dv
-            .get(&format!(
-                "{set}?$select=accountid&$filter=tgb_partnerkey eq {}",
-                quote(&key)
-            ))
-            .await
-            .map_err(handler_error)?;
-        let mut id = found["value"][0]["accountid"].as_str().map(str::to_owned);
+        let mut id = self.account_by_key(&key).await?;
         if id.is_none() {
             for field in &self.settings.account_match_fields {
                 let found = self
@@ -187,11 +196,11 @@ impl Adapter {
                 if candidates.len() == 1 {
                     let matched = candidates[0]["accountid"].as_str().unwrap_or_default();
                     self.batcher
-                        .submit(vec![upsert(
+                        .submit(vec![must_exist(upsert(
                             &format!("{set}({matched})"),
                             "accountid",
                             json!({"tgb_partnerkey": key}),
-                        )])
+                        ))])
                         .await
                         .map_err(handler_error)?;
                     metrics::counter!("tgb_dynamics_accounts_matched_total", "field" => field.clone())
@@ -210,21 +219,41 @@ impl Adapter {
                 } else {
                     partner.name.clone()
                 };
-                let answers = self
+                let new_id = account_id(&key);
+                let created = self
                     .batcher
-                    .submit(vec![upsert(
-                        &format!("{set}(tgb_partnerkey={})", quote(&key)),
-                        "accountid",
-                        json!({"name": name}),
-                    )])
-                    .await
-                    .map_err(handler_error)?;
-                answers
-                    .first()
-                    .and_then(|a| a.body.as_ref())
-                    .and_then(|b| b["accountid"].as_str())
-                    .map(str::to_owned)
-                    .ok_or_else(|| HandlerError::transient("the account upsert answered no id"))?
+                    .submit(vec![
+                        upsert(
+                            &format!("{set}({new_id})"),
+                            "accountid",
+                            json!({
+                                "name": name.chars().take(160).collect::<String>(),
+                                "tgb_partnerkey": key,
+                            }),
+                        )
+                        .header("If-None-Match", "*"),
+                    ])
+                    .await;
+                match created {
+                    Ok(answers) => answers
+                        .first()
+                        .and_then(|a| a.body.as_ref())
+                        .and_then(|b| b["accountid"].as_str())
+                        .map(str::to_owned)
+                        .ok_or_else(|| {
+                            HandlerError::transient("the account create answered no id")
+                        })?,
+                    // Created meanwhile (by another replica, or an agent gave an account the
+                    // key): the row holding the key is the partner's account.
+                    Err(DataverseError::Conflict { .. }) => {
+                        self.account_by_key(&key).await?.ok_or_else(|| {
+                            HandlerError::permanent(format!(
+                                "account {new_id} exists but does not hold partner key {key:?}"
+                            ))
+                        })?
+                    }
+                    Err(e) => return Err(handler_error(e)),
+                }
             }
         };
         self.links
@@ -233,6 +262,40 @@ impl Adapter {
             .map_err(HandlerError::transient)?;
         *slot = Some(id.clone());
         Ok(id)
+    }
+
+    /// The account holding partner key `key`, found with `$filter` (never by the key in a URL).
+    pub async fn account_by_key(&self, key: &str) -> Result<Option<String>, HandlerError> {
+        let found = self
+            .dv
+            .get(&format!(
+                "{}?$select=accountid&$filter=tgb_partnerkey eq {}",
+                schema::set("account"),
+                quote(key)
+            ))
+            .await
+            .map_err(handler_error)?;
+        Ok(found["value"][0]["accountid"].as_str().map(str::to_owned))
+    }
+
+    /// The incident of TG case key `case_key` (columns `select`), found with `$filter`.
+    pub async fn incident_by_case(
+        &self,
+        case_key: &str,
+        select: &str,
+    ) -> Result<Option<Value>, DataverseError> {
+        let found = self
+            .dv
+            .get(&format!(
+                "{}?$select={select}&$filter=tgb_tgcaseid eq {}",
+                schema::set("incident"),
+                quote(case_key)
+            ))
+            .await?;
+        Ok(found["value"]
+            .as_array()
+            .and_then(|rows| rows.first())
+            .cloned())
     }
 
     /// The partner of an account (from the link, else from its `tgb_partnerkey`).

@@ -151,3 +151,10 @@ pub fn upsert(path: &str, select: &str, body: serde_json::Value) -> BatchRequest
     )
     .header("Prefer", "return=representation")
 }
+
+/// Makes a write an update only (`If-Match: *`): for rows that must exist (accounts, invoices),
+/// so that a row deleted meanwhile answers 404 instead of being re-created, nameless, under its
+/// old id.
+pub fn must_exist(request: BatchRequest) -> BatchRequest {
+    request.header("If-Match", "*")
+}

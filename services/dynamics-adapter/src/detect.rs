@@ -115,8 +115,33 @@ pub fn from_context(body: &Value) -> Result<Change, ContextError> {
         text("MessageName").ok_or_else(|| ContextError::Shape("MessageName is missing".into()))?;
     let table = text("PrimaryEntityName")
         .ok_or_else(|| ContextError::Shape("PrimaryEntityName is missing".into()))?;
-    let id = text("PrimaryEntityId")
-        .ok_or_else(|| ContextError::Shape("PrimaryEntityId is missing".into()))?;
+    let input = |name: &str| {
+        o.get("InputParameters")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|p| p["key"] == name))
+            .map(|p| p["value"].clone())
+    };
+    let resolution = input("IncidentResolution").map(|r| attributes(&r));
+    let mut id = text("PrimaryEntityId").unwrap_or_default();
+    let mut table = table;
+    let blank = id.is_empty() || uuid::Uuid::try_parse(&id).is_ok_and(|u| u.is_nil());
+    if blank && message == "Close" {
+        // `Close` has no primary row (Dataverse sends an empty or all-zero id): the case is the
+        // IncidentResolution's `incidentid`.
+        id = resolution
+            .as_ref()
+            .and_then(|r| r.get("_incidentid_value"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ContextError::Shape(
+                    "a Close without PrimaryEntityId has no IncidentResolution.incidentid".into(),
+                )
+            })?;
+        table = "incident".to_owned();
+    } else if id.is_empty() {
+        return Err(ContextError::Shape("PrimaryEntityId is missing".into()));
+    }
     // The id goes into request paths: only a GUID is taken.
     if uuid::Uuid::try_parse(&id).is_err() {
         return Err(ContextError::Shape(format!(
@@ -124,12 +149,6 @@ pub fn from_context(body: &Value) -> Result<Change, ContextError> {
             id.chars().take(64).collect::<String>()
         )));
     }
-    let input = |name: &str| {
-        o.get("InputParameters")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().find(|p| p["key"] == name))
-            .map(|p| p["value"].clone())
-    };
     let post = o
         .get("PostEntityImages")
         .and_then(Value::as_array)
@@ -149,7 +168,6 @@ pub fn from_context(body: &Value) -> Result<Change, ContextError> {
     if version.is_none() {
         version = attrs.get("versionnumber").and_then(Value::as_u64);
     }
-    let resolution = input("IncidentResolution").map(|r| attributes(&r));
     Ok(Change {
         message,
         table,
@@ -882,4 +900,45 @@ pub enum WebhookFailure {
     Invalid(String),
     /// 503: Dataverse retries once, the poll reconciles.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn close(primary_id: Value) -> Value {
+        json!({
+            "MessageName": "Close",
+            "PrimaryEntityName": "incident",
+            "PrimaryEntityId": primary_id,
+            "InputParameters": [{"key": "IncidentResolution", "value": {
+                "LogicalName": "incidentresolution",
+                "Attributes": [
+                    {"key": "subject", "value": "fixed"},
+                    {"key": "incidentid", "value": {
+                        "__type": "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts",
+                        "Id": "6F9619FF-8B86-D011-B42D-00CF4FC964FF", "LogicalName": "incident"}}
+                ]}}],
+        })
+    }
+
+    #[test]
+    fn a_close_without_a_primary_id_names_the_case_of_its_resolution() {
+        for blank in [
+            json!("00000000-0000-0000-0000-000000000000"),
+            json!(""),
+            Value::Null,
+        ] {
+            let c = from_context(&close(blank)).unwrap();
+            assert_eq!(c.id, "6f9619ff-8b86-d011-b42d-00cf4fc964ff");
+            assert_eq!(c.table, "incident");
+        }
+        let mut no_case = close(json!(""));
+        no_case["InputParameters"] = json!([]);
+        assert!(matches!(
+            from_context(&no_case),
+            Err(ContextError::Shape(_))
+        ));
+    }
 }

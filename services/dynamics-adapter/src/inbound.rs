@@ -2,7 +2,7 @@
 //!
 //! | subject | flow | Dataverse |
 //! |---|---|---|
-//! | `tg.case.opened/updated` | D1 | upsert `incidents(tgb_tgcaseid=…)`, only the fields that changed since the last sync; customer = the partner's account; TG resolved/closed → `CloseIncident` |
+//! | `tg.case.opened/updated` | D1 | write `incidents(<id>)` (the linked row, else the one holding `tgb_tgcaseid`, found with `$filter`, else a new one at UUIDv5 of the case id), only the fields that changed since the last sync; customer = the partner's account; TG resolved/closed → `CloseIncident` |
 //! | `tg.case.comment_added` | D1, D2, D4 | annotation (UUIDv5 id) on the case, or on the exception the case was opened for; `tgb_partnermessage` activity regarding it |
 //! | `tg.document.uploaded` | D1, D4 | annotation with the document reference; `tgb_partnermessage` (document interaction) |
 //! | `review.document.completed` | D3 | verification flag on the account + annotation; banking details only as a document reference |
@@ -20,8 +20,8 @@ use tgb_bus::{Delivery, Handler, HandlerError};
 use tgb_clients::dataverse::{BatchRequest, quote};
 use tgb_proto as pb;
 
-use crate::adapter::{Adapter, TO_DATAVERSE, echo, handler_error, row_id, stale};
-use crate::batcher::upsert;
+use crate::adapter::{Adapter, TO_DATAVERSE, echo, handler_error, incident_id, row_id, stale};
+use crate::batcher::{must_exist, upsert};
 use crate::schema::{self, bind, reference};
 use crate::settings::{DynamicsSettings, FieldPolicy};
 use crate::state::hash;
@@ -61,6 +61,7 @@ tgb_bus::routes! {
 
 /// Every subject the writer consumes.
 pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
+
 /// The consumer's handler.
 pub struct Writer(pub Arc<Adapter>);
 
@@ -250,10 +251,15 @@ impl Writer {
                 .map_err(HandlerError::transient)?;
             return Ok(Outcome::Echo);
         }
-        let key = format!(
-            "{}(tgb_tgcaseid={})",
-            schema::set("incident"),
-            quote(&case.case_id)
+        // The incident's address: the linked row, else the id tg-bridge gives a new one. Never
+        // its alternate key: a TG id may hold characters Dataverse refuses in a key value in a
+        // URL, so `tgb_tgcaseid` travels in the body and the row is found with `$filter`.
+        let incidents = schema::set("incident");
+        let mut key = format!(
+            "{incidents}({})",
+            linked
+                .clone()
+                .unwrap_or_else(|| incident_id(&case.case_id).to_string())
         );
         let agreed_closed = ["resolved", "closed"]
             .iter()
@@ -264,6 +270,11 @@ impl Writer {
             return self.closed_unchanged(&entity, &revision, &view).await;
         }
         let close = changed.contains(&"status") && tg_closed;
+        // TG's case is active again while the incident is resolved: a resolved case is
+        // read-only, so the state change goes alone first, the other columns after it, in one
+        // change set.
+        let mut reopen = linked.is_some() && agreed_closed && !tg_closed;
+        let active_code = if status == "waiting_on_partner" { 3 } else { 1 };
         // Every write is conditional, so that two replicas (or a redelivery racing a newer
         // revision) never let an older revision of the case overwrite a newer one: a new
         // incident with `If-None-Match: *`, a known one with the ETag of our last write. A 412
@@ -279,21 +290,21 @@ impl Writer {
         let answers = loop {
             attempts += 1;
             if matches!(precondition, Precondition::Unknown) {
-                let row = match a
-                    .dv
-                    .get(&format!(
-                        "{key}?$select=tgb_tgrevision,statecode,statuscode"
-                    ))
+                let row = a
+                    .incident_by_case(
+                        &case.case_id,
+                        "incidentid,tgb_tgrevision,statecode,statuscode",
+                    )
                     .await
-                {
-                    Ok(row) => Some(row),
-                    Err(tgb_clients::dataverse::DataverseError::NotFound { .. }) => None,
-                    Err(e) => return Err(handler_error(e)),
-                };
+                    .map_err(handler_error)?;
                 let Some(row) = row else {
                     precondition = Precondition::Absent;
+                    key = format!("{incidents}({})", incident_id(&case.case_id));
                     continue;
                 };
+                if let Some(id) = row["incidentid"].as_str() {
+                    key = format!("{incidents}({id})");
+                }
                 if row["tgb_tgrevision"]
                     .as_i64()
                     .is_some_and(|r| r > case.revision)
@@ -301,9 +312,11 @@ impl Writer {
                     stale("tg");
                     return Ok(Outcome::Stale);
                 }
-                if tg_closed && row["statecode"].as_i64().is_some_and(|s| s != 0) {
+                let resolved = row["statecode"].as_i64().is_some_and(|s| s != 0);
+                if tg_closed && resolved {
                     return self.closed_unchanged(&entity, &revision, &view).await;
                 }
+                reopen = reopen && resolved;
                 precondition = match row["@odata.etag"].as_str() {
                     Some(etag) => Precondition::Matches(etag.to_owned()),
                     None => Precondition::Any,
@@ -320,27 +333,42 @@ impl Writer {
                 body.insert("caseorigincode".into(), json!(3));
                 body.insert("tgb_origin".into(), json!(100_000_000));
             }
+            if linked.is_none() || matches!(precondition, Precondition::Absent) {
+                body.insert("tgb_tgcaseid".into(), json!(case.case_id));
+            }
             body.insert("tgb_tgrevision".into(), json!(case.revision));
             body.insert(
                 bind("incident", "customerid", "account"),
                 json!(reference("account", &account)),
             );
-            if changed.contains(&"status") && !close && linked.is_some() {
-                let code = if status == "waiting_on_partner" { 3 } else { 1 };
+            if changed.contains(&"status") && !close && linked.is_some() && !reopen {
                 body.insert("statecode".into(), json!(0));
-                body.insert("statuscode".into(), json!(code));
+                body.insert("statuscode".into(), json!(active_code));
+            }
+            let condition = |request: BatchRequest| match &precondition {
+                Precondition::Absent => request.header("If-None-Match", "*"),
+                Precondition::Matches(etag) => request.header("If-Match", etag),
+                Precondition::Any | Precondition::Unknown => request,
+            };
+            let mut set = Vec::new();
+            if reopen {
+                set.push(condition(BatchRequest::new(
+                    Method::PATCH,
+                    key.clone(),
+                    Some(json!({"statecode": 0, "statuscode": active_code})),
+                )));
             }
             let write = upsert(
                 &key,
                 "incidentid,versionnumber,statecode,statuscode",
                 Value::Object(body),
             );
-            let write = match &precondition {
-                Precondition::Absent => write.header("If-None-Match", "*"),
-                Precondition::Matches(etag) => write.header("If-Match", etag),
-                Precondition::Any | Precondition::Unknown => write,
-            };
-            let mut set = vec![write];
+            set.push(if reopen {
+                must_exist(write)
+            } else {
+                condition(write)
+            });
+            let written_at = set.len() - 1;
             if close {
                 set.push(BatchRequest::new(
                     Method::POST,
@@ -356,7 +384,7 @@ impl Writer {
                 ));
             }
             match a.batcher.submit(set).await {
-                Ok(answers) => break answers,
+                Ok(mut answers) => break answers.swap_remove(written_at),
                 Err(e @ tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
                     metrics::counter!("tgb_dynamics_conditional_retries_total").increment(1);
                     if attempts >= MAX_CONDITIONAL_ATTEMPTS {
@@ -385,12 +413,18 @@ impl Writer {
                     if tg_closed {
                         return self.closed_unchanged(&entity, &revision, &view).await;
                     }
+                    if reopen {
+                        // The state change alone was refused too: retrying cannot help.
+                        return Err(HandlerError::permanent(format!(
+                            "reopening the resolved incident was refused: {e}"
+                        )));
+                    }
                     return Err(HandlerError::transient(e.to_string()));
                 }
                 Err(e) => return Err(handler_error(e)),
             }
         };
-        let answer = answers[0].body.clone().unwrap_or_default();
+        let answer = answers.body.clone().unwrap_or_default();
         let incident = answer["incidentid"]
             .as_str()
             .map(str::to_owned)
@@ -542,11 +576,43 @@ impl Writer {
         if let Some(t) = sent_at.and_then(rfc3339) {
             body["tgb_sentat"] = json!(t);
         }
+        // Written completed: a case cannot be resolved while activities regarding it are open,
+        // and a captured message is a record of something that happened, not work to do. A
+        // completed activity cannot be updated, so it is created once (`If-None-Match: *`).
+        body["statecode"] = json!(1);
+        body["statuscode"] = json!(2);
         upsert(
             &format!("{}({msg})", schema::set("tgb_partnermessage")),
             "activityid",
             body,
         )
+        .header("If-None-Match", "*")
+    }
+
+    /// Writes a change set holding create-only partner messages. A 412 means a message exists
+    /// already (a redelivery): the rest of the set is written without it.
+    async fn submit_capture(&self, set: Vec<BatchRequest>) -> Result<(), HandlerError> {
+        let batcher = &self.a().batcher;
+        match batcher.submit(set.clone()).await {
+            Ok(_) => Ok(()),
+            Err(tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
+                metrics::counter!("tgb_dynamics_messages_already_written_total").increment(1);
+                let rest: Vec<BatchRequest> = set
+                    .into_iter()
+                    .filter(|r| {
+                        !r.headers
+                            .iter()
+                            .any(|(k, v)| k.eq_ignore_ascii_case("If-None-Match") && v == "*")
+                    })
+                    .collect();
+                if rest.is_empty() {
+                    return Ok(());
+                }
+                batcher.submit(rest).await.map_err(handler_error)?;
+                Ok(())
+            }
+            Err(e) => Err(handler_error(e)),
+        }
     }
 
     /// D1/D2/D4: a TG comment → note + partner message on the case (or exception).
@@ -596,7 +662,7 @@ impl Writer {
                 e.created_at.as_ref(),
             ),
         ];
-        self.a().batcher.submit(set).await.map_err(handler_error)?;
+        self.submit_capture(set).await?;
         Ok(Outcome::Applied)
     }
 
@@ -659,7 +725,7 @@ impl Writer {
                 ),
             );
         }
-        self.a().batcher.submit(set).await.map_err(handler_error)?;
+        self.submit_capture(set).await?;
         Ok(Outcome::Applied)
     }
 
@@ -714,11 +780,11 @@ impl Writer {
             doc.file_name
         );
         let set = vec![
-            upsert(
+            must_exist(upsert(
                 &format!("{}({account})", schema::set("account")),
                 "accountid",
                 fields,
-            ),
+            )),
             Self::note(
                 &format!("tg-review:{}:{}", doc.document_id, verified),
                 "account",
@@ -747,11 +813,11 @@ impl Writer {
         let account = self.a().account_for(&partner).await?;
         self.a()
             .batcher
-            .submit(vec![upsert(
+            .submit(vec![must_exist(upsert(
                 &format!("{}({account})", schema::set("account")),
                 "accountid",
                 json!({"tgb_onboardingstatus": value}),
-            )])
+            ))])
             .await
             .map_err(handler_error)?;
         Ok(Outcome::Applied)
@@ -798,11 +864,34 @@ impl Writer {
         } else {
             d.case_id.clone()
         };
+        // The incident: the TG case's linked one, else the one holding the key, else the id
+        // tg-bridge gives a new one (never the key in a URL: it holds `:`). A TG case already
+        // in Dynamics keeps its own title and description: the dispute only points at it.
+        let existing = match a
+            .links
+            .find(
+                &Record::new("tg", "case", &case_key),
+                "dataverse",
+                "incident",
+            )
+            .await
+            .map_err(HandlerError::transient)?
+        {
+            Some(id) => Some(id),
+            None => a
+                .incident_by_case(&case_key, "incidentid")
+                .await
+                .map_err(handler_error)?
+                .and_then(|row| row["incidentid"].as_str().map(str::to_owned)),
+        };
         let incident_key = format!(
-            "{}(tgb_tgcaseid={})",
+            "{}({})",
             schema::set("incident"),
-            quote(&case_key)
+            existing
+                .clone()
+                .unwrap_or_else(|| incident_id(&case_key).to_string())
         );
+        let write_incident = existing.is_none() || d.case_id.is_empty();
         let status = match d.status() {
             pb::DisputeStatus::UnderReview => 100_000_001,
             pb::DisputeStatus::Resolved => 100_000_002,
@@ -822,8 +911,9 @@ impl Writer {
         if opened && let Some(t) = meta.occurred_at.as_ref().and_then(rfc3339) {
             columns["tgb_disputeraisedon"] = json!(t);
         }
-        let set = vec![
-            upsert(
+        let mut set = Vec::new();
+        if write_incident {
+            set.push(upsert(
                 &incident_key,
                 "incidentid",
                 json!({
@@ -832,22 +922,33 @@ impl Writer {
                     "casetypecode": 2,
                     "caseorigincode": 3,
                     "tgb_origin": 100_000_002,
+                    "tgb_tgcaseid": case_key,
                     bind("incident", "customerid", "account"): reference("account", &account),
                 }),
-            ),
-            upsert(
-                &format!("{}({invoice})", schema::set("invoice")),
-                "invoiceid",
-                columns,
-            ),
-        ];
-        let answers = a.batcher.submit(set).await.map_err(handler_error)?;
-        let incident = answers[0]
-            .body
-            .as_ref()
-            .and_then(|b| b["incidentid"].as_str())
-            .unwrap_or_default()
-            .to_owned();
+            ));
+        }
+        set.push(must_exist(upsert(
+            &format!("{}({invoice})", schema::set("invoice")),
+            "invoiceid",
+            columns,
+        )));
+        let answers = match a.batcher.submit(set).await {
+            Ok(answers) => answers,
+            // The key was taken meanwhile by a row at another id: the next delivery finds it.
+            Err(e @ tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
+                return Err(HandlerError::transient(e.to_string()));
+            }
+            Err(e) => return Err(handler_error(e)),
+        };
+        let incident = match &existing {
+            Some(id) if !write_incident => id.clone(),
+            _ => answers[0]
+                .body
+                .as_ref()
+                .and_then(|b| b["incidentid"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        };
         a.links
             .link(
                 &Record::new("tg", "dispute", &d.dispute_id),
@@ -970,11 +1071,11 @@ impl Writer {
         ));
         let mut set = Vec::new();
         if !write.is_empty() {
-            set.push(upsert(
+            set.push(must_exist(upsert(
                 &format!("{}({account})", schema::set("account")),
                 "accountid",
                 Value::Object(write),
-            ));
+            )));
         }
         if state.fields.get("contacts") != Some(&contacts_h)
             && a.settings.policy("contacts") == FieldPolicy::TgWins

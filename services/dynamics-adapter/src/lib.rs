@@ -210,6 +210,22 @@ async fn poll_loop(adapter: Arc<Adapter>, stop: CancellationToken) -> anyhow::Re
     }
 }
 
+/// Refusals of one stored delta link in a row after which the table is re-baselined.
+pub const MAX_LINK_FAILURES: u32 = 5;
+
+/// Counts one more refusal of `link`; true once it reached [`MAX_LINK_FAILURES`].
+fn failing_link(adapter: &Adapter, table: &str, link: &str) -> bool {
+    let mut failures = adapter.link_failures.lock().unwrap();
+    let entry = failures
+        .entry(table.to_owned())
+        .or_insert_with(|| (link.to_owned(), 0));
+    if entry.0 != link {
+        *entry = (link.to_owned(), 0);
+    }
+    entry.1 += 1;
+    entry.1 >= MAX_LINK_FAILURES
+}
+
 /// One change-tracking round of `table`.
 pub async fn poll_table(adapter: &Adapter, table: &str) -> anyhow::Result<usize> {
     let key = format!("dataverse.{table}");
@@ -221,11 +237,24 @@ pub async fn poll_table(adapter: &Adapter, table: &str) -> anyhow::Result<usize>
     let set = schema::set(table);
     let (delta, baseline) = match &link {
         Some(l) => match adapter.dv.changes(set, "", Some(l)).await {
-            Ok(d) => (d, false),
+            Ok(d) => {
+                adapter.link_failures.lock().unwrap().remove(table);
+                (d, false)
+            }
             Err(DataverseError::DeltaExpired { .. }) => {
-                metrics::counter!("tgb_dynamics_rebaselines_total", "table" => table.to_owned())
+                metrics::counter!("tgb_dynamics_rebaselines_total", "table" => table.to_owned(), "reason" => "expired")
                     .increment(1);
                 tracing::warn!(table, "change-tracking token expired: re-baselining");
+                (adapter.dv.changes(set, "", None).await?, true)
+            }
+            Err(e) if !e.is_transient() && failing_link(adapter, table, l) => {
+                // The same stored link refused again and again (a token Dataverse no longer
+                // reads, whatever the code it answers): start from a new baseline rather than
+                // never polling this table again.
+                metrics::counter!("tgb_dynamics_rebaselines_total", "table" => table.to_owned(), "reason" => "failing_link")
+                    .increment(1);
+                tracing::warn!(table, error = %e, failures = MAX_LINK_FAILURES, "the stored delta link keeps failing: re-baselining");
+                adapter.link_failures.lock().unwrap().remove(table);
                 (adapter.dv.changes(set, "", None).await?, true)
             }
             Err(e) => return Err(e.into()),

@@ -76,9 +76,14 @@ pub async fn serve_with(
     let secret = config.require(&s.azure_client_secret, "TGB_AZURE_CLIENT_SECRET", NAME)?;
     let g = &routing.graph;
     let http = GraphClient::http_client(Duration::from_secs(g.timeout_secs.max(1)));
-    let credentials =
-        GraphClient::entra_credentials(&s.azure_authority, tenant, client_id, secret.clone())
-            .context("TGB_AZURE_AUTHORITY")?;
+    let credentials = GraphClient::entra_credentials(
+        &s.azure_authority,
+        &s.graph_url,
+        tenant,
+        client_id,
+        secret.clone(),
+    )
+    .context("TGB_AZURE_AUTHORITY")?;
     let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
     let governor = Governor::new(
         format!("graph:{client_id}"),

@@ -76,10 +76,13 @@ pub fn build(
             out.push_str(&format!(
                 "--{cs}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: {content_id}\r\n\r\n"
             ));
+            // The request line is split on spaces: the URL goes percent-encoded (spaces,
+            // non-ASCII letters in `$filter` literals), as a URL sent on its own would.
             let url = if req.path.starts_with('$') {
                 req.path.clone()
             } else {
-                format!("{base}{}", req.path)
+                let raw = format!("{base}{}", req.path);
+                url::Url::parse(&raw).map_or(raw, String::from)
             };
             out.push_str(&format!("{} {url} HTTP/1.1\r\n", req.method));
             for (k, v) in &req.headers {
@@ -91,7 +94,8 @@ pub fn build(
                     out.push_str(&body.to_string());
                     out.push_str("\r\n");
                 }
-                None => out.push_str("\r\n"),
+                // The empty line ending the headers, then the empty line ending the part.
+                None => out.push_str("\r\n\r\n"),
             }
         }
         out.push_str(&format!("--{cs}--\r\n"));
@@ -216,6 +220,29 @@ mod tests {
         assert!(body.contains("Content-ID: 2"));
         assert!(body.contains("--changeset_s_1--"));
         assert!(body.ends_with("--batch_s--\r\n"));
+    }
+
+    #[test]
+    fn request_lines_are_percent_encoded_and_a_part_without_body_ends_with_an_empty_line() {
+        let sets = vec![vec![BatchRequest::new(
+            Method::GET,
+            "accounts?$select=accountid&$filter=name eq 'Ünï co'",
+            None,
+        )]];
+        let (_, body) = build("http://h/api/data/v9.2/", &sets, "s");
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("GET "))
+            .expect("a request line");
+        assert_eq!(line.split(' ').count(), 3, "{line}");
+        assert!(
+            line.contains("name%20eq%20%27%C3%9Cn%C3%AF%20co%27"),
+            "{line}"
+        );
+        assert!(
+            body.contains(" HTTP/1.1\r\n\r\n\r\n--changeset_s_0--"),
+            "{body:?}"
+        );
     }
 
     #[test]

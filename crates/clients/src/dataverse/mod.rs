@@ -249,9 +249,26 @@ pub fn route_of(method: &Method, path: &str) -> String {
     format!("{method} {out}")
 }
 
-/// Quotes a string for an OData key or filter literal (`'` doubled).
+/// Quotes a string for a `$filter` literal in a URL: `'` doubled, then the characters a query
+/// string would misread percent-encoded (`%` `&` `#` `+` `'`), so a value holding them reaches
+/// Dataverse unchanged. (Alternate-key values are never put in a URL: Dataverse refuses a key
+/// value holding `/ # < > * % & : \ ? +` there, encoded or not.)
 pub fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let doubled = value.replace('\'', "''");
+    let mut out = String::with_capacity(doubled.len() + 2);
+    out.push('\'');
+    for c in doubled.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '&' => out.push_str("%26"),
+            '#' => out.push_str("%23"),
+            '+' => out.push_str("%2B"),
+            '\'' => out.push_str("%27"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -283,6 +300,10 @@ fn error_of(
 ) -> DataverseError {
     let (code, message) = odata_error(body);
     let route = route.to_owned();
+    // The HTTP status of an expired change-tracking token is not documented: the code decides.
+    if code.eq_ignore_ascii_case(EXPIRED_VERSION_STAMP) {
+        return DataverseError::DeltaExpired { route };
+    }
     match status {
         429 => DataverseError::Throttled {
             route,
@@ -299,7 +320,6 @@ fn error_of(
             code,
             message,
         },
-        400 if code == EXPIRED_VERSION_STAMP => DataverseError::DeltaExpired { route },
         408 | 500..=599 => DataverseError::Unavailable {
             route,
             status: Some(status),
@@ -724,16 +744,22 @@ mod tests {
             DataverseError::NotFound { .. }
         ));
         let expired = Some(serde_json::json!({"error": {"code": EXPIRED_VERSION_STAMP}}));
-        assert!(matches!(
-            error_of("r", 400, None, &expired),
-            DataverseError::DeltaExpired { .. }
-        ));
+        for status in [400, 403, 404, 410, 412, 422, 500, 503] {
+            assert!(
+                matches!(
+                    error_of("r", status, None, &expired),
+                    DataverseError::DeltaExpired { .. }
+                ),
+                "{status}"
+            );
+        }
         let e = error_of("r", 403, None, &None);
         assert!(!e.is_transient());
     }
 
     #[test]
     fn literals_are_quoted() {
-        assert_eq!(quote("O'Brien"), "'O''Brien'");
+        assert_eq!(quote("O'Brien"), "'O%27%27Brien'");
+        assert_eq!(quote("ZZ:A&B+C#1%"), "'ZZ:A%26B%2BC%231%25'");
     }
 }

@@ -1,7 +1,7 @@
 //! Microsoft Graph v1.0, the Planner part tg-bridge uses.
 //!
 //! - Authentication: an Entra client-credentials token ([`crate::oauth::TokenCache`], scope
-//!   [`GRAPH_SCOPE`]), refreshed before expiry, one retry on 401.
+//!   [`graph_scope`] of the Graph URL), refreshed before expiry, one retry on 401.
 //! - Every request (outer `$batch` included) goes through one [`Governor`] per identity: a 429
 //!   pauses the whole lane for `Retry-After` and comes back as [`GraphError::Transient`] carrying
 //!   that delay; nothing is retried behind the caller's back.
@@ -34,8 +34,16 @@ use crate::oauth::{ClientCredentials, OAuthError, TokenCache};
 use tgb_governor::{Classify, ErrorClass};
 pub use types::*;
 
-/// The scope of a Graph token (client credentials).
+/// The scope of a Graph token in the global cloud (client credentials); other clouds and the
+/// sandbox use [`graph_scope`] of their Graph URL.
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// `{graph url}/.default`: the scope of a token for the Graph at `graph_url` (national clouds
+/// have their own Graph hosts, e.g. `https://graph.microsoft.us`, and their tokens are issued
+/// for that host, not for `graph.microsoft.com`).
+pub fn graph_scope(graph_url: &Url) -> String {
+    format!("{}/.default", graph_url.as_str().trim_end_matches('/'))
+}
 /// Graph's limit on requests in one `$batch`.
 pub const MAX_BATCH: usize = 20;
 
@@ -229,10 +237,11 @@ impl GraphClient {
         self
     }
 
-    /// The Entra client credentials for Graph: token URL `{authority}/{tenant}/oauth2/v2.0/token`,
-    /// scope [`GRAPH_SCOPE`].
+    /// The Entra client credentials for the Graph at `graph_url`: token URL
+    /// `{authority}/{tenant}/oauth2/v2.0/token`, scope [`graph_scope`] of `graph_url`.
     pub fn entra_credentials(
         authority: &Url,
+        graph_url: &Url,
         tenant: &str,
         client_id: &str,
         client_secret: secrecy::SecretString,
@@ -242,7 +251,7 @@ impl GraphClient {
             authority.as_str().trim_end_matches('/')
         ))?;
         let mut c = ClientCredentials::new(token_url, client_id, client_secret);
-        c.scope = Some(GRAPH_SCOPE.to_owned());
+        c.scope = Some(graph_scope(graph_url));
         Ok(c)
     }
 
@@ -788,6 +797,32 @@ fn enc(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_scope_follows_the_graph_url() {
+        let scope = |u: &str| graph_scope(&Url::parse(u).unwrap());
+        assert_eq!(scope("https://graph.microsoft.com"), GRAPH_SCOPE);
+        assert_eq!(
+            scope("https://graph.microsoft.us/"),
+            "https://graph.microsoft.us/.default"
+        );
+        assert_eq!(
+            scope("https://microsoftgraph.chinacloudapi.cn"),
+            "https://microsoftgraph.chinacloudapi.cn/.default"
+        );
+        let c = GraphClient::entra_credentials(
+            &Url::parse("https://login.microsoftonline.us").unwrap(),
+            &Url::parse("https://dod-graph.microsoft.us").unwrap(),
+            "t",
+            "c",
+            secrecy::SecretString::from("s"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.scope.as_deref(),
+            Some("https://dod-graph.microsoft.us/.default")
+        );
+    }
 
     #[test]
     fn answers_are_classified() {

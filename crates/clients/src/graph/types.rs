@@ -255,7 +255,7 @@ impl ExternalReference {
     /// A reference of type `Other`.
     pub fn new(alias: impl Into<String>) -> Self {
         ExternalReference {
-            odata_type: "microsoft.graph.externalReference",
+            odata_type: "#microsoft.graph.plannerExternalReference",
             alias: alias.into(),
             kind: "Other".into(),
         }

@@ -69,7 +69,18 @@ async fn resolved_case_is_read_only_until_reopened() {
     assert_eq!((status, code.as_str()), (400, "0x800404cf"));
     let (status, code, _) = error_of(t.post("CloseIncident", close.clone()).await).await;
     assert_eq!((status, code.as_str()), (400, "0x800404cf"));
-    // Reopen: statecode 0, statuscode 1.
+    // The state change with other columns in the same request is refused too.
+    let (status, code, _) = error_of(
+        t.patch(
+            &format!("incidents({id})"),
+            json!({"statecode": 0, "statuscode": 1, "title": "Edit"}),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "0x800404cf"));
+    // Reopen: statecode 0, statuscode 1, alone.
     let r = t
         .patch(
             &format!("incidents({id})"),
@@ -134,4 +145,54 @@ async fn resolving_by_patch_is_refused_and_status_must_match_state() {
     )
     .await;
     assert_eq!((status, code.as_str()), (400, "0x80044331"));
+}
+
+#[tokio::test]
+async fn a_case_with_open_activities_cannot_be_resolved() {
+    let t = start(no_limits()).await;
+    let id = case(&t).await;
+    let regarding = format!("/incidents({id})");
+    let open = t
+        .create(
+            "tgb_partnermessages",
+            json!({"subject": "Partner comment", "regardingobjectid_incident_tgb_partnermessage@odata.bind": regarding}),
+        )
+        .await;
+    let done = t
+        .create(
+            "tgb_partnermessages",
+            json!({"subject": "Earlier comment", "statecode": 1, "statuscode": 2,
+                   "regardingobjectid_incident_tgb_partnermessage@odata.bind": regarding}),
+        )
+        .await;
+    let close = json!({"IncidentResolution": {"subject": "Done", "incidentid@odata.bind": regarding}, "Status": 5});
+    let (status, _, message) = error_of(t.post("CloseIncident", close.clone()).await).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("1 activities"), "{message}");
+    assert_eq!(
+        t.get_json(&format!("incidents({id})")).await["statecode"],
+        0,
+        "still active"
+    );
+    // A completed activity is read-only: only its state can change.
+    let (status, code, _) = error_of(
+        t.patch(
+            &format!("tgb_partnermessages({done})"),
+            json!({"subject": "Edited"}),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "0x8004022e"));
+    // Completing the open one lets the case be resolved.
+    let r = t
+        .patch(
+            &format!("tgb_partnermessages({open})"),
+            json!({"statecode": 1, "statuscode": 2}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(t.post("CloseIncident", close).await.status(), 204);
 }

@@ -216,12 +216,21 @@ async fn close_incident_notifies_close_and_update() {
     );
     let close = next(&mut rx).await;
     assert_eq!(close.body["MessageName"], "Close");
+    // Close targets no row: the case is the resolution's incidentid.
+    assert_eq!(
+        close.body["PrimaryEntityId"],
+        "00000000-0000-0000-0000-000000000000"
+    );
     let inputs = close.body["InputParameters"].as_array().unwrap();
     let res = inputs
         .iter()
         .find(|p| p["key"] == "IncidentResolution")
         .unwrap();
     assert_eq!(attr(&res["value"], "subject").unwrap(), "fixed");
+    assert_eq!(
+        attr(&res["value"], "incidentid").unwrap()["Id"],
+        id.to_string()
+    );
     let status = inputs.iter().find(|p| p["key"] == "Status").unwrap();
     assert_eq!(status["value"]["Value"], 5);
 }

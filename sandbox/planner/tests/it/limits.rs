@@ -43,7 +43,7 @@ async fn references_beyond_the_limit_are_403_maximum_references_on_task() {
     for n in 0..2 {
         refs.insert(
             format!("https%3A//tg%2Eexample/documents/D-{n}"),
-            json!({"@odata.type": "microsoft.graph.externalReference", "alias": format!("D-{n}")}),
+            json!({"@odata.type": "#microsoft.graph.plannerExternalReference", "alias": format!("D-{n}")}),
         );
     }
     let (status, body) = patch_details(&app, id, &json!({"references": refs})).await;

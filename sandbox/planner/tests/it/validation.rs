@@ -132,3 +132,22 @@ fn the_validator_library_call_names_every_problem() {
     assert!(all.contains("createdDateTime"), "{all}");
     assert!(tgb_sandbox_planner::validate_request("noSuchSchema", &json!({})).is_err());
 }
+
+#[test]
+fn a_reference_is_a_planner_external_reference() {
+    let details = |t: &str| json!({"references": {"https%3A//tg%2Eexample/cases/C-1": {"@odata.type": t, "alias": "C-1", "type": "Other"}}});
+    for refused in [
+        "microsoft.graph.externalReference",
+        "#microsoft.graph.externalReference",
+    ] {
+        assert!(
+            tgb_sandbox_planner::validate_request("plannerTaskDetails", &details(refused)).is_err(),
+            "{refused}"
+        );
+    }
+    tgb_sandbox_planner::validate_request(
+        "plannerTaskDetails",
+        &details("#microsoft.graph.plannerExternalReference"),
+    )
+    .unwrap();
+}

@@ -1,9 +1,11 @@
 //! dynamics-adapter in-process against a real nats-server and the sandbox.
 
+mod activities;
 mod bad_input;
 mod case_sync;
 mod echoes;
 mod flows;
+mod keys;
 mod lifecycle;
 mod support;
 mod tracking;

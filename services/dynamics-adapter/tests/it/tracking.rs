@@ -73,13 +73,16 @@ async fn an_expired_delta_token_re_baselines_and_no_change_is_lost_or_emitted_tw
     let after = metric(&adapter.base, REBASELINES, labels).await;
     wait_metric(&adapter.base, REBASELINES, labels, after + 2.0).await;
 
-    let published = metric(&adapter.base, PUBLISHED, r#"flow="D1""#).await;
-    let stale = metric(
+    // A round counts its re-baseline before it has looked at the rows it found: wait for the
+    // rows themselves to be recognised, not for the round.
+    let stale = wait_metric(
         &adapter.base,
         "tgb_stale_events_dropped_total",
         r#"target="dataverse""#,
+        2.0,
     )
     .await;
+    let published = metric(&adapter.base, PUBLISHED, r#"flow="D1""#).await;
     adapter.stop().await;
     let events = env.events_on("tgb.v1.dyn.case.status_changed").await;
     assert_eq!(statuses(&events), vec![3, 1], "each change once, in order");
