@@ -256,7 +256,7 @@ pub fn to_event(e: &TgEvent, raw: &[u8]) -> pb::Event {
                         size: d.size,
                         sha256: d.sha256.to_ascii_lowercase(),
                         expires_on: d.expires_on.clone().unwrap_or_default(),
-                        uploaded_by: d.uploaded_by.clone(),
+                        uploaded_by: d.uploaded_by.display().to_owned(),
                     }),
                 }
                 .into(),
@@ -535,5 +535,40 @@ mod tests {
         })
         .collect();
         assert_eq!(subjects.len(), 7);
+    }
+
+    #[test]
+    fn a_document_upload_is_read_whatever_shape_its_uploader_has() {
+        let upload = |uploaded_by: serde_json::Value| {
+            let mut data = serde_json::json!({"document_id": "doc", "doc_type": "tax_form",
+                "file_name": "f.pdf", "media_type": "application/pdf", "size": 3,
+                "sha256": "ab", "a_field_from_a_newer_portal": {"x": 1}});
+            if !uploaded_by.is_null() {
+                data["uploaded_by"] = uploaded_by;
+            }
+            let (e, raw) = parse("document.uploaded", data);
+            let ev = to_event(&e, &raw);
+            ev.validate().unwrap();
+            let pb::Event::TgDocumentUploaded(d) = ev else {
+                panic!("{ev:?}")
+            };
+            d.document.unwrap().uploaded_by
+        };
+        // The documented object, a plain string (older portals), an e-mail, half an object,
+        // and none at all: the upload is always usable.
+        assert_eq!(
+            upload(serde_json::json!({"name": "Pat Partner", "email": "pat@acme.example"})),
+            "Pat Partner"
+        );
+        assert_eq!(upload(serde_json::json!("Pat Partner")), "Pat Partner");
+        assert_eq!(
+            upload(serde_json::json!("pat@acme.example")),
+            "pat@acme.example"
+        );
+        assert_eq!(
+            upload(serde_json::json!({"email": "pat@acme.example"})),
+            "pat@acme.example"
+        );
+        assert_eq!(upload(serde_json::Value::Null), "");
     }
 }

@@ -26,14 +26,57 @@ impl Partner {
     }
 }
 
-/// A person (name and e-mail).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A person (name and e-mail). Read tolerantly: the documented object `{name, email}` (either
+/// may be missing), or a plain string as older portals send it (taken as the name, or as the
+/// e-mail when it holds an `@`). Always written as the object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Person {
     /// Name.
     pub name: String,
     /// E-mail.
     #[serde(default)]
     pub email: String,
+}
+
+impl Person {
+    /// The name, else the e-mail: how the person is shown.
+    pub fn display(&self) -> &str {
+        if self.name.trim().is_empty() {
+            &self.email
+        } else {
+            &self.name
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Person {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Text(String),
+            Object {
+                #[serde(default)]
+                name: Option<String>,
+                #[serde(default)]
+                email: Option<String>,
+            },
+        }
+        Ok(match Shape::deserialize(d)? {
+            Shape::Text(t) if t.contains('@') => Person {
+                name: String::new(),
+                email: t,
+            },
+            Shape::Text(name) => Person {
+                name,
+                email: String::new(),
+            },
+            Shape::Object { name, email } => Person {
+                name: name.unwrap_or_default(),
+                email: email.unwrap_or_default(),
+            },
+        })
+    }
 }
 
 /// Case categories.
@@ -156,7 +199,9 @@ pub struct DocumentData {
     pub sha256: String,
     #[serde(default)]
     pub expires_on: Option<String>,
-    pub uploaded_by: String,
+    /// Who uploaded it: `{name, email}`, or a plain string from older portals.
+    #[serde(default)]
+    pub uploaded_by: Person,
 }
 
 /// Onboarding requirement states.
