@@ -4,7 +4,8 @@
 //! 1. [`connect`]: the bus from the settings (refuses NATS < 2.10, provisions idempotently);
 //! 2. [`Workers`]: consumers and loops, each stopping on the shared shutdown token;
 //! 3. [`run`]: the HTTP listener (`/healthz`, `/readyz` = bus ready, `/metrics`, the service's
-//!    routes) and the workers together; a worker that fails stops the whole service, and
+//!    routes; bounded by `[http]`: header-read and request timeouts, a concurrency limit) and
+//!    the workers together; a worker that fails stops the whole service, and
 //!    shutdown drains in-flight messages before `run` returns.
 
 use std::future::Future;
@@ -91,10 +92,12 @@ impl Workers {
     }
 }
 
-/// Serves HTTP on `listener` and runs `workers` until `shutdown` is cancelled or one of them
-/// fails; then stops everything, waits for in-flight work, and returns the first error.
+/// Serves HTTP on `listener` (within the `[http]` limits of `config`) and runs `workers` until
+/// `shutdown` is cancelled or one of them fails; then stops everything, waits for in-flight
+/// work, and returns the first error.
 pub async fn run(
     service: &'static str,
+    config: &Config,
     listener: tokio::net::TcpListener,
     routes: axum::Router,
     bus: Bus,
@@ -107,8 +110,9 @@ pub async fn run(
     });
     let readiness: Arc<dyn Readiness> = Arc::new(BusReadiness(bus));
     let http_shutdown = shutdown.clone();
+    let limits = config.settings.http.limits();
     workers.set.spawn(async move {
-        tgb_runtime::http::serve(listener, routes, readiness, http_shutdown)
+        tgb_runtime::http::serve_with(listener, routes, readiness, limits, http_shutdown)
             .await
             .context("HTTP listener failed")
     });

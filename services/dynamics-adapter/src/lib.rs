@@ -59,7 +59,16 @@ pub async fn serve(
     let s = &config.settings;
     let Some(org_url) = s.dataverse_url.clone() else {
         tracing::warn!("TGB_DATAVERSE_URL is not set: the Dynamics flows are off");
-        return tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await;
+        return tgb_service::run(
+            NAME,
+            &config,
+            listener,
+            axum::Router::new(),
+            bus,
+            shutdown,
+            workers,
+        )
+        .await;
     };
     let tenant = config.require(&s.azure_tenant_id, "TGB_AZURE_TENANT_ID", NAME)?;
     let client_id = config.require(&s.azure_client_id, "TGB_AZURE_CLIENT_ID", NAME)?;
@@ -124,7 +133,7 @@ pub async fn serve(
     let routes = axum::Router::new()
         .route("/webhooks/dataverse", axum::routing::post(webhook))
         .with_state(Arc::new(hook));
-    tgb_service::run(NAME, listener, routes, bus, shutdown, workers).await
+    tgb_service::run(NAME, &config, listener, routes, bus, shutdown, workers).await
 }
 
 struct Webhook {

@@ -480,3 +480,27 @@ fn repository_default_file_loads_with_the_documented_defaults() {
         assert!(value.is_some(), "[{section}] is in the default file");
     }
 }
+
+#[test]
+fn http_limits_come_from_the_http_table_and_zero_names_its_key() {
+    let config = load(
+        toml_file("[http]\nrequest_timeout_ms = 1500\n").path(),
+        &[("TGB_HTTP__MAX_CONCURRENT_REQUESTS", "7")],
+    )
+    .unwrap();
+    let limits = config.settings.http.limits();
+    assert_eq!(
+        limits.request_timeout,
+        std::time::Duration::from_millis(1500)
+    );
+    assert_eq!(limits.max_concurrent_requests, 7);
+    let file = toml_file("");
+    for var in [
+        "TGB_HTTP__HEADER_READ_TIMEOUT_MS",
+        "TGB_HTTP__REQUEST_TIMEOUT_MS",
+        "TGB_HTTP__MAX_CONCURRENT_REQUESTS",
+    ] {
+        let text = load_err(file.path(), &[(var, "0")]);
+        assert!(text.starts_with(&format!("{var}:")), "{var}=0: {text}");
+    }
+}
