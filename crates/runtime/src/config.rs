@@ -45,6 +45,9 @@ const SECRET_KEYS: &[&str] = &[
     "dataverse_webhook_key",
     "azure_client_secret",
 ];
+/// The shortest Dataverse webhook key accepted, bytes: a guessable key lets anyone inject
+/// "changes" into the dynamics-adapter.
+pub const MIN_DATAVERSE_WEBHOOK_KEY_BYTES: usize = 32;
 /// The shortest JetStream duplicate window tg-bridge accepts (the architecture says ≥ 1 h).
 pub const MIN_DUPLICATE_WINDOW_SECS: u64 = 3600;
 /// JetStream allows at most five replicas per stream.
@@ -271,7 +274,7 @@ pub struct Settings {
     pub tg_webhook_secrets: Vec<SecretString>,
     /// Dataverse environment URL, e.g. `https://org.crm.dynamics.com`. `TGB_DATAVERSE_URL`.
     pub dataverse_url: Option<Url>,
-    /// Key expected on Dataverse webhook calls. `TGB_DATAVERSE_WEBHOOK_KEY`.
+    /// Key expected on Dataverse webhook calls, at least 32 bytes. `TGB_DATAVERSE_WEBHOOK_KEY`.
     pub dataverse_webhook_key: Option<SecretString>,
     /// Entra ID authority. `TGB_AZURE_AUTHORITY`.
     pub azure_authority: Url,
@@ -375,6 +378,19 @@ impl Settings {
             if let Some(url) = url {
                 check_http_url(url).map_err(|m| invalid(field, m))?;
             }
+        }
+
+        if let Some(key) = &self.dataverse_webhook_key
+            && key.expose_secret().len() < MIN_DATAVERSE_WEBHOOK_KEY_BYTES
+        {
+            // The length of a short key is not secret enough to matter; its value is never shown.
+            return Err(invalid(
+                "dataverse_webhook_key",
+                format!(
+                    "must be at least {MIN_DATAVERSE_WEBHOOK_KEY_BYTES} bytes (got {});                      generate one, e.g. 32 random bytes as hex",
+                    key.expose_secret().len()
+                ),
+            ));
         }
 
         for (index, secret) in self.tg_webhook_secrets.iter().enumerate() {

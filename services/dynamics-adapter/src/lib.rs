@@ -164,11 +164,7 @@ async fn webhook(
             "no webhook key is configured (TGB_DATAVERSE_WEBHOOK_KEY)",
         );
     };
-    let presented = headers
-        .get(hook.adapter.settings.webhook_key_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.get("code").cloned());
+    let presented = presented_key(&hook.adapter.settings, &headers, &query);
     let ok = presented.is_some_and(|p| {
         use subtle::ConstantTimeEq;
         p.as_bytes()
@@ -179,7 +175,10 @@ async fn webhook(
         return answer(
             StatusCode::UNAUTHORIZED,
             "rejected",
-            "missing or wrong webhook key",
+            &format!(
+                "missing or wrong webhook key (expected in the {} header)",
+                hook.adapter.settings.webhook_key_header
+            ),
         );
     }
     match detect::webhook_body(&hook.adapter, &body).await {
@@ -196,6 +195,24 @@ async fn webhook(
                 "could not record the change; retry",
             )
         }
+    }
+}
+
+/// The key a webhook call presents: the configured header, or `?code=` only when
+/// `webhook_key_in_query` allows it.
+fn presented_key(
+    settings: &settings::DynamicsSettings,
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Option<String> {
+    let header = headers
+        .get(settings.webhook_key_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match header {
+        Some(key) => Some(key),
+        None if settings.webhook_key_in_query => query.get("code").cloned(),
+        None => None,
     }
 }
 

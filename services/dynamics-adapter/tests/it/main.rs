@@ -7,3 +7,4 @@ mod flows;
 mod lifecycle;
 mod support;
 mod tracking;
+mod webhook_key;
