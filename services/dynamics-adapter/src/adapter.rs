@@ -143,9 +143,7 @@ impl Adapter {
     /// (first sync) one whose configured match fields equal the partner id, which then gets the
     /// key; else a new account upserted by the key. Linked in `tgb_links` either way.
     pub async fn account_for(&self, partner: &pb::PartnerRef) -> Result<String, HandlerError> {
-        if partner.qualifier.is_empty() || partner.id.is_empty() {
-            return Err(HandlerError::permanent("meta.partner is missing"));
-        }
+        crate::ids::check_partner(partner).map_err(HandlerError::permanent)?;
         let key = partner.key();
         let slot = self
             .accounts

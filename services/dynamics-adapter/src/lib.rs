@@ -11,6 +11,7 @@
 pub mod adapter;
 pub mod batcher;
 pub mod detect;
+pub mod ids;
 pub mod inbound;
 pub mod schema;
 pub mod settings;

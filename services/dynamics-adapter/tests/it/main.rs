@@ -4,6 +4,7 @@ mod bad_input;
 mod case_sync;
 mod echoes;
 mod flows;
+mod injection;
 mod lifecycle;
 mod support;
 mod tracking;
