@@ -423,8 +423,8 @@ impl System {
             .register_webhook(WebhookRegistration {
                 name: "tg-bridge dynamics-adapter".into(),
                 url: format!("http://{}/webhooks/dataverse", connect_addr(dynamics)),
-                auth: WebhookAuth::Query {
-                    name: "code".into(),
+                auth: WebhookAuth::Header {
+                    name: "x-api-key".into(),
                     value: dataverse_key,
                 },
                 entities: Vec::new(),

@@ -45,6 +45,9 @@ const SECRET_KEYS: &[&str] = &[
     "dataverse_webhook_key",
     "azure_client_secret",
 ];
+/// The shortest Dataverse webhook key accepted, bytes: a guessable key lets anyone inject
+/// "changes" into the dynamics-adapter.
+pub const MIN_DATAVERSE_WEBHOOK_KEY_BYTES: usize = 32;
 /// The shortest JetStream duplicate window tg-bridge accepts (the architecture says ≥ 1 h).
 pub const MIN_DUPLICATE_WINDOW_SECS: u64 = 3600;
 /// JetStream allows at most five replicas per stream.
@@ -182,6 +185,68 @@ impl BusSettings {
     }
 }
 
+/// Bounds of every service's HTTP listener (`[http]`, `TGB_HTTP__*`): a client that is slow to
+/// send its headers or its body, or a flood of requests, must not hold the listener.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Time a client has to send a request's headers before the connection is closed
+    /// (also bounds an idle keep-alive connection), milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Time one request has, from its headers to the end of the handler (reading the body
+    /// included), before it is answered 408, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Requests to the service's own routes handled at the same time; one more is answered
+    /// 503 with `Retry-After` at once (`/healthz`, `/readyz` and `/metrics` are not counted).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        let limits = crate::http::HttpLimits::default();
+        Self {
+            header_read_timeout_ms: millis(limits.header_read_timeout),
+            request_timeout_ms: millis(limits.request_timeout),
+            max_concurrent_requests: limits.max_concurrent_requests,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl HttpSettings {
+    /// The limits [`crate::http::serve_with`] applies.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_concurrent_requests: self.max_concurrent_requests,
+        }
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            key: describe_key(figment, &["http", field]),
+            message,
+        };
+        for (field, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Endpoints, credentials and the bus settings every service reads.
 ///
 /// `Debug` redacts secrets and credentials embedded in URLs.
@@ -209,7 +274,7 @@ pub struct Settings {
     pub tg_webhook_secrets: Vec<SecretString>,
     /// Dataverse environment URL, e.g. `https://org.crm.dynamics.com`. `TGB_DATAVERSE_URL`.
     pub dataverse_url: Option<Url>,
-    /// Key expected on Dataverse webhook calls. `TGB_DATAVERSE_WEBHOOK_KEY`.
+    /// Key expected on Dataverse webhook calls, at least 32 bytes. `TGB_DATAVERSE_WEBHOOK_KEY`.
     pub dataverse_webhook_key: Option<SecretString>,
     /// Entra ID authority. `TGB_AZURE_AUTHORITY`.
     pub azure_authority: Url,
@@ -225,6 +290,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// JetStream settings, `[bus]`.
     pub bus: BusSettings,
+    /// HTTP listener bounds, `[http]`.
+    pub http: HttpSettings,
 }
 
 impl Default for Settings {
@@ -247,6 +314,7 @@ impl Default for Settings {
             graph_url: Url::parse(DEFAULT_GRAPH_URL).expect("constant URL is valid"),
             log_format: LogFormat::default(),
             bus: BusSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -272,6 +340,7 @@ impl fmt::Debug for Settings {
             .field("graph_url", &redact_url(&self.graph_url))
             .field("log_format", &self.log_format)
             .field("bus", &self.bus)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -311,6 +380,19 @@ impl Settings {
             }
         }
 
+        if let Some(key) = &self.dataverse_webhook_key
+            && key.expose_secret().len() < MIN_DATAVERSE_WEBHOOK_KEY_BYTES
+        {
+            // The length of a short key is not secret enough to matter; its value is never shown.
+            return Err(invalid(
+                "dataverse_webhook_key",
+                format!(
+                    "must be at least {MIN_DATAVERSE_WEBHOOK_KEY_BYTES} bytes (got {});                      generate one, e.g. 32 random bytes as hex",
+                    key.expose_secret().len()
+                ),
+            ));
+        }
+
         for (index, secret) in self.tg_webhook_secrets.iter().enumerate() {
             let body = secret.expose_secret().strip_prefix("whsec_");
             if body.is_none_or(str::is_empty) {
@@ -324,7 +406,8 @@ impl Settings {
             }
         }
 
-        self.bus.validate(figment)
+        self.bus.validate(figment)?;
+        self.http.validate(figment)
     }
 }
 

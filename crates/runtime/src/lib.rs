@@ -4,16 +4,19 @@
 //!   secrets that cannot be logged;
 //! - [`telemetry`]: tracing (pretty or JSON), OpenTelemetry spans over OTLP when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, W3C trace-context propagation;
+//! - [`locks`]: per-key async locks whose unused entries are pruned;
 //! - [`metrics`]: the process-wide Prometheus recorder;
-//! - [`http`]: the listener with `/healthz`, `/readyz`, `/metrics` and the service's routes;
+//! - [`http`]: the listener with `/healthz`, `/readyz`, `/metrics` and the service's routes,
+//!   bounded by a header-read timeout, a request timeout and a concurrency limit;
 //! - [`shutdown`]: SIGTERM/ctrl-c → a cancellation token.
 
 pub mod config;
 pub mod http;
+pub mod locks;
 pub mod metrics;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{BusSettings, Config, ConfigError, LogFormat, Settings};
+pub use config::{BusSettings, Config, ConfigError, HttpSettings, LogFormat, Settings};
 pub use tokio_util::sync::CancellationToken;

@@ -4,8 +4,9 @@
 //! 1. [`connect`]: the bus from the settings (refuses NATS < 2.10, provisions idempotently);
 //! 2. [`Workers`]: consumers and loops, each stopping on the shared shutdown token;
 //! 3. [`run`]: the HTTP listener (`/healthz`, `/readyz` = bus ready and no consumer stopped,
-//!    `/metrics`, the service's routes) and the workers together; a worker that fails stops the
-//!    whole service, and shutdown drains in-flight messages before `run` returns.
+//!    `/metrics`, the service's routes; bounded by `[http]`: header-read and request timeouts,
+//!    a concurrency limit) and the workers together; a worker that fails stops the whole
+//!    service, and shutdown drains in-flight messages before `run` returns.
 //!
 //! A consumer whose handler met a fatal error (a refused secret, a missing permission) stops
 //! alone: the service keeps serving, `/readyz` answers 503 naming the consumer and the error,
@@ -129,10 +130,12 @@ impl Workers {
     }
 }
 
-/// Serves HTTP on `listener` and runs `workers` until `shutdown` is cancelled or one of them
-/// fails; then stops everything, waits for in-flight work, and returns the first error.
+/// Serves HTTP on `listener` (within the `[http]` limits of `config`) and runs `workers` until
+/// `shutdown` is cancelled or one of them fails; then stops everything, waits for in-flight
+/// work, and returns the first error.
 pub async fn run(
     service: &'static str,
+    config: &Config,
     listener: tokio::net::TcpListener,
     routes: axum::Router,
     bus: Bus,
@@ -148,8 +151,9 @@ pub async fn run(
         stopped: workers.stopped.clone(),
     });
     let http_shutdown = shutdown.clone();
+    let limits = config.settings.http.limits();
     workers.set.spawn(async move {
-        tgb_runtime::http::serve(listener, routes, readiness, http_shutdown)
+        tgb_runtime::http::serve_with(listener, routes, readiness, limits, http_shutdown)
             .await
             .context("HTTP listener failed")
     });

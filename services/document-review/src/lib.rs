@@ -87,5 +87,14 @@ pub async fn serve(
     let mut workers = tgb_service::Workers::new(&shutdown);
     let spec = tgb_service::consumer_spec(&config, CONSUMER, SUBJECTS);
     workers.consumer(&bus, spec, Arc::new(review));
-    tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await
+    tgb_service::run(
+        NAME,
+        &config,
+        listener,
+        axum::Router::new(),
+        bus,
+        shutdown,
+        workers,
+    )
+    .await
 }

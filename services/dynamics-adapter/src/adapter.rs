@@ -63,7 +63,9 @@ pub struct Adapter {
     /// The application user's id (WhoAmI), lower case.
     pub app_user: String,
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<String>>>>>,
-    entity_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per entity in use; unused ones are pruned (one entry per row ever seen, kept
+    /// for the life of the process, was a slow leak).
+    entity_locks: tgb_runtime::locks::KeyedLocks,
     not_tg: Mutex<HashSet<String>>,
     /// Per polled table: the stored delta link that keeps failing, and how many times in a row.
     pub(crate) link_failures: Mutex<HashMap<String, (String, u32)>>,
@@ -132,7 +134,7 @@ impl Adapter {
             settings,
             app_user: app_user.to_ascii_lowercase(),
             accounts: Mutex::new(HashMap::new()),
-            entity_locks: Mutex::new(HashMap::new()),
+            entity_locks: tgb_runtime::locks::KeyedLocks::new(),
             not_tg: Mutex::new(HashSet::new()),
             link_failures: Mutex::new(HashMap::new()),
         }
@@ -140,21 +142,19 @@ impl Adapter {
 
     /// A lock serialising work on one entity inside this process.
     pub fn lock_of(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.entity_locks
-            .lock()
-            .unwrap()
-            .entry(key.to_owned())
-            .or_default()
-            .clone()
+        self.entity_locks.get(key)
+    }
+
+    /// Entity locks currently in the map (in use, or not yet pruned).
+    pub fn entity_lock_entries(&self) -> usize {
+        self.entity_locks.len()
     }
 
     /// The account of a partner: the linked one; else the one with its `tgb_partnerkey`; else
     /// (first sync) one whose configured match fields equal the partner id, which then gets the
     /// key; else a new account upserted by the key. Linked in `tgb_links` either way.
     pub async fn account_for(&self, partner: &pb::PartnerRef) -> Result<String, HandlerError> {
-        if partner.qualifier.is_empty() || partner.id.is_empty() {
-            return Err(HandlerError::permanent("meta.partner is missing"));
-        }
+        crate::ids::check_partner(partner).map_err(HandlerError::permanent)?;
         let key = partner.key();
         let slot = self
             .accounts

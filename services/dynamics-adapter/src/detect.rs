@@ -816,9 +816,15 @@ impl Adapter {
         c: &Change,
     ) -> Result<Option<std::collections::BTreeMap<String, String>>, HandlerError> {
         let a = &c.attrs;
-        let Some(account) = a.get("_tgb_partner_value").and_then(Value::as_str) else {
+        // The id goes into a filter unquoted (a GUID literal): only a GUID is taken.
+        let Some(account) = a
+            .get("_tgb_partner_value")
+            .and_then(Value::as_str)
+            .and_then(crate::ids::guid)
+        else {
             return Ok(None);
         };
+        let account = account.as_str();
         let period = text(a, "tgb_period").to_owned();
         let rows = self
             .dv

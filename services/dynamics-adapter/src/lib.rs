@@ -11,6 +11,7 @@
 pub mod adapter;
 pub mod batcher;
 pub mod detect;
+pub mod ids;
 pub mod inbound;
 pub mod schema;
 pub mod settings;
@@ -59,7 +60,16 @@ pub async fn serve(
     let s = &config.settings;
     let Some(org_url) = s.dataverse_url.clone() else {
         tracing::warn!("TGB_DATAVERSE_URL is not set: the Dynamics flows are off");
-        return tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await;
+        return tgb_service::run(
+            NAME,
+            &config,
+            listener,
+            axum::Router::new(),
+            bus,
+            shutdown,
+            workers,
+        )
+        .await;
     };
     let tenant = config.require(&s.azure_tenant_id, "TGB_AZURE_TENANT_ID", NAME)?;
     let client_id = config.require(&s.azure_client_id, "TGB_AZURE_CLIENT_ID", NAME)?;
@@ -124,7 +134,7 @@ pub async fn serve(
     let routes = axum::Router::new()
         .route("/webhooks/dataverse", axum::routing::post(webhook))
         .with_state(Arc::new(hook));
-    tgb_service::run(NAME, listener, routes, bus, shutdown, workers).await
+    tgb_service::run(NAME, &config, listener, routes, bus, shutdown, workers).await
 }
 
 struct Webhook {
@@ -155,11 +165,7 @@ async fn webhook(
             "no webhook key is configured (TGB_DATAVERSE_WEBHOOK_KEY)",
         );
     };
-    let presented = headers
-        .get(hook.adapter.settings.webhook_key_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.get("code").cloned());
+    let presented = presented_key(&hook.adapter.settings, &headers, &query);
     let ok = presented.is_some_and(|p| {
         use subtle::ConstantTimeEq;
         p.as_bytes()
@@ -170,7 +176,10 @@ async fn webhook(
         return answer(
             StatusCode::UNAUTHORIZED,
             "rejected",
-            "missing or wrong webhook key",
+            &format!(
+                "missing or wrong webhook key (expected in the {} header)",
+                hook.adapter.settings.webhook_key_header
+            ),
         );
     }
     match detect::webhook_body(&hook.adapter, &body).await {
@@ -187,6 +196,24 @@ async fn webhook(
                 "could not record the change; retry",
             )
         }
+    }
+}
+
+/// The key a webhook call presents: the configured header, or `?code=` only when
+/// `webhook_key_in_query` allows it.
+fn presented_key(
+    settings: &settings::DynamicsSettings,
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Option<String> {
+    let header = headers
+        .get(settings.webhook_key_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match header {
+        Some(key) => Some(key),
+        None if settings.webhook_key_in_query => query.get("code").cloned(),
+        None => None,
     }
 }
 

@@ -53,9 +53,11 @@ pub struct DynamicsSettings {
     pub kpi_publish_on_change: bool,
     /// D7: publish a KPI snapshot when a period is closed (`tgb_periodclosed`).
     pub kpi_publish_at_period_close: bool,
-    /// Header that carries the webhook key (`HttpHeader` authentication); the query parameter
-    /// `code` (`WebhookKey`) is accepted too.
+    /// Header that carries the webhook key (`HttpHeader` authentication).
     pub webhook_key_header: String,
+    /// Also accept the key as the query parameter `code` (`WebhookKey` authentication). Off by
+    /// default: a query string ends up in access logs and proxies' logs.
+    pub webhook_key_in_query: bool,
 }
 
 impl Default for DynamicsSettings {
@@ -108,6 +110,7 @@ impl Default for DynamicsSettings {
             kpi_publish_on_change: true,
             kpi_publish_at_period_close: true,
             webhook_key_header: "x-api-key".into(),
+            webhook_key_in_query: false,
         }
     }
 }

@@ -140,5 +140,14 @@ pub async fn serve_with(
         handler,
     );
     workers.spawn(move |stop| poller.run(poll_interval, lease, stop));
-    tgb_service::run(NAME, listener, axum::Router::new(), bus, shutdown, workers).await
+    tgb_service::run(
+        NAME,
+        &config,
+        listener,
+        axum::Router::new(),
+        bus,
+        shutdown,
+        workers,
+    )
+    .await
 }

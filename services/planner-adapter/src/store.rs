@@ -115,7 +115,8 @@ pub struct Group {
 pub struct Store {
     kv: kv::Store,
     cache: Arc<Mutex<HashMap<String, (TaskRecord, u64)>>>,
-    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// One lock per task in use; unused ones are pruned.
+    locks: Arc<tgb_runtime::locks::KeyedLocks>,
 }
 
 fn task_key(id: &str) -> String {
@@ -149,14 +150,12 @@ impl Store {
 
     /// Serialises the handler's writes and the poller's look at one task in this process.
     pub async fn lock(&self, task_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self
-            .locks
-            .lock()
-            .unwrap()
-            .entry(task_id.to_owned())
-            .or_default()
-            .clone();
-        m.lock_owned().await
+        self.locks.lock(task_id).await
+    }
+
+    /// Task locks currently in the map (in use, or not yet pruned).
+    pub fn lock_entries(&self) -> usize {
+        self.locks.len()
     }
 
     async fn get_json<T: DeserializeOwned>(

@@ -91,7 +91,7 @@ pub async fn serve_with_clock(
     let routes = axum::Router::new()
         .route("/sla/ticker", get(ticker_status))
         .with_state(status);
-    tgb_service::run(NAME, listener, routes, bus, shutdown, workers).await
+    tgb_service::run(NAME, &config, listener, routes, bus, shutdown, workers).await
 }
 
 /// The partner tiers of `[partners]` (shared with planner-adapter's routing).

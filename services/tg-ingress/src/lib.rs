@@ -165,7 +165,7 @@ pub async fn serve(
         ),
     }
     let routes = routes(ingress);
-    tgb_service::run(NAME, listener, routes, bus, shutdown, workers).await
+    tgb_service::run(NAME, &config, listener, routes, bus, shutdown, workers).await
 }
 
 /// `POST /webhooks/tg`.

@@ -81,16 +81,18 @@ impl VerifyError {
     }
 }
 
-/// Verifies one delivery. `now` is Unix seconds (injected for tests).
-pub fn verify(
+/// The checks that need no body: every header present, the timestamp an integer within the
+/// tolerance, at least one well-formed `v1` signature, and a key to check it with. Run before
+/// the body is read, so a request that cannot verify costs no body read. `Ok` holds the
+/// decoded candidate signatures for [`verify_body`].
+pub fn check_headers(
     keys: &[WebhookKey],
     id: &str,
     timestamp: &str,
     signature: &str,
-    body: &[u8],
     now: i64,
     tolerance_secs: i64,
-) -> Result<(), VerifyError> {
+) -> Result<Signatures, VerifyError> {
     if id.is_empty() {
         return Err(VerifyError::Missing("webhook-id"));
     }
@@ -121,6 +123,21 @@ pub fn verify(
     if keys.is_empty() {
         return Err(VerifyError::NoKeys);
     }
+    Ok(Signatures(candidates))
+}
+
+/// The well-formed `v1` signatures of a delivery whose headers passed [`check_headers`].
+#[derive(Debug)]
+pub struct Signatures(Vec<Vec<u8>>);
+
+/// The HMAC check of a delivery whose headers passed [`check_headers`].
+pub fn verify_body(
+    keys: &[WebhookKey],
+    id: &str,
+    timestamp: &str,
+    signatures: &Signatures,
+    body: &[u8],
+) -> Result<(), VerifyError> {
     let mut matched = false;
     for key in keys {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.0) else {
@@ -131,7 +148,7 @@ pub fn verify(
         mac.update(timestamp.trim().as_bytes());
         mac.update(b".");
         mac.update(body);
-        for candidate in &candidates {
+        for candidate in &signatures.0 {
             // Every candidate is checked (no early exit): the time does not reveal which matched.
             matched |= mac.clone().verify_slice(candidate).is_ok();
         }
@@ -141,6 +158,21 @@ pub fn verify(
     } else {
         Err(VerifyError::Mismatch)
     }
+}
+
+/// Verifies one delivery: [`check_headers`] then [`verify_body`]. `now` is Unix seconds
+/// (injected for tests).
+pub fn verify(
+    keys: &[WebhookKey],
+    id: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
+    let signatures = check_headers(keys, id, timestamp, signature, now, tolerance_secs)?;
+    verify_body(keys, id, timestamp, &signatures, body)
 }
 
 #[cfg(test)]

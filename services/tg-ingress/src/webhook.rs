@@ -2,13 +2,19 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | body over 1 MiB | 413 `payload_too_large` |
+//! | `Content-Length` over 1 MiB | 413 `payload_too_large` |
 //! | `webhook-*` header missing or empty | 401 `missing_signature` |
 //! | timestamp not an integer or more than 300 s from now | 401 `stale_timestamp` |
-//! | signature malformed or matching no secret | 401 `invalid_signature` |
+//! | signature malformed | 401 `invalid_signature` |
+//! | body over 1 MiB | 413 `payload_too_large` |
+//! | signature matching no secret | 401 `invalid_signature` |
 //! | body not JSON or not the contract | 400 `invalid_body`, with `field` |
 //! | JetStream did not acknowledge (NATS down, timeout) | 503 `unavailable` + `Retry-After` |
 //! | stored (or stored before: same TG event id) | 200 `{event_id, subject, duplicate}` |
+//!
+//! Everything above the body rows is decided from the headers alone, before a byte of the body
+//! is read: a client that cannot sign does not get to hold the request open while it trickles
+//! a body (the listener's request timeout bounds the rest).
 //!
 //! Unknown event types are valid: stored on `tgb.v1.tg.unknown.received`.
 
@@ -45,6 +51,20 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// 401 for a delivery that does not verify, counted by reason.
+fn unverified(e: VerifyError) -> Response {
+    metrics::counter!("tgb_tg_webhook_signature_failures_total", "reason" => e.label())
+        .increment(1);
+    count("unverified", StatusCode::UNAUTHORIZED);
+    tracing::info!(reason = %e, "webhook refused");
+    let code = match e {
+        VerifyError::Missing(_) => "missing_signature",
+        VerifyError::Stale(_) | VerifyError::BadTimestamp => "stale_timestamp",
+        _ => "invalid_signature",
+    };
+    error(StatusCode::UNAUTHORIZED, code, &e.to_string(), None)
+}
+
 pub(crate) async fn receive(State(ingress): State<Arc<Ingress>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
@@ -64,6 +84,19 @@ pub(crate) async fn receive(State(ingress): State<Arc<Ingress>>, request: Reques
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return too_large();
     }
+    let id = header_str(&headers, "webhook-id");
+    let timestamp = header_str(&headers, "webhook-timestamp");
+    let signatures = match verify::check_headers(
+        &ingress.keys,
+        id,
+        timestamp,
+        header_str(&headers, "webhook-signature"),
+        (ingress.now)(),
+        ingress.settings.tolerance_secs,
+    ) {
+        Ok(signatures) => signatures,
+        Err(e) => return unverified(e),
+    };
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(e) => {
@@ -86,27 +119,8 @@ pub(crate) async fn receive(State(ingress): State<Arc<Ingress>>, request: Reques
         }
     };
 
-    let id = header_str(&headers, "webhook-id");
-    let verified = verify::verify(
-        &ingress.keys,
-        id,
-        header_str(&headers, "webhook-timestamp"),
-        header_str(&headers, "webhook-signature"),
-        &body,
-        (ingress.now)(),
-        ingress.settings.tolerance_secs,
-    );
-    if let Err(e) = verified {
-        metrics::counter!("tgb_tg_webhook_signature_failures_total", "reason" => e.label())
-            .increment(1);
-        count("unverified", StatusCode::UNAUTHORIZED);
-        tracing::info!(reason = %e, "webhook refused");
-        let code = match e {
-            VerifyError::Missing(_) => "missing_signature",
-            VerifyError::Stale(_) | VerifyError::BadTimestamp => "stale_timestamp",
-            _ => "invalid_signature",
-        };
-        return error(StatusCode::UNAUTHORIZED, code, &e.to_string(), None);
+    if let Err(e) = verify::verify_body(&ingress.keys, id, timestamp, &signatures, &body) {
+        return unverified(e);
     }
 
     let event = match tgb_clients::tg::parse_event(&body) {

@@ -223,8 +223,8 @@ impl FaultSystem {
             .register_webhook(WebhookRegistration {
                 name: "tg-bridge dynamics-adapter".into(),
                 url: format!("http://{dynamics}/webhooks/dataverse"),
-                auth: WebhookAuth::Query {
-                    name: "code".into(),
+                auth: WebhookAuth::Header {
+                    name: "x-api-key".into(),
                     value: dataverse_key,
                 },
                 entities: Vec::new(),

@@ -202,8 +202,8 @@ impl BenchSystem {
             .register_webhook(WebhookRegistration {
                 name: "tg-bridge dynamics-adapter".into(),
                 url: format!("http://{dynamics}/webhooks/dataverse"),
-                auth: WebhookAuth::Query {
-                    name: "code".into(),
+                auth: WebhookAuth::Header {
+                    name: "x-api-key".into(),
                     value: dataverse_key,
                 },
                 entities: Vec::new(),

@@ -378,15 +378,22 @@ impl DataverseClient {
         &self.governor
     }
 
+    /// The URL of `path`: relative to the Web API root, or absolute (a next or delta link, a
+    /// stored cursor). Either way it must lead under this client's Web API root, since the
+    /// token goes with it (a relative `//host/…` or `../` could leave it too).
     fn url_of(&self, path: &str) -> Result<Url, DataverseError> {
-        let parsed = if path.starts_with("http://") || path.starts_with("https://") {
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
             Url::parse(path)
         } else {
             self.api.join(path)
-        };
-        parsed.map_err(|e| DataverseError::Invalid {
-            route: path.to_owned(),
+        }
+        .map_err(|e| DataverseError::Invalid {
+            route: route_of(&Method::GET, path),
             message: format!("bad URL: {e}"),
+        })?;
+        crate::origin::same_origin(&self.api, url.as_str()).map_err(|e| DataverseError::Invalid {
+            route: route_of(&Method::GET, path),
+            message: format!("refused to follow a URL that {e}"),
         })
     }
 
@@ -620,6 +627,8 @@ impl DataverseClient {
             if let Some(n) = body["@odata.nextLink"].as_str() {
                 next = Some(n.to_owned());
             } else if let Some(d) = body["@odata.deltaLink"].as_str() {
+                // Checked now, so a foreign link is never stored as the cursor.
+                self.url_of(d)?;
                 delta.delta_link = d.to_owned();
             }
         }

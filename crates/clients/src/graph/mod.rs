@@ -454,21 +454,17 @@ impl GraphClient {
     /// An `@odata.nextLink` as a path for [`Self::call`]: it must lead to the Graph this client
     /// talks to (the token is sent with it).
     fn same_origin(&self, route: &str, link: &str) -> Result<String, GraphError> {
-        let refused = |why: &str| GraphError::Permanent {
+        let root = self.url("");
+        let url = crate::origin::same_origin(&root, link).map_err(|e| GraphError::Permanent {
             route: route.to_owned(),
             status: 200,
             code: "UnexpectedAnswer".into(),
-            message: format!("@odata.nextLink {why}"),
-        };
-        let url = Url::parse(link).map_err(|_| refused("is not a URL"))?;
-        let root = self.url("");
-        if url.origin() != root.origin() {
-            return Err(refused("leads to another host"));
-        }
+            message: format!("@odata.nextLink {e}"),
+        })?;
         let rest = url
             .path()
             .strip_prefix(root.path().trim_end_matches('/'))
-            .ok_or_else(|| refused("leaves the Graph version root"))?;
+            .unwrap_or_default();
         Ok(match url.query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_owned(),

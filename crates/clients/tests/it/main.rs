@@ -1,4 +1,5 @@
 //! tgb-clients against a stand-in token endpoint over loopback.
 
 mod oauth;
+mod origin;
 mod trace;

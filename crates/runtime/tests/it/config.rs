@@ -292,7 +292,10 @@ fn debug_output_never_contains_a_secret() {
         &[
             ("TGB_TG_CLIENT_SECRET", "tg-client-secret-value"),
             ("TGB_TG_WEBHOOK_SECRETS", "whsec_d2ViaG9vay1zZWNyZXQ="),
-            ("TGB_DATAVERSE_WEBHOOK_KEY", "dataverse-key-value"),
+            (
+                "TGB_DATAVERSE_WEBHOOK_KEY",
+                "dataverse-key-value-of-at-least-32-bytes",
+            ),
             ("TGB_AZURE_CLIENT_SECRET", "azure-secret-value"),
             ("TGB_NATS_URL", "nats://bridge:nats-password@127.0.0.1:4222"),
             (
@@ -479,4 +482,60 @@ fn repository_default_file_loads_with_the_documented_defaults() {
             .unwrap();
         assert!(value.is_some(), "[{section}] is in the default file");
     }
+}
+
+#[test]
+fn http_limits_come_from_the_http_table_and_zero_names_its_key() {
+    let config = load(
+        toml_file("[http]\nrequest_timeout_ms = 1500\n").path(),
+        &[("TGB_HTTP__MAX_CONCURRENT_REQUESTS", "7")],
+    )
+    .unwrap();
+    let limits = config.settings.http.limits();
+    assert_eq!(
+        limits.request_timeout,
+        std::time::Duration::from_millis(1500)
+    );
+    assert_eq!(limits.max_concurrent_requests, 7);
+    let file = toml_file("");
+    for var in [
+        "TGB_HTTP__HEADER_READ_TIMEOUT_MS",
+        "TGB_HTTP__REQUEST_TIMEOUT_MS",
+        "TGB_HTTP__MAX_CONCURRENT_REQUESTS",
+    ] {
+        let text = load_err(file.path(), &[(var, "0")]);
+        assert!(text.starts_with(&format!("{var}:")), "{var}=0: {text}");
+    }
+}
+
+#[test]
+fn a_short_or_empty_dataverse_webhook_key_is_refused_without_echoing_it() {
+    let text = load_err(
+        toml_file("").path(),
+        &[(
+            "TGB_DATAVERSE_WEBHOOK_KEY",
+            "short-key-31-bytes-long-xxxxxxx",
+        )],
+    );
+    assert!(text.starts_with("TGB_DATAVERSE_WEBHOOK_KEY:"), "{text}");
+    assert!(text.contains("at least 32 bytes"), "{text}");
+    assert!(!text.contains("short-key"), "the key leaked: {text}");
+    let file = toml_file("dataverse_webhook_key = \"\"\n");
+    let text = load_err(file.path(), &[]);
+    assert!(text.contains("dataverse_webhook_key"), "{text}");
+    let long = "k".repeat(32);
+    let config = load(
+        toml_file("").path(),
+        &[("TGB_DATAVERSE_WEBHOOK_KEY", long.as_str())],
+    )
+    .unwrap();
+    assert_eq!(
+        config
+            .settings
+            .dataverse_webhook_key
+            .unwrap()
+            .expose_secret()
+            .len(),
+        32
+    );
 }

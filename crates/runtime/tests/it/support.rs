@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use tgb_runtime::CancellationToken;
-use tgb_runtime::http::Readiness;
+use tgb_runtime::http::{HttpLimits, Readiness};
 use tokio::task::JoinHandle;
 
 /// Longest any test waits for a condition.
@@ -23,13 +23,22 @@ pub struct App {
 
 impl App {
     pub async fn spawn(routes: Router, readiness: Arc<dyn Readiness>) -> App {
+        Self::spawn_with(routes, readiness, HttpLimits::default()).await
+    }
+
+    pub async fn spawn_with(
+        routes: Router,
+        readiness: Arc<dyn Readiness>,
+        limits: HttpLimits,
+    ) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(tgb_runtime::http::serve(
+        let server = tokio::spawn(tgb_runtime::http::serve_with(
             listener,
             routes,
             readiness,
+            limits,
             shutdown.clone(),
         ));
         App {

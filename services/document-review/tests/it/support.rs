@@ -114,7 +114,10 @@ impl Env {
             ("TGB_AZURE_CLIENT_SECRET", "tgb-bridge-secret".into()),
             ("TGB_GRAPH_URL", self.sandbox.graph_url()),
             ("TGB_DATAVERSE_URL", self.sandbox.dataverse_url()),
-            ("TGB_DATAVERSE_WEBHOOK_KEY", "test-webhook-key".into()),
+            (
+                "TGB_DATAVERSE_WEBHOOK_KEY",
+                "test-webhook-key-of-at-least-32-bytes".into(),
+            ),
             ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "50".into()),
             ("TGB_DYNAMICS__POLL_INTERVAL_MS", "3600000".into()),
         ]

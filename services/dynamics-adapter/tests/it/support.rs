@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const WEBHOOK_KEY: &str = "dv-webhook-key";
+pub const WEBHOOK_KEY: &str = "dv-webhook-key-for-tests-0123456789abcdef";
 pub const WAIT: Duration = tgb_testkit::HANG_GUARD;
 
 pub struct Env {

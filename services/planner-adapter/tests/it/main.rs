@@ -2,6 +2,7 @@
 
 mod flows;
 mod lifecycle;
+mod locks;
 mod paging;
 mod replicas;
 mod support;

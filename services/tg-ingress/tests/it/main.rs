@@ -3,5 +3,6 @@
 mod bad_input;
 mod lifecycle;
 mod poller;
+mod slow_clients;
 mod support;
 mod webhooks;
