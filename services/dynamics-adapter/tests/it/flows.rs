@@ -290,3 +290,51 @@ async fn the_change_tracking_poll_finds_a_change_no_webhook_reported_once() {
         1
     );
 }
+
+#[tokio::test]
+async fn d8_an_update_of_an_account_deleted_in_dynamics_is_reported_gone_not_recreated() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    env.publish(partner_updated(1, "Acme Corp", "Brussels"))
+        .await;
+    env.wait_rows("contact", 1).await;
+    let account = env.rows("account")[0]["accountid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Someone deletes the account in Dynamics; TG then changes the partner's city.
+    let agent = env.user("agent");
+    let (status, _, _) = env.sandbox.dataverse().request_as(
+        agent,
+        axum::http::Method::DELETE,
+        &format!("accounts({account})"),
+        axum::http::HeaderMap::new(),
+        None,
+    );
+    assert_eq!(status, 204);
+    env.publish(partner_updated(2, "Acme Corp", "Antwerp"))
+        .await;
+    // Sent with If-Match: *, the update finds no row: the event is dead-lettered with
+    // Dataverse's answer, and no nameless account appears under the old id.
+    let js = env.bus.jetstream().clone();
+    let letter = eventually("the update dead-lettered", WAIT, || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream("TGB_DLQ").await.ok()?;
+            stream.get_raw_message(1).await.ok()
+        }
+    })
+    .await
+    .unwrap();
+    let reason = letter.headers.get("tgb-error").unwrap().to_string();
+    assert!(
+        reason.contains("not found") || reason.contains("404"),
+        "{reason}"
+    );
+    adapter.stop().await;
+    assert!(
+        env.rows("account").is_empty(),
+        "no account re-created: {:?}",
+        env.rows("account")
+    );
+}
