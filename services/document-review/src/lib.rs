@@ -46,13 +46,6 @@ pub fn settings_from(config: &Config) -> anyhow::Result<(DocumentSettings, Onboa
     Ok((docs, onboarding))
 }
 
-/// Runs the service on its configured address until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let addr = tgb_service::http_addr(&config, DEFAULT_HTTP_ADDR);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve(config, listener, shutdown).await
-}
-
 /// Runs the service on `listener` (tests pass one bound to port 0).
 pub async fn serve(
     config: Config,

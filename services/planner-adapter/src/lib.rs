@@ -36,13 +36,6 @@ pub const NAME: &str = "planner-adapter";
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8084);
 
-/// Runs the service on its configured address until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let addr = tgb_service::http_addr(&config, DEFAULT_HTTP_ADDR);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve(config, listener, shutdown).await
-}
-
 /// Runs the service on `listener` (tests pass one bound to port 0).
 pub async fn serve(
     config: Config,

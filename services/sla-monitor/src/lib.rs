@@ -42,13 +42,6 @@ pub const CONSUMER: &str = "sla-monitor";
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8085);
 
-/// Runs the service on its configured address until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let addr = tgb_service::http_addr(&config, DEFAULT_HTTP_ADDR);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve(config, listener, shutdown).await
-}
-
 /// Runs the service on `listener` (tests pass one bound to port 0) with the system clock.
 pub async fn serve(
     config: Config,

@@ -57,13 +57,6 @@ impl Default for EgressSettings {
     }
 }
 
-/// Runs the service on its configured address until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let addr = tgb_service::http_addr(&config, DEFAULT_HTTP_ADDR);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve(config, listener, shutdown).await
-}
-
 /// Runs the service on `listener` (tests pass one bound to port 0).
 pub async fn serve(
     config: Config,

@@ -103,13 +103,6 @@ impl Ingress {
     }
 }
 
-/// Runs the service on its configured address until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let addr = tgb_service::http_addr(&config, DEFAULT_HTTP_ADDR);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve(config, listener, shutdown).await
-}
-
 /// The TG client, when the API URL, token URL and client credentials are all configured.
 fn tg_client(config: &Config, timeout: Duration) -> Option<TgClient> {
     let s = &config.settings;
