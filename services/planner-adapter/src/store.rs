@@ -131,6 +131,17 @@ fn group_key(key: &str) -> String {
     format!("planner-group.{}", encode_token(key))
 }
 
+/// Compare-and-set attempts on one key before an update gives up (transiently: the message is
+/// retried later) instead of looping for as long as other writers keep winning.
+pub const MAX_CAS_ATTEMPTS: usize = 32;
+
+fn contended(key: &str) -> StoreError {
+    store_err(
+        key,
+        format!("changed by others {MAX_CAS_ATTEMPTS} times in a row while updating it"),
+    )
+}
+
 fn store_err(key: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError {
         key: key.to_owned(),
@@ -259,7 +270,7 @@ impl Store {
     {
         let key = task_key(task_id);
         let mut from_cache = true;
-        loop {
+        for _ in 0..MAX_CAS_ATTEMPTS {
             let current = if from_cache {
                 self.task(task_id).await?
             } else {
@@ -282,6 +293,7 @@ impl Store {
                 None => from_cache = false,
             }
         }
+        Err(contended(&key))
     }
 
     /// Stores a new task record (or replaces it).
@@ -349,7 +361,7 @@ impl Store {
         F: FnMut(&mut Group) -> bool,
     {
         let k = group_key(key);
-        loop {
+        for _ in 0..MAX_CAS_ATTEMPTS {
             let (mut g, rev) = self.get_json::<Group>(&k).await?.unwrap_or_default();
             if !f(&mut g) {
                 return Ok(g);
@@ -358,5 +370,6 @@ impl Store {
                 return Ok(g);
             }
         }
+        Err(contended(&k))
     }
 }
