@@ -54,6 +54,8 @@ pub struct Review {
     publisher: Publisher,
     docs: DocumentSettings,
     onboarding: OnboardingSettings,
+    /// Bounds the documents in memory at once (`max_concurrent_downloads`).
+    downloads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// What handling did, for `tgb_flow_events_total`.
@@ -69,7 +71,7 @@ fn tg_error(e: TgError) -> HandlerError {
             ..
         } => HandlerError::retry_after(&e, *d),
         TgError::Transient { .. } | TgError::Conflict { .. } => HandlerError::transient(&e),
-        TgError::Permanent { .. } => HandlerError::permanent(&e),
+        TgError::Permanent { .. } | TgError::TooLarge { .. } => HandlerError::permanent(&e),
         TgError::Auth(a) if a.is_transient() => HandlerError::transient(&e),
         TgError::Auth(_) => HandlerError::Fatal(e.to_string()),
     }
@@ -135,6 +137,9 @@ impl Review {
         docs: DocumentSettings,
         onboarding: OnboardingSettings,
     ) -> Self {
+        let downloads = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            docs.max_concurrent_downloads.max(1),
+        ));
         Review {
             tg,
             documents,
@@ -142,6 +147,7 @@ impl Review {
             publisher,
             docs,
             onboarding,
+            downloads,
         }
     }
 
@@ -186,11 +192,25 @@ impl Review {
         if let Err(r) = intake::check_announced_size(doc.size, self.docs.max_size_bytes) {
             return self.refuse(meta, &doc, r).await;
         }
-        let content = self
-            .tg
-            .document_content(&doc.document_id)
+        // Held until the content is stored: at most this many documents are in memory at once.
+        let _download = self
+            .downloads
+            .acquire()
             .await
-            .map_err(tg_error)?;
+            .map_err(|_| HandlerError::transient("shutting down"))?;
+        let content = match self
+            .tg
+            .document_content(&doc.document_id, self.docs.max_size_bytes)
+            .await
+        {
+            Ok(content) => content,
+            Err(TgError::TooLarge { limit, .. }) => {
+                return self
+                    .refuse(meta, &doc, intake::Refusal::ServedTooLarge { limit })
+                    .await;
+            }
+            Err(e) => return Err(tg_error(e)),
+        };
         let sha256 = match intake::verify(
             &content.bytes,
             self.docs.max_size_bytes,

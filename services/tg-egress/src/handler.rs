@@ -69,7 +69,7 @@ fn tg_error(e: TgError) -> HandlerError {
             Some(delay) => HandlerError::retry_after(&e, *delay),
             None => HandlerError::transient(&e),
         },
-        TgError::Permanent { .. } => HandlerError::permanent(&e),
+        TgError::Permanent { .. } | TgError::TooLarge { .. } => HandlerError::permanent(&e),
         TgError::Conflict { .. } => HandlerError::transient(&e),
         TgError::Auth(a) if a.is_transient() => HandlerError::transient(&e),
         TgError::Auth(_) => HandlerError::Fatal(e.to_string()),

@@ -292,6 +292,17 @@ fn error_of(
     }
 }
 
+/// The most rows [`DataverseClient::get_all`] collects (its callers read one partner's or one
+/// case's rows; more means a query gone wrong).
+pub const MAX_GET_ALL_ROWS: usize = 50_000;
+
+fn too_many_rows(path: &str) -> DataverseError {
+    DataverseError::Invalid {
+        route: route_of(&Method::GET, path),
+        message: format!("more than {MAX_GET_ALL_ROWS} rows; not collected"),
+    }
+}
+
 impl DataverseClient {
     /// A client of the organisation in `settings`, authenticating with `credentials` (its
     /// scope is set to the organisation's) and sending through `governor`.
@@ -458,14 +469,14 @@ impl DataverseClient {
             };
             let status = answer.status();
             let headers = answer.headers().clone();
-            let text = answer
-                .text()
+            let text = crate::body::read_capped(answer, crate::body::MAX_ANSWER_BYTES)
                 .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .map_err(|e| DataverseError::Unavailable {
                     route: route.to_owned(),
                     status: Some(status.as_u16()),
                     retry_after: None,
-                    message: e.without_url().to_string(),
+                    message: e.to_string(),
                 });
             self.record(route, status.as_str(), started);
             drop(permit);
@@ -494,7 +505,8 @@ impl DataverseClient {
         Ok(answer.body.unwrap_or(Value::Null))
     }
 
-    /// `GET` a collection, following `@odata.nextLink` with pages of `page_size`.
+    /// `GET` a collection, following `@odata.nextLink` with pages of `page_size`; more than
+    /// [`MAX_GET_ALL_ROWS`] rows is an error, not an unbounded vector.
     pub async fn get_all(&self, path: &str, page_size: u32) -> Result<Vec<Value>, DataverseError> {
         let prefer = [("Prefer", format!("odata.maxpagesize={page_size}"))];
         let mut rows = Vec::new();
@@ -504,6 +516,9 @@ impl DataverseClient {
             let body = page.body.unwrap_or(Value::Null);
             if let Some(values) = body["value"].as_array() {
                 rows.extend(values.iter().cloned());
+            }
+            if rows.len() > MAX_GET_ALL_ROWS {
+                return Err(too_many_rows(path));
             }
             next = body["@odata.nextLink"].as_str().map(str::to_owned);
         }

@@ -1,5 +1,6 @@
 //! tgb-clients against a stand-in token endpoint over loopback.
 
+mod bounds;
 mod oauth;
 mod origin;
 mod trace;
