@@ -179,6 +179,57 @@ pub struct Delta {
     pub delta_link: String,
 }
 
+/// Change tracking read page by page ([`DataverseClient::change_pages`]).
+#[derive(Debug)]
+pub struct ChangePages<'a> {
+    client: &'a DataverseClient,
+    set: String,
+    next: Option<String>,
+}
+
+impl ChangePages<'_> {
+    /// The next page: its rows and deletions, and on the last page the delta link (checked to
+    /// lead under the Web API root, so a foreign one is never stored). `None` after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Delta>, DataverseError> {
+        let Some(link) = self.next.take() else {
+            return Ok(None);
+        };
+        let prefer = [(
+            "Prefer",
+            "odata.track-changes,odata.maxpagesize=1000".to_owned(),
+        )];
+        let page = self.client.send(Method::GET, &link, &prefer, None).await?;
+        let body = page.body.unwrap_or(Value::Null);
+        let mut delta = Delta::default();
+        for row in body["value"].as_array().into_iter().flatten() {
+            let removed = row["reason"].as_str() == Some("deleted")
+                || row["@odata.context"]
+                    .as_str()
+                    .is_some_and(|c| c.ends_with("$deletedEntity"));
+            if removed {
+                delta
+                    .deleted
+                    .push(row["id"].as_str().unwrap_or_default().to_owned());
+            } else {
+                delta.rows.push(row.clone());
+            }
+        }
+        if let Some(n) = body["@odata.nextLink"].as_str() {
+            self.next = Some(n.to_owned());
+        } else if let Some(d) = body["@odata.deltaLink"].as_str() {
+            // Checked now, so a foreign link is never stored as the cursor.
+            self.client.url_of(d)?;
+            delta.delta_link = d.to_owned();
+        } else {
+            return Err(DataverseError::Invalid {
+                route: format!("GET {}", self.set),
+                message: "no @odata.deltaLink in a change-tracking answer".into(),
+            });
+        }
+        Ok(Some(delta))
+    }
+}
+
 /// The Dataverse client of one identity (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct DataverseClient {
@@ -564,53 +615,41 @@ impl DataverseClient {
 
     /// Change tracking of `set` (columns `select`): a baseline when `delta_link` is `None`,
     /// else the changes since it; follows next links. An expired token is `DeltaExpired`.
+    /// Holds every row of every page: for a baseline of a large table use
+    /// [`Self::change_pages`].
     pub async fn changes(
         &self,
         set: &str,
         select: &str,
         delta_link: Option<&str>,
     ) -> Result<Delta, DataverseError> {
-        let mut next = Some(match delta_link {
-            Some(l) => l.to_owned(),
-            None if select.is_empty() => set.to_owned(),
-            None => format!("{set}?$select={select}"),
-        });
-        let prefer = [(
-            "Prefer",
-            "odata.track-changes,odata.maxpagesize=1000".to_owned(),
-        )];
+        let mut pages = self.change_pages(set, select, delta_link);
         let mut delta = Delta::default();
-        while let Some(link) = next.take() {
-            let page = self.send(Method::GET, &link, &prefer, None).await?;
-            let body = page.body.unwrap_or(Value::Null);
-            for row in body["value"].as_array().into_iter().flatten() {
-                let removed = row["reason"].as_str() == Some("deleted")
-                    || row["@odata.context"]
-                        .as_str()
-                        .is_some_and(|c| c.ends_with("$deletedEntity"));
-                if removed {
-                    delta
-                        .deleted
-                        .push(row["id"].as_str().unwrap_or_default().to_owned());
-                } else {
-                    delta.rows.push(row.clone());
-                }
-            }
-            if let Some(n) = body["@odata.nextLink"].as_str() {
-                next = Some(n.to_owned());
-            } else if let Some(d) = body["@odata.deltaLink"].as_str() {
-                // Checked now, so a foreign link is never stored as the cursor.
-                self.url_of(d)?;
-                delta.delta_link = d.to_owned();
-            }
-        }
-        if delta.delta_link.is_empty() {
-            return Err(DataverseError::Invalid {
-                route: format!("GET {set}"),
-                message: "no @odata.deltaLink in a change-tracking answer".into(),
-            });
+        while let Some(page) = pages.next_page().await? {
+            delta.rows.extend(page.rows);
+            delta.deleted.extend(page.deleted);
+            delta.delta_link = page.delta_link;
         }
         Ok(delta)
+    }
+
+    /// [`Self::changes`] one page at a time, so a caller holds one page (at most 1000 rows),
+    /// never the whole table. The last page carries the delta link.
+    pub fn change_pages(
+        &self,
+        set: &str,
+        select: &str,
+        delta_link: Option<&str>,
+    ) -> ChangePages<'_> {
+        ChangePages {
+            client: self,
+            set: set.to_owned(),
+            next: Some(match delta_link {
+                Some(l) => l.to_owned(),
+                None if select.is_empty() => set.to_owned(),
+                None => format!("{set}?$select={select}"),
+            }),
+        }
     }
 
     /// Sends change sets as one `$batch` with `Prefer: odata.continue-on-error`. Per change
