@@ -8,4 +8,5 @@ mod injection;
 mod lifecycle;
 mod support;
 mod tracking;
+mod webhook_claims;
 mod webhook_key;
