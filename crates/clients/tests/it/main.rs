@@ -3,4 +3,5 @@
 mod bounds;
 mod oauth;
 mod origin;
+mod parsers;
 mod trace;
