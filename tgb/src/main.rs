@@ -157,6 +157,12 @@ enum DlqCommand {
         /// With --all: only those of this consumer.
         #[arg(long, requires = "all")]
         consumer: Option<String>,
+        /// With --all: confirm (a replay of everything is not done by accident).
+        #[arg(long, requires = "all")]
+        yes: bool,
+        /// With --all: replay at most this many, oldest first (default 100).
+        #[arg(long, requires = "all")]
+        limit: Option<usize>,
         /// Show what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -455,14 +461,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     id,
                     all,
                     consumer,
+                    yes,
+                    limit,
                     dry_run,
                 } => {
                     let ids: Vec<u64> = if *all {
-                        ops::dlq_list(&js, consumer.as_deref())
-                            .await?
-                            .iter()
-                            .map(|l| l.id)
-                            .collect()
+                        if !*yes && !*dry_run {
+                            anyhow::bail!(
+                                "--all republishes every dead letter: add --yes (and --limit N, \
+                                 default {}), or see them first with --dry-run",
+                                ops::DEFAULT_REPLAY_LIMIT
+                            );
+                        }
+                        let limit = limit.unwrap_or(ops::DEFAULT_REPLAY_LIMIT);
+                        let letters = ops::dlq_list(&js, consumer.as_deref()).await?;
+                        if letters.len() > limit {
+                            eprintln!(
+                                "{} dead letters; replaying the oldest {limit} (--limit)",
+                                letters.len()
+                            );
+                        }
+                        letters.iter().take(limit).map(|l| l.id).collect()
                     } else {
                         vec![id.context("give a dead letter id, or --all")?]
                     };
@@ -477,8 +496,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         bar
                     });
                     let mut done = Vec::new();
+                    let mut refused = Vec::new();
                     for id in ids {
-                        done.push(ops::dlq_replay(&js, id, *dry_run).await?);
+                        match ops::dlq_replay(&js, id, *dry_run).await {
+                            Ok(d) => done.push(d),
+                            // One refused dead letter does not stop the others; it stays put.
+                            Err(e) if *all => refused.push(format!("{e:#}")),
+                            Err(e) => return Err(e),
+                        }
                         if let Some(b) = &bar {
                             b.inc(1);
                         }
@@ -487,6 +512,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         b.finish_and_clear();
                     }
                     print(cli.json, &done, |d| render::replayed(d, *dry_run));
+                    for r in &refused {
+                        eprintln!("refused: {r}");
+                    }
+                    if !refused.is_empty() {
+                        return Ok(1);
+                    }
                 }
             }
             Ok(0)

@@ -256,8 +256,85 @@ pub struct Replayed {
     pub duplicate: bool,
 }
 
+/// Whether NATS subject `subject` matches `filter` (`*` one token, `>` the rest).
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The most dead letters `tgb dlq replay --all` republishes in one run unless `--limit` says.
+pub const DEFAULT_REPLAY_LIMIT: usize = 100;
+
+/// A dead letter is replayed only where it could have come from: its headers are not trusted
+/// alone (anyone who may publish under `tgb.dlq.>` writes them). The DLQ subject must be the
+/// one its `tgb-consumer` and `tgb-original-subject` give, that consumer must exist on
+/// `TGB_EVENTS` and consume the original subject, and the payload must decode as that
+/// subject's event with the matching origin.
+async fn check_replay(
+    js: &jetstream::Context,
+    id: u64,
+    dlq_subject: &str,
+    letter: &DeadLetter,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let original = &letter.original_subject;
+    if original.is_empty() || !original.starts_with("tgb.v1.") {
+        bail!("dead letter {id} does not say where it came from (no tgb-original-subject)");
+    }
+    if letter.consumer.is_empty() {
+        bail!("dead letter {id} does not name its consumer (no tgb-consumer)");
+    }
+    if names::dlq_subject(&letter.consumer, original) != dlq_subject {
+        bail!(
+            "dead letter {id} is on {dlq_subject}, which does not match its headers \
+             (consumer {}, original subject {original}): not replayed",
+            letter.consumer
+        );
+    }
+    let events = stream(js, names::EVENTS_STREAM).await?;
+    let consumer = events
+        .consumer_info(&letter.consumer)
+        .await
+        .with_context(|| {
+            format!(
+                "dead letter {id} names consumer {}, which {} does not have: not replayed",
+                letter.consumer,
+                names::EVENTS_STREAM
+            )
+        })?;
+    let config = &consumer.config;
+    let filters: Vec<&str> = if config.filter_subjects.is_empty() {
+        vec![config.filter_subject.as_str()]
+    } else {
+        config.filter_subjects.iter().map(String::as_str).collect()
+    };
+    if !filters
+        .iter()
+        .any(|f| !f.is_empty() && subject_matches(f, original))
+    {
+        bail!(
+            "dead letter {id}: consumer {} does not consume {original}: not replayed",
+            letter.consumer
+        );
+    }
+    tgb_proto::Event::decode(original, payload).map_err(|e| {
+        anyhow::anyhow!("dead letter {id} is not a valid event of {original} ({e}): not replayed")
+    })?;
+    Ok(())
+}
+
 /// `tgb dlq replay ID`: republishes the original bytes and headers on the original subject with a
-/// new `Nats-Msg-Id`, and deletes the dead letter only after the PubAck.
+/// new `Nats-Msg-Id`, and deletes the dead letter only after the PubAck. Refused (also in a dry
+/// run) unless the dead letter passes [`check_replay`].
 pub async fn dlq_replay(
     js: &jetstream::Context,
     id: u64,
@@ -265,9 +342,7 @@ pub async fn dlq_replay(
 ) -> anyhow::Result<Replayed> {
     let m = dlq_get(js, id).await?;
     let letter = DeadLetter::from_parts(id, m.time, &m.subject, &m.headers, &m.payload);
-    if letter.original_subject.is_empty() || !letter.original_subject.starts_with("tgb.v1.") {
-        bail!("dead letter {id} does not say where it came from (no tgb-original-subject)");
-    }
+    check_replay(js, id, &m.subject, &letter, &m.payload).await?;
     let original_id = match header(&m.headers, names::HDR_MSG_ID) {
         _ if !letter.event_id.is_empty() => letter.event_id.clone(),
         other => other,
@@ -838,6 +913,32 @@ mod tests {
                 3.0
             )
         );
+    }
+
+    #[test]
+    fn nats_wildcards_match_as_the_server_does() {
+        assert!(subject_matches(
+            "tgb.v1.dyn.case.note_added",
+            "tgb.v1.dyn.case.note_added"
+        ));
+        assert!(subject_matches(
+            "tgb.v1.dyn.case.*",
+            "tgb.v1.dyn.case.note_added"
+        ));
+        assert!(subject_matches("tgb.v1.>", "tgb.v1.dyn.case.note_added"));
+        assert!(!subject_matches("tgb.v1.>", "tgb.v1"));
+        assert!(!subject_matches(
+            "tgb.v1.dyn.case.*",
+            "tgb.v1.dyn.case.note_added.x"
+        ));
+        assert!(!subject_matches(
+            "tgb.v1.dyn.case.note_added",
+            "tgb.v1.tg.case.opened"
+        ));
+        assert!(!subject_matches(
+            "tgb.v1.dyn.case",
+            "tgb.v1.dyn.case.note_added"
+        ));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use tgb_bus::async_nats;
 use tgb_bus::links::encode_token;
 use tgb_bus::{Delivery, Handler, HandlerError, Publisher};
-use tgb_clients::tg::TgClient;
+use tgb_clients::tg::{TgClient, TgError};
 use tgb_proto as pb;
 use time::OffsetDateTime;
 
@@ -57,6 +57,8 @@ pub struct Review {
     publisher: Publisher,
     docs: DocumentSettings,
     onboarding: OnboardingSettings,
+    /// Bounds the documents in memory at once (`max_concurrent_downloads`).
+    downloads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// What handling did (the runner records it from the outcome).
@@ -125,6 +127,9 @@ impl Review {
         docs: DocumentSettings,
         onboarding: OnboardingSettings,
     ) -> Self {
+        let downloads = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            docs.max_concurrent_downloads.max(1),
+        ));
         Review {
             tg,
             documents,
@@ -132,6 +137,7 @@ impl Review {
             publisher,
             docs,
             onboarding,
+            downloads,
         }
     }
 
@@ -176,7 +182,25 @@ impl Review {
         if let Err(r) = intake::check_announced_size(doc.size, self.docs.max_size_bytes) {
             return self.refuse(meta, &doc, r).await;
         }
-        let content = self.tg.document_content(&doc.document_id).await?;
+        // Held until the content is stored: at most this many documents are in memory at once.
+        let _download = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| HandlerError::transient("shutting down"))?;
+        let content = match self
+            .tg
+            .document_content(&doc.document_id, self.docs.max_size_bytes)
+            .await
+        {
+            Ok(content) => content,
+            Err(TgError::TooLarge { limit, .. }) => {
+                return self
+                    .refuse(meta, &doc, intake::Refusal::ServedTooLarge { limit })
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let sha256 = match intake::verify(
             &content.bytes,
             self.docs.max_size_bytes,

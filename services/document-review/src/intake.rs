@@ -15,6 +15,12 @@ pub enum Refusal {
         /// The limit.
         limit: u64,
     },
+    /// The content served was larger than the limit (read no further than the limit).
+    #[error("the content served is larger than the limit of {limit} bytes")]
+    ServedTooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// The content's SHA-256 differs from the one announced with the upload.
     #[error("the content's SHA-256 {actual} does not match the announced {announced}")]
     AnnouncedDigestMismatch {

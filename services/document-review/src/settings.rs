@@ -43,6 +43,9 @@ pub struct DocumentSettings {
     pub reject_expired: bool,
     /// Timeout of one TG API call, milliseconds.
     pub request_timeout_ms: u64,
+    /// Documents downloaded at the same time (each is held in memory up to `max_size_bytes`
+    /// while it is checked and stored), whatever the consumer's concurrency; at least 1.
+    pub max_concurrent_downloads: usize,
     /// Planner label (as reviewers apply it) → outcome: `approved`, `rejected`, `needs_changes`.
     pub labels: BTreeMap<String, String>,
     /// Document type → its review; types not listed are stored without a review.
@@ -76,6 +79,7 @@ impl Default for DocumentSettings {
             max_size_bytes: DEFAULT_MAX_SIZE_BYTES,
             reject_expired: true,
             request_timeout_ms: 30_000,
+            max_concurrent_downloads: 2,
             labels: BTreeMap::from([
                 ("Approved".to_owned(), "approved".to_owned()),
                 ("Rejected".to_owned(), "rejected".to_owned()),

@@ -893,10 +893,77 @@ pub async fn webhook_body(adapter: &Adapter, body: &[u8]) -> Result<(), WebhookF
             change.table
         )));
     }
+    let Some(change) = confirmed(adapter, change).await? else {
+        return Ok(());
+    };
     adapter
         .on_change(change)
         .await
         .map_err(|e| WebhookFailure::Failed(e.to_string()))
+}
+
+/// Columns that say where a change goes (which TG case, which partner): taken from the row
+/// read back, never from a webhook body.
+const ROUTING_COLUMNS: &[&str] = &[
+    "tgb_tgcaseid",
+    "tgb_partnerkey",
+    "_customerid_value",
+    "_tgb_partner_value",
+    "_objectid_value",
+    "_regardingobjectid_value",
+];
+
+/// A webhook body is a claim: whoever holds the key can send any. Before it is published the
+/// row is read back by its id: a row that is not there is no change, a Close of an incident
+/// that is not resolved is none either, and the columns that route the change (which TG case,
+/// which partner) are Dataverse's, not the body's. The other columns stay as the body has them
+/// (the values of that change; later changes have their own webhooks and the poll), so the
+/// echo and staleness filters see the change as it was made. Deletes are taken as they are
+/// (they publish nothing).
+async fn confirmed(
+    adapter: &Adapter,
+    mut change: Change,
+) -> Result<Option<Change>, WebhookFailure> {
+    if change.message == "Delete" {
+        return Ok(Some(change));
+    }
+    let row = match adapter
+        .dv
+        .get(&format!("{}({})", schema::set(&change.table), change.id))
+        .await
+    {
+        Ok(row) => row,
+        Err(tgb_clients::dataverse::DataverseError::NotFound { .. }) => {
+            tracing::info!(table = %change.table, id = %change.id, "webhook for a row that does not exist: dropped");
+            return Ok(None);
+        }
+        Err(e) => return Err(WebhookFailure::Failed(e.to_string())),
+    };
+    let Some(row) = row.as_object() else {
+        return Err(WebhookFailure::Failed(format!(
+            "the {} row read back is not an object",
+            change.table
+        )));
+    };
+    if change.message == "Close" && int(row, "statecode") != Some(1) {
+        tracing::info!(id = %change.id, "Close webhook for an incident that is not resolved: dropped");
+        return Ok(None);
+    }
+    for column in ROUTING_COLUMNS {
+        match row.get(*column) {
+            Some(v) => {
+                change.attrs.insert((*column).to_owned(), v.clone());
+            }
+            None => {
+                change.attrs.remove(*column);
+            }
+        }
+    }
+    // What the handlers would otherwise fill from the row in a second read.
+    for (k, v) in row {
+        change.attrs.entry(k.clone()).or_insert(v.clone());
+    }
+    Ok(Some(change))
 }
 
 /// Why a webhook call was not taken.

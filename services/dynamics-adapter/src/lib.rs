@@ -254,20 +254,22 @@ pub async fn poll_table(adapter: &Adapter, table: &str) -> anyhow::Result<usize>
         .get(&key)
         .await?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let set = schema::set(table);
-    let (delta, baseline) = match &link {
-        Some(l) => match adapter.dv.changes(set, "", Some(l)).await {
-            Ok(d) => {
+    // A first baseline only sets the starting point; after an expiry every row is checked
+    // (the version and fingerprint filters drop what was already handled).
+    let tracked = match &link {
+        Some(l) => match track(adapter, table, Some(l), true).await {
+            Ok(tracked) => {
                 adapter.link_failures.lock().unwrap().remove(table);
-                (d, false)
+                tracked
             }
-            Err(DataverseError::DeltaExpired { .. }) => {
+            Err(Tracking::Dataverse(DataverseError::DeltaExpired { .. })) => {
                 metrics::counter!("tgb_dynamics_rebaselines_total", "table" => table.to_owned(), "reason" => "expired")
                     .increment(1);
                 tracing::warn!(table, "change-tracking token expired: re-baselining");
-                (adapter.dv.changes(set, "", None).await?, true)
+                adapter.link_failures.lock().unwrap().remove(table);
+                track(adapter, table, None, true).await?
             }
-            Err(e) if !e.is_transient() && failing_link(adapter, table, l) => {
+            Err(Tracking::Dataverse(e)) if !e.is_transient() && failing_link(adapter, table, l) => {
                 // The same stored link refused again and again (a token Dataverse no longer
                 // reads, whatever the code it answers): start from a new baseline rather than
                 // never polling this table again.
@@ -275,29 +277,63 @@ pub async fn poll_table(adapter: &Adapter, table: &str) -> anyhow::Result<usize>
                     .increment(1);
                 tracing::warn!(table, error = %e, failures = MAX_LINK_FAILURES, "the stored delta link keeps failing: re-baselining");
                 adapter.link_failures.lock().unwrap().remove(table);
-                (adapter.dv.changes(set, "", None).await?, true)
+                track(adapter, table, None, true).await?
             }
             Err(e) => return Err(e.into()),
         },
-        None => (adapter.dv.changes(set, "", None).await?, false),
+        None => track(adapter, table, None, false).await?,
     };
-    let mut seen = 0;
-    // A first baseline only sets the starting point; after an expiry every row is checked
-    // (the version and fingerprint filters drop what was already handled).
-    if link.is_some() || baseline {
-        for row in &delta.rows {
-            if let Some(change) = detect::from_row(table, row) {
-                adapter
-                    .on_change(change)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                seen += 1;
-            }
-        }
-    }
     adapter
         .cursors
-        .put(&key, delta.delta_link.into_bytes().into())
+        .put(&key, tracked.delta_link.into_bytes().into())
         .await?;
-    Ok(seen)
+    Ok(tracked.seen)
+}
+
+/// What a change-tracking read of one table gave: changes handled, and the next delta link.
+struct Tracked {
+    seen: usize,
+    delta_link: String,
+}
+
+/// Why a change-tracking read stopped.
+#[derive(Debug, thiserror::Error)]
+enum Tracking {
+    #[error(transparent)]
+    Dataverse(#[from] DataverseError),
+    #[error("{0}")]
+    Handling(String),
+}
+
+/// Reads the changes of `table` since `link` (a baseline when `None`) page by page, handing
+/// each row to the adapter when `handle` (a first baseline only needs its delta link), so at
+/// most one page (1000 rows) is held, however large the table.
+async fn track(
+    adapter: &Adapter,
+    table: &str,
+    link: Option<&str>,
+    handle: bool,
+) -> Result<Tracked, Tracking> {
+    let mut pages = adapter.dv.change_pages(schema::set(table), "", link);
+    let mut tracked = Tracked {
+        seen: 0,
+        delta_link: String::new(),
+    };
+    while let Some(page) = pages.next_page().await? {
+        if handle {
+            for row in &page.rows {
+                if let Some(change) = detect::from_row(table, row) {
+                    adapter
+                        .on_change(change)
+                        .await
+                        .map_err(|e| Tracking::Handling(e.to_string()))?;
+                    tracked.seen += 1;
+                }
+            }
+        }
+        if !page.delta_link.is_empty() {
+            tracked.delta_link = page.delta_link;
+        }
+    }
+    Ok(tracked)
 }

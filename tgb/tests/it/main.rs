@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod dlq_replay;
 mod observability;
 mod operator;
 mod support;

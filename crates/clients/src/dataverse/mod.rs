@@ -203,6 +203,57 @@ pub struct Delta {
     pub delta_link: String,
 }
 
+/// Change tracking read page by page ([`DataverseClient::change_pages`]).
+#[derive(Debug)]
+pub struct ChangePages<'a> {
+    client: &'a DataverseClient,
+    set: String,
+    next: Option<String>,
+}
+
+impl ChangePages<'_> {
+    /// The next page: its rows and deletions, and on the last page the delta link (checked to
+    /// lead under the Web API root, so a foreign one is never stored). `None` after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Delta>, DataverseError> {
+        let Some(link) = self.next.take() else {
+            return Ok(None);
+        };
+        let prefer = [(
+            "Prefer",
+            "odata.track-changes,odata.maxpagesize=1000".to_owned(),
+        )];
+        let page = self.client.send(Method::GET, &link, &prefer, None).await?;
+        let body = page.body.unwrap_or(Value::Null);
+        let mut delta = Delta::default();
+        for row in body["value"].as_array().into_iter().flatten() {
+            let removed = row["reason"].as_str() == Some("deleted")
+                || row["@odata.context"]
+                    .as_str()
+                    .is_some_and(|c| c.ends_with("$deletedEntity"));
+            if removed {
+                delta
+                    .deleted
+                    .push(row["id"].as_str().unwrap_or_default().to_owned());
+            } else {
+                delta.rows.push(row.clone());
+            }
+        }
+        if let Some(n) = body["@odata.nextLink"].as_str() {
+            self.next = Some(n.to_owned());
+        } else if let Some(d) = body["@odata.deltaLink"].as_str() {
+            // Checked now, so a foreign link is never stored as the cursor.
+            self.client.url_of(d)?;
+            delta.delta_link = d.to_owned();
+        } else {
+            return Err(DataverseError::Invalid {
+                route: format!("GET {}", self.set),
+                message: "no @odata.deltaLink in a change-tracking answer".into(),
+            });
+        }
+        Ok(Some(delta))
+    }
+}
+
 /// The Dataverse client of one identity (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct DataverseClient {
@@ -332,6 +383,17 @@ fn error_of(
             code,
             message,
         },
+    }
+}
+
+/// The most rows [`DataverseClient::get_all`] collects (its callers read one partner's or one
+/// case's rows; more means a query gone wrong).
+pub const MAX_GET_ALL_ROWS: usize = 50_000;
+
+fn too_many_rows(path: &str) -> DataverseError {
+    DataverseError::Invalid {
+        route: route_of(&Method::GET, path),
+        message: format!("more than {MAX_GET_ALL_ROWS} rows; not collected"),
     }
 }
 
@@ -501,14 +563,14 @@ impl DataverseClient {
             };
             let status = answer.status();
             let headers = answer.headers().clone();
-            let text = answer
-                .text()
+            let text = crate::body::read_capped(answer, crate::body::MAX_ANSWER_BYTES)
                 .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .map_err(|e| DataverseError::Unavailable {
                     route: route.to_owned(),
                     status: Some(status.as_u16()),
                     retry_after: None,
-                    message: e.without_url().to_string(),
+                    message: e.to_string(),
                 });
             self.record(route, status.as_str(), started);
             drop(permit);
@@ -537,7 +599,8 @@ impl DataverseClient {
         Ok(answer.body.unwrap_or(Value::Null))
     }
 
-    /// `GET` a collection, following `@odata.nextLink` with pages of `page_size`.
+    /// `GET` a collection, following `@odata.nextLink` with pages of `page_size`; more than
+    /// [`MAX_GET_ALL_ROWS`] rows is an error, not an unbounded vector.
     pub async fn get_all(&self, path: &str, page_size: u32) -> Result<Vec<Value>, DataverseError> {
         let prefer = [("Prefer", format!("odata.maxpagesize={page_size}"))];
         let mut rows = Vec::new();
@@ -547,6 +610,9 @@ impl DataverseClient {
             let body = page.body.unwrap_or(Value::Null);
             if let Some(values) = body["value"].as_array() {
                 rows.extend(values.iter().cloned());
+            }
+            if rows.len() > MAX_GET_ALL_ROWS {
+                return Err(too_many_rows(path));
             }
             next = body["@odata.nextLink"].as_str().map(str::to_owned);
         }
@@ -592,53 +658,41 @@ impl DataverseClient {
 
     /// Change tracking of `set` (columns `select`): a baseline when `delta_link` is `None`,
     /// else the changes since it; follows next links. An expired token is `DeltaExpired`.
+    /// Holds every row of every page: for a baseline of a large table use
+    /// [`Self::change_pages`].
     pub async fn changes(
         &self,
         set: &str,
         select: &str,
         delta_link: Option<&str>,
     ) -> Result<Delta, DataverseError> {
-        let mut next = Some(match delta_link {
-            Some(l) => l.to_owned(),
-            None if select.is_empty() => set.to_owned(),
-            None => format!("{set}?$select={select}"),
-        });
-        let prefer = [(
-            "Prefer",
-            "odata.track-changes,odata.maxpagesize=1000".to_owned(),
-        )];
+        let mut pages = self.change_pages(set, select, delta_link);
         let mut delta = Delta::default();
-        while let Some(link) = next.take() {
-            let page = self.send(Method::GET, &link, &prefer, None).await?;
-            let body = page.body.unwrap_or(Value::Null);
-            for row in body["value"].as_array().into_iter().flatten() {
-                let removed = row["reason"].as_str() == Some("deleted")
-                    || row["@odata.context"]
-                        .as_str()
-                        .is_some_and(|c| c.ends_with("$deletedEntity"));
-                if removed {
-                    delta
-                        .deleted
-                        .push(row["id"].as_str().unwrap_or_default().to_owned());
-                } else {
-                    delta.rows.push(row.clone());
-                }
-            }
-            if let Some(n) = body["@odata.nextLink"].as_str() {
-                next = Some(n.to_owned());
-            } else if let Some(d) = body["@odata.deltaLink"].as_str() {
-                // Checked now, so a foreign link is never stored as the cursor.
-                self.url_of(d)?;
-                delta.delta_link = d.to_owned();
-            }
-        }
-        if delta.delta_link.is_empty() {
-            return Err(DataverseError::Invalid {
-                route: format!("GET {set}"),
-                message: "no @odata.deltaLink in a change-tracking answer".into(),
-            });
+        while let Some(page) = pages.next_page().await? {
+            delta.rows.extend(page.rows);
+            delta.deleted.extend(page.deleted);
+            delta.delta_link = page.delta_link;
         }
         Ok(delta)
+    }
+
+    /// [`Self::changes`] one page at a time, so a caller holds one page (at most 1000 rows),
+    /// never the whole table. The last page carries the delta link.
+    pub fn change_pages(
+        &self,
+        set: &str,
+        select: &str,
+        delta_link: Option<&str>,
+    ) -> ChangePages<'_> {
+        ChangePages {
+            client: self,
+            set: set.to_owned(),
+            next: Some(match delta_link {
+                Some(l) => l.to_owned(),
+                None if select.is_empty() => set.to_owned(),
+                None => format!("{set}?$select={select}"),
+            }),
+        }
     }
 
     /// Sends change sets as one `$batch` with `Prefer: odata.continue-on-error`. Per change

@@ -339,19 +339,19 @@ impl GraphClient {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()),
         );
-        let bytes = response.bytes().await;
+        let bytes = crate::body::read_capped(response, crate::body::MAX_ANSWER_BYTES).await;
         drop(permit);
         record(status.as_u16().to_string());
         let bytes = bytes.map_err(|e| GraphError::Transient {
             route: full_route.clone(),
             status: Some(status.as_u16()),
             retry_after: None,
-            message: format!("reading the answer: {}", e.without_url()),
+            message: e.to_string(),
         })?;
         if status.is_success() {
             return Ok(Answer {
                 status,
-                body: bytes.to_vec(),
+                body: bytes,
             });
         }
         if status.as_u16() == 429 || (status.as_u16() == 503 && retry_after.is_some()) {

@@ -60,6 +60,14 @@ pub enum TgError {
     /// No OAuth2 token.
     #[error("TG token: {0}")]
     Auth(#[from] OAuthError),
+    /// The answer was larger than the caller's cap (nothing of it is kept).
+    #[error("TG {route}: the answer is larger than {limit} bytes")]
+    TooLarge {
+        /// The route.
+        route: String,
+        /// The cap.
+        limit: u64,
+    },
 }
 
 impl Classify for TgError {
@@ -73,7 +81,7 @@ impl Classify for TgError {
             TgError::Conflict { .. } => ErrorClass::TRANSIENT,
             TgError::Auth(e) => e.class(),
             TgError::Permanent { status: 401, .. } => ErrorClass::Fatal,
-            TgError::Permanent { .. } => ErrorClass::Permanent,
+            TgError::Permanent { .. } | TgError::TooLarge { .. } => ErrorClass::Permanent,
         }
     }
 }
@@ -94,7 +102,7 @@ impl TgError {
             TgError::Permanent { status, .. } => Some(*status),
             TgError::Conflict { .. } => Some(412),
             TgError::Auth(OAuthError::Refused { status, .. }) => Some(*status),
-            TgError::Auth(_) => None,
+            TgError::Auth(_) | TgError::TooLarge { .. } => None,
         }
     }
 }
@@ -159,6 +167,27 @@ impl TgClient {
         body: Option<serde_json::Value>,
         headers: &[(&str, String)],
     ) -> Result<(StatusCode, Vec<u8>, reqwest::header::HeaderMap), TgError> {
+        self.call_capped(
+            method,
+            route,
+            url,
+            body,
+            headers,
+            crate::body::MAX_ANSWER_BYTES,
+        )
+        .await
+    }
+
+    /// [`Self::call`], reading at most `limit` bytes of the answer.
+    async fn call_capped(
+        &self,
+        method: Method,
+        route: &'static str,
+        url: Url,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, String)],
+        limit: u64,
+    ) -> Result<(StatusCode, Vec<u8>, reqwest::header::HeaderMap), TgError> {
         let started = Instant::now();
         let sent = self
             .tokens
@@ -198,14 +227,20 @@ impl TgClient {
         let status = response.status();
         label(status.as_u16().to_string());
         let headers = response.headers().clone();
-        let bytes = match response.bytes().await {
-            Ok(b) => b.to_vec(),
+        let bytes = match crate::body::read_capped(response, limit).await {
+            Ok(b) => b,
+            Err(crate::body::BodyError::TooLarge { limit, .. }) => {
+                return Err(TgError::TooLarge {
+                    route: full_route,
+                    limit,
+                });
+            }
             Err(e) => {
                 return Err(TgError::Transient {
                     route: full_route,
                     status: Some(status.as_u16()),
                     retry_after: None,
-                    message: format!("reading the answer: {}", e.without_url()),
+                    message: e.to_string(),
                 });
             }
         };
@@ -333,11 +368,23 @@ impl TgClient {
         .await
     }
 
-    /// `GET /v1/documents/{document_id}/content`.
-    pub async fn document_content(&self, document_id: &str) -> Result<DocumentContent, TgError> {
+    /// `GET /v1/documents/{document_id}/content`, at most `max_bytes` of it: a larger one
+    /// (declared or as read) is [`TgError::TooLarge`], and is never held whole.
+    pub async fn document_content(
+        &self,
+        document_id: &str,
+        max_bytes: u64,
+    ) -> Result<DocumentContent, TgError> {
         let url = self.url(&["v1", "documents", document_id, "content"]);
         let (_, bytes, headers) = self
-            .call(Method::GET, "/v1/documents/{id}/content", url, None, &[])
+            .call_capped(
+                Method::GET,
+                "/v1/documents/{id}/content",
+                url,
+                None,
+                &[],
+                max_bytes,
+            )
             .await?;
         let header = |n: &str| {
             headers

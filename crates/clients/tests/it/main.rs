@@ -1,5 +1,7 @@
 //! tgb-clients against a stand-in token endpoint over loopback.
 
+mod bounds;
 mod oauth;
 mod origin;
+mod parsers;
 mod trace;

@@ -10,4 +10,5 @@ mod keys;
 mod lifecycle;
 mod support;
 mod tracking;
+mod webhook_claims;
 mod webhook_key;
