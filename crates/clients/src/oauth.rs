@@ -263,9 +263,24 @@ fn client_span<F: Fn() -> reqwest::RequestBuilder>(build: &F) -> tracing::Span {
     )
 }
 
-/// The request with the current span's W3C trace context in its headers.
+/// Whether calls carry the W3C trace context (see [`send_trace_context`]).
+static SEND_TRACE_CONTEXT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether outgoing calls carry `traceparent`/`tracestate`. Off unless configured
+/// (`TGB_SEND_TRACE_CONTEXT`): TG, Dataverse and Graph are third parties, and the header tells
+/// them our trace ids and sampling decisions. The client spans are made either way.
+/// Process-wide, like the propagator it gates.
+pub fn send_trace_context(on: bool) {
+    SEND_TRACE_CONTEXT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The request with the current span's W3C trace context in its headers, when configured.
 fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !SEND_TRACE_CONTEXT.load(std::sync::atomic::Ordering::Relaxed) {
+        return request;
+    }
     let cx = tracing::Span::current().context();
     let mut headers = reqwest::header::HeaderMap::new();
     opentelemetry::global::get_text_map_propagator(|p| {

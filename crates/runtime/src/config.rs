@@ -288,6 +288,9 @@ pub struct Settings {
     pub graph_url: Url,
     /// Log line format. `TGB_LOG_FORMAT`: `pretty` or `json`.
     pub log_format: LogFormat,
+    /// Send the W3C trace context (`traceparent`) on calls to TG, Dataverse and Graph: they
+    /// are third parties, so off unless set. `TGB_SEND_TRACE_CONTEXT`.
+    pub send_trace_context: bool,
     /// JetStream settings, `[bus]`.
     pub bus: BusSettings,
     /// HTTP listener bounds, `[http]`.
@@ -313,6 +316,7 @@ impl Default for Settings {
             azure_client_secret: None,
             graph_url: Url::parse(DEFAULT_GRAPH_URL).expect("constant URL is valid"),
             log_format: LogFormat::default(),
+            send_trace_context: false,
             bus: BusSettings::default(),
             http: HttpSettings::default(),
         }
@@ -339,6 +343,7 @@ impl fmt::Debug for Settings {
             .field("azure_client_secret", &self.azure_client_secret)
             .field("graph_url", &redact_url(&self.graph_url))
             .field("log_format", &self.log_format)
+            .field("send_trace_context", &self.send_trace_context)
             .field("bus", &self.bus)
             .field("http", &self.http)
             .finish()

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 /// Connects to NATS as `service` with the configured URL, creds and `[bus]` settings.
 pub async fn connect(service: &str, config: &Config) -> anyhow::Result<Bus> {
     let s = &config.settings;
+    // Every service connects first: the place to apply the process-wide client settings.
+    tgb_clients::oauth::send_trace_context(s.send_trace_context);
     let bus_config = BusConfig {
         client_name: service.to_owned(),
         replicas: s.bus.replicas,

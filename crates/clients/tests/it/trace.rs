@@ -48,6 +48,7 @@ async fn an_outgoing_call_is_a_client_span_whose_context_the_server_receives() {
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let base = server(seen.clone()).await;
+    tgb_clients::oauth::send_trace_context(true);
     let tokens = TokenCache::new(
         reqwest::Client::new(),
         ClientCredentials::new(
@@ -85,5 +86,42 @@ async fn an_outgoing_call_is_a_client_span_whose_context_the_server_receives() {
             client.span_context.span_id()
         ),
         "the server is told the client span is its parent"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn third_parties_are_not_sent_the_trace_context_unless_configured() {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(InMemorySpanExporter::default())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let base = server(seen.clone()).await;
+    let tokens = TokenCache::new(
+        reqwest::Client::new(),
+        ClientCredentials::new(
+            format!("{base}/token").parse().unwrap(),
+            "me",
+            SecretString::from("s"),
+        ),
+    );
+    let url = format!("{base}/v1/cases/C-1/comments");
+    let answer = tokens
+        .send(|| reqwest::Client::new().post(&url))
+        .instrument(tracing::info_span!("consume tgb.v1.dyn.case.note_added"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [String::new()],
+        "traceparent was sent"
     );
 }

@@ -4,5 +4,6 @@
 mod documents;
 mod end_to_end;
 mod lifecycle;
+mod memory;
 mod onboarding;
 mod support;
