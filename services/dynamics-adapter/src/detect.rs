@@ -18,7 +18,10 @@ use tgb_proto as pb;
 
 use crate::adapter::{Adapter, FROM_DATAVERSE, TO_DATAVERSE, echo, flow, handler_error, stale};
 use crate::inbound::{dv_account_view, status_class};
-use crate::schema;
+use crate::schema::{
+    self, Department, DisputeStatus, ExceptionKind, ExceptionStatus, IncidentState, IncidentStatus,
+    InvoiceState, OrderMilestone, SalesOrderState,
+};
 use crate::state::hash;
 
 /// One detected change.
@@ -237,10 +240,13 @@ pub const WRITTEN_VERSION: &str = "dv_version";
 
 /// TG status of an incident state.
 pub fn tg_status(statecode: i64, statuscode: i64) -> pb::CaseStatus {
-    match (statecode, statuscode) {
-        (1, _) => pb::CaseStatus::Resolved,
-        (2, _) => pb::CaseStatus::Closed,
-        (_, 3) => pb::CaseStatus::WaitingOnPartner,
+    match (
+        IncidentState::from_code(statecode),
+        IncidentStatus::from_code(statuscode),
+    ) {
+        (Some(IncidentState::Resolved), _) => pb::CaseStatus::Resolved,
+        (Some(IncidentState::Canceled), _) => pb::CaseStatus::Closed,
+        (_, Some(IncidentStatus::WaitingForDetails)) => pb::CaseStatus::WaitingOnPartner,
         _ => pb::CaseStatus::InProgress,
     }
 }
@@ -372,7 +378,7 @@ impl Adapter {
                 tg_case_id: tg_case.clone(),
                 resolution_subject: text(&r, "subject").to_owned(),
                 resolution_description: text(&r, "description").to_owned(),
-                statuscode: 5,
+                statuscode: IncidentStatus::ProblemSolved.code() as i32,
             };
             self.mark_status(&sync_entity, "resolved").await?;
             self.publish("D1", ev.into()).await?;
@@ -432,11 +438,11 @@ impl Adapter {
             tracing::info!(incident = %c.id, "a status change behind a later write of ours");
         }
         self.mark_status(&sync_entity, key).await?;
-        if state == 1 && c.message == "Update" {
+        if state == IncidentState::Resolved.code() && c.message == "Update" {
             // CloseIncident also sends a Close message, which carries the resolution.
             return Ok(None);
         }
-        let ev: pb::Event = if state == 1 {
+        let ev: pb::Event = if state == IncidentState::Resolved.code() {
             pb::DynCaseResolved {
                 meta: meta(c, "resolved", partner, &tg_case),
                 incident_id: c.id.clone(),
@@ -521,16 +527,18 @@ impl Adapter {
         seen: &std::collections::BTreeMap<String, String>,
     ) -> Result<Option<std::collections::BTreeMap<String, String>>, HandlerError> {
         let a = &c.attrs;
-        let kind = match int(a, "tgb_kind") {
-            Some(100_000_000) => pb::ExceptionKind::OrderDiscrepancy,
-            Some(100_000_001) => pb::ExceptionKind::PricingMismatch,
-            Some(100_000_002) => pb::ExceptionKind::MissingShipmentConfirmation,
-            Some(100_000_003) => pb::ExceptionKind::InvoiceException,
-            _ => pb::ExceptionKind::Unspecified,
+        let kind = match int(a, "tgb_kind").and_then(ExceptionKind::from_code) {
+            Some(ExceptionKind::OrderDiscrepancy) => pb::ExceptionKind::OrderDiscrepancy,
+            Some(ExceptionKind::PricingMismatch) => pb::ExceptionKind::PricingMismatch,
+            Some(ExceptionKind::MissingShipmentConfirmation) => {
+                pb::ExceptionKind::MissingShipmentConfirmation
+            }
+            Some(ExceptionKind::InvoiceException) => pb::ExceptionKind::InvoiceException,
+            None => pb::ExceptionKind::Unspecified,
         };
-        let status = match int(a, "tgb_exceptionstatus") {
-            Some(100_000_002) => "corrective_action",
-            Some(100_000_003) => "resolved",
+        let status = match int(a, "tgb_exceptionstatus").and_then(ExceptionStatus::from_code) {
+            Some(ExceptionStatus::CorrectiveActionAgreed) => "corrective_action",
+            Some(ExceptionStatus::Closed) => "resolved",
             _ => "open",
         };
         let account = text(a, "_tgb_account_value").to_owned();
@@ -540,12 +548,12 @@ impl Adapter {
             self.partner_of(&account).await?
         };
         let mut departments: Vec<String> = Vec::new();
-        let dept = |v: i64| match v {
-            100_000_000 => "sales",
-            100_000_001 => "logistics",
-            100_000_002 => "finance",
-            100_000_003 => "service",
-            _ => "procurement",
+        let dept = |v: i64| match Department::from_code(v) {
+            Some(Department::Sales) => "sales",
+            Some(Department::Logistics) => "logistics",
+            Some(Department::Finance) => "finance",
+            Some(Department::CustomerService) => "service",
+            Some(Department::Procurement) | None => "procurement",
         };
         if let Some(d) = int(a, "tgb_department") {
             departments.push(dept(d).into());
@@ -711,14 +719,14 @@ impl Adapter {
         seen: &std::collections::BTreeMap<String, String>,
     ) -> Result<Option<std::collections::BTreeMap<String, String>>, HandlerError> {
         let a = &c.attrs;
-        let milestone = match int(a, "tgb_milestone") {
-            Some(100_000_000) => pb::OrderMilestone::Confirmed,
-            Some(100_000_001) => pb::OrderMilestone::ShipmentReleased,
-            Some(100_000_002) => pb::OrderMilestone::Backordered,
-            Some(100_000_003) => pb::OrderMilestone::Delivered,
-            _ => match int(a, "statecode") {
-                Some(1) => pb::OrderMilestone::Confirmed,
-                Some(3) => pb::OrderMilestone::Delivered,
+        let milestone = match int(a, "tgb_milestone").and_then(OrderMilestone::from_code) {
+            Some(OrderMilestone::Confirmed) => pb::OrderMilestone::Confirmed,
+            Some(OrderMilestone::ShipmentReleased) => pb::OrderMilestone::ShipmentReleased,
+            Some(OrderMilestone::Backordered) => pb::OrderMilestone::Backordered,
+            Some(OrderMilestone::Delivered) => pb::OrderMilestone::Delivered,
+            None => match int(a, "statecode").and_then(SalesOrderState::from_code) {
+                Some(SalesOrderState::Submitted) => pb::OrderMilestone::Confirmed,
+                Some(SalesOrderState::Fulfilled) => pb::OrderMilestone::Delivered,
                 _ => return Ok(None),
             },
         };
@@ -790,15 +798,15 @@ impl Adapter {
             })
         };
         let total = a.get("totalamount").and_then(Value::as_f64).unwrap_or(0.0);
-        let paid = int(a, "statecode") == Some(2);
+        let paid = int(a, "statecode") == Some(InvoiceState::Paid.code());
         let ev = pb::DynInvoiceStatusChanged {
             meta: meta(c, "invoice", partner, dispute),
             invoice_id: c.id.clone(),
             invoice_ref: text(a, "invoicenumber").to_owned(),
             dispute_id: dispute.to_owned(),
-            dispute_status: match int(a, "tgb_disputestatus") {
-                Some(100_000_001) => pb::DisputeStatus::UnderReview,
-                Some(100_000_002) => pb::DisputeStatus::Resolved,
+            dispute_status: match int(a, "tgb_disputestatus").and_then(DisputeStatus::from_code) {
+                Some(DisputeStatus::UnderReview) => pb::DisputeStatus::UnderReview,
+                Some(DisputeStatus::Resolved) => pb::DisputeStatus::Resolved,
                 _ => pb::DisputeStatus::Open,
             } as i32,
             paid_amount: money(Some(&json!(if paid { total } else { 0.0 }))),
@@ -945,7 +953,7 @@ async fn confirmed(
             change.table
         )));
     };
-    if change.message == "Close" && int(row, "statecode") != Some(1) {
+    if change.message == "Close" && int(row, "statecode") != Some(IncidentState::Resolved.code()) {
         tracing::info!(id = %change.id, "Close webhook for an incident that is not resolved: dropped");
         return Ok(None);
     }

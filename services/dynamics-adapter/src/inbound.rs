@@ -22,7 +22,11 @@ use tgb_proto as pb;
 
 use crate::adapter::{Adapter, TO_DATAVERSE, echo, handler_error, incident_id, row_id, stale};
 use crate::batcher::{must_exist, upsert};
-use crate::schema::{self, bind, reference};
+use crate::schema::{
+    self, ActivityState, ActivityStatus, CaseOrigin, CaseType, DisputeStatus, IncidentPriority,
+    IncidentState, IncidentStatus, MessageChannel, MessageDirection, OnboardingStatus, TgbOrigin,
+    bind, reference,
+};
 use crate::settings::{DynamicsSettings, FieldPolicy};
 use crate::state::hash;
 
@@ -166,7 +170,7 @@ pub fn incident_view(case: &pb::TgCase, s: &DynamicsSettings) -> BTreeMap<&'stat
                 s.priority_map
                     .get(priority_key(case.priority()))
                     .copied()
-                    .unwrap_or(2)
+                    .unwrap_or(IncidentPriority::Normal.code())
             ),
         ),
         (
@@ -175,7 +179,7 @@ pub fn incident_view(case: &pb::TgCase, s: &DynamicsSettings) -> BTreeMap<&'stat
                 s.case_type_map
                     .get(category_key(case.category()))
                     .copied()
-                    .unwrap_or(1)
+                    .unwrap_or(CaseType::Question.code())
             ),
         ),
         (
@@ -274,7 +278,11 @@ impl Writer {
         // read-only, so the state change goes alone first, the other columns after it, in one
         // change set.
         let mut reopen = linked.is_some() && agreed_closed && !tg_closed;
-        let active_code = if status == "waiting_on_partner" { 3 } else { 1 };
+        let active_code = if status == "waiting_on_partner" {
+            IncidentStatus::WaitingForDetails
+        } else {
+            IncidentStatus::InProgress
+        };
         // Every write is conditional, so that two replicas (or a redelivery racing a newer
         // revision) never let an older revision of the case overwrite a newer one: a new
         // incident with `If-None-Match: *`, a known one with the ETag of our last write. A 412
@@ -312,7 +320,9 @@ impl Writer {
                     stale("tg");
                     return Ok(Outcome::Stale);
                 }
-                let resolved = row["statecode"].as_i64().is_some_and(|s| s != 0);
+                let resolved = row["statecode"]
+                    .as_i64()
+                    .is_some_and(|s| s != IncidentState::Active.code());
                 if tg_closed && resolved {
                     return self.closed_unchanged(&entity, &revision, &view).await;
                 }
@@ -330,8 +340,8 @@ impl Writer {
                 }
             }
             if linked.is_none() {
-                body.insert("caseorigincode".into(), json!(3));
-                body.insert("tgb_origin".into(), json!(100_000_000));
+                body.insert("caseorigincode".into(), CaseOrigin::Web.into());
+                body.insert("tgb_origin".into(), TgbOrigin::TradingGridCase.into());
             }
             if linked.is_none() || matches!(precondition, Precondition::Absent) {
                 body.insert("tgb_tgcaseid".into(), json!(case.case_id));
@@ -342,8 +352,8 @@ impl Writer {
                 json!(reference("account", &account)),
             );
             if changed.contains(&"status") && !close && linked.is_some() && !reopen {
-                body.insert("statecode".into(), json!(0));
-                body.insert("statuscode".into(), json!(active_code));
+                body.insert("statecode".into(), IncidentState::Active.into());
+                body.insert("statuscode".into(), active_code.into());
             }
             let condition = |request: BatchRequest| match &precondition {
                 Precondition::Absent => request.header("If-None-Match", "*"),
@@ -355,7 +365,10 @@ impl Writer {
                 set.push(condition(BatchRequest::new(
                     Method::PATCH,
                     key.clone(),
-                    Some(json!({"statecode": 0, "statuscode": active_code})),
+                    Some(json!({
+                        "statecode": IncidentState::Active.code(),
+                        "statuscode": active_code.code(),
+                    })),
                 )));
             }
             let write = upsert(
@@ -379,7 +392,7 @@ impl Writer {
                             "subject": format!("Resolved in Trading Grid (revision {})", case.revision),
                             "incidentid@odata.bind": format!("/{key}"),
                         },
-                        "Status": 5
+                        "Status": IncidentStatus::ProblemSolved.code()
                     })),
                 ));
             }
@@ -557,7 +570,7 @@ impl Writer {
         id: &str,
         subject: String,
         text: String,
-        channel: i64,
+        channel: MessageChannel,
         from_partner: bool,
         tg_id: &str,
         author: &str,
@@ -567,8 +580,13 @@ impl Writer {
         let mut body = json!({
             "subject": truncate(&subject, 200),
             "description": text,
-            "tgb_channel": channel,
-            "tgb_direction": if from_partner { 100_000_000 } else { 100_000_001 },
+            "tgb_channel": channel.code(),
+            "tgb_direction": if from_partner {
+                MessageDirection::FromPartner
+            } else {
+                MessageDirection::ToPartner
+            }
+            .code(),
             "tgb_tgmessageid": truncate(tg_id, 100),
             "tgb_author": truncate(author, 200),
             bind("tgb_partnermessage", "regardingobjectid", table): reference(table, id),
@@ -579,8 +597,8 @@ impl Writer {
         // Written completed: a case cannot be resolved while activities regarding it are open,
         // and a captured message is a record of something that happened, not work to do. A
         // completed activity cannot be updated, so it is created once (`If-None-Match: *`).
-        body["statecode"] = json!(1);
-        body["statuscode"] = json!(2);
+        body["statecode"] = ActivityState::Completed.into();
+        body["statuscode"] = ActivityStatus::Completed.into();
         upsert(
             &format!("{}({msg})", schema::set("tgb_partnermessage")),
             "activityid",
@@ -655,7 +673,7 @@ impl Writer {
                 &id,
                 subject,
                 e.body.clone(),
-                100_000_000,
+                MessageChannel::CaseComment,
                 true,
                 &e.comment_id,
                 &author,
@@ -707,7 +725,7 @@ impl Writer {
             &id,
             subject.clone(),
             text.clone(),
-            100_000_002,
+            MessageChannel::DocumentInteraction,
             true,
             &doc.document_id,
             &doc.uploaded_by,
@@ -804,9 +822,11 @@ impl Writer {
         e: &pb::OnboardingStatus,
     ) -> Result<Outcome, HandlerError> {
         let value = match e.overall() {
-            pb::OnboardingOverall::NotStarted => 100_000_000,
-            pb::OnboardingOverall::InProgress | pb::OnboardingOverall::Blocked => 100_000_001,
-            pb::OnboardingOverall::Complete => 100_000_003,
+            pb::OnboardingOverall::NotStarted => OnboardingStatus::NotStarted,
+            pb::OnboardingOverall::InProgress | pb::OnboardingOverall::Blocked => {
+                OnboardingStatus::InProgress
+            }
+            pb::OnboardingOverall::Complete => OnboardingStatus::Approved,
             pb::OnboardingOverall::Unspecified => return Ok(Outcome::Skipped),
         };
         let partner = meta.partner.clone().unwrap_or_default();
@@ -816,7 +836,7 @@ impl Writer {
             .submit(vec![must_exist(upsert(
                 &format!("{}({account})", schema::set("account")),
                 "accountid",
-                json!({"tgb_onboardingstatus": value}),
+                json!({"tgb_onboardingstatus": value.code()}),
             ))])
             .await
             .map_err(handler_error)?;
@@ -893,13 +913,13 @@ impl Writer {
         );
         let write_incident = existing.is_none() || d.case_id.is_empty();
         let status = match d.status() {
-            pb::DisputeStatus::UnderReview => 100_000_001,
-            pb::DisputeStatus::Resolved => 100_000_002,
-            _ => 100_000_000,
+            pb::DisputeStatus::UnderReview => DisputeStatus::UnderReview,
+            pb::DisputeStatus::Resolved => DisputeStatus::Resolved,
+            _ => DisputeStatus::Open,
         };
         let mut columns = json!({
             "tgb_disputeid": d.dispute_id,
-            "tgb_disputestatus": status,
+            "tgb_disputestatus": status.code(),
             "tgb_disputereason": truncate(&d.reason, 4000),
             bind("invoice", "tgb_disputecase", "incident"): format!("/{incident_key}"),
         });
@@ -919,9 +939,9 @@ impl Writer {
                 json!({
                     "title": truncate(&format!("Invoice dispute {} on {}", d.dispute_id, d.invoice_ref), 200),
                     "description": truncate(&d.reason, 2000),
-                    "casetypecode": 2,
-                    "caseorigincode": 3,
-                    "tgb_origin": 100_000_002,
+                    "casetypecode": CaseType::Problem.code(),
+                    "caseorigincode": CaseOrigin::Web.code(),
+                    "tgb_origin": TgbOrigin::InvoiceDispute.code(),
                     "tgb_tgcaseid": case_key,
                     bind("incident", "customerid", "account"): reference("account", &account),
                 }),
