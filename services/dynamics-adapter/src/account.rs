@@ -11,7 +11,7 @@ use tgb_proto as pb;
 
 use crate::change::{Change, meta, text};
 use crate::notes;
-use crate::odata::{self, must_exist, upsert};
+use crate::odata::{must_exist, upsert_row};
 use crate::schema::OnboardingStatus;
 use crate::settings::{DynamicsSettings, FieldPolicy};
 use crate::state::{EntityState, hash};
@@ -131,9 +131,9 @@ impl ProfilePlan {
         if self.write.is_empty() {
             return Vec::new();
         }
-        vec![must_exist(upsert(
-            &odata::path("account", account),
-            "accountid",
+        vec![must_exist(upsert_row(
+            "account",
+            account,
             Value::Object(self.write.clone()),
         ))]
     }
@@ -194,11 +194,7 @@ pub fn plan_review(
         doc.file_name
     );
     vec![
-        must_exist(upsert(
-            &odata::path("account", account),
-            "accountid",
-            fields,
-        )),
+        must_exist(upsert_row("account", account, fields)),
         notes::note(
             &format!("tg-review:{}:{}", doc.document_id, verified),
             ("account", account),
@@ -222,9 +218,9 @@ pub fn onboarding_status(overall: pb::OnboardingOverall) -> Option<OnboardingSta
 
 /// D3: the onboarding status write of an account.
 pub fn plan_onboarding(account: &str, status: OnboardingStatus) -> Vec<BatchRequest> {
-    vec![must_exist(upsert(
-        &odata::path("account", account),
-        "accountid",
+    vec![must_exist(upsert_row(
+        "account",
+        account,
         json!({"tgb_onboardingstatus": status.code()}),
     ))]
 }

@@ -13,7 +13,7 @@ use tgb_proto as pb;
 
 use crate::batcher::Batcher;
 use crate::ids::{account_id, partner_ref};
-use crate::odata::{self, create_only, must_exist, upsert};
+use crate::odata::{self, create_only, must_exist, upsert_row};
 use crate::settings::DynamicsSettings;
 use crate::state::States;
 
@@ -163,9 +163,9 @@ impl Adapter {
                 if candidates.len() == 1 {
                     let matched = candidates[0]["accountid"].as_str().unwrap_or_default();
                     self.batcher
-                        .submit(vec![must_exist(upsert(
-                            &odata::path("account", matched),
-                            "accountid",
+                        .submit(vec![must_exist(upsert_row(
+                            "account",
+                            matched,
                             json!({"tgb_partnerkey": key}),
                         ))])
                         .await?;
@@ -188,9 +188,9 @@ impl Adapter {
                 let new_id = account_id(&key);
                 let created = self
                     .batcher
-                    .submit(vec![create_only(upsert(
-                        &odata::path("account", &new_id.to_string()),
-                        "accountid",
+                    .submit(vec![create_only(upsert_row(
+                        "account",
+                        &new_id.to_string(),
                         json!({
                             "name": name.chars().take(160).collect::<String>(),
                             "tgb_partnerkey": key,

@@ -6,9 +6,8 @@ use tgb_clients::dataverse::BatchRequest;
 use tgb_proto as pb;
 
 use crate::ids::row_id;
-use crate::incident::truncate;
-use crate::odata::{self, upsert};
-use crate::schema::{bind, reference};
+use crate::odata::upsert_row;
+use crate::schema::{bind, reference, truncate};
 use crate::settings::{DynamicsSettings, FieldPolicy};
 use crate::state::{EntityState, hash};
 
@@ -48,9 +47,9 @@ pub fn plan(
                 None => (String::new(), c.name.clone()),
             };
             let id = row_id(&format!("tg-contact:{key}:{}", c.contact_id));
-            writes.push(upsert(
-                &odata::path("contact", &id.to_string()),
-                "contactid",
+            writes.push(upsert_row(
+                "contact",
+                &id.to_string(),
                 json!({
                     "firstname": truncate(&first, 50), "lastname": truncate(&last, 50),
                     "emailaddress1": truncate(&c.email, 100), "telephone1": truncate(&c.phone, 50),

@@ -268,7 +268,7 @@ impl Writer {
         let row = self
             .a()
             .dv
-            .get(&format!("{}?$select=tgb_tgrevision", w.key))
+            .get(&odata::select(&w.key, odata::INCIDENT_REVISION))
             .await?;
         if incident::newer_revision(&row, case) {
             stale("tg");
@@ -499,9 +499,9 @@ impl Writer {
         {
             Some(id) => Some(id),
             None => a
-                .incident_by_case(&case_key, "incidentid")
+                .incident_by_case(&case_key, odata::INCIDENT_ID)
                 .await?
-                .and_then(|row| row["incidentid"].as_str().map(str::to_owned)),
+                .and_then(|row| row[odata::INCIDENT_ID].as_str().map(str::to_owned)),
         };
         let plan = invoice::plan_dispute(
             d,

@@ -21,7 +21,7 @@ use crate::ids::incident_id;
 use crate::odata::{self, create_only, if_match, must_exist, upsert};
 use crate::schema::{
     CaseOrigin, CaseType, IncidentPriority, IncidentState, IncidentStatus, TgbOrigin, bind,
-    reference,
+    reference, truncate,
 };
 use crate::settings::DynamicsSettings;
 use crate::state::{EntityState, hash};
@@ -102,11 +102,6 @@ pub fn incident_view(case: &pb::TgCase, s: &DynamicsSettings) -> BTreeMap<&'stat
         ),
         (STATUS, json!(status_class(case_status_key(case.status())))),
     ])
-}
-
-/// The first `n` characters of `s`.
-pub fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }
 
 /// TG status of an incident state.

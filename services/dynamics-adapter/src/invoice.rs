@@ -10,10 +10,9 @@ use tgb_proto as pb;
 
 use crate::change::{Change, int, meta, text};
 use crate::ids::incident_id;
-use crate::incident::truncate;
-use crate::odata::{self, must_exist, rfc3339, upsert};
+use crate::odata::{self, must_exist, rfc3339, upsert, upsert_row};
 use crate::schema::{
-    CaseOrigin, CaseType, DisputeStatus, InvoiceState, TgbOrigin, bind, reference,
+    CaseOrigin, CaseType, DisputeStatus, InvoiceState, TgbOrigin, bind, reference, truncate,
 };
 
 /// The TG case key of a dispute's incident: its TG case, else one of its own.
@@ -79,7 +78,7 @@ pub fn plan_dispute(
     if write_incident {
         writes.push(upsert(
             &incident_key,
-            "incidentid",
+            odata::INCIDENT_ID,
             json!({
                 "title": truncate(&format!("Invoice dispute {} on {}", d.dispute_id, d.invoice_ref), 200),
                 "description": truncate(&d.reason, 2000),
@@ -91,11 +90,7 @@ pub fn plan_dispute(
             }),
         ));
     }
-    writes.push(must_exist(upsert(
-        &odata::path("invoice", invoice),
-        "invoiceid",
-        columns,
-    )));
+    writes.push(must_exist(upsert_row("invoice", invoice, columns)));
     DisputePlan {
         writes,
         write_incident,

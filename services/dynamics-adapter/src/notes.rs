@@ -8,10 +8,9 @@ use tgb_proto as pb;
 
 use crate::change::{Change, meta, text};
 use crate::ids::row_id;
-use crate::incident::truncate;
-use crate::odata::{self, create_only, is_create_only, rfc3339, upsert};
+use crate::odata::{create_only, is_create_only, rfc3339, upsert_row};
 use crate::schema::{
-    ActivityState, ActivityStatus, MessageChannel, MessageDirection, bind, reference,
+    ActivityState, ActivityStatus, MessageChannel, MessageDirection, bind, reference, truncate,
 };
 
 /// The row notes and messages are written against: (table, id).
@@ -20,9 +19,9 @@ pub type Regarding<'a> = (&'a str, &'a str);
 /// An annotation (UUIDv5 id of `id_key`) on `regarding`.
 pub fn note(id_key: &str, regarding: Regarding<'_>, subject: &str, text: &str) -> BatchRequest {
     let (table, id) = regarding;
-    upsert(
-        &odata::path("annotation", &row_id(id_key).to_string()),
-        "annotationid",
+    upsert_row(
+        "annotation",
+        &row_id(id_key).to_string(),
         json!({
             "subject": truncate(subject, 500),
             "notetext": text,
@@ -78,9 +77,9 @@ pub fn message(m: &Message<'_>, regarding: Regarding<'_>) -> BatchRequest {
     }
     body["statecode"] = ActivityState::Completed.into();
     body["statuscode"] = ActivityStatus::Completed.into();
-    create_only(upsert(
-        &odata::path("tgb_partnermessage", &row_id(&m.id_key).to_string()),
-        "activityid",
+    create_only(upsert_row(
+        "tgb_partnermessage",
+        &row_id(&m.id_key).to_string(),
         body,
     ))
 }

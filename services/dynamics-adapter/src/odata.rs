@@ -14,6 +14,10 @@ pub const INCIDENT_WRITTEN: &str = "incidentid,versionnumber,statecode,statuscod
 /// Account columns D8 reads.
 pub const ACCOUNT_COLUMNS: &str =
     "name,address1_line1,address1_city,address1_postalcode,address1_country,versionnumber";
+/// The incident column that says which TG revision wrote it last.
+pub const INCIDENT_REVISION: &str = "tgb_tgrevision";
+/// The incident's id column, all a lookup by case key needs.
+pub const INCIDENT_ID: &str = "incidentid";
 /// KPI columns of a D7 snapshot.
 pub const KPI_COLUMNS: &str =
     "tgb_kpikey,tgb_value,tgb_unit,tgb_target,tgb_periodclosed,versionnumber";
@@ -50,14 +54,27 @@ pub fn kpi_rows(account_guid: &uuid::Uuid, period: &str) -> String {
     )
 }
 
+/// The primary id column of a table of the solution.
+pub fn primary_id(table: &str) -> &'static str {
+    schema::table(table)
+        .map(|t| t.primaryid.as_str())
+        .unwrap_or_else(|| panic!("table {table} is not in the solution"))
+}
+
+/// `{path}?$select={columns}` for a row path already built (`incidents(<id>)`).
+pub fn select(path: &str, columns: &str) -> String {
+    format!("{path}?$select={columns}")
+}
+
+/// A `PATCH` upsert of row `id` of `table` answering its primary id.
+pub fn upsert_row(table: &str, id: &str, body: serde_json::Value) -> BatchRequest {
+    upsert(&path(table, id), primary_id(table), body)
+}
+
 /// A `PATCH` upsert answering the row (`$select`).
-pub fn upsert(path: &str, select: &str, body: serde_json::Value) -> BatchRequest {
-    BatchRequest::new(
-        Method::PATCH,
-        format!("{path}?$select={select}"),
-        Some(body),
-    )
-    .header("Prefer", "return=representation")
+pub fn upsert(path: &str, columns: &str, body: serde_json::Value) -> BatchRequest {
+    BatchRequest::new(Method::PATCH, select(path, columns), Some(body))
+        .header("Prefer", "return=representation")
 }
 
 /// Makes a write an update only (`If-Match: *`): for rows that must exist (accounts, invoices),
@@ -105,6 +122,10 @@ mod tests {
         assert_eq!(
             row("incident", "1", "tgb_tgcaseid"),
             "incidents(1)?$select=tgb_tgcaseid"
+        );
+        assert_eq!(
+            upsert_row("tgb_partnermessage", "7", serde_json::json!({})).path,
+            "tgb_partnermessages(7)?$select=activityid"
         );
         let account = uuid::Uuid::nil();
         assert_eq!(

@@ -81,6 +81,11 @@ pub fn bind(table_name: &str, lookup: &str, target: &str) -> String {
     format!("{nav}@odata.bind")
 }
 
+/// The first `n` characters of `s`: a text value cut to its column's maximum length.
+pub fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
 /// `/{set}({id})`: an entity reference for `@odata.bind`.
 pub fn reference(logical: &str, key: &str) -> String {
     format!("/{}({key})", set(logical))
