@@ -53,10 +53,25 @@ pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 pub struct Writer(pub Arc<Adapter>);
 
 enum Outcome {
-    Applied,
+    /// Written: the record (`dataverse:<table>:<id>`) and what Dataverse answered.
+    Applied(String, String),
     Skipped,
     Stale,
     Echo,
+}
+
+/// The ledger's name of a Dataverse row.
+fn record(table: &str, id: &str) -> String {
+    format!("dataverse:{table}:{id}")
+}
+
+/// The statuses of a change set's answers (`200, 204`).
+fn statuses(answers: &[BatchAnswer]) -> String {
+    answers
+        .iter()
+        .map(|a| a.status.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Handler for Writer {
@@ -83,7 +98,9 @@ impl Handler for Writer {
             }
         };
         Ok(match outcome {
-            Outcome::Applied => tgb_bus::Outcome::applied(flow),
+            Outcome::Applied(record, response) => {
+                tgb_bus::Outcome::applied(flow).target(record, response)
+            }
             Outcome::Skipped => tgb_bus::Outcome::skipped(flow, "nothing to write"),
             Outcome::Stale => tgb_bus::Outcome::stale(
                 flow,
@@ -182,6 +199,8 @@ impl Writer {
         // A 412 re-reads the row: a newer `tgb_tgrevision` makes this event stale, else the
         // whole view is written again under the row's current ETag.
         let mut attempts = 0;
+        // What Dataverse answered, attempt by attempt (`412 → re-read → 200`).
+        let mut trail = Vec::new();
         let answer = loop {
             attempts += 1;
             if matches!(w.precondition, incident::Precondition::Unknown) {
@@ -205,6 +224,7 @@ impl Writer {
                 Ok(answers) => break answered(answers, written_at)?,
                 Err(e @ DataverseError::Conflict { .. }) => {
                     metrics::counter!("tgb_dynamics_conditional_retries_total").increment(1);
+                    trail.push("412 → re-read".to_owned());
                     if attempts >= MAX_CONDITIONAL_ATTEMPTS {
                         // The row keeps moving: try again later, never dead-letter a race.
                         return Err(HandlerError::transient(e.to_string()));
@@ -219,8 +239,9 @@ impl Writer {
                 Err(e) => return Err(e.into()),
             }
         };
+        trail.push(answer.status.to_string());
         let recorded = w
-            .recorded(&answer)
+            .recorded(answer.body.as_ref().unwrap_or(&Value::Null))
             .ok_or_else(|| HandlerError::transient("the incident upsert answered no id"))?;
         if linked.as_deref() != Some(recorded.incident.as_str()) {
             a.links
@@ -251,7 +272,10 @@ impl Writer {
             })
             .await
             .map_err(HandlerError::transient)?;
-        Ok(Outcome::Applied)
+        Ok(Outcome::Applied(
+            record("incident", &recorded.incident),
+            trail.join(" → "),
+        ))
     }
 
     /// Dataverse refused the write because the incident is resolved.
@@ -340,18 +364,22 @@ impl Writer {
 
     /// Writes a change set holding create-only partner messages. A 412 means a message exists
     /// already (a redelivery): the rest of the set is written without it.
-    async fn submit_capture(&self, set: Vec<BatchRequest>) -> Result<(), HandlerError> {
+    /// Answers what Dataverse answered.
+    async fn submit_capture(&self, set: Vec<BatchRequest>) -> Result<String, HandlerError> {
         let batcher = &self.a().batcher;
         match batcher.submit(set.clone()).await {
-            Ok(_) => Ok(()),
+            Ok(answers) => Ok(statuses(&answers)),
             Err(DataverseError::Conflict { .. }) => {
                 metrics::counter!("tgb_dynamics_messages_already_written_total").increment(1);
                 let rest = notes::without_created(set);
                 if rest.is_empty() {
-                    return Ok(());
+                    return Ok("412 (message written before)".to_owned());
                 }
-                batcher.submit(rest).await?;
-                Ok(())
+                let answers = batcher.submit(rest).await?;
+                Ok(format!(
+                    "412 (message written before) → {}",
+                    statuses(&answers)
+                ))
             }
             Err(e) => Err(e.into()),
         }
@@ -368,9 +396,10 @@ impl Writer {
                 e.case_id
             )));
         };
-        self.submit_capture(notes::plan_comment(e, (table, &id)))
+        let response = self
+            .submit_capture(notes::plan_comment(e, (table, &id)))
             .await?;
-        Ok(Outcome::Applied)
+        Ok(Outcome::Applied(record(table, &id), response))
     }
 
     /// D1/D4: a document uploaded in TG → a note with its reference + a partner message.
@@ -397,13 +426,14 @@ impl Writer {
                 }
             }
         };
-        self.submit_capture(notes::plan_document(
-            doc,
-            meta.occurred_at.as_ref(),
-            (table, &id),
-        ))
-        .await?;
-        Ok(Outcome::Applied)
+        let response = self
+            .submit_capture(notes::plan_document(
+                doc,
+                meta.occurred_at.as_ref(),
+                (table, &id),
+            ))
+            .await?;
+        Ok(Outcome::Applied(record(table, &id), response))
     }
 
     /// D3: an approved (or rejected) onboarding document → the account's verification flag
@@ -422,11 +452,15 @@ impl Writer {
         };
         let partner = meta.partner.clone().unwrap_or_default();
         let account = self.a().account_for(&partner).await?;
-        self.a()
+        let answers = self
+            .a()
             .batcher
             .submit(account::plan_review(e, doc, flag, &account))
             .await?;
-        Ok(Outcome::Applied)
+        Ok(Outcome::Applied(
+            record("account", &account),
+            statuses(&answers),
+        ))
     }
 
     /// D3: the overall onboarding status → `tgb_onboardingstatus`.
@@ -440,11 +474,15 @@ impl Writer {
         };
         let partner = meta.partner.clone().unwrap_or_default();
         let account = self.a().account_for(&partner).await?;
-        self.a()
+        let answers = self
+            .a()
             .batcher
             .submit(account::plan_onboarding(&account, status))
             .await?;
-        Ok(Outcome::Applied)
+        Ok(Outcome::Applied(
+            record("account", &account),
+            statuses(&answers),
+        ))
     }
 
     /// D6: a TG dispute → invoice dispute columns + the linked case, in one change set
@@ -537,7 +575,10 @@ impl Writer {
                 .map_err(HandlerError::transient)?;
         }
         self.record_version(&entity, &revision).await?;
-        Ok(Outcome::Applied)
+        Ok(Outcome::Applied(
+            record("invoice", &invoice),
+            statuses(&answers),
+        ))
     }
 
     /// D8: the TG partner profile → account and contacts, field by field
@@ -592,10 +633,11 @@ impl Writer {
         set.extend(contacts.writes);
         let mut agreed = plan.agreed;
         agreed.insert(contact::FIELD.into(), contacts.hash);
-        let applied = !set.is_empty();
-        if applied {
-            a.batcher.submit(set).await?;
-        }
+        let applied = if set.is_empty() {
+            None
+        } else {
+            Some(statuses(&a.batcher.submit(set).await?))
+        };
         a.states
             .update(TO_DATAVERSE, &entity, |st| {
                 if st.is_stale(&revision) {
@@ -607,21 +649,20 @@ impl Writer {
             })
             .await
             .map_err(HandlerError::transient)?;
-        Ok(if applied {
-            Outcome::Applied
-        } else {
-            Outcome::Skipped
+        Ok(match applied {
+            Some(response) => Outcome::Applied(record("account", &account), response),
+            None => Outcome::Skipped,
         })
     }
 }
 
 /// The answer of the write at `written_at` in a change set's answers.
-fn answered(mut answers: Vec<BatchAnswer>, written_at: usize) -> Result<Value, HandlerError> {
+fn answered(mut answers: Vec<BatchAnswer>, written_at: usize) -> Result<BatchAnswer, HandlerError> {
     if written_at >= answers.len() {
         return Err(HandlerError::transient(format!(
             "the change set answered {} responses, not the incident write's",
             answers.len()
         )));
     }
-    Ok(answers.swap_remove(written_at).body.unwrap_or_default())
+    Ok(answers.swap_remove(written_at))
 }
