@@ -666,3 +666,27 @@ fn answered(mut answers: Vec<BatchAnswer>, written_at: usize) -> Result<BatchAns
     }
     Ok(answers.swap_remove(written_at))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16) -> BatchAnswer {
+        BatchAnswer {
+            status,
+            headers: Vec::new(),
+            body: Some(json!({"incidentid": status.to_string()})),
+        }
+    }
+
+    #[test]
+    fn the_recorded_answer_is_the_incident_writes_and_a_short_answer_is_an_error() {
+        let got = answered(vec![answer(204), answer(200)], 1).unwrap();
+        assert_eq!(got.status, 200);
+        // A change set answered without the write's response: retried, never a panic.
+        let err = answered(Vec::new(), 0).unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(statuses(&[answer(200), answer(204)]), "200, 204");
+        assert_eq!(record("incident", "i-1"), "dataverse:incident:i-1");
+    }
+}
