@@ -3,7 +3,7 @@
 //! dynamics-adapter`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dynamics_adapter::inbound::incident_view;
+use dynamics_adapter::incident::incident_view;
 use dynamics_adapter::settings::DynamicsSettings;
 use std::hint::black_box;
 use tgb_proto as pb;

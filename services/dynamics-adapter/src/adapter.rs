@@ -8,41 +8,14 @@ use serde_json::{Value, json};
 use tgb_bus::HandlerError;
 use tgb_bus::Publisher;
 use tgb_bus::links::{Links, Record};
-use tgb_clients::dataverse::{DataverseClient, DataverseError, quote};
+use tgb_clients::dataverse::{DataverseClient, DataverseError};
 use tgb_proto as pb;
-use uuid::Uuid;
 
-use crate::batcher::{Batcher, must_exist, upsert};
-use crate::schema;
+use crate::batcher::Batcher;
+use crate::ids::{account_id, partner_ref};
+use crate::odata::{self, create_only, must_exist, upsert_row};
 use crate::settings::DynamicsSettings;
 use crate::state::States;
-
-/// Namespace of the deterministic ids tg-bridge gives the rows it creates (UUIDv5).
-pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f1c_2b7e_8d3a_4c61_9e0b_7a2d_1c4f_6b01);
-
-/// `tgb_sync` target of TG → Dataverse state (keyed by the TG entity).
-pub const TO_DATAVERSE: &str = "dataverse";
-/// `tgb_sync` target of Dataverse → bus state (keyed by the Dataverse row).
-pub const FROM_DATAVERSE: &str = "dyn";
-
-/// The deterministic id of a row created for `source_key` (e.g. `tg-comment:CM-1`).
-pub fn row_id(source_key: &str) -> Uuid {
-    Uuid::new_v5(&ID_NAMESPACE, source_key.as_bytes())
-}
-
-/// The id tg-bridge gives the account it creates for a partner (`ZZ:ACME01`).
-///
-/// Rows are never addressed by their alternate keys in a URL: a key value holding any of
-/// `/ # < > * % & : \ ? +` cannot be used there, encoded or not ("Define alternate keys using
-/// Power Apps"), and every partner key holds `:`. The key column travels in the body instead.
-pub fn account_id(partner_key: &str) -> Uuid {
-    row_id(&format!("tg-partner:{partner_key}"))
-}
-
-/// The id tg-bridge gives the incident it creates for a TG case key (`C-1`, `dispute:D-1`).
-pub fn incident_id(case_key: &str) -> Uuid {
-    row_id(&format!("tg-case:{case_key}"))
-}
 
 /// Everything the flows share.
 pub struct Adapter {
@@ -80,12 +53,6 @@ impl std::fmt::Debug for Adapter {
             .field("app_user", &self.app_user)
             .finish_non_exhaustive()
     }
-}
-
-/// Maps a Dataverse failure to what the consumer does with the message: the error's own class
-/// ([`tgb_bus::Classify`]), with the error kept as the source.
-pub fn handler_error(e: DataverseError) -> HandlerError {
-    HandlerError::classified(e)
 }
 
 /// Counts one source event of a flow.
@@ -177,18 +144,18 @@ impl Adapter {
             *slot = Some(id.clone());
             return Ok(id);
         }
-        let set = schema::set("account");
         let mut id = self.account_by_key(&key).await?;
         if id.is_none() {
             for field in &self.settings.account_match_fields {
                 let found = self
                     .dv
-                    .get(&format!(
-                        "{set}?$select=accountid,tgb_partnerkey&$filter={field} eq {}",
-                        quote(&partner.id)
+                    .get(&odata::by_column(
+                        "account",
+                        "accountid,tgb_partnerkey",
+                        field,
+                        &partner.id,
                     ))
-                    .await
-                    .map_err(handler_error)?;
+                    .await?;
                 let candidates: Vec<&Value> = found["value"]
                     .as_array()
                     .map(|v| v.iter().filter(|r| r["tgb_partnerkey"].is_null()).collect())
@@ -196,13 +163,12 @@ impl Adapter {
                 if candidates.len() == 1 {
                     let matched = candidates[0]["accountid"].as_str().unwrap_or_default();
                     self.batcher
-                        .submit(vec![must_exist(upsert(
-                            &format!("{set}({matched})"),
-                            "accountid",
+                        .submit(vec![must_exist(upsert_row(
+                            "account",
+                            matched,
                             json!({"tgb_partnerkey": key}),
                         ))])
-                        .await
-                        .map_err(handler_error)?;
+                        .await?;
                     metrics::counter!("tgb_dynamics_accounts_matched_total", "field" => field.clone())
                         .increment(1);
                     tracing::info!(partner = %key, account = matched, field, "first sync matched an existing account");
@@ -222,17 +188,14 @@ impl Adapter {
                 let new_id = account_id(&key);
                 let created = self
                     .batcher
-                    .submit(vec![
-                        upsert(
-                            &format!("{set}({new_id})"),
-                            "accountid",
-                            json!({
-                                "name": name.chars().take(160).collect::<String>(),
-                                "tgb_partnerkey": key,
-                            }),
-                        )
-                        .header("If-None-Match", "*"),
-                    ])
+                    .submit(vec![create_only(upsert_row(
+                        "account",
+                        &new_id.to_string(),
+                        json!({
+                            "name": name.chars().take(160).collect::<String>(),
+                            "tgb_partnerkey": key,
+                        }),
+                    ))])
                     .await;
                 match created {
                     Ok(answers) => answers
@@ -252,7 +215,7 @@ impl Adapter {
                             ))
                         })?
                     }
-                    Err(e) => return Err(handler_error(e)),
+                    Err(e) => return Err(e.into()),
                 }
             }
         };
@@ -268,13 +231,13 @@ impl Adapter {
     pub async fn account_by_key(&self, key: &str) -> Result<Option<String>, HandlerError> {
         let found = self
             .dv
-            .get(&format!(
-                "{}?$select=accountid&$filter=tgb_partnerkey eq {}",
-                schema::set("account"),
-                quote(key)
+            .get(&odata::by_column(
+                "account",
+                "accountid",
+                "tgb_partnerkey",
+                key,
             ))
-            .await
-            .map_err(handler_error)?;
+            .await?;
         Ok(found["value"][0]["accountid"].as_str().map(str::to_owned))
     }
 
@@ -286,10 +249,11 @@ impl Adapter {
     ) -> Result<Option<Value>, DataverseError> {
         let found = self
             .dv
-            .get(&format!(
-                "{}?$select={select}&$filter=tgb_tgcaseid eq {}",
-                schema::set("incident"),
-                quote(case_key)
+            .get(&odata::by_column(
+                "incident",
+                select,
+                "tgb_tgcaseid",
+                case_key,
             ))
             .await?;
         Ok(found["value"]
@@ -314,15 +278,12 @@ impl Adapter {
             None => {
                 let row = match self
                     .dv
-                    .get(&format!(
-                        "{}({account_id})?$select=tgb_partnerkey,name",
-                        schema::set("account")
-                    ))
+                    .get(&odata::row("account", account_id, "tgb_partnerkey,name"))
                     .await
                 {
                     Ok(r) => r,
                     Err(DataverseError::NotFound { .. }) => return Ok(None),
-                    Err(e) => return Err(handler_error(e)),
+                    Err(e) => return Err(e.into()),
                 };
                 let key = row["tgb_partnerkey"].as_str().map(str::to_owned);
                 if let Some(k) = &key {
@@ -362,15 +323,12 @@ impl Adapter {
         }
         let row = match self
             .dv
-            .get(&format!(
-                "{}({incident_id})?$select=tgb_tgcaseid",
-                schema::set("incident")
-            ))
+            .get(&odata::row("incident", &incident_id, "tgb_tgcaseid"))
             .await
         {
             Ok(row) => row,
             Err(DataverseError::NotFound { .. }) => Value::Null,
-            Err(e) => return Err(handler_error(e)),
+            Err(e) => return Err(e.into()),
         };
         match row["tgb_tgcaseid"].as_str().filter(|c| !c.is_empty()) {
             Some(case) => Ok(Some(case.to_owned())),
@@ -383,15 +341,5 @@ impl Adapter {
                 Ok(None)
             }
         }
-    }
-}
-
-/// `ZZ:ACME01` → a partner reference.
-pub fn partner_ref(key: &str) -> pb::PartnerRef {
-    let (q, id) = key.split_once(':').unwrap_or(("", key));
-    pb::PartnerRef {
-        qualifier: q.to_owned(),
-        id: id.to_owned(),
-        name: String::new(),
     }
 }

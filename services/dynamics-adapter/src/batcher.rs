@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
 use tgb_clients::dataverse::{BatchAnswer, BatchRequest, DataverseClient, DataverseError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -140,21 +139,4 @@ async fn send(client: DataverseClient, jobs: Vec<Job>) {
             }
         }
     }
-}
-
-/// A `PATCH` upsert answering the row (`$select`).
-pub fn upsert(path: &str, select: &str, body: serde_json::Value) -> BatchRequest {
-    BatchRequest::new(
-        Method::PATCH,
-        format!("{path}?$select={select}"),
-        Some(body),
-    )
-    .header("Prefer", "return=representation")
-}
-
-/// Makes a write an update only (`If-Match: *`): for rows that must exist (accounts, invoices),
-/// so that a row deleted meanwhile answers 404 instead of being re-created, nameless, under its
-/// old id.
-pub fn must_exist(request: BatchRequest) -> BatchRequest {
-    request.header("If-Match", "*")
 }

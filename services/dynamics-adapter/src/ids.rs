@@ -7,6 +7,39 @@
 //! (empty, too long, a line break) is this module's job.
 
 use tgb_proto as pb;
+use uuid::Uuid;
+
+/// Namespace of the deterministic ids tg-bridge gives the rows it creates (UUIDv5).
+pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f1c_2b7e_8d3a_4c61_9e0b_7a2d_1c4f_6b01);
+
+/// The deterministic id of a row created for `source_key` (e.g. `tg-comment:CM-1`).
+pub fn row_id(source_key: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, source_key.as_bytes())
+}
+
+/// The id tg-bridge gives the account it creates for a partner (`ZZ:ACME01`).
+///
+/// Rows are never addressed by their alternate keys in a URL: a key value holding any of
+/// `/ # < > * % & : \ ? +` cannot be used there, encoded or not ("Define alternate keys using
+/// Power Apps"), and every partner key holds `:`. The key column travels in the body instead.
+pub fn account_id(partner_key: &str) -> Uuid {
+    row_id(&format!("tg-partner:{partner_key}"))
+}
+
+/// The id tg-bridge gives the incident it creates for a TG case key (`C-1`, `dispute:D-1`).
+pub fn incident_id(case_key: &str) -> Uuid {
+    row_id(&format!("tg-case:{case_key}"))
+}
+
+/// `ZZ:ACME01` → a partner reference.
+pub fn partner_ref(key: &str) -> pb::PartnerRef {
+    let (q, id) = key.split_once(':').unwrap_or(("", key));
+    pb::PartnerRef {
+        qualifier: q.to_owned(),
+        id: id.to_owned(),
+        name: String::new(),
+    }
+}
 
 /// Longest partner qualifier or id accepted (EDI interchange ids are at most 35 characters;
 /// `tgb_partnerkey` holds 100).

@@ -1,48 +1,35 @@
-//! TG (and review/onboarding) events → Dataverse writes.
+//! The executor of TG (and review/onboarding) events → Dataverse writes: it reads what a plan
+//! needs (the `tgb_sync` state, links, rows), asks the aggregate's pure `plan` which writes to
+//! make, submits them through the batcher, records the outcome, and answers the
+//! [`tgb_bus::Outcome`]. The decisions are in the aggregates.
 //!
-//! | subject | flow | Dataverse |
-//! |---|---|---|
-//! | `tg.case.opened/updated` | D1 | write `incidents(<id>)` (the linked row, else the one holding `tgb_tgcaseid`, found with `$filter`, else a new one at UUIDv5 of the case id), only the fields that changed since the last sync; customer = the partner's account; TG resolved/closed → `CloseIncident` |
-//! | `tg.case.comment_added` | D1, D2, D4 | annotation (UUIDv5 id) on the case, or on the exception the case was opened for; `tgb_partnermessage` activity regarding it |
-//! | `tg.document.uploaded` | D1, D4 | annotation with the document reference; `tgb_partnermessage` (document interaction) |
-//! | `review.document.completed` | D3 | verification flag on the account + annotation; banking details only as a document reference |
-//! | `onboarding.partner.status` | D3 | account `tgb_onboardingstatus` |
-//! | `tg.dispute.opened/updated` | D6 | invoice dispute columns + a linked case, one change set |
-//! | `tg.partner.updated` | D8 | account and contacts, per-field conflict policy |
+//! | subject | flow | aggregate | Dataverse |
+//! |---|---|---|---|
+//! | `tg.case.opened/updated` | D1 | [`incident`] | write `incidents(<id>)` (the linked row, else the one holding `tgb_tgcaseid`, found with `$filter`, else a new one at UUIDv5 of the case id), only the fields that changed since the last sync; customer = the partner's account; TG resolved/closed → `CloseIncident` |
+//! | `tg.case.comment_added` | D1, D2, D4 | [`notes`] | annotation (UUIDv5 id) on the case, or on the exception the case was opened for; `tgb_partnermessage` activity regarding it |
+//! | `tg.document.uploaded` | D1, D4 | [`notes`] | annotation with the document reference; `tgb_partnermessage` (document interaction) |
+//! | `review.document.completed` | D3 | [`account`] | verification flag on the account + annotation; banking details only as a document reference |
+//! | `onboarding.partner.status` | D3 | [`account`] | account `tgb_onboardingstatus` |
+//! | `tg.dispute.opened/updated` | D6 | [`invoice`] | invoice dispute columns + a linked case, one change set |
+//! | `tg.partner.updated` | D8 | [`account`], [`contact`] | account and contacts, per-field conflict policy |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use reqwest::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tgb_bus::links::Record;
 use tgb_bus::{Delivery, Handler, HandlerError};
-use tgb_clients::dataverse::{BatchRequest, quote};
+use tgb_clients::dataverse::{BatchAnswer, BatchRequest, DataverseError};
 use tgb_proto as pb;
 
-use crate::adapter::{Adapter, TO_DATAVERSE, echo, handler_error, incident_id, row_id, stale};
-use crate::batcher::{must_exist, upsert};
-use crate::schema::{self, bind, reference};
-use crate::settings::{DynamicsSettings, FieldPolicy};
-use crate::state::hash;
-
-/// `tgb_sync` field: the incident's ETag after tg-bridge's last write of it.
-const ETAG: &str = "dv_etag";
+use crate::adapter::{Adapter, echo, stale};
+use crate::incident::{self, CaseWrite, ETAG, Plan, Reread, WRITTEN_VERSION};
+use crate::odata::{self, rfc3339};
+use crate::state::{TO_DATAVERSE, hash};
+use crate::{account, contact, invoice, notes};
 
 /// Conditional incident writes tried before the event is retried later.
 const MAX_CONDITIONAL_ATTEMPTS: u32 = 4;
-
-/// The condition an incident write is sent with.
-enum Precondition {
-    /// No incident is known: create only.
-    Absent,
-    /// The incident as tg-bridge last wrote or read it.
-    Matches(String),
-    /// Unknown: read the row first.
-    Unknown,
-    /// The row answered no ETag: write unconditionally.
-    Any,
-}
 
 tgb_bus::routes! {
     /// Every event the writer consumes, with its flow.
@@ -66,10 +53,25 @@ pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 pub struct Writer(pub Arc<Adapter>);
 
 enum Outcome {
-    Applied,
+    /// Written: the record (`dataverse:<table>:<id>`) and what Dataverse answered.
+    Applied(String, String),
     Skipped,
     Stale,
     Echo,
+}
+
+/// The ledger's name of a Dataverse row.
+fn record(table: &str, id: &str) -> String {
+    format!("dataverse:{table}:{id}")
+}
+
+/// The statuses of a change set's answers (`200, 204`).
+fn statuses(answers: &[BatchAnswer]) -> String {
+    answers
+        .iter()
+        .map(|a| a.status.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Handler for Writer {
@@ -96,7 +98,9 @@ impl Handler for Writer {
             }
         };
         Ok(match outcome {
-            Outcome::Applied => tgb_bus::Outcome::applied(flow),
+            Outcome::Applied(record, response) => {
+                tgb_bus::Outcome::applied(flow).target(record, response)
+            }
             Outcome::Skipped => tgb_bus::Outcome::skipped(flow, "nothing to write"),
             Outcome::Stale => tgb_bus::Outcome::stale(
                 flow,
@@ -114,79 +118,10 @@ impl Handler for Writer {
     }
 }
 
-fn case_status_key(s: pb::CaseStatus) -> &'static str {
-    match s {
-        pb::CaseStatus::Open | pb::CaseStatus::Unspecified => "open",
-        pb::CaseStatus::InProgress => "in_progress",
-        pb::CaseStatus::WaitingOnPartner => "waiting_on_partner",
-        pb::CaseStatus::Resolved => "resolved",
-        pb::CaseStatus::Closed => "closed",
-    }
-}
-
-/// TG status as the adapter compares it with Dynamics: open and in progress are one class
-/// (Dynamics has no "new" state).
-pub fn status_class(s: &str) -> &str {
-    match s {
-        "open" | "in_progress" => "active",
-        other => other,
-    }
-}
-
-fn priority_key(p: pb::CasePriority) -> &'static str {
-    match p {
-        pb::CasePriority::Urgent => "urgent",
-        pb::CasePriority::High => "high",
-        pb::CasePriority::Low => "low",
-        _ => "normal",
-    }
-}
-
-fn category_key(c: pb::CaseCategory) -> &'static str {
-    match c {
-        pb::CaseCategory::ShipmentDiscrepancy => "shipment_discrepancy",
-        pb::CaseCategory::InvoiceMismatch => "invoice_mismatch",
-        pb::CaseCategory::ComplianceException => "compliance_exception",
-        pb::CaseCategory::Pricing => "pricing",
-        pb::CaseCategory::Order => "order",
-        _ => "other",
-    }
-}
-
-/// D1's mapping of a TG case to the incident columns tg-bridge keeps in step (title,
-/// description, priority and case type by the configured maps) and the status class, each
-/// compared field by field with what both sides last agreed on.
-pub fn incident_view(case: &pb::TgCase, s: &DynamicsSettings) -> BTreeMap<&'static str, Value> {
-    BTreeMap::from([
-        ("title", json!(truncate(&case.title, 200))),
-        ("description", json!(truncate(&case.description, 2000))),
-        (
-            "prioritycode",
-            json!(
-                s.priority_map
-                    .get(priority_key(case.priority()))
-                    .copied()
-                    .unwrap_or(2)
-            ),
-        ),
-        (
-            "casetypecode",
-            json!(
-                s.case_type_map
-                    .get(category_key(case.category()))
-                    .copied()
-                    .unwrap_or(1)
-            ),
-        ),
-        (
-            "status",
-            json!(status_class(case_status_key(case.status()))),
-        ),
-    ])
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
+/// Dataverse refused a write to a resolved incident (`0x800404cf`).
+fn already_resolved(e: &DataverseError) -> bool {
+    const CODE: &str = "0x800404cf";
+    e.code().is_some_and(|c| c.eq_ignore_ascii_case(CODE)) || e.to_string().contains(CODE)
 }
 
 impl Writer {
@@ -194,7 +129,23 @@ impl Writer {
         &self.0
     }
 
-    /// D1: TG case → incident.
+    /// Records `revision` as applied to `entity` (unless a newer one was meanwhile).
+    async fn record_version(&self, entity: &str, revision: &str) -> Result<(), HandlerError> {
+        self.a()
+            .states
+            .update(TO_DATAVERSE, entity, |st| {
+                if st.is_stale(revision) {
+                    return false;
+                }
+                st.version = revision.to_owned();
+                true
+            })
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(())
+    }
+
+    /// D1: TG case → incident ([`incident::plan`]).
     async fn case(
         &self,
         meta: &pb::EventMeta,
@@ -214,19 +165,13 @@ impl Writer {
             .await
             .map_err(HandlerError::transient)?;
         let revision = case.revision.to_string();
+        // Checked before any read: a stale event costs nothing more.
         if state.is_stale(&revision) {
             stale("tg");
             return Ok(Outcome::Stale);
         }
         let partner = meta.partner.clone().unwrap_or_default();
         let account = a.account_for(&partner).await?;
-        let status = case_status_key(case.status());
-        let view = incident_view(case, &a.settings);
-        let changed: Vec<&str> = view
-            .iter()
-            .filter(|(k, v)| state.fields.get(**k) != Some(&hash(v)))
-            .map(|(k, _)| *k)
-            .collect();
         let linked = a
             .links
             .find(
@@ -236,230 +181,73 @@ impl Writer {
             )
             .await
             .map_err(HandlerError::transient)?;
-        if changed.is_empty() && linked.is_some() {
-            // What TG says is what Dynamics already has: our own change coming back.
-            echo("tg", "fingerprint");
-            a.states
-                .update(TO_DATAVERSE, &entity, |st| {
-                    if st.is_stale(&revision) {
-                        return false;
-                    }
-                    st.version = revision.clone();
-                    true
-                })
-                .await
-                .map_err(HandlerError::transient)?;
-            return Ok(Outcome::Echo);
-        }
-        // The incident's address: the linked row, else the id tg-bridge gives a new one. Never
-        // its alternate key: a TG id may hold characters Dataverse refuses in a key value in a
-        // URL, so `tgb_tgcaseid` travels in the body and the row is found with `$filter`.
-        let incidents = schema::set("incident");
-        let mut key = format!(
-            "{incidents}({})",
-            linked
-                .clone()
-                .unwrap_or_else(|| incident_id(&case.case_id).to_string())
-        );
-        let agreed_closed = ["resolved", "closed"]
-            .iter()
-            .any(|k| state.fields.get("status") == Some(&hash(&json!(k))));
-        let tg_closed = matches!(status, "resolved" | "closed");
-        if linked.is_some() && agreed_closed && tg_closed {
-            // A resolved incident is read-only and TG's case is closed too: nothing to write.
-            return self.closed_unchanged(&entity, &revision, &view).await;
-        }
-        let close = changed.contains(&"status") && tg_closed;
-        // TG's case is active again while the incident is resolved: a resolved case is
-        // read-only, so the state change goes alone first, the other columns after it, in one
-        // change set.
-        let mut reopen = linked.is_some() && agreed_closed && !tg_closed;
-        let active_code = if status == "waiting_on_partner" { 3 } else { 1 };
-        // Every write is conditional, so that two replicas (or a redelivery racing a newer
-        // revision) never let an older revision of the case overwrite a newer one: a new
-        // incident with `If-None-Match: *`, a known one with the ETag of our last write. A 412
-        // re-reads the row: a newer `tgb_tgrevision` makes this event stale, else the whole view
-        // is written again under the row's current ETag.
-        let mut precondition = match (&linked, state.fields.get(ETAG)) {
-            (None, _) => Precondition::Absent,
-            (Some(_), Some(etag)) => Precondition::Matches(etag.clone()),
-            (Some(_), None) => Precondition::Unknown,
+        let mut w = match incident::plan(&state, case, linked.as_deref(), &a.settings) {
+            Plan::Stale => {
+                stale("tg");
+                return Ok(Outcome::Stale);
+            }
+            Plan::Echo => {
+                echo("tg", "fingerprint");
+                self.record_version(&entity, &revision).await?;
+                return Ok(Outcome::Echo);
+            }
+            Plan::ClosedUnchanged(view) => {
+                return self.closed_unchanged(&entity, &revision, &view).await;
+            }
+            Plan::Write(w) => w,
         };
-        let mut whole_view = false;
+        // A 412 re-reads the row: a newer `tgb_tgrevision` makes this event stale, else the
+        // whole view is written again under the row's current ETag.
         let mut attempts = 0;
-        let answers = loop {
+        // What Dataverse answered, attempt by attempt (`412 → re-read → 200`).
+        let mut trail = Vec::new();
+        let answer = loop {
             attempts += 1;
-            if matches!(precondition, Precondition::Unknown) {
+            if matches!(w.precondition, incident::Precondition::Unknown) {
                 let row = a
-                    .incident_by_case(
-                        &case.case_id,
-                        "incidentid,tgb_tgrevision,statecode,statuscode",
-                    )
-                    .await
-                    .map_err(handler_error)?;
-                let Some(row) = row else {
-                    precondition = Precondition::Absent;
-                    key = format!("{incidents}({})", incident_id(&case.case_id));
-                    continue;
-                };
-                if let Some(id) = row["incidentid"].as_str() {
-                    key = format!("{incidents}({id})");
-                }
-                if row["tgb_tgrevision"]
-                    .as_i64()
-                    .is_some_and(|r| r > case.revision)
-                {
-                    stale("tg");
-                    return Ok(Outcome::Stale);
-                }
-                let resolved = row["statecode"].as_i64().is_some_and(|s| s != 0);
-                if tg_closed && resolved {
-                    return self.closed_unchanged(&entity, &revision, &view).await;
-                }
-                reopen = reopen && resolved;
-                precondition = match row["@odata.etag"].as_str() {
-                    Some(etag) => Precondition::Matches(etag.to_owned()),
-                    None => Precondition::Any,
-                };
-                whole_view = true;
-            }
-            let mut body = Map::new();
-            for (field, value) in &view {
-                if *field != "status" && (whole_view || changed.contains(field)) {
-                    body.insert((*field).to_owned(), value.clone());
+                    .incident_by_case(&case.case_id, odata::INCIDENT_REREAD)
+                    .await?;
+                match w.reread(row.as_ref(), case) {
+                    Reread::Absent => continue,
+                    Reread::Stale => {
+                        stale("tg");
+                        return Ok(Outcome::Stale);
+                    }
+                    Reread::ClosedUnchanged => {
+                        return self.closed_unchanged(&entity, &revision, &w.view).await;
+                    }
+                    Reread::Ready => {}
                 }
             }
-            if linked.is_none() {
-                body.insert("caseorigincode".into(), json!(3));
-                body.insert("tgb_origin".into(), json!(100_000_000));
-            }
-            if linked.is_none() || matches!(precondition, Precondition::Absent) {
-                body.insert("tgb_tgcaseid".into(), json!(case.case_id));
-            }
-            body.insert("tgb_tgrevision".into(), json!(case.revision));
-            body.insert(
-                bind("incident", "customerid", "account"),
-                json!(reference("account", &account)),
-            );
-            if changed.contains(&"status") && !close && linked.is_some() && !reopen {
-                body.insert("statecode".into(), json!(0));
-                body.insert("statuscode".into(), json!(active_code));
-            }
-            let condition = |request: BatchRequest| match &precondition {
-                Precondition::Absent => request.header("If-None-Match", "*"),
-                Precondition::Matches(etag) => request.header("If-Match", etag),
-                Precondition::Any | Precondition::Unknown => request,
-            };
-            let mut set = Vec::new();
-            if reopen {
-                set.push(condition(BatchRequest::new(
-                    Method::PATCH,
-                    key.clone(),
-                    Some(json!({"statecode": 0, "statuscode": active_code})),
-                )));
-            }
-            let write = upsert(
-                &key,
-                "incidentid,versionnumber,statecode,statuscode",
-                Value::Object(body),
-            );
-            set.push(if reopen {
-                must_exist(write)
-            } else {
-                condition(write)
-            });
-            let written_at = set.len() - 1;
-            if close {
-                set.push(BatchRequest::new(
-                    Method::POST,
-                    "CloseIncident",
-                    Some(json!({
-                        "IncidentResolution": {
-                            "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
-                            "subject": format!("Resolved in Trading Grid (revision {})", case.revision),
-                            "incidentid@odata.bind": format!("/{key}"),
-                        },
-                        "Status": 5
-                    })),
-                ));
-            }
+            let (set, written_at) = w.writes(case, &account);
             match a.batcher.submit(set).await {
-                Ok(mut answers) => break answers.swap_remove(written_at),
-                Err(e @ tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
+                Ok(answers) => break answered(answers, written_at)?,
+                Err(e @ DataverseError::Conflict { .. }) => {
                     metrics::counter!("tgb_dynamics_conditional_retries_total").increment(1);
+                    trail.push("412 → re-read".to_owned());
                     if attempts >= MAX_CONDITIONAL_ATTEMPTS {
                         // The row keeps moving: try again later, never dead-letter a race.
                         return Err(HandlerError::transient(e.to_string()));
                     }
-                    precondition = Precondition::Unknown;
+                    w.precondition = incident::Precondition::Unknown;
                 }
                 Err(e) if already_resolved(&e) => {
-                    // The incident was written by a newer revision of the case (by another
-                    // replica, or before this event's redelivery): this event is stale.
-                    let row =
-                        a.dv.get(&format!("{key}?$select=tgb_tgrevision"))
-                            .await
-                            .map_err(handler_error)?;
-                    if row["tgb_tgrevision"]
-                        .as_i64()
-                        .is_some_and(|r| r > case.revision)
-                    {
-                        stale("tg");
-                        return Ok(Outcome::Stale);
-                    }
-                    // Resolved in Dynamics before tg-bridge learnt of it (the detection path
-                    // records it): with TG's case closed too there is nothing to write;
-                    // otherwise retry once the resolution is known, which reopens the incident.
-                    if tg_closed {
-                        return self.closed_unchanged(&entity, &revision, &view).await;
-                    }
-                    if reopen {
-                        // The state change alone was refused too: retrying cannot help.
-                        return Err(HandlerError::permanent(format!(
-                            "reopening the resolved incident was refused: {e}"
-                        )));
-                    }
-                    return Err(HandlerError::transient(e.to_string()));
+                    return self
+                        .refused_as_resolved(e, case, &w, &entity, &revision)
+                        .await;
                 }
-                Err(e) => return Err(handler_error(e)),
+                Err(e) => return Err(e.into()),
             }
         };
-        let answer = answers.body.clone().unwrap_or_default();
-        let incident = answer["incidentid"]
-            .as_str()
-            .map(str::to_owned)
+        trail.push(answer.status.to_string());
+        let recorded = w
+            .recorded(answer.body.as_ref().unwrap_or(&Value::Null))
             .ok_or_else(|| HandlerError::transient("the incident upsert answered no id"))?;
-        // The row as our write left it. A status we did not write that differs from the agreed
-        // one is someone else's change our write now hides: leave the written version unset so
-        // the detection path still reports it.
-        let answered_status = match (answer["statecode"].as_i64(), answer["statuscode"].as_i64()) {
-            (Some(sc), Some(st)) => {
-                Some(crate::detect::status_key(crate::detect::tg_status(sc, st)))
-            }
-            _ => None,
-        };
-        let hides_a_change = !changed.contains(&"status")
-            && linked.is_some()
-            && answered_status.is_some_and(|k| {
-                state
-                    .fields
-                    .get("status")
-                    .is_some_and(|agreed| *agreed != hash(&json!(k)))
-            });
-        // A resolution moves the row's version past the answer's: the next write re-reads it.
-        let etag = answer["versionnumber"]
-            .as_u64()
-            .filter(|_| !close)
-            .map(|v| format!("W/\"{v}\""));
-        let written_version = answer["versionnumber"]
-            .as_u64()
-            .filter(|_| !hides_a_change)
-            .map(|v| v.to_string());
-        if linked.as_deref() != Some(incident.as_str()) {
+        if linked.as_deref() != Some(recorded.incident.as_str()) {
             a.links
                 .link(
                     &Record::new("tg", "case", &case.case_id),
-                    &Record::new("dataverse", "incident", &incident),
+                    &Record::new("dataverse", "incident", &recorded.incident),
                 )
                 .await
                 .map_err(HandlerError::transient)?;
@@ -470,14 +258,13 @@ impl Writer {
                     return false;
                 }
                 st.version = revision.clone();
-                for (k, v) in &view {
+                for (k, v) in &w.view {
                     st.fields.insert((*k).to_owned(), hash(v));
                 }
-                if let Some(w) = &written_version {
-                    st.fields
-                        .insert(crate::detect::WRITTEN_VERSION.to_owned(), w.clone());
+                if let Some(v) = &recorded.written_version {
+                    st.fields.insert(WRITTEN_VERSION.to_owned(), v.clone());
                 }
-                match &etag {
+                match &recorded.etag {
                     Some(e) => st.fields.insert(ETAG.to_owned(), e.clone()),
                     None => st.fields.remove(ETAG),
                 };
@@ -485,7 +272,45 @@ impl Writer {
             })
             .await
             .map_err(HandlerError::transient)?;
-        Ok(Outcome::Applied)
+        Ok(Outcome::Applied(
+            record("incident", &recorded.incident),
+            trail.join(" → "),
+        ))
+    }
+
+    /// Dataverse refused the write because the incident is resolved.
+    async fn refused_as_resolved(
+        &self,
+        e: DataverseError,
+        case: &pb::TgCase,
+        w: &CaseWrite,
+        entity: &str,
+        revision: &str,
+    ) -> Result<Outcome, HandlerError> {
+        // The incident was written by a newer revision of the case (by another replica, or
+        // before this event's redelivery): this event is stale.
+        let row = self
+            .a()
+            .dv
+            .get(&odata::select(&w.key, odata::INCIDENT_REVISION))
+            .await?;
+        if incident::newer_revision(&row, case) {
+            stale("tg");
+            return Ok(Outcome::Stale);
+        }
+        // Resolved in Dynamics before tg-bridge learnt of it (the detection path records it):
+        // with TG's case closed too there is nothing to write; otherwise retry once the
+        // resolution is known, which reopens the incident.
+        if w.tg_closed {
+            return self.closed_unchanged(entity, revision, &w.view).await;
+        }
+        if w.reopen {
+            // The state change alone was refused too: retrying cannot help.
+            return Err(HandlerError::permanent(format!(
+                "reopening the resolved incident was refused: {e}"
+            )));
+        }
+        Err(HandlerError::transient(e.to_string()))
     }
 
     /// TG changed a case whose incident is resolved while TG's case is resolved or closed too:
@@ -537,89 +362,32 @@ impl Writer {
             .map(|i| ("incident", i)))
     }
 
-    fn note(id_key: &str, table: &str, id: &str, subject: String, text: String) -> BatchRequest {
-        let note = row_id(id_key);
-        upsert(
-            &format!("{}({note})", schema::set("annotation")),
-            "annotationid",
-            json!({
-                "subject": truncate(&subject, 500),
-                "notetext": text,
-                bind("annotation", "objectid", table): reference(table, id),
-            }),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn message(
-        id_key: &str,
-        table: &str,
-        id: &str,
-        subject: String,
-        text: String,
-        channel: i64,
-        from_partner: bool,
-        tg_id: &str,
-        author: &str,
-        sent_at: Option<&prost_types::Timestamp>,
-    ) -> BatchRequest {
-        let msg = row_id(id_key);
-        let mut body = json!({
-            "subject": truncate(&subject, 200),
-            "description": text,
-            "tgb_channel": channel,
-            "tgb_direction": if from_partner { 100_000_000 } else { 100_000_001 },
-            "tgb_tgmessageid": truncate(tg_id, 100),
-            "tgb_author": truncate(author, 200),
-            bind("tgb_partnermessage", "regardingobjectid", table): reference(table, id),
-        });
-        if let Some(t) = sent_at.and_then(rfc3339) {
-            body["tgb_sentat"] = json!(t);
-        }
-        // Written completed: a case cannot be resolved while activities regarding it are open,
-        // and a captured message is a record of something that happened, not work to do. A
-        // completed activity cannot be updated, so it is created once (`If-None-Match: *`).
-        body["statecode"] = json!(1);
-        body["statuscode"] = json!(2);
-        upsert(
-            &format!("{}({msg})", schema::set("tgb_partnermessage")),
-            "activityid",
-            body,
-        )
-        .header("If-None-Match", "*")
-    }
-
     /// Writes a change set holding create-only partner messages. A 412 means a message exists
     /// already (a redelivery): the rest of the set is written without it.
-    async fn submit_capture(&self, set: Vec<BatchRequest>) -> Result<(), HandlerError> {
+    /// Answers what Dataverse answered.
+    async fn submit_capture(&self, set: Vec<BatchRequest>) -> Result<String, HandlerError> {
         let batcher = &self.a().batcher;
         match batcher.submit(set.clone()).await {
-            Ok(_) => Ok(()),
-            Err(tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
+            Ok(answers) => Ok(statuses(&answers)),
+            Err(DataverseError::Conflict { .. }) => {
                 metrics::counter!("tgb_dynamics_messages_already_written_total").increment(1);
-                let rest: Vec<BatchRequest> = set
-                    .into_iter()
-                    .filter(|r| {
-                        !r.headers
-                            .iter()
-                            .any(|(k, v)| k.eq_ignore_ascii_case("If-None-Match") && v == "*")
-                    })
-                    .collect();
+                let rest = notes::without_created(set);
                 if rest.is_empty() {
-                    return Ok(());
+                    return Ok("412 (message written before)".to_owned());
                 }
-                batcher.submit(rest).await.map_err(handler_error)?;
-                Ok(())
+                let answers = batcher.submit(rest).await?;
+                Ok(format!(
+                    "412 (message written before) → {}",
+                    statuses(&answers)
+                ))
             }
-            Err(e) => Err(handler_error(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// D1/D2/D4: a TG comment → note + partner message on the case (or exception).
     async fn comment(&self, e: &pb::TgCommentAdded) -> Result<Outcome, HandlerError> {
-        if e.side() == pb::CommentSide::Internal {
-            // Internal comments are written in TG by staff or by tg-bridge (Dynamics notes):
-            // copying them back would echo.
+        if !notes::captured(e) {
             return Ok(Outcome::Skipped);
         }
         let Some((table, id)) = self.regarding(&e.case_id).await? else {
@@ -628,42 +396,10 @@ impl Writer {
                 e.case_id
             )));
         };
-        let author = e
-            .author
-            .as_ref()
-            .map(|p| p.name.clone())
-            .unwrap_or_default();
-        let subject = format!(
-            "Partner comment from {}",
-            if author.is_empty() {
-                "the partner"
-            } else {
-                &author
-            }
-        );
-        let set = vec![
-            Self::note(
-                &format!("tg-comment:{}", e.comment_id),
-                table,
-                &id,
-                subject.clone(),
-                e.body.clone(),
-            ),
-            Self::message(
-                &format!("tg-comment-message:{}", e.comment_id),
-                table,
-                &id,
-                subject,
-                e.body.clone(),
-                100_000_000,
-                true,
-                &e.comment_id,
-                &author,
-                e.created_at.as_ref(),
-            ),
-        ];
-        self.submit_capture(set).await?;
-        Ok(Outcome::Applied)
+        let response = self
+            .submit_capture(notes::plan_comment(e, (table, &id)))
+            .await?;
+        Ok(Outcome::Applied(record(table, &id), response))
     }
 
     /// D1/D4: a document uploaded in TG → a note with its reference + a partner message.
@@ -690,43 +426,14 @@ impl Writer {
                 }
             }
         };
-        // The reference only: the content (banking details included) stays in TG and the
-        // document store.
-        let text = format!(
-            "Document {} ({}, {} bytes) uploaded in Trading Grid.\nTG document: {}\nSHA-256: {}",
-            doc.file_name,
-            doc.doc_type().as_str_name(),
-            doc.size,
-            doc.document_id,
-            doc.sha256
-        );
-        let subject = format!("Document: {}", doc.file_name);
-        let mut set = vec![Self::message(
-            &format!("tg-document-message:{}", doc.document_id),
-            table,
-            &id,
-            subject.clone(),
-            text.clone(),
-            100_000_002,
-            true,
-            &doc.document_id,
-            &doc.uploaded_by,
-            meta.occurred_at.as_ref(),
-        )];
-        if table != "account" {
-            set.insert(
-                0,
-                Self::note(
-                    &format!("tg-document:{}", doc.document_id),
-                    table,
-                    &id,
-                    subject,
-                    text,
-                ),
-            );
-        }
-        self.submit_capture(set).await?;
-        Ok(Outcome::Applied)
+        let response = self
+            .submit_capture(notes::plan_document(
+                doc,
+                meta.occurred_at.as_ref(),
+                (table, &id),
+            ))
+            .await?;
+        Ok(Outcome::Applied(record(table, &id), response))
     }
 
     /// D3: an approved (or rejected) onboarding document → the account's verification flag
@@ -740,61 +447,20 @@ impl Writer {
             .document
             .as_ref()
             .ok_or_else(|| HandlerError::permanent("document is missing"))?;
-        let flag = match doc.doc_type() {
-            pb::DocType::TaxForm => "tgb_taxformverified",
-            pb::DocType::BankingDetails => "tgb_bankingverified",
-            pb::DocType::ComplianceCertificate => "tgb_compliancecertverified",
-            pb::DocType::TradingAgreement => "tgb_agreementverified",
-            _ => return Ok(Outcome::Skipped),
-        };
-        let verified = match e.outcome() {
-            pb::ReviewOutcome::Approved => true,
-            pb::ReviewOutcome::Rejected => false,
-            _ => return Ok(Outcome::Skipped),
+        let Some(flag) = account::review_flag(doc, e.outcome()) else {
+            return Ok(Outcome::Skipped);
         };
         let partner = meta.partner.clone().unwrap_or_default();
         let account = self.a().account_for(&partner).await?;
-        let mut fields = json!({ flag: verified });
-        if doc.doc_type() == pb::DocType::BankingDetails {
-            fields["tgb_bankingdocumentref"] = if verified {
-                json!(format!("tg:document:{}", doc.document_id))
-            } else {
-                Value::Null
-            };
-        }
-        let reviewer = e
-            .reviewer
-            .as_ref()
-            .map(|p| p.name.clone())
-            .unwrap_or_default();
-        let text = format!(
-            "{} {} in Trading Grid document review{}.\nTG document: {} ({})",
-            doc.doc_type().as_str_name(),
-            if verified { "approved" } else { "rejected" },
-            if reviewer.is_empty() {
-                String::new()
-            } else {
-                format!(" by {reviewer}")
-            },
-            doc.document_id,
-            doc.file_name
-        );
-        let set = vec![
-            must_exist(upsert(
-                &format!("{}({account})", schema::set("account")),
-                "accountid",
-                fields,
-            )),
-            Self::note(
-                &format!("tg-review:{}:{}", doc.document_id, verified),
-                "account",
-                &account,
-                format!("Verification: {}", doc.file_name),
-                text,
-            ),
-        ];
-        self.a().batcher.submit(set).await.map_err(handler_error)?;
-        Ok(Outcome::Applied)
+        let answers = self
+            .a()
+            .batcher
+            .submit(account::plan_review(e, doc, flag, &account))
+            .await?;
+        Ok(Outcome::Applied(
+            record("account", &account),
+            statuses(&answers),
+        ))
     }
 
     /// D3: the overall onboarding status → `tgb_onboardingstatus`.
@@ -803,27 +469,24 @@ impl Writer {
         meta: &pb::EventMeta,
         e: &pb::OnboardingStatus,
     ) -> Result<Outcome, HandlerError> {
-        let value = match e.overall() {
-            pb::OnboardingOverall::NotStarted => 100_000_000,
-            pb::OnboardingOverall::InProgress | pb::OnboardingOverall::Blocked => 100_000_001,
-            pb::OnboardingOverall::Complete => 100_000_003,
-            pb::OnboardingOverall::Unspecified => return Ok(Outcome::Skipped),
+        let Some(status) = account::onboarding_status(e.overall()) else {
+            return Ok(Outcome::Skipped);
         };
         let partner = meta.partner.clone().unwrap_or_default();
         let account = self.a().account_for(&partner).await?;
-        self.a()
+        let answers = self
+            .a()
             .batcher
-            .submit(vec![must_exist(upsert(
-                &format!("{}({account})", schema::set("account")),
-                "accountid",
-                json!({"tgb_onboardingstatus": value}),
-            ))])
-            .await
-            .map_err(handler_error)?;
-        Ok(Outcome::Applied)
+            .submit(account::plan_onboarding(&account, status))
+            .await?;
+        Ok(Outcome::Applied(
+            record("account", &account),
+            statuses(&answers),
+        ))
     }
 
-    /// D6: a TG dispute → invoice dispute columns + the linked case, in one change set.
+    /// D6: a TG dispute → invoice dispute columns + the linked case, in one change set
+    /// ([`invoice::plan_dispute`]).
     async fn dispute(
         &self,
         meta: &pb::EventMeta,
@@ -844,13 +507,13 @@ impl Writer {
             return Ok(Outcome::Stale);
         }
         let found =
-            a.dv.get(&format!(
-                "{}?$select=invoiceid&$filter=invoicenumber eq {}",
-                schema::set("invoice"),
-                quote(&d.invoice_ref)
+            a.dv.get(&odata::by_column(
+                "invoice",
+                "invoiceid",
+                "invoicenumber",
+                &d.invoice_ref,
             ))
-            .await
-            .map_err(handler_error)?;
+            .await?;
         let Some(invoice) = found["value"][0]["invoiceid"].as_str().map(str::to_owned) else {
             return Err(HandlerError::permanent(format!(
                 "no invoice numbered {:?} in Dynamics",
@@ -859,14 +522,9 @@ impl Writer {
         };
         let partner = meta.partner.clone().unwrap_or_default();
         let account = a.account_for(&partner).await?;
-        let case_key = if d.case_id.is_empty() {
-            format!("dispute:{}", d.dispute_id)
-        } else {
-            d.case_id.clone()
-        };
-        // The incident: the TG case's linked one, else the one holding the key, else the id
-        // tg-bridge gives a new one (never the key in a URL: it holds `:`). A TG case already
-        // in Dynamics keeps its own title and description: the dispute only points at it.
+        let case_key = invoice::case_key(d);
+        // The incident: the TG case's linked one, else the one holding the key (never the key
+        // in a URL: it holds `:`).
         let existing = match a
             .links
             .find(
@@ -879,76 +537,27 @@ impl Writer {
         {
             Some(id) => Some(id),
             None => a
-                .incident_by_case(&case_key, "incidentid")
-                .await
-                .map_err(handler_error)?
-                .and_then(|row| row["incidentid"].as_str().map(str::to_owned)),
+                .incident_by_case(&case_key, odata::INCIDENT_ID)
+                .await?
+                .and_then(|row| row[odata::INCIDENT_ID].as_str().map(str::to_owned)),
         };
-        let incident_key = format!(
-            "{}({})",
-            schema::set("incident"),
-            existing
-                .clone()
-                .unwrap_or_else(|| incident_id(&case_key).to_string())
+        let plan = invoice::plan_dispute(
+            d,
+            opened,
+            meta.occurred_at.as_ref(),
+            &invoice,
+            &account,
+            existing.as_deref(),
         );
-        let write_incident = existing.is_none() || d.case_id.is_empty();
-        let status = match d.status() {
-            pb::DisputeStatus::UnderReview => 100_000_001,
-            pb::DisputeStatus::Resolved => 100_000_002,
-            _ => 100_000_000,
-        };
-        let mut columns = json!({
-            "tgb_disputeid": d.dispute_id,
-            "tgb_disputestatus": status,
-            "tgb_disputereason": truncate(&d.reason, 4000),
-            bind("invoice", "tgb_disputecase", "incident"): format!("/{incident_key}"),
-        });
-        if let Some(m) = &d.disputed_amount
-            && let Ok(v) = m.value.parse::<f64>()
-        {
-            columns["tgb_disputedamount"] = json!(v);
-        }
-        if opened && let Some(t) = meta.occurred_at.as_ref().and_then(rfc3339) {
-            columns["tgb_disputeraisedon"] = json!(t);
-        }
-        let mut set = Vec::new();
-        if write_incident {
-            set.push(upsert(
-                &incident_key,
-                "incidentid",
-                json!({
-                    "title": truncate(&format!("Invoice dispute {} on {}", d.dispute_id, d.invoice_ref), 200),
-                    "description": truncate(&d.reason, 2000),
-                    "casetypecode": 2,
-                    "caseorigincode": 3,
-                    "tgb_origin": 100_000_002,
-                    "tgb_tgcaseid": case_key,
-                    bind("incident", "customerid", "account"): reference("account", &account),
-                }),
-            ));
-        }
-        set.push(must_exist(upsert(
-            &format!("{}({invoice})", schema::set("invoice")),
-            "invoiceid",
-            columns,
-        )));
-        let answers = match a.batcher.submit(set).await {
+        let answers = match a.batcher.submit(plan.writes.clone()).await {
             Ok(answers) => answers,
             // The key was taken meanwhile by a row at another id: the next delivery finds it.
-            Err(e @ tgb_clients::dataverse::DataverseError::Conflict { .. }) => {
+            Err(e @ DataverseError::Conflict { .. }) => {
                 return Err(HandlerError::transient(e.to_string()));
             }
-            Err(e) => return Err(handler_error(e)),
+            Err(e) => return Err(e.into()),
         };
-        let incident = match &existing {
-            Some(id) if !write_incident => id.clone(),
-            _ => answers[0]
-                .body
-                .as_ref()
-                .and_then(|b| b["incidentid"].as_str())
-                .unwrap_or_default()
-                .to_owned(),
-        };
+        let incident = plan.incident(existing.as_deref(), &answers);
         a.links
             .link(
                 &Record::new("tg", "dispute", &d.dispute_id),
@@ -965,20 +574,15 @@ impl Writer {
                 .await
                 .map_err(HandlerError::transient)?;
         }
-        a.states
-            .update(TO_DATAVERSE, &entity, |st| {
-                if st.is_stale(&revision) {
-                    return false;
-                }
-                st.version = revision.clone();
-                true
-            })
-            .await
-            .map_err(HandlerError::transient)?;
-        Ok(Outcome::Applied)
+        self.record_version(&entity, &revision).await?;
+        Ok(Outcome::Applied(
+            record("invoice", &invoice),
+            statuses(&answers),
+        ))
     }
 
-    /// D8: the TG partner profile → account and contacts, field by field.
+    /// D8: the TG partner profile → account and contacts, field by field
+    /// ([`account::plan_profile`], [`contact::plan`]).
     async fn partner(
         &self,
         meta: &pb::EventMeta,
@@ -1006,103 +610,34 @@ impl Writer {
         }
         let account = a.account_for(&partner).await?;
         let current =
-            a.dv.get(&format!(
-                "{}({account})?$select={}",
-                schema::set("account"),
-                ACCOUNT_COLUMNS
-            ))
-            .await
-            .map_err(handler_error)?;
-        let tg_view = tg_account_view(profile);
-        let dv_view = dv_account_view(&current);
-        let mut write = Map::new();
-        let mut agreed = BTreeMap::new();
-        for (field, tg_value) in &tg_view {
-            let dv_value = dv_view.get(field).cloned().unwrap_or(Value::Null);
-            let (tg_h, dv_h) = (hash(tg_value), hash(&dv_value));
-            let base = state.fields.get(*field);
-            let winner_tg = if tg_h == dv_h {
-                None
-            } else {
-                let tg_changed = base != Some(&tg_h);
-                let dv_changed = base != Some(&dv_h);
-                match (tg_changed, dv_changed) {
-                    (true, false) => Some(true),
-                    (false, _) => Some(false),
-                    (true, true) => {
-                        let policy = a.settings.policy(field);
-                        let tg_wins = policy == FieldPolicy::TgWins;
-                        metrics::counter!("tgb_dynamics_conflicts_total", "field" => *field, "winner" => if tg_wins { "tg" } else { "dynamics" }).increment(1);
-                        tracing::warn!(partner = %key, field, ?policy, "both sides changed the field since the last sync");
-                        a.states
-                            .record(
-                                &format!("conflict.{}.{field}", tgb_bus::links::encode_token(&key)),
-                                &json!({"partner": key, "field": field, "policy": format!("{policy:?}"),
-                                    "winner": if tg_wins { "tg" } else { "dynamics" }, "tg_revision": profile.revision,
-                                    "dataverse_version": current["versionnumber"], "at": rfc3339(&prost_types::Timestamp::from(std::time::SystemTime::now()))}),
-                            )
-                            .await
-                            .map_err(HandlerError::transient)?;
-                        Some(tg_wins)
-                    }
-                }
-            };
-            match winner_tg {
-                Some(true) => {
-                    if let Value::Object(cols) = account_columns(field, tg_value) {
-                        write.extend(cols);
-                    }
-                    agreed.insert((*field).to_owned(), tg_h);
-                }
-                Some(false) => {
-                    agreed.insert((*field).to_owned(), dv_h);
-                }
-                None => {
-                    agreed.insert((*field).to_owned(), tg_h);
-                }
-            }
+            a.dv.get(&odata::row("account", &account, odata::ACCOUNT_COLUMNS))
+                .await?;
+        let plan = account::plan_profile(&state, profile, &current, &a.settings);
+        for c in &plan.conflicts {
+            let winner = if c.tg_wins { "tg" } else { "dynamics" };
+            metrics::counter!("tgb_dynamics_conflicts_total", "field" => c.field, "winner" => winner)
+                .increment(1);
+            tracing::warn!(partner = %key, field = c.field, policy = ?c.policy, "both sides changed the field since the last sync");
+            a.states
+                .record(
+                    &format!("conflict.{}.{}", tgb_bus::links::encode_token(&key), c.field),
+                    &json!({"partner": key, "field": c.field, "policy": format!("{:?}", c.policy),
+                        "winner": winner, "tg_revision": profile.revision,
+                        "dataverse_version": current["versionnumber"], "at": rfc3339(&prost_types::Timestamp::from(std::time::SystemTime::now()))}),
+                )
+                .await
+                .map_err(HandlerError::transient)?;
         }
-        let contacts_h = hash(&json!(
-            profile
-                .contacts
-                .iter()
-                .map(|c| (&c.contact_id, &c.name, &c.email, &c.phone, &c.role))
-                .collect::<Vec<_>>()
-        ));
-        let mut set = Vec::new();
-        if !write.is_empty() {
-            set.push(must_exist(upsert(
-                &format!("{}({account})", schema::set("account")),
-                "accountid",
-                Value::Object(write),
-            )));
-        }
-        if state.fields.get("contacts") != Some(&contacts_h)
-            && a.settings.policy("contacts") == FieldPolicy::TgWins
-        {
-            for c in &profile.contacts {
-                let (first, last) = match c.name.rsplit_once(' ') {
-                    Some((f, l)) => (f.to_owned(), l.to_owned()),
-                    None => (String::new(), c.name.clone()),
-                };
-                let id = row_id(&format!("tg-contact:{key}:{}", c.contact_id));
-                set.push(upsert(
-                    &format!("{}({id})", schema::set("contact")),
-                    "contactid",
-                    json!({
-                        "firstname": truncate(&first, 50), "lastname": truncate(&last, 50),
-                        "emailaddress1": truncate(&c.email, 100), "telephone1": truncate(&c.phone, 50),
-                        "jobtitle": truncate(&c.role, 100), "tgb_tgcontactid": truncate(&c.contact_id, 100),
-                        bind("contact", "parentcustomerid", "account"): reference("account", &account),
-                    }),
-                ));
-            }
-        }
-        agreed.insert("contacts".into(), contacts_h);
-        let applied = !set.is_empty();
-        if applied {
-            a.batcher.submit(set).await.map_err(handler_error)?;
-        }
+        let contacts = contact::plan(&state, profile, &key, &account, &a.settings);
+        let mut set = plan.writes(&account);
+        set.extend(contacts.writes);
+        let mut agreed = plan.agreed;
+        agreed.insert(contact::FIELD.into(), contacts.hash);
+        let applied = if set.is_empty() {
+            None
+        } else {
+            Some(statuses(&a.batcher.submit(set).await?))
+        };
         a.states
             .update(TO_DATAVERSE, &entity, |st| {
                 if st.is_stale(&revision) {
@@ -1114,66 +649,44 @@ impl Writer {
             })
             .await
             .map_err(HandlerError::transient)?;
-        Ok(if applied {
-            Outcome::Applied
-        } else {
-            Outcome::Skipped
+        Ok(match applied {
+            Some(response) => Outcome::Applied(record("account", &account), response),
+            None => Outcome::Skipped,
         })
     }
 }
 
-/// Account columns D8 reads.
-pub const ACCOUNT_COLUMNS: &str =
-    "name,address1_line1,address1_city,address1_postalcode,address1_country,versionnumber";
-
-/// Dataverse refused a write to a resolved incident (`0x800404cf`).
-fn already_resolved(e: &tgb_clients::dataverse::DataverseError) -> bool {
-    const CODE: &str = "0x800404cf";
-    e.code().is_some_and(|c| c.eq_ignore_ascii_case(CODE)) || e.to_string().contains(CODE)
-}
-
-/// The D8 fields of a TG profile.
-pub fn tg_account_view(p: &pb::PartnerProfile) -> BTreeMap<&'static str, Value> {
-    let addr = p.addresses.first().cloned().unwrap_or_default();
-    BTreeMap::from([
-        ("legal_name", json!(p.legal_name)),
-        (
-            "address",
-            json!([addr.line1, addr.city, addr.postal_code, addr.country]),
-        ),
-    ])
-}
-
-/// The D8 fields of an account row.
-pub fn dv_account_view(row: &Value) -> BTreeMap<&'static str, Value> {
-    let s = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
-    BTreeMap::from([
-        ("legal_name", json!(s("name"))),
-        (
-            "address",
-            json!([
-                s("address1_line1"),
-                s("address1_city"),
-                s("address1_postalcode"),
-                s("address1_country")
-            ]),
-        ),
-    ])
-}
-
-fn account_columns(field: &str, v: &Value) -> Value {
-    match field {
-        "legal_name" => json!({"name": v}),
-        "address" => {
-            json!({"address1_line1": v[0], "address1_city": v[1], "address1_postalcode": v[2], "address1_country": v[3]})
-        }
-        _ => json!({}),
+/// The answer of the write at `written_at` in a change set's answers.
+fn answered(mut answers: Vec<BatchAnswer>, written_at: usize) -> Result<BatchAnswer, HandlerError> {
+    if written_at >= answers.len() {
+        return Err(HandlerError::transient(format!(
+            "the change set answered {} responses, not the incident write's",
+            answers.len()
+        )));
     }
+    Ok(answers.swap_remove(written_at))
 }
 
-/// RFC 3339 of a protobuf timestamp.
-pub fn rfc3339(t: &prost_types::Timestamp) -> Option<String> {
-    let at = time::OffsetDateTime::from_unix_timestamp(t.seconds).ok()?;
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16) -> BatchAnswer {
+        BatchAnswer {
+            status,
+            headers: Vec::new(),
+            body: Some(json!({"incidentid": status.to_string()})),
+        }
+    }
+
+    #[test]
+    fn the_recorded_answer_is_the_incident_writes_and_a_short_answer_is_an_error() {
+        let got = answered(vec![answer(204), answer(200)], 1).unwrap();
+        assert_eq!(got.status, 200);
+        // A change set answered without the write's response: retried, never a panic.
+        let err = answered(Vec::new(), 0).unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(statuses(&[answer(200), answer(204)]), "200, 204");
+        assert_eq!(record("incident", "i-1"), "dataverse:incident:i-1");
+    }
 }

@@ -1,18 +1,38 @@
 //! dynamics-adapter: flows D1–D8 against the Dataverse Web API.
 //!
-//! - [`inbound`]: `tg.*`, `review.*`, `onboarding.*` events → Dataverse writes (upserts by
-//!   alternate key or deterministic UUIDv5 ids, coalesced into `$batch` change sets).
+//! Aggregates decide, executors act. One module per kind of row, each with a pure `plan`
+//! (no I/O, no clock) and its unit tests: [`incident`] (D1), [`notes`] (D1, D2, D4),
+//! [`account`] (D3, D8), [`contact`] (D8), [`invoice`] (D6), [`exception`] (D2), [`order`]
+//! (D5), [`kpi`] (D7). They build on [`schema`] (tables, option sets), [`odata`] (every query
+//! string and write shape), [`ids`], [`state`] and [`change`]. The executors:
+//!
+//! - [`inbound`]: `tg.*`, `review.*`, `onboarding.*` events → Dataverse writes (upserts at
+//!   deterministic UUIDv5 ids, keys in the body, coalesced into `$batch` change sets by
+//!   [`batcher`]).
 //! - [`detect`]: Dataverse changes → `dyn.*` events, from the webhook
 //!   (`POST /webhooks/dataverse`) and from a change-tracking poll (delta links in
 //!   `tgb_cursors`, re-baselined when Dataverse says the token expired).
 //!
+//! Dependencies run one way: executors → aggregates → shared pure modules; [`adapter`] holds
+//! the I/O both executors share.
+//!
 //! Without `TGB_DATAVERSE_URL` the service only serves health and metrics.
 
+pub mod account;
 pub mod adapter;
 pub mod batcher;
+pub mod change;
+pub mod contact;
 pub mod detect;
+pub mod exception;
 pub mod ids;
 pub mod inbound;
+pub mod incident;
+pub mod invoice;
+pub mod kpi;
+pub mod notes;
+pub mod odata;
+pub mod order;
 pub mod schema;
 pub mod settings;
 pub mod state;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tgb_governor::GovernorConfig;
 
+use crate::schema::{CaseType, IncidentPriority};
+
 /// Who wins when both sides changed the same field since the last sync (D8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,14 +89,19 @@ impl Default for DynamicsSettings {
             ]
             .map(str::to_owned)
             .to_vec(),
-            priority_map: map(&[("urgent", 1), ("high", 1), ("normal", 2), ("low", 3)]),
+            priority_map: map(&[
+                ("urgent", IncidentPriority::High.code()),
+                ("high", IncidentPriority::High.code()),
+                ("normal", IncidentPriority::Normal.code()),
+                ("low", IncidentPriority::Low.code()),
+            ]),
             case_type_map: map(&[
-                ("shipment_discrepancy", 2),
-                ("invoice_mismatch", 2),
-                ("compliance_exception", 2),
-                ("pricing", 1),
-                ("order", 3),
-                ("other", 1),
+                ("shipment_discrepancy", CaseType::Problem.code()),
+                ("invoice_mismatch", CaseType::Problem.code()),
+                ("compliance_exception", CaseType::Problem.code()),
+                ("pricing", CaseType::Question.code()),
+                ("order", CaseType::Request.code()),
+                ("other", CaseType::Question.code()),
             ]),
             account_match_fields: vec!["accountnumber".into()],
             field_policies: [

@@ -8,6 +8,11 @@ use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// `tgb_sync` target of TG → Dataverse state (keyed by the TG entity).
+pub const TO_DATAVERSE: &str = "dataverse";
+/// `tgb_sync` target of Dataverse → bus state (keyed by the Dataverse row).
+pub const FROM_DATAVERSE: &str = "dyn";
+
 /// The state of one entity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntityState {

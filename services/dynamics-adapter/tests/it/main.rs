@@ -7,6 +7,7 @@ mod echoes;
 mod flows;
 mod injection;
 mod keys;
+mod ledger;
 mod lifecycle;
 mod support;
 mod tracking;
