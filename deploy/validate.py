@@ -6,6 +6,7 @@ which installs the packages this imports into .tools/venv).
     validate.py kube-validate FILE...    kubernetes-validate --strict, WARN is a failure
     validate.py compose                  health checks and wiring of docker-compose.yml
     validate.py metrics                  dashboard and rule metric names are in deploy/metrics.md
+    validate.py alerts                   every alert has a runbook section and a firing test
     validate.py promql RULES_OUT         dashboard queries as a rule file, for promtool to parse
     validate.py nats-conf NATS_SERVER    the permissions example parses in nats-server -t
     validate.py dockerfile               deploy/Dockerfile parses (BuildKit's parser) and keeps
@@ -270,6 +271,19 @@ def contract() -> tuple[set[str], set[str]]:
     return names, histograms
 
 
+def foreign_metrics() -> set[str]:
+    """Names in the tables of deploy/metrics.md sections "Added by ..." (Prometheus, the NATS
+    exporter): not tg-bridge's, so not bound to its naming rules."""
+    names, foreign = set(), False
+    for line in METRICS_MD.read_text().splitlines():
+        if line.startswith("## "):
+            foreign = line.startswith("## Added by")
+        m = re.match(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|", line)
+        if m and foreign:
+            names.add(m.group(1))
+    return names
+
+
 def dashboard_exprs() -> list[tuple[str, str]]:
     out = []
     for path in sorted(DASHBOARDS.glob("*.json")):
@@ -310,7 +324,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values are not names
     expr = re.sub(r"\{[^}]*\}", "{}", expr)           # nor label names inside selectors
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    found = set(re.findall(r"\btgb_[a-z0-9_]+", expr))
+    found = set(re.findall(r"\b(?:tgb|jetstream|gnatsd)_[a-z0-9_]+", expr))
     found |= {m for m in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr) if m not in PROMQL_WORDS}
     found |= {m for m in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\[", expr) if m not in PROMQL_WORDS}
     return found
@@ -320,8 +334,9 @@ def metrics_check() -> None:
     names, histograms = contract()
     if not names:
         problem("deploy/metrics.md: no metric tables found")
-    for name in names:
-        if name != "up" and not re.fullmatch(r"tgb_[a-z0-9]+(_[a-z0-9]+)*", name):
+    foreign = foreign_metrics()
+    for name in names - foreign:
+        if not re.fullmatch(r"tgb_[a-z0-9]+(_[a-z0-9]+)*", name):
             problem(f"deploy/metrics.md: {name} is not snake_case with the tgb_ prefix")
     used = dashboard_exprs() + rule_exprs()
     if not used:
@@ -343,6 +358,60 @@ def promql_rules(out: Path) -> None:
         e = re.sub(r"\$\{?\w+\}?", ".*", e)
         rules.append({"record": f"tgb_dashboard_query_{i}", "expr": e})
     out.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}))
+
+
+# ---------------------------------------------------------------- alerts
+
+RUNBOOKS = ROOT / "docs/runbooks.md"
+RULE_TESTS = ROOT / "deploy/prometheus/tests"
+
+
+def alert_rules() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(RULES.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text()).get("groups", []):
+            for rule in group.get("rules", []):
+                if "alert" in rule:
+                    out.append((path.name, rule))
+    return out
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub and most Markdown renderers give a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def alerts_check() -> None:
+    """Every alert has a runbook_url to an existing section of docs/runbooks.md and fires in at
+    least one promtool test case; every alert section of the runbooks names an alert."""
+    md = RUNBOOKS.read_text() if RUNBOOKS.exists() else ""
+    headings = re.findall(r"^#{1,6} (.+)$", md, re.M)
+    anchors = {slug(h) for h in headings}
+    alerts = alert_rules()
+    if not alerts:
+        problem("no alert rules found")
+    fired: set[str] = set()
+    for path in sorted(RULE_TESTS.glob("*.yml")):
+        for test in yaml.safe_load(path.read_text()).get("tests", []):
+            for case in test.get("alert_rule_test", []):
+                if case.get("exp_alerts"):
+                    fired.add(case["alertname"])
+    names = set()
+    for where, rule in alerts:
+        name = rule["alert"]
+        names.add(name)
+        url = (rule.get("annotations") or {}).get("runbook_url", "")
+        m = re.fullmatch(r"docs/runbooks\.md#([\w-]+)", url)
+        if not m:
+            problem(f"{where}: {name}: runbook_url {url!r} is not docs/runbooks.md#<section>")
+        elif m.group(1) not in anchors:
+            problem(f"{where}: {name}: docs/runbooks.md has no section #{m.group(1)}")
+        if name not in fired:
+            problem(f"{where}: {name} fires in no test of deploy/prometheus/tests/")
+    for h in headings:
+        if re.fullmatch(r"Tgb\w+", h.strip()) and h.strip() not in names:
+            problem(f"docs/runbooks.md: section {h.strip()} is about no alert of the rule files")
 
 
 # ---------------------------------------------------------------- nats
@@ -433,6 +502,8 @@ def main(argv: list[str]) -> int:
         compose_check()
     elif cmd == "metrics":
         metrics_check()
+    elif cmd == "alerts":
+        alerts_check()
     elif cmd == "promql":
         promql_rules(Path(args[0]))
     elif cmd == "nats-conf":
