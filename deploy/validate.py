@@ -108,7 +108,13 @@ def helm_check(out_dir: Path) -> None:
             target = out_dir / (values_file.stem if values_file else "default") 
             target = target.with_suffix(".yaml")
             target.write_text(manifest)
-            policy_check(label, [d for d in yaml.safe_load_all(manifest) if d], values or {})
+            objects = [d for d in yaml.safe_load_all(manifest) if d]
+            policy_check(label, objects, values or {})
+            # The rendered PrometheusRule's groups as a rule file, for promtool to check.
+            for o in objects:
+                if o["kind"] == "PrometheusRule":
+                    rules = target.with_suffix(".rules.yml")
+                    rules.write_text(yaml.safe_dump({"groups": o["spec"]["groups"]}))
         # Values that cannot work are refused with a message naming them.
         keda = {"enabled": True, "natsServerMonitoringEndpoint": "nats:8222"}
         refused = [
