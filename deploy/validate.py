@@ -6,6 +6,7 @@ which installs the packages this imports into .tools/venv).
     validate.py kube-validate FILE...    kubernetes-validate --strict, WARN is a failure
     validate.py compose                  health checks and wiring of docker-compose.yml
     validate.py metrics                  dashboard and rule metric names are in deploy/metrics.md
+    validate.py alerts                   every alert has a runbook section and a firing test
     validate.py promql RULES_OUT         dashboard queries as a rule file, for promtool to parse
     validate.py nats-conf NATS_SERVER    the permissions example parses in nats-server -t
     validate.py dockerfile               deploy/Dockerfile parses (BuildKit's parser) and keeps
@@ -41,7 +42,18 @@ SERVICES = {
     "planner-adapter": 8084, "sla-monitor": 8085, "document-review": 8086,
 }
 # Kinds kubernetes-validate has no schema for and that the chart may render.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+}
+REPO_CONFIG = ROOT / "config/tg-bridge.toml"
+# Each service's durable consumer on TGB_EVENTS (docs/architecture.md, "As built").
+CONSUMERS = {
+    "tg-egress": "tg-egress", "dynamics-adapter": "dynamics-adapter-in",
+    "planner-adapter": "planner-adapter", "sla-monitor": "sla-monitor",
+    "document-review": "document-review",
+}
 
 problems: list[str] = []
 
@@ -60,20 +72,18 @@ def helm_check(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     values_files = [None] + sorted((CHART / "ci").glob("*-values.yaml"))
 
-    # The nats dependency cannot be fetched offline, and it is off by default: lint the real
-    # chart and accept exactly that finding, then lint a copy without the dependency strictly.
-    report = helm.lint(str(CHART), None, strict=True, kube_version=f"v{KUBE_VERSION}")
-    other = [e for e in report.get("errors", []) if "missing these dependencies: nats" not in e]
-    if other:
-        problem(f"helm lint {CHART.name}: {other}")
+    # The chart has no dependencies, so it installs as it is: lint and render a copy of it
+    # without a charts/ directory (as `helm install` from the repository sees it, with no
+    # `helm dependency update`). The copy also resolves files/, which links to the rules and
+    # dashboards, as `helm package` does.
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    if meta.get("dependencies"):
+        problem("Chart.yaml: dependencies make `helm install` need `helm dependency update`"
+                " (Helm wants them in charts/ even when their condition is off)")
+    config_check()
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / CHART.name
-        shutil.copytree(CHART, copy)
-        meta = yaml.safe_load((copy / "Chart.yaml").read_text())
-        deps = meta.pop("dependencies", [])
-        if [d.get("name") for d in deps] != ["nats"] or deps[0].get("condition") != "nats.enabled":
-            problem("Chart.yaml: expected exactly one dependency, nats, with condition nats.enabled")
-        (copy / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+        shutil.copytree(CHART, copy, ignore=shutil.ignore_patterns("charts"))
         for values_file in values_files:
             label = values_file.name if values_file else "default values"
             values = yaml.safe_load(values_file.read_text()) if values_file else None
@@ -98,7 +108,63 @@ def helm_check(out_dir: Path) -> None:
             target = out_dir / (values_file.stem if values_file else "default") 
             target = target.with_suffix(".yaml")
             target.write_text(manifest)
-            policy_check(label, [d for d in yaml.safe_load_all(manifest) if d], values or {})
+            objects = [d for d in yaml.safe_load_all(manifest) if d]
+            policy_check(label, objects, values or {})
+            # The rendered PrometheusRule's groups as a rule file, for promtool to check.
+            for o in objects:
+                if o["kind"] == "PrometheusRule":
+                    rules = target.with_suffix(".rules.yml")
+                    rules.write_text(yaml.safe_dump({"groups": o["spec"]["groups"]}))
+        # Values that cannot work are refused with a message naming them.
+        keda = {"enabled": True, "natsServerMonitoringEndpoint": "nats:8222"}
+        refused = [
+            ({"services": {"tg-egress": {"keda": keda, "autoscaling": {"enabled": True}}}},
+             "keda and autoscaling are both enabled"),
+            ({"services": {"tg-egress": {"keda": {"enabled": True}}}},
+             "natsServerMonitoringEndpoint is required"),
+            ({"services": {"tg-ingress": {"keda": keda}}}, "has no durable consumer"),
+            ({"nats": {"enabled": True}}, "nats"),
+            ({"config": {"overrides": {"BUS_REPLICAS": "3"}}}, "BUS_REPLICAS"),
+        ]
+        chart = helm.Chart.load(str(copy))
+        for bad, expected in refused:
+            try:
+                chart.render(bad, name="tgb", namespace="tg-bridge", is_install=True)
+                problem(f"helm template with {bad} rendered; expected a failure naming {expected!r}")
+            except helm.HelmError as e:
+                if expected not in str(e):
+                    problem(f"helm template with {bad}: {e} does not name {expected!r}")
+
+
+# The sections of tg-bridge.toml each service reads (`config.section(...)` in its lib.rs;
+# [bus] and [http] every service).
+CONFIG_SECTIONS = {
+    "tg-ingress": ["tg_ingress"], "tg-egress": ["tg_egress"],
+    "dynamics-adapter": ["dynamics", "routing", "partners"],
+    "planner-adapter": ["routing", "partners"], "sla-monitor": ["sla", "partners"],
+    "document-review": ["documents", "onboarding"],
+}
+
+
+def config_check() -> None:
+    """The chart's default config.toml is the repository's config/tg-bridge.toml, and has every
+    section a service reads."""
+    import tomllib
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    text = values.get("config", {}).get("toml", "")
+    if text.strip() != REPO_CONFIG.read_text().strip():
+        problem("values.yaml config.toml differs from config/tg-bridge.toml: copy it over"
+                " (the chart ships the repository's documented configuration)")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        problem(f"values.yaml config.toml is not TOML: {e}")
+        return
+    for service, sections in CONFIG_SECTIONS.items():
+        for section in ["bus", "http", *sections]:
+            if section not in doc:
+                problem(f"values.yaml config.toml has no [{section}], which {service} reads")
 
 
 def policy_check(label: str, objects: list[dict], values: dict) -> None:
@@ -150,6 +216,66 @@ def policy_check(label: str, objects: list[dict], values: dict) -> None:
         types = {m["type"] for m in hpa["spec"]["metrics"]}
         if not types:
             problem(f"{label}: HPA {hpa['metadata']['name']} has no metric")
+    component = lambda o: o["metadata"]["labels"].get("app.kubernetes.io/component")  # noqa: E731
+    for d in deployments.values():
+        ann = d["spec"]["template"]["metadata"].get("annotations", {})
+        if "checksum/config" not in ann:
+            problem(f"{label}: Deployment {d['metadata']['name']} has no checksum/config")
+        if values.get("checksumReferences", {}).get("enabled", True) and "checksum/references" not in ann:
+            problem(f"{label}: Deployment {d['metadata']['name']} has no checksum/references")
+        if values.get("rolloutToken") and ann.get("tg-bridge/rollout-token") != values["rolloutToken"]:
+            problem(f"{label}: Deployment {d['metadata']['name']} does not carry rolloutToken")
+    # KEDA: each ScaledObject scales its service's Deployment on that service's durable
+    # consumer, and no HPA of the chart competes with KEDA's.
+    hpa_of = {component(h) for h in kinds.get("HorizontalPodAutoscaler", [])}
+    for so in kinds.get("ScaledObject", []):
+        name = component(so)
+        trigger = so["spec"]["triggers"][0]
+        meta = trigger["metadata"]
+        if trigger["type"] != "nats-jetstream" or meta.get("consumer") != CONSUMERS.get(name):
+            problem(f"{label}: ScaledObject of {name} does not read consumer {CONSUMERS.get(name)}")
+        if meta.get("stream") != "TGB_EVENTS" or not meta.get("natsServerMonitoringEndpoint"):
+            problem(f"{label}: ScaledObject of {name}: stream or monitoring endpoint missing")
+        if so["spec"]["scaleTargetRef"]["name"] != deployments.get(name, {}).get("metadata", {}).get("name"):
+            problem(f"{label}: ScaledObject of {name} does not target its Deployment")
+        if name in hpa_of:
+            problem(f"{label}: {name} has both an HPA and a ScaledObject")
+        if "replicas" in deployments.get(name, {}).get("spec", {}):
+            problem(f"{label}: Deployment of {name} sets replicas while KEDA scales it")
+    # NetworkPolicy: one per service, default deny (both directions), webhooks only where an
+    # Ingress exists, APIs only for services with credentials.
+    policies = {component(n): n for n in kinds.get("NetworkPolicy", [])}
+    if values.get("networkPolicy", {}).get("enabled"):
+        if set(policies) != set(SERVICES):
+            problem(f"{label}: NetworkPolicies {sorted(policies)} != services {sorted(SERVICES)}")
+        ingress_of = {component(i) for i in kinds.get("Ingress", [])}
+        for name, pol in policies.items():
+            spec = pol["spec"]
+            if sorted(spec.get("policyTypes", [])) != ["Egress", "Ingress"]:
+                problem(f"{label}: NetworkPolicy of {name} is not default-deny both ways")
+            if len(spec.get("ingress", [])) != 1 + (name in ingress_of) + len(
+                    values["networkPolicy"].get("extraIngress", [])):
+                problem(f"{label}: NetworkPolicy of {name}: webhook ingress must exist exactly when it has an Ingress")
+            ports = {p["port"] for r in spec.get("egress", []) for p in r.get("ports", [])}
+            if 443 in ports and name == "sla-monitor":
+                problem(f"{label}: sla-monitor calls no API but may reach port 443")
+            if 4222 not in ports or 53 not in ports:
+                problem(f"{label}: NetworkPolicy of {name} blocks NATS or DNS")
+    elif policies:
+        problem(f"{label}: NetworkPolicies rendered while networkPolicy.enabled is off")
+    # PrometheusRule: the alerts of deploy/prometheus/rules, no more, no fewer.
+    for rule in kinds.get("PrometheusRule", []):
+        rendered = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+        source = {r["alert"] for _, r in alert_rules()}
+        if rendered != source:
+            problem(f"{label}: PrometheusRule alerts {sorted(rendered ^ source)} differ from deploy/prometheus/rules")
+    # Dashboards: one ConfigMap per dashboard file, the same JSON.
+    boards = {k: v for c in kinds.get("ConfigMap", []) for k, v in (c.get("data") or {}).items()
+              if k.endswith(".json")}
+    if values.get("dashboards", {}).get("enabled"):
+        files = {p.name: json.loads(p.read_text()) for p in DASHBOARDS.glob("*.json")}
+        if set(boards) != set(files) or any(json.loads(boards[k]) != files[k] for k in boards):
+            problem(f"{label}: dashboard ConfigMaps {sorted(boards)} differ from deploy/grafana/dashboards")
 
 
 def kube_validate(files: list[str]) -> None:
@@ -270,6 +396,19 @@ def contract() -> tuple[set[str], set[str]]:
     return names, histograms
 
 
+def foreign_metrics() -> set[str]:
+    """Names in the tables of deploy/metrics.md sections "Added by ..." (Prometheus, the NATS
+    exporter): not tg-bridge's, so not bound to its naming rules."""
+    names, foreign = set(), False
+    for line in METRICS_MD.read_text().splitlines():
+        if line.startswith("## "):
+            foreign = line.startswith("## Added by")
+        m = re.match(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|", line)
+        if m and foreign:
+            names.add(m.group(1))
+    return names
+
+
 def dashboard_exprs() -> list[tuple[str, str]]:
     out = []
     for path in sorted(DASHBOARDS.glob("*.json")):
@@ -310,7 +449,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values are not names
     expr = re.sub(r"\{[^}]*\}", "{}", expr)           # nor label names inside selectors
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    found = set(re.findall(r"\btgb_[a-z0-9_]+", expr))
+    found = set(re.findall(r"\b(?:tgb|jetstream|gnatsd)_[a-z0-9_]+", expr))
     found |= {m for m in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr) if m not in PROMQL_WORDS}
     found |= {m for m in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\[", expr) if m not in PROMQL_WORDS}
     return found
@@ -320,8 +459,9 @@ def metrics_check() -> None:
     names, histograms = contract()
     if not names:
         problem("deploy/metrics.md: no metric tables found")
-    for name in names:
-        if name != "up" and not re.fullmatch(r"tgb_[a-z0-9]+(_[a-z0-9]+)*", name):
+    foreign = foreign_metrics()
+    for name in names - foreign:
+        if not re.fullmatch(r"tgb_[a-z0-9]+(_[a-z0-9]+)*", name):
             problem(f"deploy/metrics.md: {name} is not snake_case with the tgb_ prefix")
     used = dashboard_exprs() + rule_exprs()
     if not used:
@@ -343,6 +483,60 @@ def promql_rules(out: Path) -> None:
         e = re.sub(r"\$\{?\w+\}?", ".*", e)
         rules.append({"record": f"tgb_dashboard_query_{i}", "expr": e})
     out.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}))
+
+
+# ---------------------------------------------------------------- alerts
+
+RUNBOOKS = ROOT / "docs/runbooks.md"
+RULE_TESTS = ROOT / "deploy/prometheus/tests"
+
+
+def alert_rules() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(RULES.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text()).get("groups", []):
+            for rule in group.get("rules", []):
+                if "alert" in rule:
+                    out.append((path.name, rule))
+    return out
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub and most Markdown renderers give a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def alerts_check() -> None:
+    """Every alert has a runbook_url to an existing section of docs/runbooks.md and fires in at
+    least one promtool test case; every alert section of the runbooks names an alert."""
+    md = RUNBOOKS.read_text() if RUNBOOKS.exists() else ""
+    headings = re.findall(r"^#{1,6} (.+)$", md, re.M)
+    anchors = {slug(h) for h in headings}
+    alerts = alert_rules()
+    if not alerts:
+        problem("no alert rules found")
+    fired: set[str] = set()
+    for path in sorted(RULE_TESTS.glob("*.yml")):
+        for test in yaml.safe_load(path.read_text()).get("tests", []):
+            for case in test.get("alert_rule_test", []):
+                if case.get("exp_alerts"):
+                    fired.add(case["alertname"])
+    names = set()
+    for where, rule in alerts:
+        name = rule["alert"]
+        names.add(name)
+        url = (rule.get("annotations") or {}).get("runbook_url", "")
+        m = re.fullmatch(r"docs/runbooks\.md#([\w-]+)", url)
+        if not m:
+            problem(f"{where}: {name}: runbook_url {url!r} is not docs/runbooks.md#<section>")
+        elif m.group(1) not in anchors:
+            problem(f"{where}: {name}: docs/runbooks.md has no section #{m.group(1)}")
+        if name not in fired:
+            problem(f"{where}: {name} fires in no test of deploy/prometheus/tests/")
+    for h in headings:
+        if re.fullmatch(r"Tgb\w+", h.strip()) and h.strip() not in names:
+            problem(f"docs/runbooks.md: section {h.strip()} is about no alert of the rule files")
 
 
 # ---------------------------------------------------------------- nats
@@ -433,6 +627,8 @@ def main(argv: list[str]) -> int:
         compose_check()
     elif cmd == "metrics":
         metrics_check()
+    elif cmd == "alerts":
+        alerts_check()
     elif cmd == "promql":
         promql_rules(Path(args[0]))
     elif cmd == "nats-conf":

@@ -277,11 +277,19 @@ impl Ticker {
             }
         };
         if !published.duplicate {
-            let name = match due {
-                Due::Warning { .. } => "tgb_sla_warnings_total",
-                Due::Breach { .. } => "tgb_sla_breaches_total",
-            };
-            metrics::counter!(name, "partner" => partner, "level" => level_label).increment(1);
+            match due {
+                Due::Warning { .. } => {
+                    metrics::counter!("tgb_sla_warnings_total", "partner" => partner, "level" => level_label)
+                        .increment(1);
+                }
+                Due::Breach { index, .. } => {
+                    // `top`: the last level of this case's policy (policies may have different
+                    // numbers of levels), so an alert need not know the configuration.
+                    let top = (*index + 1 == policy.escalation.len()).to_string();
+                    metrics::counter!("tgb_sla_breaches_total", "partner" => partner, "level" => level_label, "top" => top)
+                        .increment(1);
+                }
+            }
         }
         self.clocks
             .update(key, |current| match current {

@@ -13,7 +13,53 @@ use crate::support;
 const FAST: &[(&str, &str)] = &[
     ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "500"),
     ("TGB_SLA__TICK_INTERVAL_MS", "200"),
+    // Change tracking read every second: the expired delta link below is found soon.
+    ("TGB_DYNAMICS__POLL_INTERVAL_MS", "1000"),
 ];
+
+/// `link` with its `$deltatoken` issued at the epoch: Dataverse answers ExpiredVersionStamp.
+/// `None` when it has no token or is already expired.
+fn expired(link: &str) -> Option<String> {
+    let at = link.find("$deltatoken=")? + "$deltatoken=".len();
+    let end = link[at..].find('&').map_or(link.len(), |e| at + e);
+    let (version, issued) = link[at..end].split_once('!')?;
+    (issued != "0").then(|| format!("{}{version}!0{}", &link[..at], &link[end..]))
+}
+
+/// Until dynamics-adapter counts a re-baseline: stores an expired token in every Dataverse
+/// delta link of `tgb_cursors` that does not have one (the adapter's next round may have
+/// replaced it with a fresh one read before the write).
+async fn rebaseline(nats_url: &str, metrics_url: &str) {
+    use futures::TryStreamExt as _;
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value(tgb_bus::names::KV_CURSORS)
+        .await
+        .unwrap();
+    tgb_testkit::eventually(
+        "dynamics-adapter re-baselined an expired delta link",
+        tgb_testkit::HANG_GUARD,
+        || {
+            let kv = kv.clone();
+            async move {
+                let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+                if text.contains("tgb_dynamics_rebaselines_total{") {
+                    return Some(());
+                }
+                let keys: Vec<String> = kv.keys().await.ok()?.try_collect().await.ok()?;
+                for key in keys.iter().filter(|k| k.starts_with("dataverse.")) {
+                    let link = kv.get(key).await.ok()??;
+                    if let Some(old) = expired(&String::from_utf8_lossy(&link)) {
+                        kv.put(key, old.into()).await.ok()?;
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
 
 /// Every `tgb_*` name in `text`.
 fn names_in(text: &str) -> BTreeSet<String> {
@@ -224,6 +270,37 @@ async fn every_metric_a_dashboard_or_rule_uses_is_exported_by_the_running_servic
         .advance(Duration::from_secs(400 * 60).saturating_sub(offset));
 
     let metrics_url = format!("{}/metrics", system.service("tg-ingress").unwrap().url());
+
+    // What the webhook alerts read: a TG delivery without a signature and a Dataverse call
+    // with a wrong key are refused with 401.
+    let http = reqwest::Client::new();
+    let tg_hook = format!(
+        "{}/webhooks/tg",
+        system.service("tg-ingress").unwrap().url()
+    );
+    let refused = http
+        .post(tg_hook)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let dv_hook = format!(
+        "{}/webhooks/dataverse",
+        system.service("dynamics-adapter").unwrap().url()
+    );
+    let refused = http
+        .post(dv_hook)
+        .header("x-api-key", "not-the-key")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // What the re-baseline alert reads: a change-tracking token that expired.
+    rebaseline(&system.nats_url, &metrics_url).await;
     let exported = tgb_testkit::eventually(
         "every used metric exported",
         tgb_testkit::HANG_GUARD,

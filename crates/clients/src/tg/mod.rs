@@ -211,6 +211,15 @@ impl TgClient {
         let response = match sent {
             Err(e) => {
                 label("token_error".into());
+                // An expired or revoked TG secret shows here first (the alert
+                // TgbTokenRefreshFailing reads it); the Dataverse and Graph clients count theirs
+                // the same way.
+                let reason = if e.is_transient() {
+                    "unavailable"
+                } else {
+                    "refused"
+                };
+                metrics::counter!("tgb_token_refresh_failures_total", "target" => "tg", "reason" => reason).increment(1);
                 return Err(TgError::Auth(e));
             }
             Ok(Err(e)) => {

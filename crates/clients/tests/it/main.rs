@@ -5,4 +5,5 @@ mod literals;
 mod oauth;
 mod origin;
 mod parsers;
+mod token_failures;
 mod trace;

@@ -76,3 +76,39 @@ app.kubernetes.io/component: {{ .name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The ConfigMaps and Secrets one service's pods reference but the chart does not render, as a
+list of "Kind/name". Needs dict "root" "s" (the service's settings).
+*/}}
+{{- define "tg-bridge.references" -}}
+{{- $root := .root -}}
+{{- $creds := .s.credentials | default list -}}
+{{- $refs := list -}}
+{{- with $root.Values.config.existingConfigMap }}{{ $refs = append $refs (printf "ConfigMap/%s" .) }}{{ end -}}
+{{- with $root.Values.bus.creds.existingSecret }}{{ $refs = append $refs (printf "Secret/%s" .) }}{{ end -}}
+{{- if or (has "tg" $creds) (has "tgWebhook" $creds) }}{{ with $root.Values.secrets.tg.existingSecret }}{{ $refs = append $refs (printf "Secret/%s" .) }}{{ end }}{{ end -}}
+{{- if has "entra" $creds }}{{ with $root.Values.secrets.entra.existingSecret }}{{ $refs = append $refs (printf "Secret/%s" .) }}{{ end }}{{ end -}}
+{{- if has "dataverseWebhook" $creds }}{{ with $root.Values.secrets.dataverse.existingSecret }}{{ $refs = append $refs (printf "Secret/%s" .) }}{{ end }}{{ end -}}
+{{- range .s.extraVolumes | default list }}
+{{- if .configMap }}{{ $refs = append $refs (printf "ConfigMap/%s" .configMap.name) }}{{ end }}
+{{- if .secret }}{{ $refs = append $refs (printf "Secret/%s" .secret.secretName) }}{{ end }}
+{{- end -}}
+{{- toJson (uniq $refs) -}}
+{{- end -}}
+
+{{/*
+sha256 over the referenced objects' data, read with lookup (install/upgrade); under helm template
+lookup returns nothing and only the names are hashed. Needs dict "root" "s".
+*/}}
+{{- define "tg-bridge.referencesChecksum" -}}
+{{- $root := .root -}}
+{{- $parts := list -}}
+{{- range (include "tg-bridge.references" . | fromJsonArray) }}
+{{- $kind := index (splitList "/" .) 0 -}}
+{{- $name := index (splitList "/" .) 1 -}}
+{{- $obj := lookup "v1" $kind $root.Release.Namespace $name -}}
+{{- $parts = append $parts (printf "%s=%s%s" . (toJson ($obj.data | default dict)) (toJson ($obj.binaryData | default dict))) -}}
+{{- end -}}
+{{- join "\n" $parts | sha256sum -}}
+{{- end -}}

@@ -141,7 +141,12 @@ async fn a_case_breaches_at_exactly_its_target_once_and_the_partner_is_told_once
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"tgb_sla_breaches_total{partner="ZZ:BREACH1",level="1"} 1"#),
+        metrics.contains(r#"tgb_sla_breaches_total{partner="ZZ:BREACH1",level="1",top="false"} 1"#),
+        "{metrics}"
+    );
+    // The policy has two levels: level 2 is its top level.
+    assert!(
+        metrics.contains(r#"tgb_sla_breaches_total{partner="ZZ:BREACH1",level="2",top="true"} 1"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"tgb_sla_warnings_total{partner="ZZ:BREACH1",level="1"} 1"#));
