@@ -491,9 +491,7 @@ impl<H: Handler> Runner<H> {
             ),
         };
         let entry = LedgerEntry {
-            at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            at: tgb_proto::timestamps::rfc3339(time::OffsetDateTime::now_utc()),
             consumer: self.spec.name.clone(),
             subject: subject.clone(),
             event_id,
@@ -694,7 +692,7 @@ fn record_flow(
     metrics::counter!("tgb_flow_events_total", "flow" => flow, "outcome" => outcome).increment(1);
     if outcome == Decision::Applied.as_str()
         && let Some(t) = occurred
-        && let Ok(at) = std::time::SystemTime::try_from(*t)
+        && let Some(at) = tgb_proto::timestamps::to_system(t)
         && let Ok(age) = std::time::SystemTime::now().duration_since(at)
     {
         metrics::histogram!("tgb_flow_latency_seconds", "flow" => flow).record(age.as_secs_f64());
