@@ -16,17 +16,17 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
 use base64::Engine as _;
 use tgb_bus::async_nats;
+use tgb_bus::kv::{Change, update_json};
 use tgb_bus::links::encode_token;
 use tgb_bus::{Delivery, Handler, HandlerError, Publisher};
 use tgb_clients::tg::{TgClient, TgError};
 use tgb_proto as pb;
+use tgb_proto::timestamps::{time_of, timestamp};
 use time::OffsetDateTime;
 
 use crate::intake::{self, Refusal};
 use crate::onboarding::{Onboarding, StepState, step_state};
 use crate::settings::{DocumentSettings, OnboardingSettings, doc_type_name};
-use tgb_bus::kv::{Change, update_json};
-use tgb_proto::timestamps::{time_of, timestamp};
 
 /// Every subject document-review consumes.
 pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
