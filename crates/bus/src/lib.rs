@@ -52,6 +52,50 @@ pub use tgb_proto as __proto;
 ///
 /// The short form (`pub Routes { DynCaseNoteAdded => "D1", ... }`) generates only `SUBJECTS` and
 /// `flow_of`, for a consumer that dispatches by hand.
+///
+/// A subscribed event whose handler method is missing does not compile:
+///
+/// ```compile_fail
+/// use tgb_bus::HandlerError;
+/// struct Egress;
+/// impl Egress {
+///     async fn note_added(&self, _: &tgb_proto::DynCaseNoteAdded) -> Result<(), HandlerError> {
+///         Ok(())
+///     }
+///     // no `task_progressed`
+/// }
+/// tgb_bus::routes! {
+///     Routes for Egress -> () {
+///         DynCaseNoteAdded => "D1", note_added,
+///         PlannerTaskProgressed => "P2", task_progressed,
+///     }
+/// }
+/// ```
+///
+/// and the same table with the method compiles:
+///
+/// ```
+/// use tgb_bus::HandlerError;
+/// struct Egress;
+/// impl Egress {
+///     async fn note_added(&self, _: &tgb_proto::DynCaseNoteAdded) -> Result<(), HandlerError> {
+///         Ok(())
+///     }
+///     async fn task_progressed(
+///         &self,
+///         _: &tgb_proto::PlannerTaskProgressed,
+///     ) -> Result<(), HandlerError> {
+///         Ok(())
+///     }
+/// }
+/// tgb_bus::routes! {
+///     Routes for Egress -> () {
+///         DynCaseNoteAdded => "D1", note_added,
+///         PlannerTaskProgressed => "P2", task_progressed,
+///     }
+/// }
+/// assert_eq!(Routes::SUBJECTS.len(), 2);
+/// ```
 #[macro_export]
 macro_rules! routes {
     (
