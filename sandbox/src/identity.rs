@@ -113,6 +113,26 @@ impl Identity {
         }
     }
 
+    /// The id and secret of the first TG OAuth2 client, if any.
+    pub fn first_tg_client(&self) -> Option<(String, String)> {
+        let state = self.inner.lock().unwrap();
+        state
+            .config
+            .tg_clients
+            .first()
+            .map(|c| (c.client_id.clone(), c.client_secret.clone()))
+    }
+
+    /// The id and secret of the first Entra ID app registration, if any.
+    pub fn first_entra_client(&self) -> Option<(String, String)> {
+        let state = self.inner.lock().unwrap();
+        state
+            .config
+            .entra_clients
+            .first()
+            .map(|c| (c.client_id.clone(), c.client_secret.clone()))
+    }
+
     /// Lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.inner.lock().unwrap().lifetime = lifetime;

@@ -11,6 +11,7 @@
 
 pub mod calls;
 pub mod config;
+pub mod env;
 pub mod errors;
 pub mod faults;
 pub mod identity;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use calls::{CallCounts, CallLog, CallRecord};
 pub use config::SandboxConfig;
+pub use env::TgbEnv;
 pub use faults::{Fault, FaultRule, Faults};
 pub use identity::{Audience, Caller, Identity};
 pub use tg::Tg;

@@ -13,7 +13,6 @@ use tgb_bus::ledger::{self, LedgerEntry};
 use tgb_bus::links::encode_token;
 use tgb_bus::names;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// A JetStream context of an operator connection.
 pub async fn jetstream(url: &str) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
@@ -23,7 +22,7 @@ pub async fn jetstream(url: &str) -> anyhow::Result<(async_nats::Client, jetstre
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    tgb_proto::timestamps::rfc3339(t)
 }
 
 async fn stream(js: &jetstream::Context, name: &str) -> anyhow::Result<jetstream::stream::Stream> {
@@ -547,7 +546,7 @@ pub async fn history(js: &jetstream::Context, spec: &str) -> anyhow::Result<Hist
 
 /// `15m`, `2h`, `30s`, `1d` ago, or an RFC 3339 time.
 pub fn parse_since(text: &str, now: OffsetDateTime) -> anyhow::Result<OffsetDateTime> {
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+    if let Some(t) = tgb_proto::timestamps::parse_rfc3339(text) {
         return Ok(t);
     }
     let (num, unit) = text.split_at(
@@ -881,7 +880,7 @@ mod tests {
 
     #[test]
     fn since_takes_relative_and_absolute_times() {
-        let now = OffsetDateTime::parse("2026-11-21T10:00:00Z", &Rfc3339).unwrap();
+        let now = tgb_proto::timestamps::parse_rfc3339("2026-11-21T10:00:00Z").unwrap();
         assert_eq!(
             rfc3339(parse_since("15m", now).unwrap()),
             "2026-11-21T09:45:00Z"

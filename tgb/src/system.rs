@@ -18,8 +18,9 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use tgb_runtime::Config;
 use tgb_sandbox::config::WebhookSubscriptionConfig;
-use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_sandbox_dataverse::{WebhookAuth, WebhookRegistration};
+use tgb_service::registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -30,24 +31,36 @@ type ServeFn = fn(Config, tokio::net::TcpListener, CancellationToken) -> ServeFu
 
 /// The six services: name, default port, `serve`.
 pub const SERVICES: &[(&str, u16, ServeFn)] = &[
-    ("tg-ingress", 8081, |c, l, s| {
-        Box::pin(tg_ingress::serve(c, l, s))
-    }),
-    ("tg-egress", 8082, |c, l, s| {
-        Box::pin(tg_egress::serve(c, l, s))
-    }),
-    ("dynamics-adapter", 8083, |c, l, s| {
-        Box::pin(dynamics_adapter::serve(c, l, s))
-    }),
-    ("planner-adapter", 8084, |c, l, s| {
-        Box::pin(planner_adapter::serve(c, l, s))
-    }),
-    ("sla-monitor", 8085, |c, l, s| {
-        Box::pin(sla_monitor::serve(c, l, s))
-    }),
-    ("document-review", 8086, |c, l, s| {
-        Box::pin(document_review::serve(c, l, s))
-    }),
+    (
+        registry::TG_INGRESS.name,
+        registry::TG_INGRESS.default_port,
+        |c, l, s| Box::pin(tg_ingress::serve(c, l, s)),
+    ),
+    (
+        registry::TG_EGRESS.name,
+        registry::TG_EGRESS.default_port,
+        |c, l, s| Box::pin(tg_egress::serve(c, l, s)),
+    ),
+    (
+        registry::DYNAMICS_ADAPTER.name,
+        registry::DYNAMICS_ADAPTER.default_port,
+        |c, l, s| Box::pin(dynamics_adapter::serve(c, l, s)),
+    ),
+    (
+        registry::PLANNER_ADAPTER.name,
+        registry::PLANNER_ADAPTER.default_port,
+        |c, l, s| Box::pin(planner_adapter::serve(c, l, s)),
+    ),
+    (
+        registry::SLA_MONITOR.name,
+        registry::SLA_MONITOR.default_port,
+        |c, l, s| Box::pin(sla_monitor::serve(c, l, s)),
+    ),
+    (
+        registry::DOCUMENT_REVIEW.name,
+        registry::DOCUMENT_REVIEW.default_port,
+        |c, l, s| Box::pin(document_review::serve(c, l, s)),
+    ),
 ];
 
 /// sla-monitor's clock in `tgb up`: the system clock plus an offset that only the demo moves
@@ -262,18 +275,13 @@ impl System {
         let mut sb_config = load_sandbox_config(&opts)?;
         let webhook_secret = new_webhook_secret();
         let dataverse_key = new_key();
-        let tg_client = sb_config
-            .identity
-            .tg_clients
-            .first()
-            .cloned()
-            .context("the sandbox configuration has no [[identity.tg_clients]]")?;
-        let entra = sb_config
-            .identity
-            .entra_clients
-            .first()
-            .cloned()
-            .context("the sandbox configuration has no [[identity.entra_clients]]")?;
+        // The services sign in as the first clients of each (see `TgbEnv::sandbox`).
+        if sb_config.identity.tg_clients.is_empty() {
+            bail!("the sandbox configuration has no [[identity.tg_clients]]");
+        }
+        if sb_config.identity.entra_clients.is_empty() {
+            bail!("the sandbox configuration has no [[identity.entra_clients]]");
+        }
         let users: Vec<(String, String, String)> = sb_config
             .identity
             .users
@@ -296,22 +304,11 @@ impl System {
             .filter(|(k, _)| k.starts_with("TGB_") && k != "TGB_HTTP_ADDR")
             .collect();
         base_env.extend(opts.extra_env.iter().cloned());
-        let wiring = [
-            ("TGB_NATS_URL", nats_url.clone()),
-            ("TGB_TG_API_URL", sandbox.tg_api_url()),
-            ("TGB_TG_TOKEN_URL", sandbox.tg_token_url()),
-            ("TGB_TG_CLIENT_ID", tg_client.client_id.clone()),
-            ("TGB_TG_CLIENT_SECRET", tg_client.client_secret.clone()),
-            ("TGB_TG_WEBHOOK_SECRETS", webhook_secret.clone()),
-            ("TGB_DATAVERSE_URL", sandbox.dataverse_url()),
-            ("TGB_DATAVERSE_WEBHOOK_KEY", dataverse_key.clone()),
-            ("TGB_AZURE_AUTHORITY", sandbox.azure_authority()),
-            ("TGB_AZURE_TENANT_ID", "sandbox".to_owned()),
-            ("TGB_AZURE_CLIENT_ID", entra.client_id.clone()),
-            ("TGB_AZURE_CLIENT_SECRET", entra.client_secret.clone()),
-            ("TGB_GRAPH_URL", sandbox.graph_url()),
-        ];
-        base_env.extend(wiring.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let wiring = TgbEnv::new(nats_url.clone())
+            .sandbox(&sandbox)
+            .webhook_secret(webhook_secret.clone())
+            .dataverse_webhook_key(dataverse_key.clone());
+        base_env.extend(wiring.vars());
 
         let mut system = System {
             sandbox,

@@ -80,6 +80,21 @@ impl ConsumerSpec {
         }
     }
 
+    /// The durable pull consumer's configuration, as the runner creates (or updates) it.
+    pub fn pull_config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.name.clone()),
+            description: Some(self.description.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            filter_subjects: self.filter_subjects.clone(),
+            max_ack_pending: self.max_ack_pending,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        }
+    }
+
     /// The nak delay after delivery number `delivered` (1-based) failed.
     pub fn backoff(&self, delivered: i64) -> Duration {
         let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
@@ -166,19 +181,16 @@ pub async fn run_consumer<H: Handler>(
         .await
         .map_err(|e| setup(e.to_string()))?;
     let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(spec.name.clone()),
-            description: Some(spec.description.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: spec.ack_wait,
-            max_deliver: spec.max_deliver,
-            filter_subjects: spec.filter_subjects.clone(),
-            max_ack_pending: spec.max_ack_pending,
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
+        .create_consumer(spec.pull_config())
         .await
         .map_err(|e| setup(e.to_string()))?;
+    // Subscribed before the first pull, on the same connection: an advisory about any message
+    // this process could have been delivered is heard.
+    let advisories = bus
+        .client()
+        .subscribe(max_deliveries_subject(&spec.name))
+        .await
+        .map_err(|e| setup(format!("cannot watch MAX_DELIVERIES advisories: {e}")))?;
 
     let runner = Arc::new(Runner {
         spec: spec.clone(),
@@ -195,11 +207,11 @@ pub async fn run_consumer<H: Handler>(
     let mut workers = JoinSet::new();
     let batch = spec.concurrency.clamp(1, 256);
     let watching = CancellationToken::new();
-    workers.spawn(runner.clone().watch_max_deliveries(
-        bus.client().clone(),
-        stream,
-        watching.clone(),
-    ));
+    workers.spawn(
+        runner
+            .clone()
+            .watch_max_deliveries(advisories, stream, watching.clone()),
+    );
 
     'outer: while !shutdown.is_cancelled() && !runner.fatal.is_cancelled() {
         let mut messages = match consumer
@@ -249,6 +261,14 @@ pub async fn run_consumer<H: Handler>(
         }),
         None => Ok(()),
     }
+}
+
+/// Where the server announces that a message of consumer `name` ran out of deliveries.
+fn max_deliveries_subject(name: &str) -> String {
+    format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{name}",
+        names::EVENTS_STREAM
+    )
 }
 
 /// Releases an entity's bookkeeping when its worker ends, however it ends: the key leaves
@@ -471,9 +491,7 @@ impl<H: Handler> Runner<H> {
             ),
         };
         let entry = LedgerEntry {
-            at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            at: tgb_proto::timestamps::rfc3339(time::OffsetDateTime::now_utc()),
             consumer: self.spec.name.clone(),
             subject: subject.clone(),
             event_id,
@@ -548,22 +566,10 @@ impl<H: Handler> Runner<H> {
     /// `TGB_DLQ` once (replicas all hear the advisory; the DLQ de-duplicates by id).
     async fn watch_max_deliveries(
         self: Arc<Self>,
-        client: async_nats::Client,
+        mut advisories: async_nats::Subscriber,
         stream: jetstream::stream::Stream,
         stop: CancellationToken,
     ) {
-        let subject = format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-            names::EVENTS_STREAM,
-            self.spec.name
-        );
-        let mut advisories = match client.subscribe(subject).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(consumer = %self.spec.name, error = %e, "cannot watch MAX_DELIVERIES advisories");
-                return;
-            }
-        };
         loop {
             let advisory = tokio::select! {
                 a = advisories.next() => match a { Some(a) => a, None => return },
@@ -686,7 +692,7 @@ fn record_flow(
     metrics::counter!("tgb_flow_events_total", "flow" => flow, "outcome" => outcome).increment(1);
     if outcome == Decision::Applied.as_str()
         && let Some(t) = occurred
-        && let Ok(at) = std::time::SystemTime::try_from(*t)
+        && let Some(at) = tgb_proto::timestamps::to_system(t)
         && let Ok(age) = std::time::SystemTime::now().duration_since(at)
     {
         metrics::histogram!("tgb_flow_latency_seconds", "flow" => flow).record(age.as_secs_f64());

@@ -97,9 +97,7 @@ impl LedgerEntry {
         detail: impl Into<String>,
     ) -> Self {
         LedgerEntry {
-            at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            at: tgb_proto::timestamps::rfc3339(time::OffsetDateTime::now_utc()),
             consumer: source.to_owned(),
             subject: subject.to_owned(),
             event_id: String::new(),

@@ -10,6 +10,7 @@
 mod bus;
 mod consumer;
 pub mod ids;
+pub mod kv;
 pub mod ledger;
 pub mod links;
 pub mod names;
@@ -29,22 +30,105 @@ pub use publish::{PublishError, Publisher};
 #[doc(hidden)]
 pub use tgb_proto as __proto;
 
-/// One table per consumer: each event it handles and the flow it belongs to. It generates the
-/// subject list the consumer subscribes to and the flow of each event (for the flow metric of a
-/// failure), so the two cannot disagree.
+/// One table per consumer: each event it handles, the flow it belongs to and, in the full form,
+/// the handler method that handles it. It generates the subject list the consumer subscribes to
+/// (`SUBJECTS`), the flow of each event (`flow_of`, for the flow metric of a failure) and the
+/// dispatch (`dispatch`), so the three cannot disagree: a subscribed event without a handler
+/// method does not compile, and an event outside the table is a permanent error, never a silent
+/// ack.
 ///
 /// ```ignore
 /// tgb_bus::routes! {
 ///     /// What tg-egress consumes.
-///     pub Routes {
-///         DynCaseNoteAdded => "D1",
-///         PlannerTaskProgressed => "P2",
+///     pub Routes for Egress -> Outcome {
+///         DynCaseNoteAdded => "D1", note_added,
+///         PlannerTaskProgressed => "P2", task_progressed,
 ///     }
 /// }
-/// // Routes::SUBJECTS, Routes::flow_of(&event)
+/// // Routes::SUBJECTS, Routes::flow_of(&event),
+/// // Routes::dispatch(&egress, &event).await calls egress.note_added(&e).await, where
+/// // `async fn note_added(&self, e: &DynCaseNoteAdded) -> Result<Outcome, HandlerError>`.
+/// ```
+///
+/// The short form (`pub Routes { DynCaseNoteAdded => "D1", ... }`) generates only `SUBJECTS` and
+/// `flow_of`, for a consumer that dispatches by hand.
+///
+/// A subscribed event whose handler method is missing does not compile:
+///
+/// ```compile_fail
+/// use tgb_bus::HandlerError;
+/// struct Egress;
+/// impl Egress {
+///     async fn note_added(&self, _: &tgb_proto::DynCaseNoteAdded) -> Result<(), HandlerError> {
+///         Ok(())
+///     }
+///     // no `task_progressed`
+/// }
+/// tgb_bus::routes! {
+///     Routes for Egress -> () {
+///         DynCaseNoteAdded => "D1", note_added,
+///         PlannerTaskProgressed => "P2", task_progressed,
+///     }
+/// }
+/// ```
+///
+/// and the same table with the method compiles:
+///
+/// ```
+/// use tgb_bus::HandlerError;
+/// struct Egress;
+/// impl Egress {
+///     async fn note_added(&self, _: &tgb_proto::DynCaseNoteAdded) -> Result<(), HandlerError> {
+///         Ok(())
+///     }
+///     async fn task_progressed(
+///         &self,
+///         _: &tgb_proto::PlannerTaskProgressed,
+///     ) -> Result<(), HandlerError> {
+///         Ok(())
+///     }
+/// }
+/// tgb_bus::routes! {
+///     Routes for Egress -> () {
+///         DynCaseNoteAdded => "D1", note_added,
+///         PlannerTaskProgressed => "P2", task_progressed,
+///     }
+/// }
+/// assert_eq!(Routes::SUBJECTS.len(), 2);
 /// ```
 #[macro_export]
 macro_rules! routes {
+    (
+        $(#[$meta:meta])* $vis:vis $name:ident for $handler:ident -> $out:ty {
+            $($event:ident => $flow:literal, $method:ident),+ $(,)?
+        }
+    ) => {
+        $crate::routes! {
+            $(#[$meta])* $vis $name { $($event => $flow),+ }
+        }
+
+        impl $name {
+            /// Calls the handler method of the event's route; an event without a route is a
+            /// permanent error.
+            pub async fn dispatch(
+                handler: &$handler,
+                event: &$crate::__proto::Event,
+            ) -> ::std::result::Result<$out, $crate::HandlerError> {
+                match event {
+                    $($crate::__proto::Event::$event(e) => handler.$method(e).await,)+
+                    #[allow(unreachable_patterns)]
+                    other => ::std::result::Result::Err($crate::HandlerError::permanent(
+                        ::std::format!(
+                            "{} ({}) has no route in {}",
+                            other.name(),
+                            other.subject(),
+                            ::std::stringify!($name),
+                        ),
+                    )),
+                }
+            }
+        }
+    };
     ($(#[$meta:meta])* $vis:vis $name:ident { $($event:ident => $flow:literal),+ $(,)? }) => {
         $(#[$meta])*
         $vis struct $name;

@@ -86,27 +86,21 @@ impl Sync {
 
     /// [`Sync::get`] of a richer entry: a service may keep more than [`SyncState`] under the
     /// same key (a superset of its fields, so every reader still finds `version` and
-    /// `fingerprint`). An absent or deleted entry is `T::default()` at revision 0.
+    /// `fingerprint`). An absent, deleted or purged entry is `T::default()` (at the revision to
+    /// write over: 0 when never written).
     pub async fn get_as<T: DeserializeOwned + Default>(
         &self,
         target: &str,
         entity: &str,
     ) -> Result<(T, u64), SyncError> {
         let key = Self::key(target, entity);
-        match self.kv.entry(&key).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let state = serde_json::from_slice(&e.value).map_err(|err| SyncError {
-                    key: key.clone(),
-                    reason: err.to_string(),
-                })?;
-                Ok((state, e.revision))
-            }
-            Ok(_) => Ok((T::default(), 0)),
-            Err(e) => Err(SyncError {
+        let (state, revision) = crate::kv::read_json::<T>(&self.kv, &key)
+            .await
+            .map_err(|e| SyncError {
                 key,
                 reason: e.to_string(),
-            }),
-        }
+            })?;
+        Ok((state.unwrap_or_default(), revision))
     }
 
     /// [`Sync::put`] of a richer entry (see [`Sync::get_as`]).
@@ -118,34 +112,13 @@ impl Sync {
         revision: u64,
     ) -> Result<bool, SyncError> {
         let key = Self::key(target, entity);
-        let value = serde_json::to_vec(state)
+        crate::kv::put_json_if(&self.kv, &key, state, revision)
+            .await
+            .map(|written| written.is_some())
             .map_err(|e| SyncError {
-                key: key.clone(),
+                key,
                 reason: e.to_string(),
-            })?
-            .into();
-        let result = if revision == 0 {
-            self.kv
-                .create(&key, value)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        } else {
-            self.kv
-                .update(&key, value, revision)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        match result {
-            Ok(()) => Ok(true),
-            Err(reason)
-                if reason.contains("wrong last sequence") || reason.contains("already exists") =>
-            {
-                Ok(false)
-            }
-            Err(reason) => Err(SyncError { key, reason }),
-        }
+            })
     }
 
     /// The store itself, for free-form records kept beside the states.

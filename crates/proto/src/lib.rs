@@ -11,6 +11,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod timestamps;
+
 /// The compiled `FileDescriptorSet` of every contract (for reflection and drift checks).
 pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 

@@ -12,6 +12,8 @@
 //! alone: the service keeps serving, `/readyz` answers 503 naming the consumer and the error,
 //! and `tgb_consumer_stopped{consumer}` is 1, until someone fixes the cause and restarts it.
 
+pub mod registry;
+
 use std::future::Future;
 use std::sync::Arc;
 

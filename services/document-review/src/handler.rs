@@ -16,14 +16,15 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
 use base64::Engine as _;
 use tgb_bus::async_nats;
+use tgb_bus::kv::{Change, update_json};
 use tgb_bus::links::encode_token;
 use tgb_bus::{Delivery, Handler, HandlerError, Publisher};
 use tgb_clients::tg::{TgClient, TgError};
 use tgb_proto as pb;
+use tgb_proto::timestamps::{time_of, timestamp};
 use time::OffsetDateTime;
 
 use crate::intake::{self, Refusal};
-use crate::kvjson::{self, Change};
 use crate::onboarding::{Onboarding, StepState, step_state};
 use crate::settings::{DocumentSettings, OnboardingSettings, doc_type_name};
 
@@ -33,10 +34,10 @@ pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 tgb_bus::routes! {
     /// Every event document-review consumes, with its flow (a review task's progress is P5; an
     /// onboarding task's, P6, is named by the outcome).
-    pub Routes {
-        TgDocumentUploaded => "P5",
-        TgOnboardingUpdated => "P6",
-        PlannerTaskProgressed => "P5",
+    pub Routes for Review -> Outcome {
+        TgDocumentUploaded => "P5", tg_document_uploaded,
+        TgOnboardingUpdated => "P6", tg_onboarding_updated,
+        PlannerTaskProgressed => "P5", planner_task_progressed,
     }
 }
 
@@ -63,23 +64,12 @@ pub struct Review {
 
 /// What handling did (the runner records it from the outcome).
 enum Outcome {
+    /// The effect was made, in the flow named.
     Applied(&'static str),
+    /// Already done (the same status was published before), for the reason named.
+    Duplicate(&'static str),
+    /// Nothing to do, for the reason named.
     Skipped(&'static str),
-}
-
-fn time_of(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
-    let t = t?;
-    OffsetDateTime::from_unix_timestamp_nanos(
-        i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
-    )
-    .ok()
-}
-
-fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
-    }
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -373,7 +363,7 @@ impl Review {
     ) -> Result<Outcome, HandlerError> {
         let key = onboarding_key(&partner.key());
         let settings = &self.onboarding;
-        let state: Option<Onboarding> = kvjson::update(&self.state, &key, |current| {
+        let state: Option<Onboarding> = update_json(&self.state, &key, |current| {
             let mut o = match current {
                 Some(o) => o,
                 None if create => Onboarding::new(partner, settings),
@@ -410,7 +400,7 @@ impl Review {
                 .publish(&requested)
                 .await
                 .map_err(publish_error)?;
-            kvjson::update(
+            update_json(
                 &self.state,
                 &key,
                 |current: Option<Onboarding>| match current {
@@ -432,7 +422,7 @@ impl Review {
         for _ in 0..10 {
             let (mut status, fp) = state.status(settings);
             if first && fp == state.last_status {
-                return Ok(Outcome::Skipped("status_unchanged"));
+                return Ok(Outcome::Duplicate("status_unchanged"));
             }
             first = false;
             let mut m = derived_meta(
@@ -448,7 +438,7 @@ impl Review {
                 .publish(&status)
                 .await
                 .map_err(publish_error)?;
-            let moved: Option<Onboarding> = kvjson::update(
+            let moved: Option<Onboarding> = update_json(
                 &self.state,
                 &key,
                 |current: Option<Onboarding>| match current {
@@ -474,57 +464,69 @@ impl Review {
         Ok(Outcome::Applied("P6"))
     }
 
-    async fn dispatch(&self, event: &pb::Event) -> Result<Outcome, HandlerError> {
-        let meta = event.meta().cloned().unwrap_or_default();
-        match event {
-            pb::Event::TgDocumentUploaded(e) => self.uploaded(&meta, e).await,
-            pb::Event::TgOnboardingUpdated(e) => {
-                let partner = meta
-                    .partner
-                    .clone()
-                    .filter(|p| !p.qualifier.is_empty() && !p.id.is_empty())
-                    .ok_or_else(|| HandlerError::permanent("meta.partner is missing"))?;
-                self.onboarding_changed(&meta, &partner, true, |o| o.apply_tg(e))
-                    .await
-            }
-            pb::Event::PlannerTaskProgressed(e) => {
-                let task = e.task.clone().unwrap_or_default();
-                match task.kind() {
-                    pb::TaskKind::Review => self.review_done(&meta, e, &task).await,
-                    pb::TaskKind::OnboardingStep => {
-                        let Some(partner) = meta.partner.clone().filter(|p| !p.id.is_empty())
-                        else {
-                            tracing::warn!(task_id = %task.task_id, "onboarding step task without a partner");
-                            return Ok(Outcome::Skipped("no_partner"));
-                        };
-                        let step = task
-                            .subject_id
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                        let state = step_state(e.progress()).to_owned();
-                        let task_id = task.task_id.clone();
-                        self.onboarding_changed(&meta, &partner, false, |o| {
-                            let Some(s) = o.steps.get_mut(&step) else {
-                                return false;
-                            };
-                            let next = StepState {
-                                state: state.clone(),
-                                task_id: task_id.clone(),
-                            };
-                            if *s == next {
-                                return false;
-                            }
-                            *s = next;
-                            true
-                        })
-                        .await
+    /// Handles `TgDocumentUploaded`.
+    async fn tg_document_uploaded(
+        &self,
+        e: &pb::TgDocumentUploaded,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        self.uploaded(&meta, e).await
+    }
+
+    /// Handles `TgOnboardingUpdated`.
+    async fn tg_onboarding_updated(
+        &self,
+        e: &pb::TgOnboardingUpdated,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let partner = meta
+            .partner
+            .clone()
+            .filter(|p| !p.qualifier.is_empty() && !p.id.is_empty())
+            .ok_or_else(|| HandlerError::permanent("meta.partner is missing"))?;
+        self.onboarding_changed(&meta, &partner, true, |o| o.apply_tg(e))
+            .await
+    }
+
+    /// Handles `PlannerTaskProgressed`.
+    async fn planner_task_progressed(
+        &self,
+        e: &pb::PlannerTaskProgressed,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let task = e.task.clone().unwrap_or_default();
+        match task.kind() {
+            pb::TaskKind::Review => self.review_done(&meta, e, &task).await,
+            pb::TaskKind::OnboardingStep => {
+                let Some(partner) = meta.partner.clone().filter(|p| !p.id.is_empty()) else {
+                    tracing::warn!(task_id = %task.task_id, "onboarding step task without a partner");
+                    return Ok(Outcome::Skipped("no_partner"));
+                };
+                let step = task
+                    .subject_id
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let state = step_state(e.progress()).to_owned();
+                let task_id = task.task_id.clone();
+                self.onboarding_changed(&meta, &partner, false, |o| {
+                    let Some(s) = o.steps.get_mut(&step) else {
+                        return false;
+                    };
+                    let next = StepState {
+                        state: state.clone(),
+                        task_id: task_id.clone(),
+                    };
+                    if *s == next {
+                        return false;
                     }
-                    _ => Ok(Outcome::Skipped("not_my_task")),
-                }
+                    *s = next;
+                    true
+                })
+                .await
             }
-            _ => Ok(Outcome::Skipped("not_for_review")),
+            _ => Ok(Outcome::Skipped("not_my_task")),
         }
     }
 }
@@ -539,11 +541,9 @@ pub fn expired_on(expires_on: &str, today: time::Date) -> Option<time::Date> {
 impl Handler for Review {
     async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
         let flow = Routes::flow_of(&delivery.event).unwrap_or("P5");
-        Ok(match self.dispatch(&delivery.event).await? {
+        Ok(match Routes::dispatch(self, &delivery.event).await? {
             Outcome::Applied(flow) => tgb_bus::Outcome::applied(flow),
-            Outcome::Skipped("status_unchanged") => {
-                tgb_bus::Outcome::duplicate(flow, "status_unchanged")
-            }
+            Outcome::Duplicate(why) => tgb_bus::Outcome::duplicate(flow, why),
             Outcome::Skipped(why) => {
                 tracing::debug!(why, "nothing to do");
                 tgb_bus::Outcome::skipped(flow, why)

@@ -11,7 +11,6 @@
 
 pub mod handler;
 pub mod intake;
-pub mod kvjson;
 pub mod onboarding;
 pub mod settings;
 
@@ -28,14 +27,13 @@ pub use handler::{Review, SUBJECTS};
 pub use settings::{DocumentSettings, OnboardingSettings};
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
-pub const NAME: &str = "document-review";
+pub const NAME: &str = tgb_service::registry::DOCUMENT_REVIEW.name;
 
 /// The durable consumer.
 pub const CONSUMER: &str = "document-review";
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
-pub const DEFAULT_HTTP_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8086);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::DOCUMENT_REVIEW.default_addr();
 
 /// `[documents]` and `[onboarding]`, validated.
 pub fn settings_from(config: &Config) -> anyhow::Result<(DocumentSettings, OnboardingSettings)> {

@@ -62,24 +62,13 @@ struct Running {
 async fn start(poll_interval_ms: u64) -> anyhow::Result<Running> {
     let nats = NatsServer::start().await?;
     let sandbox = Sandbox::start(SandboxConfig::default()).await?;
-    let tg = SandboxConfig::default().identity.tg_clients[0].clone();
-    let entra = SandboxConfig::default().identity.entra_clients[0].clone();
-    let env: Vec<(String, String)> = vec![
-        ("TGB_NATS_URL".into(), nats.url()),
-        ("TGB_TG_API_URL".into(), sandbox.tg_api_url()),
-        ("TGB_TG_TOKEN_URL".into(), sandbox.tg_token_url()),
-        ("TGB_TG_CLIENT_ID".into(), tg.client_id),
-        ("TGB_TG_CLIENT_SECRET".into(), tg.client_secret),
-        ("TGB_AZURE_AUTHORITY".into(), sandbox.azure_authority()),
-        ("TGB_AZURE_TENANT_ID".into(), "tenant".into()),
-        ("TGB_AZURE_CLIENT_ID".into(), entra.client_id),
-        ("TGB_AZURE_CLIENT_SECRET".into(), entra.client_secret),
-        ("TGB_GRAPH_URL".into(), sandbox.graph_url()),
-        (
-            "TGB_ROUTING__GRAPH__POLL_INTERVAL_MS".into(),
+    let env = tgb_sandbox::TgbEnv::new(nats.url())
+        .sandbox(&sandbox)
+        .set(
+            "TGB_ROUTING__GRAPH__POLL_INTERVAL_MS",
             poll_interval_ms.to_string(),
-        ),
-    ];
+        )
+        .vars();
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
     let config = || Config::load_from(Some(&file), env.clone()).context("configuration");
     let shutdown = CancellationToken::new();

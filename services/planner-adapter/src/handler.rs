@@ -27,15 +27,15 @@ pub const CONSUMER: &str = "planner-adapter";
 tgb_bus::routes! {
     /// What it consumes, with the flow (a case routed to several departments is P4, named by
     /// the outcome).
-    pub Routes {
-        TgCaseOpened => "P1",
-        TgCaseUpdated => "P1",
-        TgActionItemFlagged => "P7",
-        DynExceptionRaised => "P4",
-        DynExceptionUpdated => "P4",
-        SlaBreached => "P3",
-        ReviewRequested => "P5",
-        OnboardingStepsRequested => "P6",
+    pub Routes for PlannerHandler -> Outcome {
+        TgCaseOpened => "P1", tg_case_opened,
+        TgCaseUpdated => "P1", tg_case_updated,
+        TgActionItemFlagged => "P7", tg_action_item_flagged,
+        DynExceptionRaised => "P4", dyn_exception_raised,
+        DynExceptionUpdated => "P4", dyn_exception_updated,
+        SlaBreached => "P3", sla_breached,
+        ReviewRequested => "P5", review_requested,
+        OnboardingStepsRequested => "P6", onboarding_steps_requested,
     }
 }
 
@@ -294,253 +294,266 @@ impl PlannerHandler {
         Ok(())
     }
 
-    async fn handle_event(&self, event: &Event) -> Result<Outcome, HandlerError> {
-        match event {
-            Event::TgCaseOpened(e) => {
-                let meta = e.meta.clone().unwrap_or_default();
-                let case = e
-                    .case
-                    .clone()
-                    .ok_or_else(|| HandlerError::permanent("tg.case.opened without a case"))?;
-                let outcome = self.case(&meta, &case).await?;
-                if outcome.flow == Some("P4") {
-                    self.group_for_case(&meta, &case).await?;
-                }
-                Ok(outcome)
+    /// Handles `TgCaseOpened`.
+    async fn tg_case_opened(&self, e: &tgb_proto::TgCaseOpened) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let case = e
+            .case
+            .clone()
+            .ok_or_else(|| HandlerError::permanent("tg.case.opened without a case"))?;
+        let outcome = self.case(&meta, &case).await?;
+        if outcome.flow == Some("P4") {
+            self.group_for_case(&meta, &case).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Handles `TgCaseUpdated`.
+    async fn tg_case_updated(&self, e: &tgb_proto::TgCaseUpdated) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let case = e
+            .case
+            .clone()
+            .ok_or_else(|| HandlerError::permanent("tg.case.updated without a case"))?;
+        let outcome = self.case(&meta, &case).await?;
+        if outcome.flow == Some("P4") {
+            self.group_for_case(&meta, &case).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Handles `DynExceptionRaised`.
+    async fn dyn_exception_raised(
+        &self,
+        e: &tgb_proto::DynExceptionRaised,
+    ) -> Result<Outcome, HandlerError> {
+        self.exception(e.meta.as_ref(), e.exception.as_ref()).await
+    }
+
+    /// Handles `DynExceptionUpdated`.
+    async fn dyn_exception_updated(
+        &self,
+        e: &tgb_proto::DynExceptionUpdated,
+    ) -> Result<Outcome, HandlerError> {
+        self.exception(e.meta.as_ref(), e.exception.as_ref()).await
+    }
+
+    /// Handles `SlaBreached`.
+    async fn sla_breached(&self, e: &tgb_proto::SlaBreached) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let mut placement = self
+            .routing
+            .place(&self.routing.escalation, e.priority())
+            .ok_or_else(|| HandlerError::permanent("routing.escalation is not configured"))?;
+        if let Some(t) = &e.escalate_to {
+            if !t.plan_id.is_empty() {
+                placement.plan_id = t.plan_id.clone();
+                placement.bucket_id = (!t.bucket_id.is_empty()).then(|| t.bucket_id.clone());
             }
-            Event::TgCaseUpdated(e) => {
-                let meta = e.meta.clone().unwrap_or_default();
-                let case = e
-                    .case
-                    .clone()
-                    .ok_or_else(|| HandlerError::permanent("tg.case.updated without a case"))?;
-                let outcome = self.case(&meta, &case).await?;
-                if outcome.flow == Some("P4") {
-                    self.group_for_case(&meta, &case).await?;
-                }
-                Ok(outcome)
+            if !t.assignees.is_empty() {
+                placement.assignees = t.assignees.clone();
             }
-            Event::DynExceptionRaised(e) => {
-                self.exception(e.meta.as_ref(), e.exception.as_ref()).await
+        }
+        placement.priority = 1;
+        placement.checklist = e.next_steps.clone();
+        let target = match e.target() {
+            tgb_proto::SlaTarget::FirstResponse => "first response",
+            _ => "resolution",
+        };
+        let key = format!("{}/esc-{}-L{}", e.case_id, e.target, e.level);
+        let mut spec = self.base_spec(
+            &meta,
+            TaskKind::Escalation,
+            ("tgb", "escalation", key),
+            format!("[{} L{}]", e.case_id, e.level),
+            format!("SLA {target} breached: {}", e.case_title),
+            placement,
+        );
+        let impact = e.impact.clone().unwrap_or_default();
+        spec.description = format!(
+            "The {target} SLA of TG case {} was breached (level {}).\nPartner tier {}, {} open cases: {}.\n\nNext steps:\n{}",
+            e.case_id,
+            e.level,
+            impact.tier,
+            impact.open_cases,
+            impact.open_case_ids.join(", "),
+            e.next_steps
+                .iter()
+                .map(|s| format!("- {s}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        spec.references = vec![(
+            self.routing.case_url(&e.case_id),
+            format!("TG case {}", e.case_id),
+        )];
+        spec.tg_case_id = e.case_id.clone();
+        let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
+        if created {
+            self.announce(&meta, &[r]).await?;
+            Ok(Outcome::applied("P3"))
+        } else {
+            Ok(Outcome::duplicate("P3", "the task exists already"))
+        }
+    }
+
+    /// Handles `ReviewRequested`.
+    async fn review_requested(
+        &self,
+        e: &tgb_proto::ReviewRequested,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let doc = e.document.clone().ok_or_else(|| {
+            HandlerError::permanent("review.document.requested without a document")
+        })?;
+        let mut placement = self
+            .routing
+            .place(&self.routing.review, CasePriority::Normal)
+            .ok_or_else(|| HandlerError::permanent("routing.review is not configured"))?;
+        if !e.plan_id.is_empty() {
+            placement.plan_id = e.plan_id.clone();
+            placement.bucket_id = (!e.bucket_id.is_empty()).then(|| e.bucket_id.clone());
+        }
+        if !e.assignees.is_empty() {
+            placement.assignees = e.assignees.clone();
+        }
+        if let Some(due) = e.due_at {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            placement.due_in = Some(Duration::from_secs((due.seconds - now).max(0) as u64));
+        }
+        let mut spec = self.base_spec(
+            &meta,
+            TaskKind::Review,
+            ("tg", "document", doc.document_id.clone()),
+            format!("[doc {}]", doc.document_id),
+            format!("Review {:?} {}", doc.doc_type(), doc.file_name),
+            placement,
+        );
+        let l = &self.routing.labels;
+        spec.description = format!(
+            "Review the document {} ({} bytes, sha-256 {}). Apply the label \"{}\", \"{}\" or \"{}\", then complete the task.",
+            doc.file_name, doc.size, doc.sha256, l.approved, l.rejected, l.needs_changes
+        );
+        spec.references = vec![(
+            self.routing.document_url(&doc.document_id),
+            format!("TG document {}", doc.file_name),
+        )];
+        if !doc.case_id.is_empty() {
+            spec.references.push((
+                self.routing.case_url(&doc.case_id),
+                format!("TG case {}", doc.case_id),
+            ));
+            spec.tg_case_id = doc.case_id.clone();
+        }
+        let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
+        if created {
+            self.announce(&meta, &[r]).await?;
+            Ok(Outcome::applied("P5"))
+        } else {
+            Ok(Outcome::duplicate("P5", "the task exists already"))
+        }
+    }
+
+    /// Handles `OnboardingStepsRequested`.
+    async fn onboarding_steps_requested(
+        &self,
+        e: &tgb_proto::OnboardingStepsRequested,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let partner = meta
+            .partner_key()
+            .unwrap_or_else(|| meta.correlation_id.clone());
+        let partner_name = meta
+            .partner
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let mut specs = Vec::new();
+        for step in &e.steps {
+            let mut placement = self
+                .routing
+                .place(&self.routing.onboarding, CasePriority::Normal)
+                .ok_or_else(|| HandlerError::permanent("routing.onboarding is not configured"))?;
+            if !e.plan_id.is_empty() {
+                placement.plan_id = e.plan_id.clone();
+                placement.bucket_id = (!e.bucket_id.is_empty()).then(|| e.bucket_id.clone());
+            } else if let Some(b) = self.routing.onboarding_buckets.get(&step.key)
+                && let Some(p) = self.routing.plans.get(&self.routing.onboarding.plan)
+            {
+                placement.bucket_id = p.buckets.get(b).cloned();
             }
-            Event::DynExceptionUpdated(e) => {
-                self.exception(e.meta.as_ref(), e.exception.as_ref()).await
-            }
-            Event::SlaBreached(e) => {
-                let meta = e.meta.clone().unwrap_or_default();
-                let mut placement = self
-                    .routing
-                    .place(&self.routing.escalation, e.priority())
-                    .ok_or_else(|| {
-                        HandlerError::permanent("routing.escalation is not configured")
-                    })?;
-                if let Some(t) = &e.escalate_to {
-                    if !t.plan_id.is_empty() {
-                        placement.plan_id = t.plan_id.clone();
-                        placement.bucket_id =
-                            (!t.bucket_id.is_empty()).then(|| t.bucket_id.clone());
-                    }
-                    if !t.assignees.is_empty() {
-                        placement.assignees = t.assignees.clone();
-                    }
-                }
-                placement.priority = 1;
-                placement.checklist = e.next_steps.clone();
-                let target = match e.target() {
-                    tgb_proto::SlaTarget::FirstResponse => "first response",
-                    _ => "resolution",
-                };
-                let key = format!("{}/esc-{}-L{}", e.case_id, e.target, e.level);
-                let mut spec = self.base_spec(
-                    &meta,
-                    TaskKind::Escalation,
-                    ("tgb", "escalation", key),
-                    format!("[{} L{}]", e.case_id, e.level),
-                    format!("SLA {target} breached: {}", e.case_title),
-                    placement,
-                );
-                let impact = e.impact.clone().unwrap_or_default();
-                spec.description = format!(
-                    "The {target} SLA of TG case {} was breached (level {}).\nPartner tier {}, {} open cases: {}.\n\nNext steps:\n{}",
-                    e.case_id,
-                    e.level,
-                    impact.tier,
-                    impact.open_cases,
-                    impact.open_case_ids.join(", "),
-                    e.next_steps
-                        .iter()
-                        .map(|s| format!("- {s}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                );
-                spec.references = vec![(
-                    self.routing.case_url(&e.case_id),
-                    format!("TG case {}", e.case_id),
-                )];
-                spec.tg_case_id = e.case_id.clone();
-                let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
-                if created {
-                    self.announce(&meta, &[r]).await?;
-                    Ok(Outcome::applied("P3"))
-                } else {
-                    Ok(Outcome::duplicate("P3", "the task exists already"))
-                }
-            }
-            Event::ReviewRequested(e) => {
-                let meta = e.meta.clone().unwrap_or_default();
-                let doc = e.document.clone().ok_or_else(|| {
-                    HandlerError::permanent("review.document.requested without a document")
-                })?;
-                let mut placement = self
-                    .routing
-                    .place(&self.routing.review, CasePriority::Normal)
-                    .ok_or_else(|| HandlerError::permanent("routing.review is not configured"))?;
-                if !e.plan_id.is_empty() {
-                    placement.plan_id = e.plan_id.clone();
-                    placement.bucket_id = (!e.bucket_id.is_empty()).then(|| e.bucket_id.clone());
-                }
-                if !e.assignees.is_empty() {
-                    placement.assignees = e.assignees.clone();
-                }
-                if let Some(due) = e.due_at {
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                    placement.due_in = Some(Duration::from_secs((due.seconds - now).max(0) as u64));
-                }
-                let mut spec = self.base_spec(
-                    &meta,
-                    TaskKind::Review,
-                    ("tg", "document", doc.document_id.clone()),
-                    format!("[doc {}]", doc.document_id),
-                    format!("Review {:?} {}", doc.doc_type(), doc.file_name),
-                    placement,
-                );
-                let l = &self.routing.labels;
-                spec.description = format!(
-                    "Review the document {} ({} bytes, sha-256 {}). Apply the label \"{}\", \"{}\" or \"{}\", then complete the task.",
-                    doc.file_name, doc.size, doc.sha256, l.approved, l.rejected, l.needs_changes
-                );
-                spec.references = vec![(
-                    self.routing.document_url(&doc.document_id),
-                    format!("TG document {}", doc.file_name),
-                )];
-                if !doc.case_id.is_empty() {
-                    spec.references.push((
-                        self.routing.case_url(&doc.case_id),
-                        format!("TG case {}", doc.case_id),
-                    ));
-                    spec.tg_case_id = doc.case_id.clone();
-                }
-                let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
-                if created {
-                    self.announce(&meta, &[r]).await?;
-                    Ok(Outcome::applied("P5"))
-                } else {
-                    Ok(Outcome::duplicate("P5", "the task exists already"))
-                }
-            }
-            Event::OnboardingStepsRequested(e) => {
-                let meta = e.meta.clone().unwrap_or_default();
-                let partner = meta
-                    .partner_key()
-                    .unwrap_or_else(|| meta.correlation_id.clone());
-                let partner_name = meta
-                    .partner
-                    .as_ref()
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default();
-                let mut specs = Vec::new();
-                for step in &e.steps {
-                    let mut placement = self
-                        .routing
-                        .place(&self.routing.onboarding, CasePriority::Normal)
-                        .ok_or_else(|| {
-                            HandlerError::permanent("routing.onboarding is not configured")
-                        })?;
-                    if !e.plan_id.is_empty() {
-                        placement.plan_id = e.plan_id.clone();
-                        placement.bucket_id =
-                            (!e.bucket_id.is_empty()).then(|| e.bucket_id.clone());
-                    } else if let Some(b) = self.routing.onboarding_buckets.get(&step.key)
-                        && let Some(p) = self.routing.plans.get(&self.routing.onboarding.plan)
-                    {
-                        placement.bucket_id = p.buckets.get(b).cloned();
-                    }
-                    let mut spec = self.base_spec(
-                        &meta,
-                        TaskKind::OnboardingStep,
-                        ("tgb", "onboarding-step", format!("{partner}/{}", step.key)),
-                        format!("[{partner} {}]", step.key),
-                        format!("Onboarding {partner_name}: {}", step.label),
-                        placement,
-                    );
-                    spec.subject_id = step.key.clone();
-                    spec.description = format!(
-                        "Internal onboarding step \"{}\" for partner {partner_name} ({partner}).",
-                        step.label
-                    );
-                    specs.push(spec);
-                }
-                let records = self.tasks.ensure_many(&specs, self.blocked()).await?;
-                self.announce(&meta, &records).await?;
-                Ok(Outcome::applied("P6"))
-            }
-            Event::TgActionItemFlagged(e) => {
-                let meta = e.meta.clone().unwrap_or_default();
-                let mut placement = self
-                    .routing
-                    .place(&self.routing.action_items, CasePriority::Normal)
-                    .ok_or_else(|| {
-                        HandlerError::permanent("routing.action_items is not configured")
-                    })?;
-                if let Some(user) = self.routing.owner(&e.owner_hint) {
-                    placement.assignees = vec![user.clone()];
-                }
-                if !e.due_on.is_empty() {
-                    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-                    let date = time::Date::parse(&e.due_on, &fmt).map_err(|err| {
-                        HandlerError::permanent(format!("due_on {:?}: {err}", e.due_on))
-                    })?;
-                    let due = date
-                        .with_hms(17, 0, 0)
-                        .unwrap_or(date.midnight())
-                        .assume_utc();
-                    let now = time::OffsetDateTime::now_utc();
-                    placement.due_in = Some(Duration::from_secs(
-                        (due - now).whole_seconds().max(0) as u64,
-                    ));
-                }
-                let text: String = e.text.chars().take(200).collect();
-                let mut spec = self.base_spec(
-                    &meta,
-                    TaskKind::ActionItem,
-                    ("tg", "action-item", e.action_item_id.clone()),
-                    format!("[AI {}]", e.action_item_id),
-                    text,
-                    placement,
-                );
-                spec.description = format!(
-                    "{}\n\nFlagged in TG discussion {} (owner: {}).",
-                    e.text, e.thread_id, e.owner_hint
-                );
-                if !e.case_id.is_empty() {
-                    spec.references = vec![(
-                        self.routing.case_url(&e.case_id),
-                        format!("TG case {}", e.case_id),
-                    )];
-                    spec.tg_case_id = e.case_id.clone();
-                }
-                let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
-                if created {
-                    self.announce(&meta, &[r]).await?;
-                    Ok(Outcome::applied("P7"))
-                } else {
-                    Ok(Outcome::duplicate("P7", "the task exists already"))
-                }
-            }
-            other => Err(HandlerError::permanent(format!(
-                "planner-adapter has no route for {}",
-                other.subject()
-            ))),
+            let mut spec = self.base_spec(
+                &meta,
+                TaskKind::OnboardingStep,
+                ("tgb", "onboarding-step", format!("{partner}/{}", step.key)),
+                format!("[{partner} {}]", step.key),
+                format!("Onboarding {partner_name}: {}", step.label),
+                placement,
+            );
+            spec.subject_id = step.key.clone();
+            spec.description = format!(
+                "Internal onboarding step \"{}\" for partner {partner_name} ({partner}).",
+                step.label
+            );
+            specs.push(spec);
+        }
+        let records = self.tasks.ensure_many(&specs, self.blocked()).await?;
+        self.announce(&meta, &records).await?;
+        Ok(Outcome::applied("P6"))
+    }
+
+    /// Handles `TgActionItemFlagged`.
+    async fn tg_action_item_flagged(
+        &self,
+        e: &tgb_proto::TgActionItemFlagged,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let mut placement = self
+            .routing
+            .place(&self.routing.action_items, CasePriority::Normal)
+            .ok_or_else(|| HandlerError::permanent("routing.action_items is not configured"))?;
+        if let Some(user) = self.routing.owner(&e.owner_hint) {
+            placement.assignees = vec![user.clone()];
+        }
+        if !e.due_on.is_empty() {
+            let fmt = time::macros::format_description!("[year]-[month]-[day]");
+            let date = time::Date::parse(&e.due_on, &fmt)
+                .map_err(|err| HandlerError::permanent(format!("due_on {:?}: {err}", e.due_on)))?;
+            let due = date
+                .with_hms(17, 0, 0)
+                .unwrap_or(date.midnight())
+                .assume_utc();
+            let now = time::OffsetDateTime::now_utc();
+            placement.due_in = Some(Duration::from_secs(
+                (due - now).whole_seconds().max(0) as u64
+            ));
+        }
+        let text: String = e.text.chars().take(200).collect();
+        let mut spec = self.base_spec(
+            &meta,
+            TaskKind::ActionItem,
+            ("tg", "action-item", e.action_item_id.clone()),
+            format!("[AI {}]", e.action_item_id),
+            text,
+            placement,
+        );
+        spec.description = format!(
+            "{}\n\nFlagged in TG discussion {} (owner: {}).",
+            e.text, e.thread_id, e.owner_hint
+        );
+        if !e.case_id.is_empty() {
+            spec.references = vec![(
+                self.routing.case_url(&e.case_id),
+                format!("TG case {}", e.case_id),
+            )];
+            spec.tg_case_id = e.case_id.clone();
+        }
+        let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
+        if created {
+            self.announce(&meta, &[r]).await?;
+            Ok(Outcome::applied("P7"))
+        } else {
+            Ok(Outcome::duplicate("P7", "the task exists already"))
         }
     }
 
@@ -667,7 +680,7 @@ pub fn partner_of(r: &Option<(String, String, String)>) -> Option<PartnerRef> {
 impl Handler for PlannerHandler {
     async fn handle(&self, delivery: Delivery) -> Result<Outcome, HandlerError> {
         let started = Instant::now();
-        let result = self.handle_event(&delivery.event).await;
+        let result = Routes::dispatch(self, &delivery.event).await;
         tracing::debug!(subject = %delivery.subject, elapsed = ?started.elapsed(), ok = result.is_ok(), "handled");
         result
     }

@@ -30,11 +30,10 @@ use tokio_util::sync::CancellationToken;
 pub use tasks::AfterPost;
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
-pub const NAME: &str = "planner-adapter";
+pub const NAME: &str = tgb_service::registry::PLANNER_ADAPTER.name;
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
-pub const DEFAULT_HTTP_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8084);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::PLANNER_ADAPTER.default_addr();
 
 /// Runs the service on `listener` (tests pass one bound to port 0).
 pub async fn serve(

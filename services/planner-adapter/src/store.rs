@@ -16,17 +16,11 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tgb_bus::async_nats;
+use tgb_bus::kv::{Change, KvError, put_json_if, read_json, update_json, update_json_at};
 use tgb_bus::links::encode_token;
 
-/// A KV failure (always worth retrying).
-#[derive(Debug, thiserror::Error)]
-#[error("KV {key}: {reason}")]
-pub struct StoreError {
-    /// The key.
-    pub key: String,
-    /// What went wrong.
-    pub reason: String,
-}
+/// A KV failure, or an update that kept losing the race (always worth retrying).
+pub type StoreError = KvError;
 
 /// A create intent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -131,19 +125,9 @@ fn group_key(key: &str) -> String {
     format!("planner-group.{}", encode_token(key))
 }
 
-/// Compare-and-set attempts on one key before an update gives up (transiently: the message is
-/// retried later) instead of looping for as long as other writers keep winning.
-pub const MAX_CAS_ATTEMPTS: usize = 32;
-
-fn contended(key: &str) -> StoreError {
-    store_err(
-        key,
-        format!("changed by others {MAX_CAS_ATTEMPTS} times in a row while updating it"),
-    )
-}
-
 fn store_err(key: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError {
+    KvError::Store {
+        bucket: tgb_bus::names::KV_SYNC.to_owned(),
         key: key.to_owned(),
         reason: e.to_string(),
     }
@@ -173,41 +157,8 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<(T, u64)>, StoreError> {
-        match self.kv.entry(key).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let v = serde_json::from_slice(&e.value).map_err(|err| store_err(key, err))?;
-                Ok(Some((v, e.revision)))
-            }
-            Ok(_) => Ok(None),
-            Err(e) => Err(store_err(key, e)),
-        }
-    }
-
-    /// Writes if the entry is still at `revision` (0 = absent); `Ok(None)` when someone else
-    /// wrote first.
-    async fn cas_json<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        revision: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| store_err(key, e))?;
-        let result = if revision == 0 {
-            self.kv
-                .create(key, bytes.into())
-                .await
-                .map_err(|e| e.to_string())
-        } else {
-            self.kv
-                .update(key, bytes.into(), revision)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match result {
-            Ok(rev) => Ok(Some(rev)),
-            Err(r) if r.contains("wrong last sequence") || r.contains("already exists") => Ok(None),
-            Err(r) => Err(store_err(key, r)),
-        }
+        let (value, revision) = read_json(&self.kv, key).await?;
+        Ok(value.map(|v| (v, revision)))
     }
 
     /// The intent of `subject`, with its revision.
@@ -222,10 +173,11 @@ impl Store {
         intent: &Intent,
         revision: u64,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .cas_json(&intent_key(subject), intent, revision)
-            .await?
-            .is_some())
+        Ok(
+            put_json_if(&self.kv, &intent_key(subject), intent, revision)
+                .await?
+                .is_some(),
+        )
     }
 
     /// Removes the intent once the link is stored.
@@ -269,31 +221,24 @@ impl Store {
         F: FnMut(&mut TaskRecord) -> bool,
     {
         let key = task_key(task_id);
-        let mut from_cache = true;
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let current = if from_cache {
-                self.task(task_id).await?
-            } else {
-                self.get_json(&key).await?
-            };
-            let Some((mut record, rev)) = current else {
-                return Ok(None);
-            };
-            if !f(&mut record) {
-                return Ok(Some(record));
-            }
-            match self.cas_json(&key, &record, rev).await? {
-                Some(new_rev) => {
-                    self.cache
-                        .lock()
-                        .unwrap()
-                        .insert(task_id.to_owned(), (record.clone(), new_rev));
-                    return Ok(Some(record));
+        let (record, revision) = update_json_at(&self.kv, &key, |current| match current {
+            None => Change::Keep(None),
+            Some(mut record) => {
+                if f(&mut record) {
+                    Change::Put(record.clone(), Some(record))
+                } else {
+                    Change::Keep(Some(record))
                 }
-                None => from_cache = false,
             }
+        })
+        .await?;
+        if let Some(record) = &record {
+            self.cache
+                .lock()
+                .unwrap()
+                .insert(task_id.to_owned(), (record.clone(), revision));
         }
-        Err(contended(&key))
+        Ok(record)
     }
 
     /// Stores a new task record (or replaces it).
@@ -361,15 +306,14 @@ impl Store {
         F: FnMut(&mut Group) -> bool,
     {
         let k = group_key(key);
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut g, rev) = self.get_json::<Group>(&k).await?.unwrap_or_default();
-            if !f(&mut g) {
-                return Ok(g);
+        update_json(&self.kv, &k, |current: Option<Group>| {
+            let mut g = current.unwrap_or_default();
+            if f(&mut g) {
+                Change::Put(g.clone(), g)
+            } else {
+                Change::Keep(g)
             }
-            if self.cas_json(&k, &g, rev).await?.is_some() {
-                return Ok(g);
-            }
-        }
-        Err(contended(&k))
+        })
+        .await
     }
 }

@@ -183,10 +183,7 @@ impl Tasks {
             priority: Some(p.priority),
             due_date_time: p.due_in.map(|d| {
                 let due = time::OffsetDateTime::now_utc() + d;
-                due.replace_nanosecond(0)
-                    .unwrap_or(due)
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
+                tgb_proto::timestamps::rfc3339(due.replace_nanosecond(0).unwrap_or(due))
             }),
             assignments: p
                 .assignees

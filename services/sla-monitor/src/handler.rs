@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tgb_bus::links::{Links, Record};
 use tgb_bus::{Delivery, Handler, HandlerError, Outcome};
 use tgb_proto as pb;
-use tgb_proto::BusEvent as _;
+use tgb_proto::timestamps::time_of;
 use time::OffsetDateTime;
 
 use crate::clock::Clock;
@@ -23,16 +23,23 @@ use crate::policy::{Policies, priority_name};
 use crate::state::{CaseClock, Partner};
 use crate::store::{Change, Clocks, key_of};
 
+tgb_bus::routes! {
+    /// Every event sla-monitor consumes: the case lifecycle that moves the clocks of P3. (The
+    /// clocks' decisions stay outside the flow metrics: the breach events they publish are the
+    /// flow.)
+    Routes for Lifecycle -> Option<(String, Action)> {
+        TgCaseOpened => "P3", case_opened,
+        TgCaseUpdated => "P3", case_updated,
+        TgCommentAdded => "P3", comment_added,
+        DynCaseNoteAdded => "P3", note_added,
+        DynCaseStatusChanged => "P3", status_changed,
+        DynCaseResolved => "P3", case_resolved,
+        PlannerTaskProgressed => "P3", task_progressed,
+    }
+}
+
 /// Every subject sla-monitor consumes.
-pub const SUBJECTS: &[&str] = &[
-    pb::TgCaseOpened::SUBJECT,
-    pb::TgCaseUpdated::SUBJECT,
-    pb::TgCommentAdded::SUBJECT,
-    pb::DynCaseNoteAdded::SUBJECT,
-    pb::DynCaseStatusChanged::SUBJECT,
-    pb::DynCaseResolved::SUBJECT,
-    pb::PlannerTaskProgressed::SUBJECT,
-];
+pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 
 /// The handler of the sla-monitor consumer.
 pub struct Lifecycle {
@@ -66,21 +73,6 @@ fn status_name(s: pb::CaseStatus) -> &'static str {
         pb::CaseStatus::WaitingOnPartner => "waiting_on_partner",
         pb::CaseStatus::Resolved => "resolved",
         pb::CaseStatus::Closed => "closed",
-    }
-}
-
-/// A protobuf timestamp as a time.
-pub fn time_of(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
-    let t = t?;
-    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
-}
-
-/// A time as a protobuf timestamp.
-pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
     }
 }
 
@@ -143,52 +135,93 @@ impl Lifecycle {
 
     /// The case and what to do, or `None` when the event says nothing about an SLA clock.
     async fn action(&self, event: &pb::Event) -> Result<Option<(String, Action)>, HandlerError> {
-        let meta = event.meta().cloned().unwrap_or_default();
-        Ok(match event {
-            pb::Event::TgCaseOpened(e) => {
-                let case = e
-                    .case
-                    .clone()
-                    .ok_or_else(|| HandlerError::permanent("case is missing"))?;
-                Some((case.case_id.clone(), Action::Open(Box::new(case), meta)))
-            }
-            pb::Event::TgCaseUpdated(e) => {
-                let case = e
-                    .case
-                    .clone()
-                    .ok_or_else(|| HandlerError::permanent("case is missing"))?;
-                Some((case.case_id.clone(), Action::Update(Box::new(case), meta)))
-            }
-            pb::Event::TgCommentAdded(e) if e.side() == pb::CommentSide::Internal => {
-                Some((e.case_id.clone(), Action::Respond))
-            }
-            pb::Event::DynCaseNoteAdded(e) => self
-                .case_of_incident(&e.tg_case_id, &e.incident_id)
-                .await?
-                .map(|c| (c, Action::Respond)),
-            pb::Event::DynCaseStatusChanged(e) => self
-                .case_of_incident(&e.tg_case_id, &e.incident_id)
-                .await?
-                .map(|c| (c, Action::Status(e.tg_status()))),
-            pb::Event::DynCaseResolved(e) => self
-                .case_of_incident(&e.tg_case_id, &e.incident_id)
-                .await?
-                .map(|c| (c, Action::Status(pb::CaseStatus::Resolved))),
-            pb::Event::PlannerTaskProgressed(e)
-                if !e.tg_case_id.is_empty()
-                    && e.progress != e.previous
-                    && matches!(
-                        e.progress(),
-                        pb::TaskProgress::InProgress
-                            | pb::TaskProgress::Blocked
-                            | pb::TaskProgress::Completed
-                    ) =>
-            {
-                Some((e.tg_case_id.clone(), Action::Respond))
-            }
-            _ => None,
-        }
-        .filter(|(case_id, _)| !case_id.is_empty()))
+        Ok(Routes::dispatch(self, event)
+            .await?
+            .filter(|(case_id, _)| !case_id.is_empty()))
+    }
+
+    async fn case_opened(
+        &self,
+        e: &pb::TgCaseOpened,
+    ) -> Result<Option<(String, Action)>, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let case = e
+            .case
+            .clone()
+            .ok_or_else(|| HandlerError::permanent("case is missing"))?;
+        Ok(Some((
+            case.case_id.clone(),
+            Action::Open(Box::new(case), meta),
+        )))
+    }
+
+    async fn case_updated(
+        &self,
+        e: &pb::TgCaseUpdated,
+    ) -> Result<Option<(String, Action)>, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let case = e
+            .case
+            .clone()
+            .ok_or_else(|| HandlerError::permanent("case is missing"))?;
+        Ok(Some((
+            case.case_id.clone(),
+            Action::Update(Box::new(case), meta),
+        )))
+    }
+
+    /// An internal comment is a response; a partner's is not.
+    async fn comment_added(
+        &self,
+        e: &pb::TgCommentAdded,
+    ) -> Result<Option<(String, Action)>, HandlerError> {
+        Ok((e.side() == pb::CommentSide::Internal).then(|| (e.case_id.clone(), Action::Respond)))
+    }
+
+    async fn note_added(
+        &self,
+        e: &pb::DynCaseNoteAdded,
+    ) -> Result<Option<(String, Action)>, HandlerError> {
+        Ok(self
+            .case_of_incident(&e.tg_case_id, &e.incident_id)
+            .await?
+            .map(|c| (c, Action::Respond)))
+    }
+
+    async fn status_changed(
+        &self,
+        e: &pb::DynCaseStatusChanged,
+    ) -> Result<Option<(String, Action)>, HandlerError> {
+        Ok(self
+            .case_of_incident(&e.tg_case_id, &e.incident_id)
+            .await?
+            .map(|c| (c, Action::Status(e.tg_status()))))
+    }
+
+    async fn case_resolved(
+        &self,
+        e: &pb::DynCaseResolved,
+    ) -> Result<Option<(String, Action)>, HandlerError> {
+        Ok(self
+            .case_of_incident(&e.tg_case_id, &e.incident_id)
+            .await?
+            .map(|c| (c, Action::Status(pb::CaseStatus::Resolved))))
+    }
+
+    /// Progress on a case's task (a real move, not a repeat) is a response.
+    async fn task_progressed(
+        &self,
+        e: &pb::PlannerTaskProgressed,
+    ) -> Result<Option<(String, Action)>, HandlerError> {
+        let moved = !e.tg_case_id.is_empty()
+            && e.progress != e.previous
+            && matches!(
+                e.progress(),
+                pb::TaskProgress::InProgress
+                    | pb::TaskProgress::Blocked
+                    | pb::TaskProgress::Completed
+            );
+        Ok(moved.then(|| (e.tg_case_id.clone(), Action::Respond)))
     }
 
     fn open(&self, case: &pb::TgCase, meta: &pb::EventMeta, at: OffsetDateTime) -> CaseClock {

@@ -33,14 +33,13 @@ pub use policy::{Policies, SlaSettings};
 pub use ticker::TickerStatus;
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
-pub const NAME: &str = "sla-monitor";
+pub const NAME: &str = tgb_service::registry::SLA_MONITOR.name;
 
 /// The durable consumer of case lifecycle events.
 pub const CONSUMER: &str = "sla-monitor";
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
-pub const DEFAULT_HTTP_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8085);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::SLA_MONITOR.default_addr();
 
 /// Runs the service on `listener` (tests pass one bound to port 0) with the system clock.
 pub async fn serve(
@@ -115,10 +114,7 @@ async fn ticker_status(State(status): State<Arc<TickerStatus>>) -> axum::Json<se
     let ms = status.evaluated_at_ms.load(Ordering::SeqCst);
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        });
+        .map(tgb_proto::timestamps::rfc3339);
     axum::Json(serde_json::json!({
         "ticks": status.ticks.load(Ordering::SeqCst),
         "evaluated_at": at,

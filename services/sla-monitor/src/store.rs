@@ -14,26 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::CaseClock;
 
-/// A KV operation failed (not a lost race: those are retried).
-#[derive(Debug, thiserror::Error)]
-#[error("tgb_sla {key}: {reason}")]
-pub struct StoreError {
-    /// The key.
-    pub key: String,
-    /// What went wrong.
-    pub reason: String,
-}
+/// A KV operation failed, or kept losing the race ([`tgb_bus::kv::KvError`]).
+pub type StoreError = tgb_bus::kv::KvError;
 
-/// Attempts of one compare-and-set before giving up (each attempt re-reads).
-const CAS_ATTEMPTS: usize = 50;
-
-/// What a change function decided.
-pub enum Change<T> {
-    /// Write this clock (created when absent).
-    Put(CaseClock, T),
-    /// Leave the entry as it is.
-    Keep(T),
-}
+/// What a change function decided about a clock.
+pub type Change<T> = tgb_bus::kv::Change<CaseClock, T>;
 
 /// The clocks bucket.
 #[derive(Clone, Debug)]
@@ -52,73 +37,19 @@ impl Clocks {
         Clocks { kv }
     }
 
-    /// The clock under `key` and its revision (0 when absent).
+    /// The clock under `key` and its revision (0 when never written).
     pub async fn read(&self, key: &str) -> Result<(Option<CaseClock>, u64), StoreError> {
-        let err = |reason: String| StoreError {
-            key: key.to_owned(),
-            reason,
-        };
-        match self.kv.entry(key).await.map_err(|e| err(e.to_string()))? {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let clock = serde_json::from_slice(&e.value)
-                    .map_err(|e| err(format!("not a clock: {e}")))?;
-                Ok((Some(clock), e.revision))
-            }
-            Some(e) => Ok((None, e.revision)),
-            None => Ok((None, 0)),
-        }
+        tgb_bus::kv::read_json(&self.kv, key).await
     }
 
     /// Reads the clock of `key`, lets `change` decide, and writes with compare-and-set; on a lost
-    /// race it reads again and asks `change` again.
+    /// race it reads again and asks `change` again (bounded: [`tgb_bus::kv::update_json`]).
     pub async fn update<T>(
         &self,
         key: &str,
-        mut change: impl FnMut(Option<CaseClock>) -> Change<T>,
+        change: impl FnMut(Option<CaseClock>) -> Change<T>,
     ) -> Result<T, StoreError> {
-        let err = |reason: String| StoreError {
-            key: key.to_owned(),
-            reason,
-        };
-        for _ in 0..CAS_ATTEMPTS {
-            let (current, revision) = self.read(key).await?;
-            let (clock, out) = match change(current) {
-                Change::Keep(out) => return Ok(out),
-                Change::Put(clock, out) => (clock, out),
-            };
-            let value = serde_json::to_vec(&clock)
-                .expect("a clock serialises")
-                .into();
-            let written = if revision == 0 {
-                self.kv.create(key, value).await.map(|_| ()).map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                })
-            } else {
-                self.kv
-                    .update(key, value, revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        let text = e.to_string();
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision
-                                || text.contains("wrong last sequence"),
-                            text,
-                        )
-                    })
-            };
-            match written {
-                Ok(()) => return Ok(out),
-                Err((true, _)) => continue,
-                Err((false, reason)) => return Err(err(reason)),
-            }
-        }
-        Err(err(format!(
-            "still contended after {CAS_ATTEMPTS} attempts"
-        )))
+        tgb_bus::kv::update_json(&self.kv, key, change).await
     }
 
     /// Removes `key` if it is still at the revision of `clock` as read (a changed clock stays).

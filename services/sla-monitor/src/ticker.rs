@@ -20,10 +20,10 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::handler::timestamp;
 use crate::policy::{Policies, priority_of};
 use crate::state::{CaseClock, Due, Target};
 use crate::store::{Cache, Change, Clocks};
+use tgb_proto::timestamps::timestamp;
 
 /// At most this many case ids are listed in a partner impact.
 const IMPACT_IDS: usize = 20;

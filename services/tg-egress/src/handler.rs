@@ -27,27 +27,28 @@ use tgb_bus::links::{Links, Record};
 use tgb_bus::{Delivery, Handler, HandlerError};
 use tgb_clients::tg::{self, TgClient, TgError};
 use tgb_proto as pb;
+use tgb_proto::timestamps::time_of;
 
 use crate::EgressSettings;
 
 tgb_bus::routes! {
     /// Every event tg-egress consumes, with the flow whose TG side it writes.
-    pub Routes {
-        DynCaseNoteAdded => "D1",
-        DynCaseStatusChanged => "D1",
-        DynCaseResolved => "D1",
-        DynExceptionRaised => "D2",
-        DynExceptionUpdated => "D2",
-        DynOrderMilestone => "D5",
-        DynInvoiceStatusChanged => "D6",
-        DynKpiSnapshot => "D7",
-        DynAccountUpdated => "D8",
-        PlannerTaskProgressed => "P2",
-        PlannerExceptionCompleted => "P4",
-        SlaBreached => "P3",
-        ReviewCompleted => "P5",
-        ReviewIntakeRefused => "P5",
-        OnboardingStatus => "P6",
+    pub Routes for Egress -> Outcome {
+        DynCaseNoteAdded => "D1", dyn_case_note_added,
+        DynCaseStatusChanged => "D1", dyn_case_status_changed,
+        DynCaseResolved => "D1", dyn_case_resolved,
+        DynExceptionRaised => "D2", dyn_exception_raised,
+        DynExceptionUpdated => "D2", dyn_exception_updated,
+        DynOrderMilestone => "D5", dyn_order_milestone,
+        DynInvoiceStatusChanged => "D6", dyn_invoice_status_changed,
+        DynKpiSnapshot => "D7", dyn_kpi_snapshot,
+        DynAccountUpdated => "D8", dyn_account_updated,
+        PlannerTaskProgressed => "P2", planner_task_progressed,
+        PlannerExceptionCompleted => "P4", planner_exception_completed,
+        SlaBreached => "P3", sla_breached,
+        ReviewCompleted => "P5", review_completed,
+        ReviewIntakeRefused => "P5", review_intake_refused,
+        OnboardingStatus => "P6", onboarding_status,
     }
 }
 
@@ -63,7 +64,11 @@ pub struct Egress {
 
 /// What handling an event did.
 enum Outcome {
+    /// The TG call was made.
     Written,
+    /// TG already shows this (a duplicate), for the reason named.
+    AlreadyDone(&'static str),
+    /// Nothing for TG to see, for the reason named.
     Skipped(&'static str),
 }
 
@@ -93,13 +98,6 @@ fn dispute_status(s: pb::DisputeStatus) -> tg::DisputeStatus {
         pb::DisputeStatus::Resolved => tg::DisputeStatus::Resolved,
         pb::DisputeStatus::Open | pb::DisputeStatus::Unspecified => tg::DisputeStatus::Open,
     }
-}
-
-fn time_of(t: Option<&prost_types::Timestamp>) -> Option<time::OffsetDateTime> {
-    let t = t?;
-    time::OffsetDateTime::from_unix_timestamp(t.seconds)
-        .ok()
-        .map(|d| d + time::Duration::nanoseconds(i64::from(t.nanos)))
 }
 
 fn money(m: Option<&pb::Money>, field: &str) -> Result<serde_json::Number, HandlerError> {
@@ -175,7 +173,7 @@ impl Egress {
         for _ in 0..=self.settings.conflict_retries {
             let case = self.client.case(case_id).await?;
             if case.status == status {
-                return Ok(Outcome::Skipped("status_already_set"));
+                return Ok(Outcome::AlreadyDone("status_already_set"));
             }
             let patch = tg::CasePatch {
                 status: Some(status),
@@ -222,366 +220,445 @@ impl Egress {
             .map_err(HandlerError::transient)
     }
 
-    async fn dispatch(&self, event: &pb::Event) -> Result<Outcome, HandlerError> {
-        let meta = event.meta().cloned().unwrap_or_default();
+    /// Handles `DynCaseNoteAdded`.
+    async fn dyn_case_note_added(&self, e: &pb::DynCaseNoteAdded) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
         let key = meta.event_id.as_str();
-        match event {
-            pb::Event::DynCaseNoteAdded(e) => {
-                let Some(case_id) = self.tg_case(&e.tg_case_id, &e.incident_id).await? else {
-                    return Ok(Outcome::Skipped("no_tg_case"));
-                };
-                let body = if e.subject.trim().is_empty() {
-                    e.text.clone()
-                } else {
-                    format!("{}\n\n{}", e.subject.trim(), e.text)
-                };
-                let visibility = if e.partner_visible {
-                    tg::Visibility::Partner
-                } else {
-                    tg::Visibility::Internal
-                };
-                self.comment(
-                    key,
-                    &case_id,
-                    body,
-                    visibility,
-                    self.author(e.author.as_ref()),
-                )
-                .await
-            }
-            pb::Event::DynCaseStatusChanged(e) => {
-                let Some(status) = case_status(e.tg_status()) else {
-                    return Ok(Outcome::Skipped("no_tg_status"));
-                };
-                let Some(case_id) = self.tg_case(&e.tg_case_id, &e.incident_id).await? else {
-                    return Ok(Outcome::Skipped("no_tg_case"));
-                };
-                self.set_status(key, &case_id, status).await
-            }
-            pb::Event::DynCaseResolved(e) => {
-                let Some(case_id) = self.tg_case(&e.tg_case_id, &e.incident_id).await? else {
-                    return Ok(Outcome::Skipped("no_tg_case"));
-                };
-                let note = match (e.resolution_subject.trim(), e.resolution_description.trim()) {
-                    ("", "") => None,
-                    (s, "") => Some(format!("Resolved: {s}")),
-                    ("", d) => Some(format!("Resolved: {d}")),
-                    (s, d) => Some(format!("Resolved: {s}\n\n{d}")),
-                };
-                if let Some(note) = note {
-                    self.comment(
-                        &format!("{key}:note"),
-                        &case_id,
-                        note,
-                        tg::Visibility::Partner,
-                        self.author(None),
-                    )
-                    .await?;
-                }
-                self.set_status(&format!("{key}:status"), &case_id, tg::CaseStatus::Resolved)
-                    .await?;
-                Ok(Outcome::Written)
-            }
-            pb::Event::DynExceptionRaised(e) => self.open_collaboration_case(key, &meta, e).await,
-            pb::Event::DynExceptionUpdated(e) => {
-                let Some(x) = &e.exception else {
-                    return Err(HandlerError::permanent("exception is missing"));
-                };
-                let linked = if x.tg_case_id.is_empty() {
-                    self.links
-                        .find(
-                            &Record::new("dataverse", "exception", &x.exception_id),
-                            "tg",
-                            "case",
-                        )
-                        .await
-                        .map_err(HandlerError::transient)?
-                } else {
-                    Some(x.tg_case_id.clone())
-                };
-                let Some(case_id) = linked else {
-                    return Ok(Outcome::Skipped("no_tg_case"));
-                };
-                let status = x.status.replace('_', " ");
-                let mut body = format!("Update on this exception: {status}.");
-                if !x.description.trim().is_empty() {
-                    body.push_str(&format!("\n\n{}", x.description.trim()));
-                }
-                self.comment(
-                    &format!("{key}:note"),
-                    &case_id,
-                    body,
-                    tg::Visibility::Partner,
-                    self.author(None),
-                )
-                .await?;
-                if x.status == "resolved" {
-                    self.set_status(&format!("{key}:status"), &case_id, tg::CaseStatus::Resolved)
-                        .await?;
-                }
-                Ok(Outcome::Written)
-            }
-            pb::Event::DynOrderMilestone(e) => {
-                let partner = partner_key(&meta)?;
-                let milestone = match e.milestone() {
-                    pb::OrderMilestone::Confirmed => tg::Milestone::Confirmed,
-                    pb::OrderMilestone::ShipmentReleased => tg::Milestone::ShipmentReleased,
-                    pb::OrderMilestone::Backordered => tg::Milestone::Backordered,
-                    pb::OrderMilestone::Delivered => tg::Milestone::Delivered,
-                    pb::OrderMilestone::Unspecified => {
-                        return Err(HandlerError::permanent("milestone is unspecified"));
-                    }
-                };
-                if e.order_ref.is_empty() {
-                    return Err(HandlerError::permanent("order_ref is empty"));
-                }
-                let occurred_at = time_of(e.milestone_at.as_ref())
-                    .or_else(|| time_of(meta.occurred_at.as_ref()))
-                    .ok_or_else(|| HandlerError::permanent("milestone_at is missing"))?;
-                let body = tg::MilestoneBody {
-                    milestone,
-                    occurred_at,
-                    detail: (!e.detail.is_empty()).then(|| e.detail.clone()),
-                };
-                self.client
-                    .post_milestone(key, &partner, &e.order_ref, &body)
-                    .await?;
-                Ok(Outcome::Written)
-            }
-            pb::Event::DynInvoiceStatusChanged(e) => {
-                if e.dispute_id.is_empty() {
-                    return Ok(Outcome::Skipped("no_dispute"));
-                }
-                let currency = [&e.open_amount, &e.paid_amount, &e.adjustment]
-                    .into_iter()
-                    .flatten()
-                    .map(|m| m.currency.clone())
-                    .find(|c| !c.is_empty())
-                    .unwrap_or_default();
-                let update = tg::DisputeUpdate {
-                    status: dispute_status(e.dispute_status()),
-                    invoice_status: tg::InvoiceStatus {
-                        paid_amount: money(e.paid_amount.as_ref(), "paid_amount")?,
-                        open_amount: money(e.open_amount.as_ref(), "open_amount")?,
-                        currency,
-                    },
-                    resolution_note: (!e.resolution_note.is_empty())
-                        .then(|| e.resolution_note.clone()),
-                    adjustment: match &e.adjustment {
-                        Some(a) if !a.value.is_empty() => Some(tg::MoneyBody {
-                            value: money(Some(a), "adjustment")?,
-                            currency: a.currency.clone(),
-                        }),
-                        _ => None,
-                    },
-                };
-                self.client.put_dispute(key, &e.dispute_id, &update).await?;
-                Ok(Outcome::Written)
-            }
-            pb::Event::DynKpiSnapshot(e) => {
-                let partner = partner_key(&meta)?;
-                let scorecard = tg::Scorecard {
-                    period: e.period.clone(),
-                    kpis: e
-                        .kpis
-                        .iter()
-                        .map(|k| tg::Kpi {
-                            key: k.key.clone(),
-                            value: k.value,
-                            unit: k.unit.clone(),
-                            target: k.target,
-                        })
-                        .collect(),
-                };
-                self.client.put_scorecard(key, &partner, &scorecard).await?;
-                Ok(Outcome::Written)
-            }
-            pb::Event::DynAccountUpdated(e) => {
-                let partner = partner_key(&meta)?;
-                let changed = |f: &str| {
-                    e.changed_fields.is_empty() || e.changed_fields.iter().any(|c| c == f)
-                };
-                let patch = tg::PartnerPatch {
-                    legal_name: (changed("legal_name") && !e.legal_name.is_empty())
-                        .then(|| e.legal_name.clone()),
-                    addresses: changed("addresses").then(|| {
-                        e.addresses
-                            .iter()
-                            .map(|a| {
-                                serde_json::json!({"kind": a.kind, "line1": a.line1, "line2": a.line2,
-                                    "city": a.city, "postal_code": a.postal_code,
-                                    "region": a.region, "country": a.country})
-                            })
-                            .collect()
-                    }),
-                    contacts: changed("contacts").then(|| {
-                        e.contacts
-                            .iter()
-                            .map(|c| {
-                                let mut v = serde_json::json!({"contact_id": c.contact_id,
-                                    "name": c.name, "email": c.email, "role": c.role});
-                                if !c.phone.is_empty() {
-                                    v["phone"] = serde_json::json!(c.phone);
-                                }
-                                v
-                            })
-                            .collect()
-                    }),
-                };
-                self.client.patch_partner(key, &partner, &patch).await?;
-                Ok(Outcome::Written)
-            }
-            pb::Event::PlannerTaskProgressed(e) => {
-                if e.tg_case_id.is_empty() {
-                    return Ok(Outcome::Skipped("no_tg_case"));
-                }
-                let Some(text) = progress_text(e.progress()) else {
-                    return Ok(Outcome::Skipped("not_a_progress"));
-                };
-                if e.progress == e.previous {
-                    return Ok(Outcome::Skipped("unchanged"));
-                }
-                let task = e.task.clone().unwrap_or_default();
-                let mut body = format!("Task \"{}\"", task.title);
-                if !task.department.is_empty() {
-                    body.push_str(&format!(" ({})", task.department));
-                }
-                body.push_str(&format!(" {text}."));
-                self.comment(
-                    key,
-                    &e.tg_case_id,
-                    body,
-                    tg::Visibility::Partner,
-                    self.author(None),
-                )
-                .await
-            }
-            pb::Event::PlannerExceptionCompleted(e) => {
-                if e.tg_case_id.is_empty() {
-                    return Ok(Outcome::Skipped("no_tg_case"));
-                }
-                let body = format!(
-                    "All corrective actions on our side are complete ({} tasks).",
-                    e.tasks.len()
-                );
-                self.comment(
-                    key,
-                    &e.tg_case_id,
-                    body,
-                    tg::Visibility::Partner,
-                    self.author(None),
-                )
-                .await
-            }
-            pb::Event::SlaBreached(e) => {
-                if e.partner_notice.trim().is_empty() || e.case_id.is_empty() {
-                    return Ok(Outcome::Skipped("no_partner_notice"));
-                }
-                self.comment(
-                    key,
-                    &e.case_id,
-                    e.partner_notice.clone(),
-                    tg::Visibility::Partner,
-                    self.author(None),
-                )
-                .await
-            }
-            pb::Event::ReviewCompleted(e) => {
-                let doc = e
-                    .document
-                    .as_ref()
-                    .ok_or_else(|| HandlerError::permanent("document is missing"))?;
-                let outcome = match e.outcome() {
-                    pb::ReviewOutcome::Approved => tg::ReviewOutcome::Approved,
-                    pb::ReviewOutcome::Rejected => tg::ReviewOutcome::Rejected,
-                    pb::ReviewOutcome::NeedsChanges => tg::ReviewOutcome::NeedsChanges,
-                    pb::ReviewOutcome::Unspecified => {
-                        return Err(HandlerError::permanent("outcome is unspecified"));
-                    }
-                };
-                let review = tg::Review {
-                    outcome,
-                    note: e.note.clone(),
-                };
-                self.client
-                    .review_document(key, &doc.document_id, &review)
-                    .await?;
-                Ok(Outcome::Written)
-            }
-            pb::Event::ReviewIntakeRefused(e) => {
-                let doc = e
-                    .document
-                    .as_ref()
-                    .ok_or_else(|| HandlerError::permanent("document is missing"))?;
-                let note = format!(
-                    "We could not accept the document \"{}\" ({}). Please upload it again.",
-                    doc.file_name, e.reason
-                );
-                if doc.case_id.is_empty() {
-                    let review = tg::Review {
-                        outcome: tg::ReviewOutcome::NeedsChanges,
-                        note,
-                    };
-                    self.client
-                        .review_document(key, &doc.document_id, &review)
-                        .await?;
-                    Ok(Outcome::Written)
-                } else {
-                    self.comment(
-                        key,
-                        &doc.case_id,
-                        note,
-                        tg::Visibility::Partner,
-                        self.author(None),
-                    )
-                    .await
-                }
-            }
-            pb::Event::OnboardingStatus(e) => {
-                let partner = partner_key(&meta)?;
-                let overall = match e.overall() {
-                    pb::OnboardingOverall::InProgress => tg::Overall::InProgress,
-                    pb::OnboardingOverall::Blocked => tg::Overall::Blocked,
-                    pb::OnboardingOverall::Complete => tg::Overall::Complete,
-                    pb::OnboardingOverall::NotStarted | pb::OnboardingOverall::Unspecified => {
-                        tg::Overall::NotStarted
-                    }
-                };
-                let status = tg::OnboardingStatus {
-                    requirements: e
-                        .requirements
-                        .iter()
-                        .filter_map(|r| {
-                            let state = match r.state() {
-                                pb::RequirementState::Pending => tg::RequirementState::Pending,
-                                pb::RequirementState::Submitted => tg::RequirementState::Submitted,
-                                pb::RequirementState::Accepted => tg::RequirementState::Accepted,
-                                pb::RequirementState::Rejected => tg::RequirementState::Rejected,
-                                pb::RequirementState::Unspecified => return None,
-                            };
-                            Some(tg::Requirement {
-                                key: r.key.clone(),
-                                label: r.label.clone(),
-                                state,
-                            })
-                        })
-                        .collect(),
-                    internal_steps: e
-                        .internal_steps
-                        .iter()
-                        .map(|s| tg::InternalStep {
-                            key: s.key.clone(),
-                            label: s.label.clone(),
-                            state: s.state.clone(),
-                        })
-                        .collect(),
-                    overall,
-                };
-                self.client.put_onboarding(key, &partner, &status).await?;
-                Ok(Outcome::Written)
-            }
-            _ => Ok(Outcome::Skipped("not_for_tg")),
+        let Some(case_id) = self.tg_case(&e.tg_case_id, &e.incident_id).await? else {
+            return Ok(Outcome::Skipped("no_tg_case"));
+        };
+        let body = if e.subject.trim().is_empty() {
+            e.text.clone()
+        } else {
+            format!("{}\n\n{}", e.subject.trim(), e.text)
+        };
+        let visibility = if e.partner_visible {
+            tg::Visibility::Partner
+        } else {
+            tg::Visibility::Internal
+        };
+        self.comment(
+            key,
+            &case_id,
+            body,
+            visibility,
+            self.author(e.author.as_ref()),
+        )
+        .await
+    }
+
+    /// Handles `DynCaseStatusChanged`.
+    async fn dyn_case_status_changed(
+        &self,
+        e: &pb::DynCaseStatusChanged,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let Some(status) = case_status(e.tg_status()) else {
+            return Ok(Outcome::Skipped("no_tg_status"));
+        };
+        let Some(case_id) = self.tg_case(&e.tg_case_id, &e.incident_id).await? else {
+            return Ok(Outcome::Skipped("no_tg_case"));
+        };
+        self.set_status(key, &case_id, status).await
+    }
+
+    /// Handles `DynCaseResolved`.
+    async fn dyn_case_resolved(&self, e: &pb::DynCaseResolved) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let Some(case_id) = self.tg_case(&e.tg_case_id, &e.incident_id).await? else {
+            return Ok(Outcome::Skipped("no_tg_case"));
+        };
+        let note = match (e.resolution_subject.trim(), e.resolution_description.trim()) {
+            ("", "") => None,
+            (s, "") => Some(format!("Resolved: {s}")),
+            ("", d) => Some(format!("Resolved: {d}")),
+            (s, d) => Some(format!("Resolved: {s}\n\n{d}")),
+        };
+        if let Some(note) = note {
+            self.comment(
+                &format!("{key}:note"),
+                &case_id,
+                note,
+                tg::Visibility::Partner,
+                self.author(None),
+            )
+            .await?;
         }
+        self.set_status(&format!("{key}:status"), &case_id, tg::CaseStatus::Resolved)
+            .await?;
+        Ok(Outcome::Written)
+    }
+
+    /// Handles `DynExceptionRaised`.
+    async fn dyn_exception_raised(
+        &self,
+        e: &pb::DynExceptionRaised,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        self.open_collaboration_case(key, &meta, e).await
+    }
+
+    /// Handles `DynExceptionUpdated`.
+    async fn dyn_exception_updated(
+        &self,
+        e: &pb::DynExceptionUpdated,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let Some(x) = &e.exception else {
+            return Err(HandlerError::permanent("exception is missing"));
+        };
+        let linked = if x.tg_case_id.is_empty() {
+            self.links
+                .find(
+                    &Record::new("dataverse", "exception", &x.exception_id),
+                    "tg",
+                    "case",
+                )
+                .await
+                .map_err(HandlerError::transient)?
+        } else {
+            Some(x.tg_case_id.clone())
+        };
+        let Some(case_id) = linked else {
+            return Ok(Outcome::Skipped("no_tg_case"));
+        };
+        let status = x.status.replace('_', " ");
+        let mut body = format!("Update on this exception: {status}.");
+        if !x.description.trim().is_empty() {
+            body.push_str(&format!("\n\n{}", x.description.trim()));
+        }
+        self.comment(
+            &format!("{key}:note"),
+            &case_id,
+            body,
+            tg::Visibility::Partner,
+            self.author(None),
+        )
+        .await?;
+        if x.status == "resolved" {
+            self.set_status(&format!("{key}:status"), &case_id, tg::CaseStatus::Resolved)
+                .await?;
+        }
+        Ok(Outcome::Written)
+    }
+
+    /// Handles `DynOrderMilestone`.
+    async fn dyn_order_milestone(
+        &self,
+        e: &pb::DynOrderMilestone,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let partner = partner_key(&meta)?;
+        let milestone = match e.milestone() {
+            pb::OrderMilestone::Confirmed => tg::Milestone::Confirmed,
+            pb::OrderMilestone::ShipmentReleased => tg::Milestone::ShipmentReleased,
+            pb::OrderMilestone::Backordered => tg::Milestone::Backordered,
+            pb::OrderMilestone::Delivered => tg::Milestone::Delivered,
+            pb::OrderMilestone::Unspecified => {
+                return Err(HandlerError::permanent("milestone is unspecified"));
+            }
+        };
+        if e.order_ref.is_empty() {
+            return Err(HandlerError::permanent("order_ref is empty"));
+        }
+        let occurred_at = time_of(e.milestone_at.as_ref())
+            .or_else(|| time_of(meta.occurred_at.as_ref()))
+            .ok_or_else(|| HandlerError::permanent("milestone_at is missing"))?;
+        let body = tg::MilestoneBody {
+            milestone,
+            occurred_at,
+            detail: (!e.detail.is_empty()).then(|| e.detail.clone()),
+        };
+        self.client
+            .post_milestone(key, &partner, &e.order_ref, &body)
+            .await?;
+        Ok(Outcome::Written)
+    }
+
+    /// Handles `DynInvoiceStatusChanged`.
+    async fn dyn_invoice_status_changed(
+        &self,
+        e: &pb::DynInvoiceStatusChanged,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        if e.dispute_id.is_empty() {
+            return Ok(Outcome::Skipped("no_dispute"));
+        }
+        let currency = [&e.open_amount, &e.paid_amount, &e.adjustment]
+            .into_iter()
+            .flatten()
+            .map(|m| m.currency.clone())
+            .find(|c| !c.is_empty())
+            .unwrap_or_default();
+        let update = tg::DisputeUpdate {
+            status: dispute_status(e.dispute_status()),
+            invoice_status: tg::InvoiceStatus {
+                paid_amount: money(e.paid_amount.as_ref(), "paid_amount")?,
+                open_amount: money(e.open_amount.as_ref(), "open_amount")?,
+                currency,
+            },
+            resolution_note: (!e.resolution_note.is_empty()).then(|| e.resolution_note.clone()),
+            adjustment: match &e.adjustment {
+                Some(a) if !a.value.is_empty() => Some(tg::MoneyBody {
+                    value: money(Some(a), "adjustment")?,
+                    currency: a.currency.clone(),
+                }),
+                _ => None,
+            },
+        };
+        self.client.put_dispute(key, &e.dispute_id, &update).await?;
+        Ok(Outcome::Written)
+    }
+
+    /// Handles `DynKpiSnapshot`.
+    async fn dyn_kpi_snapshot(&self, e: &pb::DynKpiSnapshot) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let partner = partner_key(&meta)?;
+        let scorecard = tg::Scorecard {
+            period: e.period.clone(),
+            kpis: e
+                .kpis
+                .iter()
+                .map(|k| tg::Kpi {
+                    key: k.key.clone(),
+                    value: k.value,
+                    unit: k.unit.clone(),
+                    target: k.target,
+                })
+                .collect(),
+        };
+        self.client.put_scorecard(key, &partner, &scorecard).await?;
+        Ok(Outcome::Written)
+    }
+
+    /// Handles `DynAccountUpdated`.
+    async fn dyn_account_updated(
+        &self,
+        e: &pb::DynAccountUpdated,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let partner = partner_key(&meta)?;
+        let changed =
+            |f: &str| e.changed_fields.is_empty() || e.changed_fields.iter().any(|c| c == f);
+        let patch = tg::PartnerPatch {
+            legal_name: (changed("legal_name") && !e.legal_name.is_empty())
+                .then(|| e.legal_name.clone()),
+            addresses: changed("addresses").then(|| {
+                e.addresses
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({"kind": a.kind, "line1": a.line1, "line2": a.line2,
+                            "city": a.city, "postal_code": a.postal_code,
+                            "region": a.region, "country": a.country})
+                    })
+                    .collect()
+            }),
+            contacts: changed("contacts").then(|| {
+                e.contacts
+                    .iter()
+                    .map(|c| {
+                        let mut v = serde_json::json!({"contact_id": c.contact_id,
+                            "name": c.name, "email": c.email, "role": c.role});
+                        if !c.phone.is_empty() {
+                            v["phone"] = serde_json::json!(c.phone);
+                        }
+                        v
+                    })
+                    .collect()
+            }),
+        };
+        self.client.patch_partner(key, &partner, &patch).await?;
+        Ok(Outcome::Written)
+    }
+
+    /// Handles `PlannerTaskProgressed`.
+    async fn planner_task_progressed(
+        &self,
+        e: &pb::PlannerTaskProgressed,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        if e.tg_case_id.is_empty() {
+            return Ok(Outcome::Skipped("no_tg_case"));
+        }
+        let Some(text) = progress_text(e.progress()) else {
+            return Ok(Outcome::Skipped("not_a_progress"));
+        };
+        if e.progress == e.previous {
+            return Ok(Outcome::AlreadyDone("unchanged"));
+        }
+        let task = e.task.clone().unwrap_or_default();
+        let mut body = format!("Task \"{}\"", task.title);
+        if !task.department.is_empty() {
+            body.push_str(&format!(" ({})", task.department));
+        }
+        body.push_str(&format!(" {text}."));
+        self.comment(
+            key,
+            &e.tg_case_id,
+            body,
+            tg::Visibility::Partner,
+            self.author(None),
+        )
+        .await
+    }
+
+    /// Handles `PlannerExceptionCompleted`.
+    async fn planner_exception_completed(
+        &self,
+        e: &pb::PlannerExceptionCompleted,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        if e.tg_case_id.is_empty() {
+            return Ok(Outcome::Skipped("no_tg_case"));
+        }
+        let body = format!(
+            "All corrective actions on our side are complete ({} tasks).",
+            e.tasks.len()
+        );
+        self.comment(
+            key,
+            &e.tg_case_id,
+            body,
+            tg::Visibility::Partner,
+            self.author(None),
+        )
+        .await
+    }
+
+    /// Handles `SlaBreached`.
+    async fn sla_breached(&self, e: &pb::SlaBreached) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        if e.partner_notice.trim().is_empty() || e.case_id.is_empty() {
+            return Ok(Outcome::Skipped("no_partner_notice"));
+        }
+        self.comment(
+            key,
+            &e.case_id,
+            e.partner_notice.clone(),
+            tg::Visibility::Partner,
+            self.author(None),
+        )
+        .await
+    }
+
+    /// Handles `ReviewCompleted`.
+    async fn review_completed(&self, e: &pb::ReviewCompleted) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let doc = e
+            .document
+            .as_ref()
+            .ok_or_else(|| HandlerError::permanent("document is missing"))?;
+        let outcome = match e.outcome() {
+            pb::ReviewOutcome::Approved => tg::ReviewOutcome::Approved,
+            pb::ReviewOutcome::Rejected => tg::ReviewOutcome::Rejected,
+            pb::ReviewOutcome::NeedsChanges => tg::ReviewOutcome::NeedsChanges,
+            pb::ReviewOutcome::Unspecified => {
+                return Err(HandlerError::permanent("outcome is unspecified"));
+            }
+        };
+        let review = tg::Review {
+            outcome,
+            note: e.note.clone(),
+        };
+        self.client
+            .review_document(key, &doc.document_id, &review)
+            .await?;
+        Ok(Outcome::Written)
+    }
+
+    /// Handles `ReviewIntakeRefused`.
+    async fn review_intake_refused(
+        &self,
+        e: &pb::ReviewIntakeRefused,
+    ) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let doc = e
+            .document
+            .as_ref()
+            .ok_or_else(|| HandlerError::permanent("document is missing"))?;
+        let note = format!(
+            "We could not accept the document \"{}\" ({}). Please upload it again.",
+            doc.file_name, e.reason
+        );
+        if doc.case_id.is_empty() {
+            let review = tg::Review {
+                outcome: tg::ReviewOutcome::NeedsChanges,
+                note,
+            };
+            self.client
+                .review_document(key, &doc.document_id, &review)
+                .await?;
+            Ok(Outcome::Written)
+        } else {
+            self.comment(
+                key,
+                &doc.case_id,
+                note,
+                tg::Visibility::Partner,
+                self.author(None),
+            )
+            .await
+        }
+    }
+
+    /// Handles `OnboardingStatus`.
+    async fn onboarding_status(&self, e: &pb::OnboardingStatus) -> Result<Outcome, HandlerError> {
+        let meta = e.meta.clone().unwrap_or_default();
+        let key = meta.event_id.as_str();
+        let partner = partner_key(&meta)?;
+        let overall = match e.overall() {
+            pb::OnboardingOverall::InProgress => tg::Overall::InProgress,
+            pb::OnboardingOverall::Blocked => tg::Overall::Blocked,
+            pb::OnboardingOverall::Complete => tg::Overall::Complete,
+            pb::OnboardingOverall::NotStarted | pb::OnboardingOverall::Unspecified => {
+                tg::Overall::NotStarted
+            }
+        };
+        let status = tg::OnboardingStatus {
+            requirements: e
+                .requirements
+                .iter()
+                .filter_map(|r| {
+                    let state = match r.state() {
+                        pb::RequirementState::Pending => tg::RequirementState::Pending,
+                        pb::RequirementState::Submitted => tg::RequirementState::Submitted,
+                        pb::RequirementState::Accepted => tg::RequirementState::Accepted,
+                        pb::RequirementState::Rejected => tg::RequirementState::Rejected,
+                        pb::RequirementState::Unspecified => return None,
+                    };
+                    Some(tg::Requirement {
+                        key: r.key.clone(),
+                        label: r.label.clone(),
+                        state,
+                    })
+                })
+                .collect(),
+            internal_steps: e
+                .internal_steps
+                .iter()
+                .map(|s| tg::InternalStep {
+                    key: s.key.clone(),
+                    label: s.label.clone(),
+                    state: s.state.clone(),
+                })
+                .collect(),
+            overall,
+        };
+        self.client.put_onboarding(key, &partner, &status).await?;
+        Ok(Outcome::Written)
     }
 
     /// D2: a new collaboration case for a Dynamics exception, linked in `tgb_links`.
@@ -596,7 +673,7 @@ impl Egress {
             .as_ref()
             .ok_or_else(|| HandlerError::permanent("exception is missing"))?;
         if !x.tg_case_id.is_empty() {
-            return Ok(Outcome::Skipped("already_has_a_case"));
+            return Ok(Outcome::AlreadyDone("already_has_a_case"));
         }
         let exception = Record::new("dataverse", "exception", &x.exception_id);
         if self
@@ -606,7 +683,7 @@ impl Egress {
             .map_err(HandlerError::transient)?
             .is_some()
         {
-            return Ok(Outcome::Skipped("already_linked"));
+            return Ok(Outcome::AlreadyDone("already_linked"));
         }
         let partner = meta
             .partner
@@ -657,31 +734,21 @@ impl Egress {
     }
 }
 
-/// Skips that mean "TG already shows this": duplicates, not mere skips.
-const ALREADY_DONE: &[&str] = &[
-    "status_already_set",
-    "unchanged",
-    "already_linked",
-    "already_has_a_case",
-];
-
 impl Handler for Egress {
     async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
         let subject = delivery.subject.clone();
         let flow = Routes::flow_of(&delivery.event).unwrap_or("unrouted");
-        let result = self.dispatch(&delivery.event).await;
+        let result = Routes::dispatch(self, &delivery.event).await;
         let outcome = match &result {
             Ok(Outcome::Written) => "written",
-            Ok(Outcome::Skipped(why)) => why,
+            Ok(Outcome::AlreadyDone(why) | Outcome::Skipped(why)) => why,
             Err(e) => e.class().as_str(),
         };
         metrics::counter!("tgb_tg_egress_events_total", "subject" => subject, "outcome" => outcome)
             .increment(1);
         result.map(|o| match o {
             Outcome::Written => tgb_bus::Outcome::applied(flow),
-            Outcome::Skipped(why) if ALREADY_DONE.contains(&why) => {
-                tgb_bus::Outcome::duplicate(flow, why)
-            }
+            Outcome::AlreadyDone(why) => tgb_bus::Outcome::duplicate(flow, why),
             Outcome::Skipped(why) => tgb_bus::Outcome::skipped(flow, why),
         })
     }

@@ -23,14 +23,13 @@ use tokio_util::sync::CancellationToken;
 pub use handler::{Egress, SUBJECTS};
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
-pub const NAME: &str = "tg-egress";
+pub const NAME: &str = tgb_service::registry::TG_EGRESS.name;
 
 /// The durable consumer.
 pub const CONSUMER: &str = "tg-egress";
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
-pub const DEFAULT_HTTP_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8082);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::TG_EGRESS.default_addr();
 
 /// `[tg_egress]`.
 #[derive(Clone, Debug, Deserialize)]

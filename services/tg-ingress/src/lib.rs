@@ -27,11 +27,10 @@ use tgb_runtime::Config;
 use tokio_util::sync::CancellationToken;
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
-pub const NAME: &str = "tg-ingress";
+pub const NAME: &str = tgb_service::registry::TG_INGRESS.name;
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
-pub const DEFAULT_HTTP_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8081);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::TG_INGRESS.default_addr();
 
 /// `[tg_ingress]`.
 #[derive(Clone, Debug, Deserialize)]

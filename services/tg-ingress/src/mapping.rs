@@ -9,10 +9,10 @@
 //! - `correlation_id`: the TG case id, else the partner key `QUALIFIER:ID`;
 //! - `entity_version`: the TG revision; `partner`: qualifier, id and name.
 
-use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
 use tgb_clients::tg::{self, EventData, TgEvent};
 use tgb_proto as pb;
+use tgb_proto::timestamps::timestamp;
 use time::OffsetDateTime;
 
 /// The event id of the TG event `tg_id` that occurred at `occurred_at`.
@@ -22,13 +22,6 @@ pub fn event_id(tg_id: &str, occurred_at: OffsetDateTime) -> ulid::Ulid {
     let mut random = [0u8; 16];
     random[6..].copy_from_slice(&digest[..10]);
     ulid::Ulid::from_parts(millis, u128::from_be_bytes(random))
-}
-
-fn ts(t: OffsetDateTime) -> Timestamp {
-    Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    }
 }
 
 fn partner_ref(p: &tg::Partner) -> pb::PartnerRef {
@@ -92,7 +85,7 @@ fn case(c: &tg::CaseData, community: &str) -> pb::TgCase {
         invoice_ref: c.invoice_ref.clone().unwrap_or_default(),
         document_ids: c.document_ids.clone(),
         opened_by: Some(person(&c.opened_by)),
-        updated_at: Some(ts(c.updated_at)),
+        updated_at: Some(timestamp(c.updated_at)),
         community_id: community.to_owned(),
     }
 }
@@ -235,7 +228,7 @@ pub fn to_event(e: &TgEvent, raw: &[u8]) -> pb::Event {
                         tg::Side::Internal => pb::CommentSide::Internal,
                     } as i32,
                     body: c.body.clone(),
-                    created_at: Some(ts(c.created_at)),
+                    created_at: Some(timestamp(c.created_at)),
                 }
                 .into(),
                 c.case_id.clone(),
@@ -347,7 +340,7 @@ pub fn to_event(e: &TgEvent, raw: &[u8]) -> pb::Event {
     let mut event = event;
     *event.meta_mut() = pb::EventMeta {
         event_id: event_id(&e.id, e.occurred_at).to_string(),
-        occurred_at: Some(ts(e.occurred_at)),
+        occurred_at: Some(timestamp(e.occurred_at)),
         origin: pb::Origin::Tg as i32,
         correlation_id: correlation,
         causation_id: String::new(),
@@ -375,7 +368,7 @@ pub fn unparseable_feed_event(raw: &serde_json::Value) -> pb::Event {
     let occurred = raw
         .get("occurred_at")
         .and_then(serde_json::Value::as_str)
-        .and_then(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+        .and_then(tgb_proto::timestamps::parse_rfc3339)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let kind = raw
         .get("type")
@@ -389,7 +382,7 @@ pub fn unparseable_feed_event(raw: &serde_json::Value) -> pb::Event {
     .into();
     *event.meta_mut() = pb::EventMeta {
         event_id: event_id(&tg_id, occurred).to_string(),
-        occurred_at: Some(ts(occurred)),
+        occurred_at: Some(timestamp(occurred)),
         origin: pb::Origin::Tg as i32,
         correlation_id: tg_id.clone(),
         entity: Some(pb::EntityRef::new("tg", "event", tg_id)),

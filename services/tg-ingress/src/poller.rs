@@ -80,9 +80,7 @@ pub async fn poll_once(ingress: &Ingress, client: &TgClient) -> Result<usize, Po
             let lag = first
                 .get("occurred_at")
                 .and_then(serde_json::Value::as_str)
-                .and_then(|s| {
-                    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-                })
+                .and_then(tgb_proto::timestamps::parse_rfc3339)
                 .map(|t| (OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0))
                 .unwrap_or(0.0);
             metrics::gauge!("tgb_tg_poll_lag_seconds").set(lag);

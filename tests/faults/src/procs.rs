@@ -11,14 +11,7 @@ use anyhow::{Context as _, bail};
 use tokio::process::{Child, Command};
 
 /// The six services, by binary name.
-pub const SERVICES: [&str; 6] = [
-    "tg-ingress",
-    "tg-egress",
-    "dynamics-adapter",
-    "planner-adapter",
-    "sla-monitor",
-    "document-review",
-];
+pub const SERVICES: [&str; 6] = tgb_service::registry::NAMES;
 
 /// The repository root (the workspace this crate belongs to).
 pub fn repo_root() -> PathBuf {

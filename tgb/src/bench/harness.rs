@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use rand::RngCore as _;
 use tgb_sandbox::config::WebhookSubscriptionConfig;
-use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_sandbox_dataverse::{WebhookAuth, WebhookRegistration};
 
 use super::procs::{Launcher, SERVICES, ServiceProcess, start_nats};
@@ -114,44 +114,16 @@ impl BenchSystem {
             .tg
             .webhooks
             .retain(|w| w.name != INGRESS_SUBSCRIPTION);
-        let tg_client = sb_config
-            .identity
-            .tg_clients
-            .first()
-            .cloned()
-            .context("the sandbox has no TG client")?;
-        let entra = sb_config
-            .identity
-            .entra_clients
-            .first()
-            .cloned()
-            .context("the sandbox has no Entra client")?;
         let sandbox = Sandbox::start(sb_config).await.context("the sandbox")?;
         let webhook_secret = random_secret();
         let dataverse_key = random_hex(24);
-        let mut env: Vec<(String, String)> = vec![
-            ("TGB_CONFIG".into(), config_file.display().to_string()),
-            ("TGB_NATS_URL".into(), nats.url()),
-            ("TGB_TG_API_URL".into(), sandbox.tg_api_url()),
-            ("TGB_TG_TOKEN_URL".into(), sandbox.tg_token_url()),
-            ("TGB_TG_CLIENT_ID".into(), tg_client.client_id.clone()),
-            (
-                "TGB_TG_CLIENT_SECRET".into(),
-                tg_client.client_secret.clone(),
-            ),
-            ("TGB_TG_WEBHOOK_SECRETS".into(), webhook_secret.clone()),
-            ("TGB_DATAVERSE_URL".into(), sandbox.dataverse_url()),
-            ("TGB_DATAVERSE_WEBHOOK_KEY".into(), dataverse_key.clone()),
-            ("TGB_AZURE_AUTHORITY".into(), sandbox.azure_authority()),
-            ("TGB_AZURE_TENANT_ID".into(), "sandbox".into()),
-            ("TGB_AZURE_CLIENT_ID".into(), entra.client_id.clone()),
-            (
-                "TGB_AZURE_CLIENT_SECRET".into(),
-                entra.client_secret.clone(),
-            ),
-            ("TGB_GRAPH_URL".into(), sandbox.graph_url()),
-            ("TGB_LOG_FORMAT".into(), "pretty".into()),
-        ];
+        let mut env = TgbEnv::new(nats.url())
+            .sandbox(&sandbox)
+            .webhook_secret(webhook_secret.clone())
+            .dataverse_webhook_key(dataverse_key.clone())
+            .config_file(config_file.display())
+            .set("TGB_LOG_FORMAT", "pretty")
+            .vars();
         env.extend(spec.env.iter().cloned());
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("cannot create {}", log_dir.display()))?;

@@ -170,9 +170,7 @@ fn unlimited_env() -> Vec<(String, String)> {
 /// Runs the benchmark and writes its outputs; `progress` hears what is going on.
 pub async fn run(opts: &BenchOptions, progress: &dyn Fn(String)) -> anyhow::Result<BenchReport> {
     let started = harness::now_ms();
-    let started_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let started_at = tgb_proto::timestamps::rfc3339(time::OffsetDateTime::now_utc());
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
     let logs = opts.out_dir.join("logs");

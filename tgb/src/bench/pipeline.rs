@@ -159,7 +159,7 @@ fn case_of_title(title: &str) -> Option<&str> {
 }
 
 fn rfc3339_ms(s: &str) -> Option<f64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = tgb_proto::timestamps::parse_rfc3339(s)?;
     Some(t.unix_timestamp_nanos() as f64 / 1e6)
 }
 

@@ -15,14 +15,7 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 
 /// The six services, by binary name.
-pub const SERVICES: [&str; 6] = [
-    "tg-ingress",
-    "tg-egress",
-    "dynamics-adapter",
-    "planner-adapter",
-    "sla-monitor",
-    "document-review",
-];
+pub const SERVICES: [&str; 6] = tgb_service::registry::NAMES;
 
 /// How a service process is started.
 #[derive(Clone, Debug)]

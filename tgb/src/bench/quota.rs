@@ -781,6 +781,6 @@ pub async fn run_backlog(
 }
 
 fn rfc3339_secs(s: &str) -> Option<f64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = tgb_proto::timestamps::parse_rfc3339(s)?;
     Some(t.unix_timestamp() as f64)
 }

@@ -7,6 +7,7 @@ use tgb_bus::{Delivery, Handler, HandlerError, Outcome, names};
 use tgb_proto::{BusEvent, Event, TgCommentAdded};
 use tgb_testkit::eventually;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -540,4 +541,137 @@ async fn a_panicking_handler_dead_letters_that_message_and_its_entity_goes_on() 
     );
     let dead = <TgCommentAdded as prost::Message>::decode(letter.payload.as_ref()).unwrap();
     assert_eq!(dead.body, "boom");
+}
+
+/// A replica that takes a message and dies before it answers, every time: the message's
+/// deliveries run out with none of them seen by a runner, and the server says so only in a
+/// `MAX_DELIVERIES` advisory. The runner still alive turns that advisory into a dead letter.
+#[tokio::test]
+async fn a_message_whose_deliveries_run_out_unseen_is_dead_lettered_from_the_advisory() {
+    use async_nats::jetstream::AckKind;
+    use futures::StreamExt as _;
+
+    let (_server, bus) = server_and_bus().await;
+    let mut s = spec("crashing", &[TgCommentAdded::SUBJECT]);
+    s.max_deliver = 2;
+    s.ack_wait = Duration::from_secs(1);
+    let lost = comment("C-9", "taken by a replica that dies");
+    let seq = bus.publisher().publish(&lost).await.unwrap().sequence;
+
+    // The dying replica: the same durable consumer, as the runner declares it; it takes both
+    // deliveries and never answers.
+    let stream = bus
+        .jetstream()
+        .get_stream(names::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let raw: async_nats::jetstream::consumer::PullConsumer =
+        stream.create_consumer(s.pull_config()).await.unwrap();
+    let take = || async {
+        let mut batch = raw
+            .fetch()
+            .max_messages(1)
+            .expires(WAIT)
+            .messages()
+            .await
+            .unwrap();
+        batch
+            .next()
+            .await
+            .expect("a delivery within the hang guard")
+            .unwrap()
+    };
+    let first = take().await;
+    assert_eq!(first.info().unwrap().delivered, 1);
+    drop(first); // dies: the server redelivers after the ack wait
+    let second = take().await;
+    assert_eq!(second.info().unwrap().delivered, 2);
+    assert_eq!(second.info().unwrap().stream_sequence, seq);
+
+    // While the dying replica still holds the last delivery (kept alive with progress acks), a
+    // healthy runner starts; once it has handled a message it pulled, its advisory watch (set up
+    // before its first pull, on the same connection) is in place.
+    let keep_alive = CancellationToken::new();
+    let holder = {
+        let stop = keep_alive.clone();
+        let period = s.ack_wait / 4;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { let _ = second.ack_with(AckKind::Progress).await; }
+                    _ = stop.cancelled() => return second,
+                }
+            }
+        })
+    };
+    let healthy = Arc::new(Count {
+        bodies: Mutex::new(Vec::new()),
+    });
+    let (stop, join) = spawn_consumer(&bus, s.clone(), healthy.clone());
+    bus.publisher()
+        .publish(&comment("C-10", "probe"))
+        .await
+        .unwrap();
+    eventually("the healthy runner handles the probe", WAIT, || async {
+        healthy
+            .bodies
+            .lock()
+            .unwrap()
+            .contains(&"probe".to_owned())
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The replica dies holding the last delivery: it times out, the server gives up on it.
+    keep_alive.cancel();
+    drop(holder.await.unwrap());
+    let letters = eventually("the dead letter", WAIT, || async {
+        let l = dead_letters(&bus).await;
+        (!l.is_empty()).then_some(l)
+    })
+    .await
+    .unwrap();
+    bus.publisher()
+        .publish(&comment("C-9", "after"))
+        .await
+        .unwrap();
+    eventually("the entity goes on", WAIT, || async {
+        healthy
+            .bodies
+            .lock()
+            .unwrap()
+            .contains(&"after".to_owned())
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let letter = &letters[0];
+    assert_eq!(
+        letter.subject.as_str(),
+        "tgb.dlq.crashing.v1.tg.case.comment_added"
+    );
+    let header = |name: &str| letter.headers.get(name).unwrap().as_str().to_owned();
+    assert_eq!(header(names::HDR_ERROR_KIND), "max_deliver");
+    assert_eq!(
+        header(names::HDR_ERROR),
+        "no delivery was acknowledged or refused within its ack wait (2 deliveries)"
+    );
+    assert_eq!(header(names::HDR_CONSUMER), "crashing");
+    assert_eq!(header(names::HDR_DELIVERIES), "2");
+    assert_eq!(header(names::HDR_ORIGINAL_SEQ), seq.to_string());
+    assert_eq!(
+        letter.payload.as_ref(),
+        prost::Message::encode_to_vec(&lost).as_slice(),
+        "the original bytes"
+    );
+    // Nothing lost: every message was handled or dead-lettered, never both.
+    let mut handled = healthy.bodies.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(handled, vec!["after", "probe"]);
 }

@@ -5,5 +5,6 @@ mod kv;
 mod ledger;
 mod provision;
 mod publish;
+mod routes;
 mod support;
 mod tracing_context;

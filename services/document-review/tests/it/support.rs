@@ -7,7 +7,7 @@ use tgb_proto as pb;
 use tgb_proto::BusEvent;
 use tgb_runtime::Config;
 use tgb_sandbox::tg::model::{PartnerRef, TgEvent};
-use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_testkit::NatsServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -102,27 +102,12 @@ impl Env {
     }
 
     fn config(&self) -> Config {
-        let vars = [
-            ("TGB_NATS_URL", self.nats.url()),
-            ("TGB_TG_API_URL", self.sandbox.tg_api_url()),
-            ("TGB_TG_TOKEN_URL", self.sandbox.tg_token_url()),
-            ("TGB_TG_CLIENT_ID", "tgb-bridge".into()),
-            ("TGB_TG_CLIENT_SECRET", "tg-secret".into()),
-            ("TGB_AZURE_AUTHORITY", self.sandbox.azure_authority()),
-            ("TGB_AZURE_TENANT_ID", "tenant".into()),
-            ("TGB_AZURE_CLIENT_ID", "tgb-bridge".into()),
-            ("TGB_AZURE_CLIENT_SECRET", "tgb-bridge-secret".into()),
-            ("TGB_GRAPH_URL", self.sandbox.graph_url()),
-            ("TGB_DATAVERSE_URL", self.sandbox.dataverse_url()),
-            (
-                "TGB_DATAVERSE_WEBHOOK_KEY",
-                "test-webhook-key-of-at-least-32-bytes".into(),
-            ),
-            ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "50".into()),
-            ("TGB_DYNAMICS__POLL_INTERVAL_MS", "3600000".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
-        Config::load_from(Some(self.config_file.path()), vars).unwrap()
+        let vars = TgbEnv::new(self.nats.url())
+            .sandbox(&self.sandbox)
+            .dataverse_webhook_key("test-webhook-key-of-at-least-32-bytes")
+            .set("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "50")
+            .set("TGB_DYNAMICS__POLL_INTERVAL_MS", "3600000");
+        Config::load_from(Some(self.config_file.path()), vars.vars()).unwrap()
     }
 
     async fn spawn<F, Fut>(&mut self, serve: F)

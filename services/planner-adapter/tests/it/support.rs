@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tgb_bus::{Bus, BusConfig, Publisher};
 use tgb_proto::{BusEvent, EventMeta, Origin, PartnerRef};
 use tgb_runtime::Config;
-use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_testkit::{NatsServer, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,28 +27,17 @@ pub struct World {
 
 pub fn config(nats: &NatsServer, sandbox: &Sandbox, extra: &[(&str, &str)]) -> Config {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
-    let mut env: Vec<(String, String)> = vec![
-        ("TGB_NATS_URL".into(), nats.url()),
-        ("TGB_AZURE_AUTHORITY".into(), sandbox.azure_authority()),
-        ("TGB_AZURE_TENANT_ID".into(), "tenant".into()),
-        ("TGB_AZURE_CLIENT_ID".into(), "tgb-bridge".into()),
-        ("TGB_AZURE_CLIENT_SECRET".into(), "tgb-bridge-secret".into()),
-        ("TGB_GRAPH_URL".into(), sandbox.graph_url()),
-        ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS".into(), "50".into()),
+    let env = TgbEnv::new(nats.url())
+        .sandbox(sandbox)
+        .set("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "50")
         // Polling every 50 ms asks for some 80 Graph requests a second, eight times what the
         // production lane (600 / 60 s) grants: the poller would hold the lane and a create
         // would wait seconds for its turn, longer the busier the machine. The lane is opened
         // to match the polling rate.
-        (
-            "TGB_ROUTING__GRAPH__REQUESTS_PER_WINDOW".into(),
-            "60000".into(),
-        ),
-        ("TGB_BUS__ACK_WAIT_SECS".into(), "2".into()),
-    ];
-    for (k, v) in extra {
-        env.push(((*k).into(), (*v).into()));
-    }
-    Config::load_from(Some(&file), env).unwrap()
+        .set("TGB_ROUTING__GRAPH__REQUESTS_PER_WINDOW", "60000")
+        .set("TGB_BUS__ACK_WAIT_SECS", "2")
+        .extend(extra.iter().copied());
+    Config::load_from(Some(&file), env.vars()).unwrap()
 }
 
 impl World {

@@ -17,21 +17,11 @@ const ESCALATIONS: &str = "bKtEscalations0000000000000A";
 
 fn shipped(env: &Env, sandbox: &Sandbox, extra: &[(&str, &str)]) -> Config {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/tg-bridge.toml");
-    let mut vars: Vec<(String, String)> = vec![
-        ("TGB_NATS_URL".into(), env.nats.url()),
-        ("TGB_AZURE_AUTHORITY".into(), sandbox.azure_authority()),
-        ("TGB_AZURE_TENANT_ID".into(), "tenant".into()),
-        ("TGB_AZURE_CLIENT_ID".into(), "tgb-bridge".into()),
-        ("TGB_AZURE_CLIENT_SECRET".into(), "tgb-bridge-secret".into()),
-        ("TGB_GRAPH_URL".into(), sandbox.graph_url()),
-        ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS".into(), "50".into()),
-    ];
-    vars.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    Config::load_from(Some(&file), vars).unwrap()
+    let vars = tgb_sandbox::TgbEnv::new(env.nats.url())
+        .sandbox(sandbox)
+        .set("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "50")
+        .extend(extra.iter().copied());
+    Config::load_from(Some(&file), vars.vars()).unwrap()
 }
 
 /// sla-monitor with the shipped `[sla]` (standard urgent: first response 60 min) ticking every

@@ -7,6 +7,7 @@ use tgb_bus::{Bus, BusConfig};
 use tgb_proto as pb;
 use tgb_proto::BusEvent;
 use tgb_runtime::Config;
+use tgb_sandbox::TgbEnv;
 use tgb_testkit::{NatsServer, eventually};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
@@ -73,7 +74,7 @@ pub fn mins(m: i64) -> time::Duration {
 }
 
 pub fn ts(t: OffsetDateTime) -> prost_types::Timestamp {
-    sla_monitor::handler::timestamp(t)
+    tgb_proto::timestamps::timestamp(t)
 }
 
 pub struct Env {
@@ -154,9 +155,8 @@ impl Env {
     }
 
     pub fn config(&self, extra: &[(&str, String)]) -> Config {
-        let mut vars = vec![("TGB_NATS_URL".to_owned(), self.nats.url())];
-        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        Config::load_from(Some(self.config_file.path()), vars).unwrap()
+        let vars = TgbEnv::new(self.nats.url()).extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        Config::load_from(Some(self.config_file.path()), vars.vars()).unwrap()
     }
 
     pub async fn monitor(&self) -> Monitor {

@@ -2,7 +2,7 @@ use tgb_bus::{Bus, BusConfig};
 use tgb_proto as pb;
 use tgb_runtime::Config;
 use tgb_sandbox::tg::model::{PartnerRef, RaiseCase};
-use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_testkit::NatsServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -58,22 +58,13 @@ impl Env {
 
     /// As [`Env::egress`], with more (or other) `TGB_*` variables.
     pub async fn egress_with(&self, api_url: &str, extra: &[(&str, &str)]) -> Running {
-        let mut vars: Vec<(String, String)> = [
-            ("TGB_NATS_URL", self.nats.url()),
-            ("TGB_TG_API_URL", api_url.to_owned()),
-            ("TGB_TG_TOKEN_URL", self.sandbox.tg_token_url()),
-            ("TGB_TG_CLIENT_ID", "tgb-bridge".into()),
-            ("TGB_TG_CLIENT_SECRET", "tg-secret".into()),
-            ("TGB_BUS__MAX_DELIVER", "100".into()),
-            ("TGB_BUS__ACK_WAIT_SECS", "2".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v))
-        .into();
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            vars.push(((*k).to_owned(), (*v).to_owned()));
-        }
-        let config = Config::load_from(None, vars).unwrap();
+        let vars = TgbEnv::new(self.nats.url())
+            .sandbox(&self.sandbox)
+            .set("TGB_TG_API_URL", api_url)
+            .set("TGB_BUS__MAX_DELIVER", "100")
+            .set("TGB_BUS__ACK_WAIT_SECS", "2")
+            .extend(extra.iter().copied());
+        let config = Config::load_from(None, vars.vars()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();

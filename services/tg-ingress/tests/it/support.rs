@@ -1,6 +1,6 @@
 use tgb_bus::async_nats::jetstream;
 use tgb_runtime::Config;
-use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_testkit::NatsServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,20 +32,12 @@ impl Env {
         let sandbox = Sandbox::start(sandbox_config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let mut vars: Vec<(String, String)> = vec![
-            ("TGB_NATS_URL".into(), nats.url()),
-            (
-                "TGB_TG_WEBHOOK_SECRETS".into(),
-                format!("{SECRET},{SECRET_NEW}"),
-            ),
-            ("TGB_TG_API_URL".into(), sandbox.tg_api_url()),
-            ("TGB_TG_TOKEN_URL".into(), sandbox.tg_token_url()),
-            ("TGB_TG_CLIENT_ID".into(), "tgb-bridge".into()),
-            ("TGB_TG_CLIENT_SECRET".into(), "tg-secret".into()),
-            ("TGB_TG_INGRESS__PUBLISH_TIMEOUT_MS".into(), "2000".into()),
-        ];
-        vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        let config = Config::load_from(None, vars).unwrap();
+        let vars = TgbEnv::new(nats.url())
+            .sandbox(&sandbox)
+            .webhook_secret(format!("{SECRET},{SECRET_NEW}"))
+            .set("TGB_TG_INGRESS__PUBLISH_TIMEOUT_MS", "2000")
+            .extend(env.iter().map(|(k, v)| (*k, v.clone())));
+        let config = Config::load_from(None, vars.vars()).unwrap();
         let shutdown = CancellationToken::new();
         let service = tokio::spawn(tg_ingress::serve(config, listener, shutdown.clone()));
         let http = reqwest::Client::new();
