@@ -32,17 +32,17 @@ use crate::{account, contact, invoice, notes};
 const MAX_CONDITIONAL_ATTEMPTS: u32 = 4;
 
 tgb_bus::routes! {
-    /// Every event the writer consumes, with its flow.
-    pub Routes {
-        TgCaseOpened => "D1",
-        TgCaseUpdated => "D1",
-        TgCommentAdded => "D4",
-        TgDocumentUploaded => "D4",
-        TgDisputeOpened => "D6",
-        TgDisputeUpdated => "D6",
-        TgPartnerUpdated => "D8",
-        ReviewCompleted => "D3",
-        OnboardingStatus => "D3",
+    /// Every event the writer consumes, with its flow and the method that handles it.
+    pub Routes for Writer -> Outcome {
+        TgCaseOpened => "D1", case_opened,
+        TgCaseUpdated => "D1", case_updated,
+        TgCommentAdded => "D4", comment,
+        TgDocumentUploaded => "D4", document_uploaded,
+        TgDisputeOpened => "D6", dispute_opened,
+        TgDisputeUpdated => "D6", dispute_updated,
+        TgPartnerUpdated => "D8", partner_updated,
+        ReviewCompleted => "D3", review_completed,
+        OnboardingStatus => "D3", onboarding_status,
     }
 }
 
@@ -52,7 +52,7 @@ pub const SUBJECTS: &[&str] = Routes::SUBJECTS;
 /// The consumer's handler.
 pub struct Writer(pub Arc<Adapter>);
 
-enum Outcome {
+pub enum Outcome {
     /// Written: the record (`dataverse:<table>:<id>`) and what Dataverse answered.
     Applied(String, String),
     Skipped,
@@ -74,29 +74,50 @@ fn statuses(answers: &[BatchAnswer]) -> String {
         .join(", ")
 }
 
+/// The route methods: each takes its event as the routes table hands it over.
+impl Writer {
+    async fn case_opened(&self, e: &pb::TgCaseOpened) -> Result<Outcome, HandlerError> {
+        self.case(&meta_of(e), e.case.as_ref()).await
+    }
+
+    async fn case_updated(&self, e: &pb::TgCaseUpdated) -> Result<Outcome, HandlerError> {
+        self.case(&meta_of(e), e.case.as_ref()).await
+    }
+
+    async fn document_uploaded(&self, e: &pb::TgDocumentUploaded) -> Result<Outcome, HandlerError> {
+        self.document(&meta_of(e), e).await
+    }
+
+    async fn dispute_opened(&self, e: &pb::TgDisputeOpened) -> Result<Outcome, HandlerError> {
+        self.dispute(&meta_of(e), e.dispute.as_ref(), true).await
+    }
+
+    async fn dispute_updated(&self, e: &pb::TgDisputeUpdated) -> Result<Outcome, HandlerError> {
+        self.dispute(&meta_of(e), e.dispute.as_ref(), false).await
+    }
+
+    async fn partner_updated(&self, e: &pb::TgPartnerUpdated) -> Result<Outcome, HandlerError> {
+        self.partner(&meta_of(e), e).await
+    }
+
+    async fn review_completed(&self, e: &pb::ReviewCompleted) -> Result<Outcome, HandlerError> {
+        self.review(&meta_of(e), e).await
+    }
+
+    async fn onboarding_status(&self, e: &pb::OnboardingStatus) -> Result<Outcome, HandlerError> {
+        self.onboarding(&meta_of(e), e).await
+    }
+}
+
+/// An event's metadata, empty when it has none.
+fn meta_of(e: &impl pb::BusEvent) -> pb::EventMeta {
+    e.meta().cloned().unwrap_or_default()
+}
+
 impl Handler for Writer {
     async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
-        let meta = delivery.event.meta().cloned().unwrap_or_default();
         let flow = Routes::flow_of(&delivery.event).unwrap_or("D1");
-        let outcome = match &delivery.event {
-            pb::Event::TgCaseOpened(e) => self.case(&meta, e.case.as_ref()).await?,
-            pb::Event::TgCaseUpdated(e) => self.case(&meta, e.case.as_ref()).await?,
-            pb::Event::TgCommentAdded(e) => self.comment(e).await?,
-            pb::Event::TgDocumentUploaded(e) => self.document(&meta, e).await?,
-            pb::Event::ReviewCompleted(e) => self.review(&meta, e).await?,
-            pb::Event::OnboardingStatus(e) => self.onboarding(&meta, e).await?,
-            pb::Event::TgDisputeOpened(e) => self.dispute(&meta, e.dispute.as_ref(), true).await?,
-            pb::Event::TgDisputeUpdated(e) => {
-                self.dispute(&meta, e.dispute.as_ref(), false).await?
-            }
-            pb::Event::TgPartnerUpdated(e) => self.partner(&meta, e).await?,
-            other => {
-                return Err(HandlerError::permanent(format!(
-                    "dynamics-adapter has no route for {}",
-                    other.subject()
-                )));
-            }
-        };
+        let outcome = Routes::dispatch(self, &delivery.event).await?;
         Ok(match outcome {
             Outcome::Applied(record, response) => {
                 tgb_bus::Outcome::applied(flow).target(record, response)

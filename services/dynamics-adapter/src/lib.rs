@@ -54,11 +54,10 @@ pub use adapter::Adapter;
 pub use settings::DynamicsSettings;
 
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
-pub const NAME: &str = "dynamics-adapter";
+pub const NAME: &str = tgb_service::registry::DYNAMICS_ADAPTER.name;
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
-pub const DEFAULT_HTTP_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8083);
+pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::DYNAMICS_ADAPTER.default_addr();
 
 /// Runs the service on `listener` (tests pass one bound to port 0).
 pub async fn serve(

@@ -4,7 +4,7 @@ use serde_json::Value;
 use tgb_bus::{Bus, BusConfig};
 use tgb_proto as pb;
 use tgb_runtime::Config;
-use tgb_sandbox::{Sandbox, SandboxConfig};
+use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_testkit::{NatsServer, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -97,23 +97,14 @@ impl Env {
     }
 
     pub fn config(&self, extra: &[(&str, &str)]) -> Config {
-        let mut vars: Vec<(String, String)> = vec![
-            ("TGB_NATS_URL".into(), self.nats.url()),
-            ("TGB_DATAVERSE_URL".into(), self.sandbox.dataverse_url()),
-            ("TGB_AZURE_AUTHORITY".into(), self.sandbox.azure_authority()),
-            ("TGB_AZURE_TENANT_ID".into(), "tenant".into()),
-            ("TGB_AZURE_CLIENT_ID".into(), "tgb-bridge".into()),
-            ("TGB_AZURE_CLIENT_SECRET".into(), "tgb-bridge-secret".into()),
-            ("TGB_DATAVERSE_WEBHOOK_KEY".into(), WEBHOOK_KEY.into()),
-            ("TGB_BUS__MAX_DELIVER".into(), "100".into()),
-            ("TGB_BUS__ACK_WAIT_SECS".into(), "5".into()),
-            ("TGB_DYNAMICS__POLL_INTERVAL_MS".into(), "3600000".into()),
-        ];
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            vars.push(((*k).into(), (*v).into()));
-        }
-        Config::load_from(None, vars).unwrap()
+        let vars = TgbEnv::new(self.nats.url())
+            .sandbox(&self.sandbox)
+            .dataverse_webhook_key(WEBHOOK_KEY)
+            .set("TGB_BUS__MAX_DELIVER", "100")
+            .set("TGB_BUS__ACK_WAIT_SECS", "5")
+            .set("TGB_DYNAMICS__POLL_INTERVAL_MS", "3600000")
+            .extend(extra.iter().copied());
+        Config::load_from(None, vars.vars()).unwrap()
     }
 
     /// Starts the adapter and registers the Dataverse webhook to it.
@@ -158,15 +149,10 @@ impl Env {
     }
 
     pub async fn egress(&self) -> Running {
-        let vars = [
-            ("TGB_NATS_URL", self.nats.url()),
-            ("TGB_TG_API_URL", self.sandbox.tg_api_url()),
-            ("TGB_TG_TOKEN_URL", self.sandbox.tg_token_url()),
-            ("TGB_TG_CLIENT_ID", "tgb-bridge".into()),
-            ("TGB_TG_CLIENT_SECRET", "tg-secret".into()),
-            ("TGB_BUS__ACK_WAIT_SECS", "5".into()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
+        let vars = TgbEnv::new(self.nats.url())
+            .sandbox(&self.sandbox)
+            .set("TGB_BUS__ACK_WAIT_SECS", "5")
+            .vars();
         let config = Config::load_from(None, vars).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
