@@ -701,6 +701,24 @@ pub struct LaneStatus {
     pub throttled: f64,
 }
 
+/// The TG feed poller's cursor (`tgb_cursors` `tg.events`).
+#[derive(Debug, Serialize)]
+pub struct FeedStatus {
+    /// `[tg_ingress] start_from` as it was at first start (absent for a cursor written before
+    /// the setting existed).
+    pub start_from: Option<String>,
+    /// Events older than this were not published during the catch-up.
+    pub not_before: Option<String>,
+    /// When the poller first started.
+    pub started_at: Option<String>,
+    /// Whether it has read the feed to its end since then.
+    pub caught_up: bool,
+    /// Old events read and not published.
+    pub skipped: u64,
+    /// The `after` of the next poll.
+    pub cursor: String,
+}
+
 /// `tgb status`.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -716,6 +734,8 @@ pub struct Status {
     pub governors: Vec<LaneStatus>,
     /// Where the governor state came from, or why there is none.
     pub governors_note: String,
+    /// The TG feed poller's start position and cursor; `None` before its first start.
+    pub tg_feed: Option<FeedStatus>,
 }
 
 /// `tgb status`: streams, consumers, DLQ depth, and the governor lanes read from the given
@@ -823,6 +843,24 @@ pub async fn status(
         };
         (lanes.into_values().collect(), note)
     };
+    let tg_feed = match js.get_key_value(names::KV_CURSORS).await {
+        Ok(kv) => kv
+            .get(tg_ingress::poller::CURSOR_KEY)
+            .await
+            .context("reading the TG feed cursor")?
+            .map(|v| {
+                let c = tg_ingress::poller::FeedCursor::parse(&v);
+                FeedStatus {
+                    start_from: c.start_from,
+                    not_before: c.not_before,
+                    started_at: c.started_at,
+                    caught_up: c.caught_up,
+                    skipped: c.skipped,
+                    cursor: c.after,
+                }
+            }),
+        Err(_) => None,
+    };
     Ok(Status {
         nats_version: client.server_info().version,
         streams,
@@ -830,6 +868,7 @@ pub async fn status(
         dlq_depth,
         governors,
         governors_note,
+        tg_feed,
     })
 }
 

@@ -49,6 +49,9 @@ pub struct IngressSettings {
     pub tolerance_secs: i64,
     /// Timeout of one TG API call, milliseconds.
     pub request_timeout_ms: u64,
+    /// Where the feed poller starts when there is no cursor yet: `"now"` (default),
+    /// `"beginning"` or an RFC 3339 time. Applies once: the stored cursor records it.
+    pub start_from: poller::StartFrom,
 }
 
 impl Default for IngressSettings {
@@ -60,6 +63,7 @@ impl Default for IngressSettings {
             retry_after_secs: 5,
             tolerance_secs: verify::DEFAULT_TOLERANCE_SECS,
             request_timeout_ms: 10_000,
+            start_from: poller::StartFrom::Now,
         }
     }
 }

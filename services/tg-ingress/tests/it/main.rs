@@ -4,5 +4,6 @@ mod bad_input;
 mod lifecycle;
 mod poller;
 mod slow_clients;
+mod start;
 mod support;
 mod webhooks;
