@@ -9,7 +9,9 @@
 
 mod bus;
 mod consumer;
+pub mod cursor;
 pub mod ids;
+pub mod lease;
 pub mod ledger;
 pub mod links;
 pub mod names;

@@ -9,13 +9,19 @@
 //! nothing that was in the feed at first start; with a time, only events that occurred at or
 //! after it; with `beginning`, everything. The choice and the start time are stored with the
 //! cursor before the first page is read, so a restart during the catch-up keeps them.
+//!
+//! One replica polls at a time: the holder of the lease [`LEASE_KEY`] in `tgb_sync`
+//! ([`tgb_bus::lease::Lease`]). The cursor is written with compare-and-set at the revision the
+//! round read ([`tgb_bus::cursor::Cursor`]): a replica that lost the lease mid-round cannot
+//! move it back; its write is refused and the round ends.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tgb_bus::async_nats::jetstream::kv;
+use tgb_bus::cursor::{Cursor, CursorError};
+use tgb_bus::lease::Lease;
 use tgb_bus::names;
 use tgb_clients::tg::{TgClient, TgError};
 use time::OffsetDateTime;
@@ -26,6 +32,9 @@ use crate::{Ingress, PublishFailure, mapping};
 
 /// The key of the feed cursor in `tgb_cursors`.
 pub const CURSOR_KEY: &str = "tg.events";
+
+/// The key of the feed poller's lease in `tgb_sync`.
+pub const LEASE_KEY: &str = "tg-poller.leader";
 
 /// `[tg_ingress] start_from`: where the feed poller starts when there is no cursor yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -157,24 +166,44 @@ pub enum PollError {
     #[error("publishing: {0}")]
     Publish(#[from] PublishFailure),
     #[error("cursor: {0}")]
-    Cursor(String),
+    Cursor(#[from] CursorError),
+    #[error("opening {bucket}: {message}")]
+    Bucket {
+        bucket: &'static str,
+        message: String,
+    },
 }
 
-/// Polls until `shutdown` is cancelled. Failures are logged and retried at the next round.
+/// Polls until `shutdown` is cancelled, while this replica holds the poller `lease` (one
+/// poller across replicas); otherwise tries to take the lease every renewal period.
 pub async fn run(
     ingress: Arc<Ingress>,
     client: TgClient,
+    lease: Lease,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let interval = Duration::from_millis(ingress.settings.poll_interval_ms.max(10));
     tracing::info!(
         start_from = %ingress.settings.start_from,
         "TG feed poller: start position of a first start (a stored cursor takes precedence)"
     );
+    lease
+        .lead(&shutdown, |stop| {
+            poll_until(ingress.clone(), client.clone(), stop)
+        })
+        .await;
+    Ok(())
+}
+
+/// Polls now and then every interval until `stop`. Failures are logged and retried at the next
+/// round.
+async fn poll_until(ingress: Arc<Ingress>, client: TgClient, stop: CancellationToken) {
+    let interval = Duration::from_millis(ingress.settings.poll_interval_ms.max(10));
     loop {
+        // A round under way when the lease is lost ends at its next cursor write at the latest:
+        // the write is refused.
         let round = tokio::select! {
             r = poll_once(&ingress, &client) => r,
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return,
         };
         match round {
             Ok(n) => {
@@ -191,49 +220,37 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return,
         }
     }
 }
 
-/// Reads the cursor: the value and its revision, or `None` before the first start.
-pub async fn read_cursor(kv: &kv::Store) -> Result<Option<(FeedCursor, u64)>, PollError> {
-    match kv.entry(CURSOR_KEY).await {
-        Ok(Some(e)) if e.operation == kv::Operation::Put => {
-            Ok(Some((FeedCursor::parse(&e.value), e.revision)))
-        }
-        Ok(_) => Ok(None),
-        Err(e) => Err(PollError::Cursor(e.to_string())),
-    }
-}
-
-/// Writes the cursor: created when `revision` is `None`, else updated at that revision only.
-async fn write_cursor(
-    kv: &kv::Store,
-    cursor: &FeedCursor,
-    revision: Option<u64>,
-) -> Result<u64, PollError> {
-    let value = cursor.to_bytes().into();
-    match revision {
-        None => kv
-            .create(CURSOR_KEY, value)
-            .await
-            .map_err(|e| PollError::Cursor(format!("creating {CURSOR_KEY}: {e}"))),
-        Some(rev) => kv.update(CURSOR_KEY, value, rev).await.map_err(|e| {
-            PollError::Cursor(format!("updating {CURSOR_KEY} at revision {rev}: {e}"))
-        }),
-    }
-}
-
-/// One round: every page from the cursor to the end of the feed. Returns the events published.
-pub async fn poll_once(ingress: &Ingress, client: &TgClient) -> Result<usize, PollError> {
+/// The feed cursor in `tgb_cursors`.
+pub async fn cursor(ingress: &Ingress) -> Result<Cursor, PollError> {
     let kv = ingress
         .bus
         .kv(names::KV_CURSORS)
         .await
-        .map_err(|e| PollError::Cursor(e.to_string()))?;
-    let (mut cursor, mut revision) = match read_cursor(&kv).await? {
-        Some((c, rev)) => (c, rev),
+        .map_err(|e| PollError::Bucket {
+            bucket: names::KV_CURSORS,
+            message: e.to_string(),
+        })?;
+    Ok(Cursor::new(kv, CURSOR_KEY))
+}
+
+async fn write_cursor(
+    kv: &Cursor,
+    cursor: &FeedCursor,
+    revision: Option<u64>,
+) -> Result<u64, PollError> {
+    Ok(kv.store(cursor.to_bytes().into(), revision).await?)
+}
+
+/// One round: every page from the cursor to the end of the feed. Returns the events published.
+pub async fn poll_once(ingress: &Ingress, client: &TgClient) -> Result<usize, PollError> {
+    let kv = cursor(ingress).await?;
+    let (mut cursor, mut revision) = match kv.load().await? {
+        Some((bytes, rev)) => (FeedCursor::parse(&bytes), rev),
         None => {
             let start_from = ingress.settings.start_from;
             let c = FeedCursor::first(start_from, OffsetDateTime::now_utc());

@@ -3,6 +3,7 @@
 mod bad_input;
 mod lifecycle;
 mod poller;
+mod replicas;
 mod slow_clients;
 mod start;
 mod support;
