@@ -699,6 +699,9 @@ pub struct LaneStatus {
     pub in_flight: f64,
     /// 429s seen.
     pub throttled: f64,
+    /// The rate the lane has learned from 429s, requests per second (the configured rate
+    /// until a 429; absent when the lane is not adaptive).
+    pub learned_rate: Option<f64>,
 }
 
 /// The TG feed poller's cursor (`tgb_cursors` `tg.events`).
@@ -828,10 +831,12 @@ pub async fn status(
                     lane,
                     in_flight: 0.0,
                     throttled: 0.0,
+                    learned_rate: None,
                 });
                 match metric.as_str() {
                     "tgb_governor_in_flight" => entry.in_flight = value,
                     "tgb_governor_throttled_total" => entry.throttled = value,
+                    "tgb_governor_learned_rate" => entry.learned_rate = Some(value),
                     _ => {}
                 }
             }
@@ -941,9 +946,18 @@ mod tests {
         let text = "# TYPE tgb_governor_in_flight gauge\n\
                     tgb_governor_in_flight{lane=\"dataverse:tgb-bridge\"} 3\n\
                     tgb_governor_throttled_total{lane=\"graph:tgb-bridge\"} 2\n\
+                    tgb_governor_learned_rate{lane=\"graph:tgb-bridge\"} 4.5\n\
                     tgb_other{lane=\"x\"} 1\n";
         let s = governor_samples(text);
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            s[2],
+            (
+                "tgb_governor_learned_rate".into(),
+                "graph:tgb-bridge".into(),
+                4.5
+            )
+        );
         assert_eq!(
             s[0],
             (

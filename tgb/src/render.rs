@@ -232,12 +232,15 @@ pub fn status(s: &Status) -> String {
     if s.governors.is_empty() {
         out.push_str(&format!("Governors: {}\n", s.governors_note));
     } else {
-        let mut gt = table(&["governor lane", "in flight", "429s"]);
+        let mut gt = table(&["governor lane", "in flight", "429s", "learned rate /s"]);
         for g in &s.governors {
             gt.add_row(vec![
                 g.lane.clone(),
                 g.in_flight.to_string(),
                 g.throttled.to_string(),
+                g.learned_rate
+                    .map(|r| format!("{r:.2}"))
+                    .unwrap_or_else(|| "-".into()),
             ]);
         }
         out.push_str(&format!("{gt}\nGovernors: {}\n", s.governors_note));
