@@ -10,6 +10,7 @@
 mod bus;
 mod consumer;
 pub mod cursor;
+pub mod fleet;
 pub mod ids;
 pub mod lease;
 pub mod ledger;

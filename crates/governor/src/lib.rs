@@ -75,7 +75,7 @@ impl GovernorConfig {
     }
 
     fn aimd(&self, now: Instant) -> Option<Aimd> {
-        (self.adaptive && self.requests_per_window > 0 && self.window_secs > 0.0).then(|| {
+        (self.requests_per_window > 0 && self.window_secs > 0.0).then(|| {
             Aimd::new(
                 AimdSettings {
                     requests_per_window: self.requests_per_window,
@@ -131,13 +131,24 @@ pub struct Governor {
     paused_until: Mutex<Option<Instant>>,
     throttled: Mutex<u64>,
     pace: Option<Mutex<Pace>>,
+    withheld: Arc<Mutex<Withheld>>,
 }
 
-/// The learned rate and the next free send time it allows.
+/// The learned rate, the lane's share of a fleet budget, and the next free send time they
+/// allow.
 #[derive(Debug)]
 struct Pace {
     aimd: Aimd,
+    share: f64,
     next: Instant,
+}
+
+/// Concurrency slots kept back while the lane's share of a fleet budget is under 1: a slot
+/// freed while fewer than `target` are kept is kept instead of released.
+#[derive(Debug, Default)]
+struct Withheld {
+    target: usize,
+    held: Vec<OwnedSemaphorePermit>,
 }
 
 /// Held while a request is in flight; dropping it frees the slot.
@@ -146,14 +157,23 @@ pub struct Permit {
     slot: Option<OwnedSemaphorePermit>,
     lane: String,
     slots: Arc<Semaphore>,
+    withheld: Arc<Mutex<Withheld>>,
     max: usize,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        drop(self.slot.take());
+        let mut w = self.withheld.lock().unwrap();
+        if let Some(slot) = self.slot.take()
+            && w.held.len() < w.target
+        {
+            w.held.push(slot);
+        }
+        let in_flight = self
+            .max
+            .saturating_sub(self.slots.available_permits() + w.held.len());
         metrics::gauge!("tgb_governor_in_flight", "lane" => self.lane.clone())
-            .set(self.max.saturating_sub(self.slots.available_permits()) as f64);
+            .set(in_flight as f64);
     }
 }
 
@@ -163,9 +183,15 @@ impl Governor {
         let lane = lane.into();
         let now = Instant::now();
         let pace = config.aimd(now).map(|aimd| {
-            metrics::gauge!("tgb_governor_learned_rate", "lane" => lane.clone())
-                .set(aimd.ceiling());
-            Mutex::new(Pace { aimd, next: now })
+            if config.adaptive {
+                metrics::gauge!("tgb_governor_learned_rate", "lane" => lane.clone())
+                    .set(aimd.ceiling());
+            }
+            Mutex::new(Pace {
+                aimd,
+                share: 1.0,
+                next: now,
+            })
         });
         Arc::new(Governor {
             pace,
@@ -175,7 +201,52 @@ impl Governor {
             config,
             paused_until: Mutex::new(None),
             throttled: Mutex::new(0),
+            withheld: Arc::default(),
         })
+    }
+
+    /// Sets this replica's share of a budget the lane's limits describe for the whole fleet
+    /// (`1 / replicas`, see `tgb_bus::fleet`): the rate (learned or configured) and the
+    /// concurrency are scaled by it, and requests are spaced (no burst) while it is under 1.
+    pub fn set_share(&self, share: f64) {
+        let share = if share.is_finite() {
+            share.clamp(0.001, 1.0)
+        } else {
+            1.0
+        };
+        if let Some(pace) = &self.pace {
+            pace.lock().unwrap().share = share;
+        }
+        let max = self.config.max_concurrent.max(1);
+        let cap = ((max as f64 * share).floor() as usize).clamp(1, max);
+        let mut w = self.withheld.lock().unwrap();
+        w.target = max - cap;
+        while w.held.len() < w.target {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => w.held.push(slot),
+                Err(_) => break, // the rest is kept as requests in flight end
+            }
+        }
+        let target = w.target;
+        w.held.truncate(target);
+        metrics::gauge!("tgb_governor_fleet_share", "lane" => self.lane.clone()).set(share);
+    }
+
+    /// This replica's share of the fleet budget (1 when alone).
+    pub fn share(&self) -> f64 {
+        self.pace
+            .as_ref()
+            .map(|p| p.lock().unwrap().share)
+            .unwrap_or(1.0)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        let held = self.withheld.lock().unwrap().held.len();
+        self.config
+            .max_concurrent
+            .max(1)
+            .saturating_sub(self.slots.available_permits() + held)
     }
 
     /// The lane's name.
@@ -213,11 +284,12 @@ impl Governor {
             .record(started.elapsed().as_secs_f64());
         let max = self.config.max_concurrent.max(1);
         metrics::gauge!("tgb_governor_in_flight", "lane" => self.lane.clone())
-            .set(max.saturating_sub(self.slots.available_permits()) as f64);
+            .set(self.in_flight() as f64);
         Permit {
             slot: Some(slot),
             lane: self.lane.clone(),
             slots: self.slots.clone(),
+            withheld: self.withheld.clone(),
             max,
         }
     }
@@ -232,7 +304,7 @@ impl Governor {
                 *paused = Some(until);
             }
         }
-        if let Some(pace) = &self.pace {
+        if let (Some(pace), true) = (&self.pace, self.config.adaptive) {
             let mut p = pace.lock().unwrap();
             if p.aimd.on_throttled(now, retry_after) {
                 let rate = p.aimd.rate(now);
@@ -256,7 +328,7 @@ impl Governor {
     pub fn state(&self) -> GovernorState {
         GovernorState {
             lane: self.lane.clone(),
-            in_flight: self.config.max_concurrent.max(1) - self.slots.available_permits(),
+            in_flight: self.in_flight(),
             paused_for: self.pause_remaining(),
             throttled: *self.throttled.lock().unwrap(),
             learned_rate: self.learned_rate(),
@@ -265,7 +337,7 @@ impl Governor {
 
     /// The learned rate now, requests per second (`None` when not adaptive or unlimited).
     pub fn learned_rate(&self) -> Option<f64> {
-        let pace = self.pace.as_ref()?;
+        let pace = self.pace.as_ref().filter(|_| self.config.adaptive)?;
         Some(pace.lock().unwrap().aimd.rate(Instant::now()))
     }
 
@@ -278,9 +350,25 @@ impl Governor {
         let at = {
             let mut p = pace.lock().unwrap();
             let now = Instant::now();
-            let rate = p.aimd.rate(now);
-            metrics::gauge!("tgb_governor_learned_rate", "lane" => self.lane.clone()).set(rate);
-            let at = if rate < p.aimd.ceiling() {
+            let ceiling = p.aimd.ceiling();
+            let learned = if self.config.adaptive {
+                let r = p.aimd.rate(now);
+                metrics::gauge!("tgb_governor_learned_rate", "lane" => self.lane.clone()).set(r);
+                r
+            } else {
+                ceiling
+            };
+            // A slice of a fleet budget keeps the headroom and one request per window: a window
+            // holds one send more than rate × window (both ends), and replicas spaced exactly
+            // at their slices could still meet in one window when their timers wake late.
+            let slice = if p.share < 1.0 {
+                let r = ceiling * p.share * self.config.headroom.clamp(0.01, 1.0);
+                (r - 1.0 / self.config.window_secs).max(r / 2.0)
+            } else {
+                ceiling
+            };
+            let rate = learned.min(slice);
+            let at = if rate < ceiling {
                 let at = p.next.max(now);
                 p.next = at + Duration::from_secs_f64(1.0 / rate);
                 at
@@ -371,6 +459,27 @@ mod tests {
         off.pause_for(Duration::from_secs(1));
         assert_eq!(off.learned_rate(), None);
         assert_eq!(off.state().learned_rate, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_share_scales_the_concurrency_and_gives_it_back() {
+        let g = Governor::new("t", GovernorConfig::unlimited(6));
+        let a = g.acquire().await;
+        let b = g.acquire().await;
+        let c = g.acquire().await;
+        g.set_share(1.0 / 3.0);
+        assert_eq!(g.in_flight(), 3, "requests in flight are not cut");
+        drop((a, b));
+        assert_eq!(g.in_flight(), 1);
+        let _d = g.acquire().await;
+        let waiting = tokio::time::timeout(Duration::from_secs(1), g.acquire()).await;
+        assert!(waiting.is_err(), "a third of 6 is 2 at once");
+        g.set_share(1.0);
+        let _e = tokio::time::timeout(Duration::from_secs(1), g.acquire())
+            .await
+            .unwrap();
+        drop(c);
+        assert_eq!(g.state().in_flight, 2);
     }
 
     #[tokio::test(start_paused = true)]
