@@ -698,6 +698,27 @@ pub struct LaneStatus {
     pub in_flight: f64,
     /// 429s seen.
     pub throttled: f64,
+    /// The rate the lane has learned from 429s, requests per second (the configured rate
+    /// until a 429; absent when the lane is not adaptive).
+    pub learned_rate: Option<f64>,
+}
+
+/// The TG feed poller's cursor (`tgb_cursors` `tg.events`).
+#[derive(Debug, Serialize)]
+pub struct FeedStatus {
+    /// `[tg_ingress] start_from` as it was at first start (absent for a cursor written before
+    /// the setting existed).
+    pub start_from: Option<String>,
+    /// Events older than this were not published during the catch-up.
+    pub not_before: Option<String>,
+    /// When the poller first started.
+    pub started_at: Option<String>,
+    /// Whether it has read the feed to its end since then.
+    pub caught_up: bool,
+    /// Old events read and not published.
+    pub skipped: u64,
+    /// The `after` of the next poll.
+    pub cursor: String,
 }
 
 /// `tgb status`.
@@ -715,6 +736,8 @@ pub struct Status {
     pub governors: Vec<LaneStatus>,
     /// Where the governor state came from, or why there is none.
     pub governors_note: String,
+    /// The TG feed poller's start position and cursor; `None` before its first start.
+    pub tg_feed: Option<FeedStatus>,
 }
 
 /// `tgb status`: streams, consumers, DLQ depth, and the governor lanes read from the given
@@ -807,10 +830,12 @@ pub async fn status(
                     lane,
                     in_flight: 0.0,
                     throttled: 0.0,
+                    learned_rate: None,
                 });
                 match metric.as_str() {
                     "tgb_governor_in_flight" => entry.in_flight = value,
                     "tgb_governor_throttled_total" => entry.throttled = value,
+                    "tgb_governor_learned_rate" => entry.learned_rate = Some(value),
                     _ => {}
                 }
             }
@@ -822,6 +847,24 @@ pub async fn status(
         };
         (lanes.into_values().collect(), note)
     };
+    let tg_feed = match js.get_key_value(names::KV_CURSORS).await {
+        Ok(kv) => kv
+            .get(tg_ingress::poller::CURSOR_KEY)
+            .await
+            .context("reading the TG feed cursor")?
+            .map(|v| {
+                let c = tg_ingress::poller::FeedCursor::parse(&v);
+                FeedStatus {
+                    start_from: c.start_from,
+                    not_before: c.not_before,
+                    started_at: c.started_at,
+                    caught_up: c.caught_up,
+                    skipped: c.skipped,
+                    cursor: c.after,
+                }
+            }),
+        Err(_) => None,
+    };
     Ok(Status {
         nats_version: client.server_info().version,
         streams,
@@ -829,6 +872,7 @@ pub async fn status(
         dlq_depth,
         governors,
         governors_note,
+        tg_feed,
     })
 }
 
@@ -901,9 +945,18 @@ mod tests {
         let text = "# TYPE tgb_governor_in_flight gauge\n\
                     tgb_governor_in_flight{lane=\"dataverse:tgb-bridge\"} 3\n\
                     tgb_governor_throttled_total{lane=\"graph:tgb-bridge\"} 2\n\
+                    tgb_governor_learned_rate{lane=\"graph:tgb-bridge\"} 4.5\n\
                     tgb_other{lane=\"x\"} 1\n";
         let s = governor_samples(text);
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            s[2],
+            (
+                "tgb_governor_learned_rate".into(),
+                "graph:tgb-bridge".into(),
+                4.5
+            )
+        );
         assert_eq!(
             s[0],
             (

@@ -232,15 +232,46 @@ pub fn status(s: &Status) -> String {
     if s.governors.is_empty() {
         out.push_str(&format!("Governors: {}\n", s.governors_note));
     } else {
-        let mut gt = table(&["governor lane", "in flight", "429s"]);
+        let mut gt = table(&["governor lane", "in flight", "429s", "learned rate /s"]);
         for g in &s.governors {
             gt.add_row(vec![
                 g.lane.clone(),
                 g.in_flight.to_string(),
                 g.throttled.to_string(),
+                g.learned_rate
+                    .map(|r| format!("{r:.2}"))
+                    .unwrap_or_else(|| "-".into()),
             ]);
         }
         out.push_str(&format!("{gt}\nGovernors: {}\n", s.governors_note));
     }
+    out.push_str(&tg_feed(s.tg_feed.as_ref()));
     out
+}
+
+fn tg_feed(f: Option<&crate::ops::FeedStatus>) -> String {
+    let Some(f) = f else {
+        return "TG feed: not polled yet (the first start reads from [tg_ingress] start_from, \
+                default now)\n"
+            .to_owned();
+    };
+    let start = match (&f.start_from, &f.not_before) {
+        (Some(from), Some(nb)) => format!("started from {from} (events before {nb} not published)"),
+        (Some(from), None) => format!("started from {from}"),
+        (None, _) => "started before start_from existed".to_owned(),
+    };
+    let first = f
+        .started_at
+        .as_deref()
+        .map(|t| format!(", first start {t}"))
+        .unwrap_or_default();
+    let progress = if f.caught_up {
+        "caught up"
+    } else {
+        "catching up"
+    };
+    format!(
+        "TG feed: {start}{first}; {progress}, cursor '{}', {} old events skipped\n",
+        f.cursor, f.skipped
+    )
 }

@@ -9,8 +9,11 @@
 
 mod bus;
 mod consumer;
+pub mod cursor;
+pub mod fleet;
 pub mod ids;
 pub mod kv;
+pub mod lease;
 pub mod ledger;
 pub mod links;
 pub mod names;

@@ -7,9 +7,15 @@
 //! - At most `max_concurrent` requests in flight (Dataverse allows 52; we stay well under).
 //! - [`Governor::pause_for`]: on any 429 the whole lane waits `Retry-After` before its next
 //!   request; a later, longer `Retry-After` extends the pause, a shorter one never shortens it.
+//! - Adaptive (`adaptive = true`, the default): a 429 also lowers the lane's rate to what the
+//!   target evidently allows, and windows without 429 raise it again slowly ([`adaptive`]);
+//!   while the learned rate is under the configured one, requests are spaced by its inverse.
+//!   The learned rate is the gauge `tgb_governor_learned_rate{lane}` (requests per second).
 
+pub mod adaptive;
 mod class;
 
+pub use adaptive::{Aimd, AimdSettings};
 pub use class::{Classify, ErrorClass, parse_retry_after, retry_after_header};
 
 use std::num::NonZeroU32;
@@ -33,6 +39,14 @@ pub struct GovernorConfig {
     pub headroom: f64,
     /// Requests in flight at once (Dataverse allows 52).
     pub max_concurrent: usize,
+    /// Learn the rate the target allows from its 429s (AIMD).
+    pub adaptive: bool,
+    /// After a 429, the share of the rate the target evidently allowed that the lane keeps.
+    pub decrease_factor: f64,
+    /// Per window without a 429, the share of that rate added back.
+    pub increase_share: f64,
+    /// The lowest learned rate, as a share of the configured one.
+    pub floor_share: f64,
 }
 
 impl Default for GovernorConfig {
@@ -42,6 +56,10 @@ impl Default for GovernorConfig {
             window_secs: 300.0,
             headroom: 0.9,
             max_concurrent: 16,
+            adaptive: true,
+            decrease_factor: 0.8,
+            increase_share: 0.05,
+            floor_share: 0.01,
         }
     }
 }
@@ -54,6 +72,21 @@ impl GovernorConfig {
             max_concurrent,
             ..GovernorConfig::default()
         }
+    }
+
+    fn aimd(&self, now: Instant) -> Option<Aimd> {
+        (self.requests_per_window > 0 && self.window_secs > 0.0).then(|| {
+            Aimd::new(
+                AimdSettings {
+                    requests_per_window: self.requests_per_window,
+                    window: Duration::from_secs_f64(self.window_secs),
+                    decrease_factor: self.decrease_factor,
+                    increase_share: self.increase_share,
+                    floor_share: self.floor_share,
+                },
+                now,
+            )
+        })
     }
 
     fn quota(&self) -> Option<Quota> {
@@ -84,6 +117,8 @@ pub struct GovernorState {
     pub paused_for: Option<Duration>,
     /// 429s reported to this lane.
     pub throttled: u64,
+    /// The learned rate, requests per second (`None` when not adaptive or unlimited).
+    pub learned_rate: Option<f64>,
 }
 
 /// One lane: an identity against one target.
@@ -95,6 +130,25 @@ pub struct Governor {
     slots: Arc<Semaphore>,
     paused_until: Mutex<Option<Instant>>,
     throttled: Mutex<u64>,
+    pace: Option<Mutex<Pace>>,
+    withheld: Arc<Mutex<Withheld>>,
+}
+
+/// The learned rate, the lane's share of a fleet budget, and the next free send time they
+/// allow.
+#[derive(Debug)]
+struct Pace {
+    aimd: Aimd,
+    share: f64,
+    next: Instant,
+}
+
+/// Concurrency slots kept back while the lane's share of a fleet budget is under 1: a slot
+/// freed while fewer than `target` are kept is kept instead of released.
+#[derive(Debug, Default)]
+struct Withheld {
+    target: usize,
+    held: Vec<OwnedSemaphorePermit>,
 }
 
 /// Held while a request is in flight; dropping it frees the slot.
@@ -103,28 +157,96 @@ pub struct Permit {
     slot: Option<OwnedSemaphorePermit>,
     lane: String,
     slots: Arc<Semaphore>,
+    withheld: Arc<Mutex<Withheld>>,
     max: usize,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        drop(self.slot.take());
+        let mut w = self.withheld.lock().unwrap();
+        if let Some(slot) = self.slot.take()
+            && w.held.len() < w.target
+        {
+            w.held.push(slot);
+        }
+        let in_flight = self
+            .max
+            .saturating_sub(self.slots.available_permits() + w.held.len());
         metrics::gauge!("tgb_governor_in_flight", "lane" => self.lane.clone())
-            .set(self.max.saturating_sub(self.slots.available_permits()) as f64);
+            .set(in_flight as f64);
     }
 }
 
 impl Governor {
     /// A lane named `lane` (e.g. `dataverse:<client id>`).
     pub fn new(lane: impl Into<String>, config: GovernorConfig) -> Arc<Governor> {
+        let lane = lane.into();
+        let now = Instant::now();
+        let pace = config.aimd(now).map(|aimd| {
+            if config.adaptive {
+                metrics::gauge!("tgb_governor_learned_rate", "lane" => lane.clone())
+                    .set(aimd.ceiling());
+            }
+            Mutex::new(Pace {
+                aimd,
+                share: 1.0,
+                next: now,
+            })
+        });
         Arc::new(Governor {
-            lane: lane.into(),
+            pace,
+            lane,
             limiter: config.quota().map(RateLimiter::direct),
             slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             config,
             paused_until: Mutex::new(None),
             throttled: Mutex::new(0),
+            withheld: Arc::default(),
         })
+    }
+
+    /// Sets this replica's share of a budget the lane's limits describe for the whole fleet
+    /// (`1 / replicas`, see `tgb_bus::fleet`): the rate (learned or configured) and the
+    /// concurrency are scaled by it, and requests are spaced (no burst) while it is under 1.
+    pub fn set_share(&self, share: f64) {
+        let share = if share.is_finite() {
+            share.clamp(0.001, 1.0)
+        } else {
+            1.0
+        };
+        if let Some(pace) = &self.pace {
+            pace.lock().unwrap().share = share;
+        }
+        let max = self.config.max_concurrent.max(1);
+        let cap = ((max as f64 * share).floor() as usize).clamp(1, max);
+        let mut w = self.withheld.lock().unwrap();
+        w.target = max - cap;
+        while w.held.len() < w.target {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => w.held.push(slot),
+                Err(_) => break, // the rest is kept as requests in flight end
+            }
+        }
+        let target = w.target;
+        w.held.truncate(target);
+        metrics::gauge!("tgb_governor_fleet_share", "lane" => self.lane.clone()).set(share);
+    }
+
+    /// This replica's share of the fleet budget (1 when alone).
+    pub fn share(&self) -> f64 {
+        self.pace
+            .as_ref()
+            .map(|p| p.lock().unwrap().share)
+            .unwrap_or(1.0)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        let held = self.withheld.lock().unwrap().held.len();
+        self.config
+            .max_concurrent
+            .max(1)
+            .saturating_sub(self.slots.available_permits() + held)
     }
 
     /// The lane's name.
@@ -151,6 +273,7 @@ impl Governor {
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
+            self.wait_for_pace().await;
             // A 429 may have arrived while we waited for the slot or the token.
             if self.pause_remaining().is_none() {
                 break slot;
@@ -161,21 +284,33 @@ impl Governor {
             .record(started.elapsed().as_secs_f64());
         let max = self.config.max_concurrent.max(1);
         metrics::gauge!("tgb_governor_in_flight", "lane" => self.lane.clone())
-            .set(max.saturating_sub(self.slots.available_permits()) as f64);
+            .set(self.in_flight() as f64);
         Permit {
             slot: Some(slot),
             lane: self.lane.clone(),
             slots: self.slots.clone(),
+            withheld: self.withheld.clone(),
             max,
         }
     }
 
     /// The target answered 429 with `retry_after`: the whole lane waits that long.
     pub fn pause_for(&self, retry_after: Duration) {
-        let until = Instant::now() + retry_after;
-        let mut paused = self.paused_until.lock().unwrap();
-        if paused.is_none_or(|current| until > current) {
-            *paused = Some(until);
+        let now = Instant::now();
+        let until = now + retry_after;
+        {
+            let mut paused = self.paused_until.lock().unwrap();
+            if paused.is_none_or(|current| until > current) {
+                *paused = Some(until);
+            }
+        }
+        if let (Some(pace), true) = (&self.pace, self.config.adaptive) {
+            let mut p = pace.lock().unwrap();
+            if p.aimd.on_throttled(now, retry_after) {
+                let rate = p.aimd.rate(now);
+                metrics::gauge!("tgb_governor_learned_rate", "lane" => self.lane.clone()).set(rate);
+                tracing::info!(lane = %self.lane, learned_rate = rate, "429: the lane lowers its rate");
+            }
         }
         *self.throttled.lock().unwrap() += 1;
         metrics::counter!("tgb_governor_throttled_total", "lane" => self.lane.clone()).increment(1);
@@ -193,10 +328,58 @@ impl Governor {
     pub fn state(&self) -> GovernorState {
         GovernorState {
             lane: self.lane.clone(),
-            in_flight: self.config.max_concurrent.max(1) - self.slots.available_permits(),
+            in_flight: self.in_flight(),
             paused_for: self.pause_remaining(),
             throttled: *self.throttled.lock().unwrap(),
+            learned_rate: self.learned_rate(),
         }
+    }
+
+    /// The learned rate now, requests per second (`None` when not adaptive or unlimited).
+    pub fn learned_rate(&self) -> Option<f64> {
+        let pace = self.pace.as_ref().filter(|_| self.config.adaptive)?;
+        Some(pace.lock().unwrap().aimd.rate(Instant::now()))
+    }
+
+    /// While the learned rate is under the configured one, takes the next send time it allows
+    /// (one every 1 / rate) and waits for it; records the send.
+    async fn wait_for_pace(&self) {
+        let Some(pace) = &self.pace else {
+            return;
+        };
+        let at = {
+            let mut p = pace.lock().unwrap();
+            let now = Instant::now();
+            let ceiling = p.aimd.ceiling();
+            let learned = if self.config.adaptive {
+                let r = p.aimd.rate(now);
+                metrics::gauge!("tgb_governor_learned_rate", "lane" => self.lane.clone()).set(r);
+                r
+            } else {
+                ceiling
+            };
+            // A slice of a fleet budget keeps the headroom and one request per window: a window
+            // holds one send more than rate × window (both ends), and replicas spaced exactly
+            // at their slices could still meet in one window when their timers wake late.
+            let slice = if p.share < 1.0 {
+                let r = ceiling * p.share * self.config.headroom.clamp(0.01, 1.0);
+                (r - 1.0 / self.config.window_secs).max(r / 2.0)
+            } else {
+                ceiling
+            };
+            let rate = learned.min(slice);
+            let at = if rate < ceiling {
+                let at = p.next.max(now);
+                p.next = at + Duration::from_secs_f64(1.0 / rate);
+                at
+            } else {
+                p.next = now;
+                now
+            };
+            p.aimd.on_send(at);
+            at
+        };
+        tokio::time::sleep_until(at).await;
     }
 
     async fn wait_out_pause(&self) {
@@ -229,6 +412,74 @@ mod tests {
         let _p = g.acquire().await;
         assert!(started.elapsed() >= Duration::from_secs(10));
         assert_eq!(g.state().throttled, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_429_requests_are_spaced_at_the_learned_rate_and_retry_after_still_holds() {
+        let config = GovernorConfig {
+            requests_per_window: 200,
+            window_secs: 5.0,
+            headroom: 0.9,
+            max_concurrent: 4,
+            ..GovernorConfig::default()
+        };
+        let g = Governor::new("t", config.clone());
+        assert_eq!(g.learned_rate(), Some(40.0));
+        for _ in 0..20 {
+            drop(g.acquire().await);
+        }
+        g.pause_for(Duration::from_secs(2));
+        // 20 sent in the window → 4/s allowed → 3.2/s learned.
+        let rate = g.learned_rate().unwrap();
+        assert!((rate - 3.2).abs() < 1e-9, "{rate}");
+        let started = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..5 {
+            drop(g.acquire().await);
+            at.push(started.elapsed());
+        }
+        assert!(
+            at[0] >= Duration::from_secs(2),
+            "Retry-After honoured: {at:?}"
+        );
+        // The paused clock wakes timers on whole milliseconds: each gap is 1 / 3.2 s ± 1 ms.
+        for pair in at.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_secs_f64(1.0 / 3.2 - 0.001),
+                "{at:?}"
+            );
+        }
+        let off = Governor::new(
+            "off",
+            GovernorConfig {
+                adaptive: false,
+                ..config
+            },
+        );
+        off.pause_for(Duration::from_secs(1));
+        assert_eq!(off.learned_rate(), None);
+        assert_eq!(off.state().learned_rate, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_share_scales_the_concurrency_and_gives_it_back() {
+        let g = Governor::new("t", GovernorConfig::unlimited(6));
+        let a = g.acquire().await;
+        let b = g.acquire().await;
+        let c = g.acquire().await;
+        g.set_share(1.0 / 3.0);
+        assert_eq!(g.in_flight(), 3, "requests in flight are not cut");
+        drop((a, b));
+        assert_eq!(g.in_flight(), 1);
+        let _d = g.acquire().await;
+        let waiting = tokio::time::timeout(Duration::from_secs(1), g.acquire()).await;
+        assert!(waiting.is_err(), "a third of 6 is 2 at once");
+        g.set_share(1.0);
+        let _e = tokio::time::timeout(Duration::from_secs(1), g.acquire())
+            .await
+            .unwrap();
+        drop(c);
+        assert_eq!(g.state().in_flight, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,7 @@ async fn no_sliding_window_holds_more_than_the_limit() {
             window_secs: window.as_secs_f64(),
             headroom: 0.5,
             max_concurrent: 8,
+            ..GovernorConfig::default()
         },
     );
     let mut sent = Vec::new();

@@ -63,6 +63,8 @@ pub(crate) struct TgState {
     pub idempotency: HashMap<(String, String), StoredAnswer>,
     pub idempotency_ttl: Duration,
     pub writes: Vec<RecordedWrite>,
+    /// `occurred_at` of the events emitted while set (a feed seeded with history).
+    pub occurred_at: Option<String>,
 }
 
 /// A typed view of what the emulator holds, for tests and `/_sandbox/state`.
@@ -176,7 +178,7 @@ impl Tg {
         let event = TgEvent {
             id: format!("evt_{}", ulid::Ulid::new()),
             kind: kind.to_owned(),
-            occurred_at: now_rfc3339(),
+            occurred_at: state.occurred_at.clone().unwrap_or_else(now_rfc3339),
             community_id: self.community_id.to_string(),
             partner,
             data,
@@ -506,6 +508,15 @@ impl Tg {
         }
         let mut state = self.lock();
         Ok(self.emit(&mut state, &input.kind, input.partner, input.data))
+    }
+
+    /// Events emitted from now on carry `at` as their `occurred_at` (to seed the feed with
+    /// history, e.g. cases raised months ago); `None` returns to the current time.
+    pub fn set_occurred_at(&self, at: Option<time::OffsetDateTime>) {
+        self.lock().occurred_at = at.map(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        });
     }
 
     /// Every event of the feed, oldest first.

@@ -99,6 +99,8 @@ pub async fn serve_with(
     let sync = bus.kv(tgb_bus::names::KV_SYNC).await?;
     let lease = leader::Lease::new(
         sync.clone(),
+        leader::LEASE_KEY,
+        NAME,
         Duration::from_millis(g.poller_lease_ttl_ms),
         Duration::from_millis(g.poller_lease_renew_ms),
     );

@@ -48,6 +48,15 @@ pub struct IngressSettings {
     pub tolerance_secs: i64,
     /// Timeout of one TG API call, milliseconds.
     pub request_timeout_ms: u64,
+    /// Where the feed poller starts when there is no cursor yet: `"now"` (default),
+    /// `"beginning"` or an RFC 3339 time. Applies once: the stored cursor records it.
+    pub start_from: poller::StartFrom,
+    /// How long the feed poller's lease lasts unless renewed, milliseconds (at least twice
+    /// the renewal period).
+    pub poller_lease_ttl_ms: u64,
+    /// How often the lease holder renews it and the other replicas try to take it over,
+    /// milliseconds.
+    pub poller_lease_renew_ms: u64,
 }
 
 impl Default for IngressSettings {
@@ -59,6 +68,9 @@ impl Default for IngressSettings {
             retry_after_secs: 5,
             tolerance_secs: verify::DEFAULT_TOLERANCE_SECS,
             request_timeout_ms: 10_000,
+            start_from: poller::StartFrom::Now,
+            poller_lease_ttl_ms: 15_000,
+            poller_lease_renew_ms: 3_000,
         }
     }
 }
@@ -125,6 +137,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings: IngressSettings = config.section("tg_ingress")?;
+    if settings.poller_lease_renew_ms == 0
+        || settings.poller_lease_ttl_ms < settings.poller_lease_renew_ms.saturating_mul(2)
+    {
+        anyhow::bail!(
+            "tg_ingress.poller_lease_ttl_ms ({}) must be at least twice \
+             tg_ingress.poller_lease_renew_ms ({}), which must be above 0",
+            settings.poller_lease_ttl_ms,
+            settings.poller_lease_renew_ms
+        );
+    }
     let keys = config
         .settings
         .tg_webhook_secrets
@@ -148,8 +170,15 @@ pub async fn serve(
     let mut workers = tgb_service::Workers::new(&shutdown);
     match client {
         Some(client) => {
+            let lease = tgb_bus::lease::Lease::new(
+                bus.kv(tgb_bus::names::KV_SYNC).await?,
+                poller::LEASE_KEY,
+                NAME,
+                Duration::from_millis(ingress.settings.poller_lease_ttl_ms),
+                Duration::from_millis(ingress.settings.poller_lease_renew_ms),
+            );
             let ingress = ingress.clone();
-            workers.spawn(move |token| poller::run(ingress, client, token));
+            workers.spawn(move |token| poller::run(ingress, client, lease, token));
         }
         None => tracing::warn!(
             "TGB_TG_API_URL, TGB_TG_TOKEN_URL, TGB_TG_CLIENT_ID or TGB_TG_CLIENT_SECRET is not set: \

@@ -160,6 +160,22 @@ async fn status_lists_streams_consumers_and_an_empty_dlq() {
     assert!(status.consumers.iter().any(|c| c.name == "tg-egress"));
     assert_eq!(status.dlq_depth, 0);
     assert!(!status.governors_note.is_empty());
+    // The feed poller's first start: from now, shown with its cursor once it has caught up.
+    let feed = eventually(
+        "the TG feed poller caught up",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let s = ops::status(&client, &js, &[]).await.ok()?;
+            s.tg_feed.as_ref().is_some_and(|f| f.caught_up).then_some(s)
+        },
+    )
+    .await
+    .unwrap();
+    let f = feed.tg_feed.as_ref().unwrap();
+    assert_eq!(f.start_from.as_deref(), Some("now"));
+    assert!(f.not_before.is_some());
+    let text = tgb::render::status(&feed);
+    assert!(text.contains("TG feed: started from now"), "{text}");
     system.stop().await;
 }
 

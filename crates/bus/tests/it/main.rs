@@ -1,6 +1,7 @@
 //! tgb-bus against a real nats-server (one per test).
 
 mod consumer;
+mod fleet;
 mod kv;
 mod ledger;
 mod provision;

@@ -3,6 +3,8 @@
 mod bad_input;
 mod lifecycle;
 mod poller;
+mod replicas;
 mod slow_clients;
+mod start;
 mod support;
 mod webhooks;

@@ -27,9 +27,14 @@ pub fn now() -> i64 {
 impl Env {
     /// NATS, the sandbox (with `sandbox_config`), and tg-ingress with `env` added.
     pub async fn start(sandbox_config: SandboxConfig, env: &[(&str, String)]) -> Env {
+        Env::start_with(Sandbox::start(sandbox_config).await.unwrap(), env).await
+    }
+
+    /// NATS and tg-ingress (with `env` added) against `sandbox`, which the test may have
+    /// seeded first.
+    pub async fn start_with(sandbox: Sandbox, env: &[(&str, String)]) -> Env {
         tgb_testkit::init_test_tracing();
         let nats = NatsServer::start().await.unwrap();
-        let sandbox = Sandbox::start(sandbox_config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let vars = TgbEnv::new(nats.url())

@@ -1,0 +1,248 @@
+//! The lane's learned rate: AIMD (additive increase, multiplicative decrease) on what the
+//! target evidently allows, on an injected clock (every method takes `now`).
+//!
+//! - The lane starts at its configured rate (the ceiling: `requests_per_window / window`).
+//! - A 429 sets the rate to `decrease_factor` × what the lane sent in the last window (at
+//!   most the rate it had): that many requests the target had just taken, or refused. 429s
+//!   answered while the lane is paused by the one that lowered it are the same congestion (the
+//!   requests were sent before it) and change nothing.
+//! - Each whole window without a 429 adds `increase_share` × the rate the target evidently
+//!   allowed at the last decrease (never less than the floor), up to the ceiling: the lane
+//!   climbs back slowly and finds out whether the limit was raised.
+//! - The rate never goes under the floor (`floor_share` × the ceiling, at least one request
+//!   per window).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The controller's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AimdSettings {
+    /// Requests per window the lane is configured for (its ceiling).
+    pub requests_per_window: u32,
+    /// The window.
+    pub window: Duration,
+    /// After a 429: the share of the rate evidently allowed that the lane keeps (0 < f < 1).
+    pub decrease_factor: f64,
+    /// Per window without a 429: the share of the rate evidently allowed at the last decrease
+    /// that is added back.
+    pub increase_share: f64,
+    /// The lowest rate, as a share of the ceiling.
+    pub floor_share: f64,
+}
+
+/// One lane's learned rate.
+#[derive(Debug)]
+pub struct Aimd {
+    window: Duration,
+    ceiling: f64,
+    floor: f64,
+    decrease_factor: f64,
+    increase_share: f64,
+    rate: f64,
+    /// Added per window without 429.
+    step: f64,
+    /// The current window without 429 started here.
+    since: Instant,
+    /// Until then, 429s are of requests sent before the last decrease.
+    hold_until: Option<Instant>,
+    /// Sends within the last window.
+    sent: VecDeque<Instant>,
+    decreases: u64,
+}
+
+impl Aimd {
+    /// A controller at the ceiling.
+    pub fn new(s: AimdSettings, now: Instant) -> Aimd {
+        let window = s.window.max(Duration::from_millis(1));
+        let secs = window.as_secs_f64();
+        let ceiling = f64::from(s.requests_per_window.max(1)) / secs;
+        let floor = (s.floor_share.clamp(0.0, 1.0) * ceiling)
+            .max(1.0 / secs)
+            .min(ceiling);
+        Aimd {
+            window,
+            ceiling,
+            floor,
+            decrease_factor: s.decrease_factor.clamp(0.05, 0.95),
+            increase_share: s.increase_share.clamp(0.001, 1.0),
+            rate: ceiling,
+            step: 0.0,
+            since: now,
+            hold_until: None,
+            sent: VecDeque::new(),
+            decreases: 0,
+        }
+    }
+
+    /// The configured rate, requests per second.
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
+    /// The lowest rate, requests per second.
+    pub fn floor(&self) -> f64 {
+        self.floor
+    }
+
+    /// How many times a 429 lowered the rate.
+    pub fn decreases(&self) -> u64 {
+        self.decreases
+    }
+
+    /// The learned rate at `now`, requests per second (whole windows without a 429 added).
+    pub fn rate(&mut self, now: Instant) -> f64 {
+        self.grow(now);
+        self.rate
+    }
+
+    /// Whether the lane runs below its configured rate at `now`.
+    pub fn is_limiting(&mut self, now: Instant) -> bool {
+        self.rate(now) < self.ceiling
+    }
+
+    /// A request is sent at `now`.
+    pub fn on_send(&mut self, now: Instant) {
+        self.prune(now);
+        self.sent.push_back(now);
+    }
+
+    /// A 429 reported at `now`, the lane paused for `retry_after`. Returns whether it lowered
+    /// the rate.
+    pub fn on_throttled(&mut self, now: Instant, retry_after: Duration) -> bool {
+        if self.hold_until.is_some_and(|h| now < h) {
+            return false;
+        }
+        self.grow(now);
+        self.prune(now);
+        let observed = self.sent.len() as f64 / self.window.as_secs_f64();
+        let allowed = observed.min(self.rate).max(self.floor);
+        self.rate = (allowed * self.decrease_factor).max(self.floor);
+        self.step = (allowed * self.increase_share).max(self.floor * self.increase_share);
+        // The pause is no window without 429: the climb starts when it ends.
+        self.since = now + retry_after;
+        self.hold_until = Some(now + retry_after);
+        self.decreases += 1;
+        true
+    }
+
+    fn grow(&mut self, now: Instant) {
+        if self.rate >= self.ceiling {
+            self.since = self.since.max(now);
+            return;
+        }
+        let Some(elapsed) = now.checked_duration_since(self.since) else {
+            return;
+        };
+        let windows = (elapsed.as_secs_f64() / self.window.as_secs_f64()).floor();
+        if windows >= 1.0 {
+            self.rate = (self.rate + windows * self.step).min(self.ceiling);
+            self.since += self.window.mul_f64(windows);
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some(first) = self.sent.front() {
+            if now.saturating_duration_since(*first) >= self.window {
+                self.sent.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AimdSettings {
+        AimdSettings {
+            requests_per_window: 200,
+            window: Duration::from_secs(5),
+            decrease_factor: 0.8,
+            increase_share: 0.05,
+            floor_share: 0.01,
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn it_starts_at_the_configured_rate() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        assert_eq!(a.rate(t0), 40.0);
+        assert!(!a.is_limiting(t0 + secs(100.0)));
+    }
+
+    #[test]
+    fn a_429_lowers_the_rate_to_a_share_of_what_the_last_window_carried() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        // 25 requests in the last 5 s (the target allows 20 per 5 s = 4/s).
+        for i in 0..25 {
+            a.on_send(t0 + secs(f64::from(i) * 0.1));
+        }
+        assert!(a.on_throttled(t0 + secs(2.5), secs(2.0)));
+        let r = a.rate(t0 + secs(2.5));
+        assert!((r - 0.8 * 25.0 / 5.0).abs() < 1e-9, "{r}");
+        assert_eq!(a.decreases(), 1);
+    }
+
+    #[test]
+    fn throttles_during_the_pause_they_caused_lower_nothing_more() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        for i in 0..20 {
+            a.on_send(t0 + secs(f64::from(i) * 0.01));
+        }
+        assert!(a.on_throttled(t0 + secs(1.0), secs(3.0)));
+        let after_first = a.rate(t0 + secs(1.0));
+        for i in 0..15 {
+            assert!(!a.on_throttled(t0 + secs(1.0 + f64::from(i) * 0.1), secs(3.0)));
+        }
+        assert_eq!(a.rate(t0 + secs(3.9)), after_first);
+        assert_eq!(a.decreases(), 1);
+        // After the pause, a new 429 is a new congestion and lowers again.
+        a.on_send(t0 + secs(4.1));
+        assert!(a.on_throttled(t0 + secs(4.2), secs(1.0)));
+        assert!(a.rate(t0 + secs(4.2)) < after_first);
+    }
+
+    #[test]
+    fn each_window_without_429_adds_back_a_step_up_to_the_ceiling() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        for i in 0..20 {
+            a.on_send(t0 + secs(f64::from(i) * 0.1));
+        }
+        a.on_throttled(t0 + secs(2.0), secs(1.0));
+        // allowed = 20 / 5 s = 4/s → rate 3.2/s, step 0.2/s per window; the climb starts after
+        // the 1 s pause.
+        let start = t0 + secs(3.0);
+        assert!((a.rate(start + secs(4.99)) - 3.2).abs() < 1e-9);
+        assert!((a.rate(start + secs(5.0)) - 3.4).abs() < 1e-9);
+        assert!((a.rate(start + secs(12.0)) - 3.6).abs() < 1e-9);
+        // Back at the ceiling after enough quiet windows, never above it.
+        assert_eq!(a.rate(start + secs(5.0 * 10_000.0)), 40.0);
+    }
+
+    #[test]
+    fn the_rate_never_goes_under_the_floor() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        let mut now = t0;
+        for _ in 0..50 {
+            now += secs(10.0);
+            a.on_send(now);
+            a.on_throttled(now, secs(0.5));
+        }
+        assert!((a.rate(now) - a.floor()).abs() < 1e-9);
+        assert!((a.floor() - 0.4).abs() < 1e-9, "1% of 40/s");
+    }
+}
