@@ -70,8 +70,11 @@ fn runs(callers: &[String]) -> usize {
     callers.windows(2).filter(|w| w[0] != w[1]).count() + usize::from(!callers.is_empty())
 }
 
+/// The ids stored in the events stream, none while the replicas have not yet created it.
 async fn stored(js: &jetstream::Context) -> Vec<String> {
-    let stream = js.get_stream("TGB_EVENTS").await.unwrap();
+    let Ok(stream) = js.get_stream("TGB_EVENTS").await else {
+        return Vec::new();
+    };
     let n = stream.get_info().await.unwrap().state.messages;
     let mut ids = Vec::new();
     for seq in 1..=n {
