@@ -15,6 +15,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+pub mod entra;
+
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use std::sync::Mutex;
