@@ -435,6 +435,27 @@ async fn feed(shim: &Shim) -> Result<(String, Vec<Value>), (String, String)> {
         paged.extend(events);
         cursor = page["next_cursor"].as_str().map(str::to_owned);
     }
+    // At the end of the feed, the last cursor gives no event already seen.
+    if paged.len() < MAX_PAGES * PAGE
+        && let Some(last) = &cursor
+    {
+        let path = format!("v1/events?limit={PAGE}&after={}", urlencode(last));
+        let (status, _, page) = shim
+            .json(shim.http.get(shim.url(&path)))
+            .await
+            .map_err(err)?;
+        let again = page["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["id"].as_str())
+            .find(|id| seen.contains(*id));
+        if status != StatusCode::OK || again.is_some() {
+            return Err(err(format!(
+                "after the last cursor: {status}, event {again:?} again"
+            )));
+        }
+    }
     let ids = |v: &[Value]| v.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
     if ids(&paged) != ids(&expected) {
         return Err(err(format!(
@@ -626,6 +647,16 @@ async fn if_match(shim: &Shim, case_id: &str) -> Outcome {
                 "If-Match: {} (stale, current {revision}) answered {}",
                 revision - 1,
                 stale.0
+            ),
+            HINT,
+        );
+    }
+    let (_, _, after) = shim.json(shim.http.get(shim.url(&path))).await.map_err(e)?;
+    if after["revision"].as_i64() != Some(revision) {
+        return fail(
+            format!(
+                "the refused PATCH moved the case from revision {revision} to {}",
+                after["revision"]
             ),
             HINT,
         );
