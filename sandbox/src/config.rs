@@ -64,6 +64,13 @@ pub struct IdentityConfig {
     pub token_lifetime_secs: u64,
     /// Entra ID app registrations (client credentials) and their application users.
     pub entra_clients: Vec<EntraClient>,
+    /// Certificates registered on those app registrations: a client assertion signed with
+    /// the certificate's key stands in for the client secret.
+    pub entra_certificates: Vec<EntraCertificate>,
+    /// Federated credentials of those app registrations: a client assertion equal to one of
+    /// these tokens (what a workload identity platform mounts for the pod) stands in for the
+    /// client secret.
+    pub entra_federated_tokens: Vec<EntraFederatedToken>,
     /// Named internal users (people) the scripting API can act as.
     pub users: Vec<NamedUser>,
     /// TG OAuth2 clients.
@@ -83,6 +90,8 @@ impl Default for IdentityConfig {
                 app_user_id: Uuid::from_u128(0x7d3c_0b1e_0000_4000_8000_0000_0000_0001),
                 app_user_name: "# tg-bridge".into(),
             }],
+            entra_certificates: Vec::new(),
+            entra_federated_tokens: Vec::new(),
             users: vec![
                 NamedUser {
                     key: "agent".into(),
@@ -130,6 +139,35 @@ impl std::fmt::Debug for EntraClient {
             .field("client_secret", &"[redacted]")
             .field("app_user_id", &self.app_user_id)
             .field("app_user_name", &self.app_user_name)
+            .finish()
+    }
+}
+
+/// A certificate registered on an app registration (Entra "certificates & secrets").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraCertificate {
+    /// The application (client) id it is registered on.
+    pub client_id: String,
+    /// The certificate, PEM (`-----BEGIN CERTIFICATE-----`); only its public key is used.
+    pub certificate_pem: String,
+}
+
+/// A federated token accepted as a client assertion for an app registration.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraFederatedToken {
+    /// The application (client) id.
+    pub client_id: String,
+    /// The token, exactly as the client sends it.
+    pub token: String,
+}
+
+impl std::fmt::Debug for EntraFederatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraFederatedToken")
+            .field("client_id", &self.client_id)
+            .field("token", &"[redacted]")
             .finish()
     }
 }

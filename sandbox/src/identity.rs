@@ -95,6 +95,7 @@ struct IdentityState {
     tokens: HashMap<String, TokenInfo>,
     issued: u64,
     dataverse_resources: Vec<String>,
+    base_url: String,
 }
 
 impl Identity {
@@ -109,6 +110,7 @@ impl Identity {
                 tokens: HashMap::new(),
                 issued: 0,
                 dataverse_resources,
+                base_url: base_url.trim_end_matches('/').to_owned(),
             })),
         }
     }
@@ -144,6 +146,28 @@ impl Identity {
         for info in self.inner.lock().unwrap().tokens.values_mut() {
             info.expires_at = now;
         }
+    }
+
+    /// Registers a certificate (PEM) on the app registration `client_id`.
+    pub fn register_entra_certificate(&self, client_id: &str, certificate_pem: &str) {
+        self.inner.lock().unwrap().config.entra_certificates.push(
+            crate::config::EntraCertificate {
+                client_id: client_id.to_owned(),
+                certificate_pem: certificate_pem.to_owned(),
+            },
+        );
+    }
+
+    /// Replaces the federated tokens `client_id` may present (a workload identity platform
+    /// rotating the token it mounts).
+    pub fn set_entra_federated_tokens(&self, client_id: &str, tokens: &[&str]) {
+        let mut state = self.inner.lock().unwrap();
+        let list = &mut state.config.entra_federated_tokens;
+        list.retain(|t| t.client_id != client_id);
+        list.extend(tokens.iter().map(|t| crate::config::EntraFederatedToken {
+            client_id: client_id.to_owned(),
+            token: (*t).to_owned(),
+        }));
     }
 
     /// A configured named user by key.
@@ -246,10 +270,18 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
     (status, Json(body)).into_response()
 }
 
-/// `POST /entra/{tenant}/oauth2/v2.0/token`
+/// `client_assertion_type` of a JWT client assertion (RFC 7523).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Clock skew allowed on a client assertion's `nbf` and `exp`.
+const ASSERTION_LEEWAY_SECS: u64 = 300;
+
+/// `POST /entra/{tenant}/oauth2/v2.0/token`: the client-credentials grant with a client
+/// secret, a certificate client assertion (a JWT signed with a registered certificate's key,
+/// `x5t#S256` naming the certificate, `aud` this endpoint, `iss` = `sub` = the client id, in
+/// its time range) or a federated client assertion (a configured token).
 pub(crate) async fn entra_token(
     State(app): State<App>,
-    Path(_tenant): Path<String>,
+    Path(tenant): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
     let form = form_fields(&body);
@@ -272,12 +304,12 @@ pub(crate) async fn entra_token(
             );
         }
     }
-    let (Some(client_id), Some(secret)) = (form.get("client_id"), form.get("client_secret")) else {
+    let Some(client_id) = form.get("client_id") else {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             900144,
-            "The request body must contain the following parameters: 'client_id' and 'client_secret'.",
+            "The request body must contain the following parameter: 'client_id'.",
         );
     };
     let Some(scope) = form.get("scope") else {
@@ -306,13 +338,57 @@ pub(crate) async fn entra_token(
             &format!("Application with identifier '{client_id}' was not found in the directory."),
         );
     };
-    if !crate::webhooks::constant_time_eq(client.client_secret.as_bytes(), secret.as_bytes()) {
-        return entra_error(
+    let authenticated = match (
+        form.get("client_secret"),
+        form.get("client_assertion_type"),
+        form.get("client_assertion"),
+    ) {
+        (Some(secret), None, None) => {
+            // An app registration without a secret accepts none (not even an empty one).
+            if client.client_secret.is_empty()
+                || !crate::webhooks::constant_time_eq(
+                    client.client_secret.as_bytes(),
+                    secret.as_bytes(),
+                )
+            {
+                Err(entra_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        (None, Some(kind), Some(assertion)) if kind == JWT_BEARER => {
+            let endpoint = format!(
+                "{}/entra/{tenant}/oauth2/v2.0/token",
+                identity.inner.lock().unwrap().base_url
+            );
+            identity.check_assertion(client_id, assertion, &endpoint)
+        }
+        (None, Some(kind), _) if kind != JWT_BEARER => Err(entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            &format!("The client_assertion_type '{kind}' is not supported; use '{JWT_BEARER}'."),
+        )),
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request must contain either 'client_secret' or 'client_assertion', not both.",
+        )),
+        _ => Err(entra_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            7000215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-        );
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )),
+    };
+    if let Err(refusal) = authenticated {
+        return refusal;
     }
     let Some(resource) = scope.trim().strip_suffix("/.default") else {
         return entra_error(
@@ -402,6 +478,173 @@ pub(crate) async fn tg_token(
     let (token, expires_in) = identity.inner.lock().unwrap().issue(Audience::Tg, caller);
     Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in}))
         .into_response()
+}
+
+impl Identity {
+    /// Checks a client assertion of `client_id` presented at `endpoint`: a federated token
+    /// configured for the client, or a JWT signed with one of its registered certificates.
+    #[allow(clippy::result_large_err)]
+    fn check_assertion(
+        &self,
+        client_id: &str,
+        assertion: &str,
+        endpoint: &str,
+    ) -> Result<(), Response> {
+        let refuse = |code: u32, description: String| {
+            Err(entra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                code,
+                &description,
+            ))
+        };
+        let (federated, certificates) = {
+            let state = self.inner.lock().unwrap();
+            let federated: Vec<String> = state
+                .config
+                .entra_federated_tokens
+                .iter()
+                .filter(|t| t.client_id == client_id)
+                .map(|t| t.token.clone())
+                .collect();
+            let certificates: Vec<String> = state
+                .config
+                .entra_certificates
+                .iter()
+                .filter(|c| c.client_id == client_id)
+                .map(|c| c.certificate_pem.clone())
+                .collect();
+            (federated, certificates)
+        };
+        // A configured federated token is accepted as it is (the emulator does not fetch the
+        // federated issuer's signing keys).
+        if federated
+            .iter()
+            .any(|t| crate::webhooks::constant_time_eq(t.as_bytes(), assertion.as_bytes()))
+        {
+            return Ok(());
+        }
+        let Some((header, claims)) = jwt_parts(assertion) else {
+            return refuse(
+                50027,
+                "JWT token is invalid or malformed (client_assertion).".into(),
+            );
+        };
+        let claim = |name: &str| claims.get(name).and_then(|v| v.as_str()).unwrap_or("");
+        // Entra tells the two apart by the issuer: the app itself signs a certificate
+        // assertion; anyone else's token must match a federated credential.
+        if claim("iss") != client_id {
+            return refuse(
+                70021,
+                format!(
+                    "No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{}'.",
+                    claim("iss"),
+                    claim("sub"),
+                    claims.get("aud").map(|a| a.to_string()).unwrap_or_default()
+                ),
+            );
+        }
+        let algorithm = match header.get("alg").and_then(|v| v.as_str()) {
+            Some("RS256") => jsonwebtoken::Algorithm::RS256,
+            Some("PS256") => jsonwebtoken::Algorithm::PS256,
+            other => {
+                return refuse(
+                    700027,
+                    format!(
+                        "Client assertion failed signature validation. [Reason - The algorithm {other:?} is not supported; use PS256 or RS256.]"
+                    ),
+                );
+            }
+        };
+        let Some(thumbprint) = header.get("x5t#S256").and_then(|v| v.as_str()) else {
+            return refuse(
+                700027,
+                "Client assertion contains an invalid signature. [Reason - The key was not found: the header has no 'x5t#S256'.]".into(),
+            );
+        };
+        let certificate = certificates
+            .iter()
+            .find(|pem| certificate_thumbprint(pem).as_deref() == Some(thumbprint));
+        let Some(certificate) = certificate else {
+            return refuse(
+                700027,
+                format!(
+                    "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{thumbprint}'. Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]"
+                ),
+            );
+        };
+        let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(certificate.as_bytes()) else {
+            return refuse(
+                700027,
+                "Client assertion contains an invalid signature. [Reason - The registered certificate has no RSA key.]".into(),
+            );
+        };
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.leeway = ASSERTION_LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_audience(&[endpoint]);
+        validation.set_issuer(&[client_id]);
+        validation.sub = Some(client_id.to_owned());
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        use jsonwebtoken::errors::ErrorKind;
+        match jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation) {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind() {
+                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => refuse(
+                    700024,
+                    "Client assertion is not within its valid time range.".into(),
+                ),
+                ErrorKind::InvalidAudience => refuse(
+                    50027,
+                    format!(
+                        "Invalid JWT token: the client assertion's audience claim is not this token endpoint '{endpoint}'."
+                    ),
+                ),
+                ErrorKind::InvalidSubject | ErrorKind::InvalidIssuer => refuse(
+                    50027,
+                    "Invalid JWT token: the client assertion's 'iss' and 'sub' must both be the client id.".into(),
+                ),
+                ErrorKind::MissingRequiredClaim(claim) => refuse(
+                    50027,
+                    format!("Invalid JWT token: the client assertion has no '{claim}' claim."),
+                ),
+                _ => refuse(
+                    700027,
+                    "Client assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value.]".into(),
+                ),
+            },
+        }
+    }
+}
+
+/// The decoded header and claims of a compact JWT, unverified.
+fn jwt_parts(token: &str) -> Option<(serde_json::Value, serde_json::Value)> {
+    let mut parts = token.split('.');
+    let (header, claims, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let decode = |part: &str| -> Option<serde_json::Value> {
+        let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    let header = decode(header)?;
+    let claims = decode(claims)?;
+    (header.is_object() && claims.is_object()).then_some((header, claims))
+}
+
+/// The base64url SHA-256 thumbprint of a PEM certificate's DER encoding.
+fn certificate_thumbprint(pem: &str) -> Option<String> {
+    use sha2::Digest as _;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
+        .map(str::trim)
+        .collect();
+    let der = STANDARD.decode(body).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der)))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -2,11 +2,13 @@
 //!
 //! - [`system`]: `tgb up`, NATS + the sandbox + the six services in one process, wired;
 //! - [`ops`]: the operator's commands over NATS (DLQ, history, links, replay, status);
+//! - [`check_tg`]: `tgb check tg`, the TG contract's behaviours against a live shim;
 //! - [`demo`]: the scripted business day through the sandbox, flows D1–D8 and P1–P7;
 //! - [`nats`]: finding and running nats-server, connecting with the version check;
 //! - [`bench`]: `tgb bench`, throughput against raw JetStream, quota efficiency, resources.
 
 pub mod bench;
+pub mod check_tg;
 pub mod demo;
 pub mod nats;
 pub mod ops;

@@ -75,6 +75,11 @@ enum Command {
     /// requests per change, the backlog under the Dataverse limits, CPU and memory per
     /// service. Writes bench.json, summary.md and pipeline.svg.
     Bench(BenchArgs),
+    /// Conformance checks of what a deployment talks to.
+    Check {
+        #[command(subcommand)]
+        command: CheckCommand,
+    },
     /// One service in its own process (what `tgb bench` starts when the service binaries
     /// were not built).
     #[command(hide = true)]
@@ -134,6 +139,59 @@ struct BenchArgs {
     /// The directory of the service binaries (default: tgb's own).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CheckCommand {
+    /// Run the TG contract's behaviours against a live TG shim (token, feed paging and
+    /// cursors, Idempotency-Key replay, If-Match on case PATCH, document Digest): one line per
+    /// behaviour; exit 0 only if every behaviour that ran conforms. Opens one test case.
+    Tg(CheckTgArgs),
+}
+
+#[derive(Args)]
+struct CheckTgArgs {
+    /// The shim's API base URL.
+    #[arg(long, env = "TGB_TG_API_URL")]
+    url: url::Url,
+    /// The shim's OAuth2 token endpoint.
+    #[arg(long, env = "TGB_TG_TOKEN_URL")]
+    token_url: url::Url,
+    /// OAuth2 client id.
+    #[arg(long, env = "TGB_TG_CLIENT_ID")]
+    client_id: String,
+    /// OAuth2 client secret (prefer the environment variable: arguments are visible to
+    /// other users of the machine).
+    #[arg(long, env = "TGB_TG_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: String,
+    /// The partner the test case is opened with, `qualifier:id`.
+    #[arg(long, default_value = "ZZ:ACME01")]
+    partner: String,
+    /// A document to fetch (default: the newest document.uploaded in the feed).
+    #[arg(long)]
+    document_id: Option<String>,
+    /// Bound of each request and of the wait for the test webhook, seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+    /// The shim's test-webhook trigger: tgb POSTs `{"url": <receiver>}` there (with the bearer
+    /// token) and expects one signed webhook at the receiver. Without it the round trip is
+    /// skipped.
+    #[arg(long, requires = "webhook_secret")]
+    webhook_trigger: Option<url::Url>,
+    /// The `whsec_…` secret(s) the shim signs webhooks with, comma-separated.
+    #[arg(
+        long,
+        env = "TGB_TG_WEBHOOK_SECRETS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    webhook_secret: Vec<String>,
+    /// Where the receiver of the test webhook listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    webhook_listen: SocketAddr,
+    /// The receiver's URL as the shim reaches it (default `http://<listen>/webhooks/tg`).
+    #[arg(long)]
+    webhook_url: Option<url::Url>,
 }
 
 #[derive(Subcommand)]
@@ -354,6 +412,30 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
+        Command::Check {
+            command: CheckCommand::Tg(a),
+        } => {
+            let report = tgb::check_tg::run(&tgb::check_tg::Options {
+                api_url: a.url.clone(),
+                token_url: a.token_url.clone(),
+                client_id: a.client_id.clone(),
+                client_secret: a.client_secret.clone().into(),
+                partner: a.partner.clone(),
+                document_id: a.document_id.clone(),
+                timeout: Duration::from_secs(a.timeout_secs.max(1)),
+                webhook_trigger: a.webhook_trigger.clone(),
+                webhook_secrets: a.webhook_secret.iter().map(|s| s.clone().into()).collect(),
+                webhook_listen: a.webhook_listen,
+                webhook_url: a.webhook_url.clone(),
+            })
+            .await;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.conforms() { 0 } else { 1 })
+        }
         Command::Up(a) => {
             let format = tgb_runtime::Config::load()
                 .map(|c| c.settings.log_format)

@@ -8,6 +8,7 @@
 //!   and the serde types of its webhook bodies.
 
 pub mod body;
+pub mod credential;
 pub mod dataverse;
 pub mod graph;
 pub mod oauth;

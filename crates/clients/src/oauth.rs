@@ -13,6 +13,8 @@ use serde::Deserialize;
 use tgb_governor::{Classify, ErrorClass};
 use url::Url;
 
+use crate::credential::{self, ClientCredential, CredentialError, JWT_BEARER_ASSERTION};
+
 /// Who asks for tokens, and where.
 #[derive(Clone, Debug)]
 pub struct ClientCredentials {
@@ -20,8 +22,9 @@ pub struct ClientCredentials {
     pub token_url: Url,
     /// The client id.
     pub client_id: String,
-    /// The client secret (never logged).
-    pub client_secret: SecretString,
+    /// How the client proves who it is: a secret, a certificate or a federated token file
+    /// (never logged).
+    pub credential: ClientCredential,
     /// `scope`, when the issuer needs one (Entra: `https://org.crm.dynamics.com/.default`).
     pub scope: Option<String>,
     /// Refresh this long before the token expires.
@@ -29,12 +32,17 @@ pub struct ClientCredentials {
 }
 
 impl ClientCredentials {
-    /// Credentials with no scope and a 60 s refresh margin.
-    pub fn new(token_url: Url, client_id: impl Into<String>, client_secret: SecretString) -> Self {
+    /// Credentials with no scope and a 60 s refresh margin. `credential`: a client secret
+    /// ([`SecretString`]) or any [`ClientCredential`].
+    pub fn new(
+        token_url: Url,
+        client_id: impl Into<String>,
+        credential: impl Into<ClientCredential>,
+    ) -> Self {
         ClientCredentials {
             token_url,
             client_id: client_id.into(),
-            client_secret,
+            credential: credential.into(),
             scope: None,
             refresh_margin: Duration::from_secs(60),
         }
@@ -58,6 +66,10 @@ pub enum OAuthError {
     /// The answer was not a token.
     #[error("token endpoint answered something that is not a token: {0}")]
     Invalid(String),
+    /// The client's own credential could not be used (unreadable federated token file, a
+    /// certificate that cannot sign).
+    #[error("client credential: {0}")]
+    Credential(#[from] CredentialError),
 }
 
 impl Classify for OAuthError {
@@ -66,7 +78,8 @@ impl Classify for OAuthError {
     fn class(&self) -> ErrorClass {
         match self {
             OAuthError::Unavailable(_) | OAuthError::Invalid(_) => ErrorClass::TRANSIENT,
-            OAuthError::Refused { .. } => ErrorClass::Fatal,
+            // Nobody but an operator fixes a missing token file or an unusable key.
+            OAuthError::Refused { .. } | OAuthError::Credential(_) => ErrorClass::Fatal,
         }
     }
 }
@@ -104,6 +117,7 @@ impl std::fmt::Debug for TokenCache {
         f.debug_struct("TokenCache")
             .field("token_url", &self.credentials.token_url.as_str())
             .field("client_id", &self.credentials.client_id)
+            .field("credential", &self.credentials.credential.kind())
             .finish_non_exhaustive()
     }
 }
@@ -190,11 +204,31 @@ impl TokenCache {
 
     async fn fetch(&self) -> Result<Cached, OAuthError> {
         let c = &self.credentials;
+        // Built here, at each request: a certificate assertion is short-lived and unique, and
+        // a federated token file rotates.
+        let assertion = match &c.credential {
+            ClientCredential::Secret(_) => None,
+            ClientCredential::Certificate(cert) => {
+                Some(cert.assertion(c.token_url.as_str(), &c.client_id)?)
+            }
+            ClientCredential::FederatedTokenFile(path) => {
+                Some(credential::read_federated_token(path).await?)
+            }
+        };
         let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", c.client_id.as_str()),
-            ("client_secret", c.client_secret.expose_secret()),
         ];
+        match (&c.credential, &assertion) {
+            (ClientCredential::Secret(secret), _) => {
+                form.push(("client_secret", secret.expose_secret()));
+            }
+            (_, Some(assertion)) => {
+                form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
+                form.push(("client_assertion", assertion.expose_secret()));
+            }
+            (_, None) => {}
+        }
         if let Some(scope) = &c.scope {
             form.push(("scope", scope.as_str()));
         }

@@ -38,6 +38,16 @@ pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
 
 /// Name of the environment provider in figment metadata; used to name keys in errors.
 const ENV_PROVIDER: &str = "TGB_* environment";
+/// Name of the provider of the variables a workload identity platform sets.
+const WORKLOAD_PROVIDER: &str = "AZURE_* environment (workload identity)";
+/// The variables AKS workload identity injects into a pod, and the settings they fill when the
+/// `TGB_` variable is unset.
+pub const WORKLOAD_IDENTITY_ENV: &[(&str, &str)] = &[
+    ("AZURE_CLIENT_ID", "azure_client_id"),
+    ("AZURE_TENANT_ID", "azure_tenant_id"),
+    ("AZURE_AUTHORITY_HOST", "azure_authority"),
+    ("AZURE_FEDERATED_TOKEN_FILE", "azure_federated_token_file"),
+];
 /// Keys whose values must never appear in an error message.
 const SECRET_KEYS: &[&str] = &[
     "tg_client_secret",
@@ -282,8 +292,22 @@ pub struct Settings {
     pub azure_tenant_id: Option<String>,
     /// Entra ID application (client) id. `TGB_AZURE_CLIENT_ID`.
     pub azure_client_id: Option<String>,
-    /// Entra ID client secret. `TGB_AZURE_CLIENT_SECRET`.
+    /// Entra ID client secret. `TGB_AZURE_CLIENT_SECRET`. One of the three Entra credentials.
     pub azure_client_secret: Option<SecretString>,
+    /// Entra ID client certificate, PEM; the private key too when
+    /// [`Self::azure_client_certificate_key_path`] is unset. `TGB_AZURE_CLIENT_CERTIFICATE_PATH`.
+    /// One of the three Entra credentials.
+    pub azure_client_certificate_path: Option<PathBuf>,
+    /// The certificate's RSA private key, PEM (PKCS#8 or PKCS#1, unencrypted).
+    /// `TGB_AZURE_CLIENT_CERTIFICATE_KEY_PATH`.
+    pub azure_client_certificate_key_path: Option<PathBuf>,
+    /// Signature of the certificate's client assertions: `PS256` (default) or `RS256`.
+    /// `TGB_AZURE_CLIENT_ASSERTION_ALGORITHM`.
+    pub azure_client_assertion_algorithm: AssertionAlgorithm,
+    /// A token file of workload identity federation, read at each token request (it rotates).
+    /// `TGB_AZURE_FEDERATED_TOKEN_FILE`, or `AZURE_FEDERATED_TOKEN_FILE` as AKS workload
+    /// identity sets it. One of the three Entra credentials.
+    pub azure_federated_token_file: Option<PathBuf>,
     /// Microsoft Graph base URL. `TGB_GRAPH_URL`.
     pub graph_url: Url,
     /// Log line format. `TGB_LOG_FORMAT`: `pretty` or `json`.
@@ -314,6 +338,10 @@ impl Default for Settings {
             azure_tenant_id: None,
             azure_client_id: None,
             azure_client_secret: None,
+            azure_client_certificate_path: None,
+            azure_client_certificate_key_path: None,
+            azure_client_assertion_algorithm: AssertionAlgorithm::default(),
+            azure_federated_token_file: None,
             graph_url: Url::parse(DEFAULT_GRAPH_URL).expect("constant URL is valid"),
             log_format: LogFormat::default(),
             send_trace_context: false,
@@ -341,6 +369,22 @@ impl fmt::Debug for Settings {
             .field("azure_tenant_id", &self.azure_tenant_id)
             .field("azure_client_id", &self.azure_client_id)
             .field("azure_client_secret", &self.azure_client_secret)
+            .field(
+                "azure_client_certificate_path",
+                &self.azure_client_certificate_path,
+            )
+            .field(
+                "azure_client_certificate_key_path",
+                &self.azure_client_certificate_key_path,
+            )
+            .field(
+                "azure_client_assertion_algorithm",
+                &self.azure_client_assertion_algorithm,
+            )
+            .field(
+                "azure_federated_token_file",
+                &self.azure_federated_token_file,
+            )
             .field("graph_url", &redact_url(&self.graph_url))
             .field("log_format", &self.log_format)
             .field("send_trace_context", &self.send_trace_context)
@@ -411,9 +455,79 @@ impl Settings {
             }
         }
 
+        self.check_azure_credential(figment)?;
         self.bus.validate(figment)?;
         self.http.validate(figment)
     }
+
+    /// At most one Entra credential, each complete, its files present.
+    fn check_azure_credential(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let name = |field: &str| describe_key(figment, &[field]);
+        let set: Vec<&str> = [
+            ("azure_client_secret", self.azure_client_secret.is_some()),
+            (
+                "azure_client_certificate_path",
+                self.azure_client_certificate_path.is_some(),
+            ),
+            (
+                "azure_federated_token_file",
+                self.azure_federated_token_file.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(field, is_set)| is_set.then_some(field))
+        .collect();
+        if set.len() > 1 {
+            let names: Vec<String> = set.iter().map(|f| name(f)).collect();
+            return Err(ConfigError::Invalid {
+                key: names.join(", "),
+                message: "several Entra credentials are set; set exactly one: a client secret, a client certificate or a federated token file".into(),
+            });
+        }
+        if self.azure_client_certificate_key_path.is_some()
+            && self.azure_client_certificate_path.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: name("azure_client_certificate_key_path"),
+                message: format!(
+                    "a certificate key without a certificate; set {} too",
+                    env_name(&["azure_client_certificate_path"])
+                ),
+            });
+        }
+        for field in [
+            "azure_client_certificate_path",
+            "azure_client_certificate_key_path",
+            "azure_federated_token_file",
+        ] {
+            let path = match field {
+                "azure_client_certificate_path" => &self.azure_client_certificate_path,
+                "azure_client_certificate_key_path" => &self.azure_client_certificate_key_path,
+                _ => &self.azure_federated_token_file,
+            };
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(ConfigError::Invalid {
+                    key: name(field),
+                    message: format!("file {} does not exist", path.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The signature algorithm of Entra certificate client assertions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PSS with SHA-256 (what Microsoft's documentation asks for).
+    #[default]
+    #[serde(rename = "PS256", alias = "ps256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[serde(rename = "RS256", alias = "rs256")]
+    Rs256,
 }
 
 fn check_nats_url(value: &str) -> Result<(), String> {
@@ -577,13 +691,15 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, v)| k.starts_with(ENV_PREFIX) && !v.trim().is_empty())
+            .filter(|(_, v)| !v.trim().is_empty())
             .collect();
         // Deterministic when a name appears twice: the last one wins, as in a shell.
         let mut seen = std::collections::HashSet::new();
         env.reverse();
         env.retain(|(k, _)| seen.insert(k.clone()));
         env.sort();
+        let workload = workload_identity_env(&env)?;
+        env.retain(|(k, _)| k.starts_with(ENV_PREFIX));
 
         let from_env = env
             .iter()
@@ -607,7 +723,9 @@ impl Config {
         if path.is_file() {
             figment = figment.merge(Toml::file_exact(&path));
         }
-        let figment = figment.merge(EnvProvider(env));
+        let figment = figment
+            .merge(WorkloadIdentityEnv(workload))
+            .merge(EnvProvider(env));
         let settings: Settings = figment
             .extract_lossy()
             .map_err(|e| from_figment(&figment, e, &[]))?;
@@ -645,6 +763,54 @@ impl Config {
     /// in the clear: never log them.
     pub fn figment(&self) -> &Figment {
         &self.figment
+    }
+}
+
+/// The settings the workload identity variables fill, as `(setting, value)`. A variable whose
+/// `TGB_` twin is set to another value is an error: which one is meant is not clear.
+fn workload_identity_env(env: &[(String, String)]) -> Result<Vec<(String, String)>, ConfigError> {
+    let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let mut out = Vec::new();
+    for (name, field) in WORKLOAD_IDENTITY_ENV {
+        let Some(value) = get(name) else { continue };
+        let twin = env_name(&[field]);
+        if let Some(ours) = get(&twin)
+            && ours.trim().trim_end_matches('/') != value.trim().trim_end_matches('/')
+        {
+            return Err(ConfigError::Invalid {
+                key: format!("{twin}, {name}"),
+                message: "both are set, to different values; unset one".into(),
+            });
+        }
+        out.push(((*field).to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// The variables a workload identity platform sets (see [`WORKLOAD_IDENTITY_ENV`]).
+struct WorkloadIdentityEnv(Vec<(String, String)>);
+
+/// `["azure_client_id"]` → `AZURE_CLIENT_ID`.
+fn workload_env_name<S: AsRef<str>>(keys: &[S]) -> String {
+    let dotted = keys.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(".");
+    WORKLOAD_IDENTITY_ENV
+        .iter()
+        .find(|(_, field)| *field == dotted)
+        .map(|(name, _)| (*name).to_owned())
+        .unwrap_or(dotted)
+}
+
+impl Provider for WorkloadIdentityEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(WORKLOAD_PROVIDER).interpolater(|_, keys| workload_env_name(keys))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (field, value) in &self.0 {
+            dict.insert(field.clone(), Value::from(value.clone()));
+        }
+        Ok(Profile::Default.collect(dict))
     }
 }
 
@@ -717,6 +883,9 @@ fn describe_with_metadata<S: AsRef<str>>(md: &Metadata, path: &[S]) -> String {
     let dotted = path.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(".");
     if md.name == ENV_PROVIDER {
         return env_name(path);
+    }
+    if md.name == WORKLOAD_PROVIDER {
+        return workload_env_name(path);
     }
     match &md.source {
         Some(source) if dotted.is_empty() => source.to_string(),

@@ -18,5 +18,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{BusSettings, Config, ConfigError, HttpSettings, LogFormat, Settings};
+pub use config::{
+    AssertionAlgorithm, BusSettings, Config, ConfigError, HttpSettings, LogFormat, Settings,
+};
 pub use tokio_util::sync::CancellationToken;

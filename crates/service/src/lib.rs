@@ -17,6 +17,8 @@ pub mod registry;
 use std::future::Future;
 use std::sync::Arc;
 
+pub mod entra;
+
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use std::sync::Mutex;

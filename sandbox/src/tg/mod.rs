@@ -188,6 +188,11 @@ impl Tg {
         event
     }
 
+    /// The community every event names.
+    pub fn community_id(&self) -> &str {
+        &self.community_id
+    }
+
     /// A partner raises a case (`case.created`).
     pub fn raise_case(&self, input: RaiseCase) -> Result<TgEvent, TgError> {
         validate_partner(&input.partner)?;

@@ -32,6 +32,7 @@ pub(crate) fn router() -> Router<App> {
         .route("/action-items", post(flag_action_item))
         .route("/events", post(emit_raw).get(list_events))
         .route("/webhooks", get(list_webhooks).post(add_webhook))
+        .route("/webhooks/test", post(send_test_webhook))
         .route("/webhooks/{name}", axum::routing::delete(remove_webhook))
         .route("/webhooks/{name}/secrets", put(rotate_secrets))
         .route("/webhooks/{name}/pause", post(pause))
@@ -169,6 +170,71 @@ async fn add_webhook(State(app): State<App>, body: Bytes) -> Response {
     match app.tg.webhooks().add(sub) {
         Ok(()) => StatusCode::CREATED.into_response(),
         Err(e) => errors::sandbox(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+    }
+}
+
+/// The secret a test webhook is signed with when the trigger names none.
+pub const TEST_WEBHOOK_SECRET: &str = "whsec_dGdiLWNoZWNrLXRlc3Qtd2ViaG9vay1zZWNyZXQ=";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestWebhook {
+    /// Where to send it.
+    url: String,
+    /// `whsec_…` secrets to sign with (default [`TEST_WEBHOOK_SECRET`]).
+    #[serde(default)]
+    secrets: Vec<String>,
+}
+
+/// `POST /_sandbox/tg/webhooks/test {url, secrets?}`: sends one signed `webhook.test` event
+/// to `url` now (not stored in the feed, not retried) and answers with the receiver's status:
+/// the trigger `tgb check tg --webhook-trigger` calls.
+async fn send_test_webhook(State(app): State<App>, body: Bytes) -> Response {
+    let input: TestWebhook = match parse(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let secrets = if input.secrets.is_empty() {
+        vec![TEST_WEBHOOK_SECRET.to_owned()]
+    } else {
+        input.secrets
+    };
+    let id = format!("evt_{}", ulid::Ulid::new());
+    let event = json!({
+        "id": id,
+        "type": "webhook.test",
+        "occurred_at": now_rfc3339(),
+        "community_id": app.tg.community_id(),
+        "partner": {"qualifier": "ZZ", "id": "TGBTEST", "name": "Webhook test"},
+        "data": {},
+    });
+    let body = event.to_string().into_bytes();
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = match crate::webhooks::signature_header(&secrets, &id, timestamp, &body) {
+        Ok(s) => s,
+        Err(e) => {
+            return errors::sandbox(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string());
+        }
+    };
+    let sent = reqwest::Client::new()
+        .post(&input.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => {
+            axum::Json(json!({"id": id, "receiver_status": r.status().as_u16()})).into_response()
+        }
+        Err(e) => errors::sandbox(
+            StatusCode::BAD_GATEWAY,
+            "delivery_failed",
+            &format!("the receiver did not answer: {}", e.without_url()),
+        ),
     }
 }
 

@@ -4,6 +4,7 @@ mod calls;
 mod common;
 mod config;
 mod contract;
+mod entra_assertion;
 mod faults;
 mod identity;
 mod page;

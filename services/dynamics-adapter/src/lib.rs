@@ -85,11 +85,11 @@ pub async fn serve(
     };
     let tenant = config.require(&s.azure_tenant_id, "TGB_AZURE_TENANT_ID", NAME)?;
     let client_id = config.require(&s.azure_client_id, "TGB_AZURE_CLIENT_ID", NAME)?;
-    let secret = config.require(&s.azure_client_secret, "TGB_AZURE_CLIENT_SECRET", NAME)?;
+    let credential = tgb_service::entra::credential(&config, NAME)?;
     let mut credentials = ClientCredentials::new(
         entra_token_url(&s.azure_authority, tenant).context("TGB_AZURE_AUTHORITY")?,
         client_id.clone(),
-        secret.clone(),
+        credential,
     );
     credentials.refresh_margin = std::time::Duration::from_secs(settings.token_refresh_margin_secs);
     let governor =

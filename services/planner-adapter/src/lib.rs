@@ -65,7 +65,7 @@ pub async fn serve_with(
     let s = &config.settings;
     let tenant = config.require(&s.azure_tenant_id, "TGB_AZURE_TENANT_ID", NAME)?;
     let client_id = config.require(&s.azure_client_id, "TGB_AZURE_CLIENT_ID", NAME)?;
-    let secret = config.require(&s.azure_client_secret, "TGB_AZURE_CLIENT_SECRET", NAME)?;
+    let credential = tgb_service::entra::credential(&config, NAME)?;
     let g = &routing.graph;
     let http = GraphClient::http_client(Duration::from_secs(g.timeout_secs.max(1)));
     let credentials = GraphClient::entra_credentials(
@@ -73,7 +73,7 @@ pub async fn serve_with(
         &s.graph_url,
         tenant,
         client_id,
-        secret.clone(),
+        credential,
     )
     .context("TGB_AZURE_AUTHORITY")?;
     let tokens = Arc::new(TokenCache::new(http.clone(), credentials));

@@ -1,6 +1,7 @@
 //! tgb end to end: `tgb up` in-process, the operator commands, the demo.
 
 mod bench;
+mod check_tg;
 mod demo;
 mod dlq_replay;
 mod observability;

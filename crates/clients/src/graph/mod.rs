@@ -244,13 +244,13 @@ impl GraphClient {
         graph_url: &Url,
         tenant: &str,
         client_id: &str,
-        client_secret: secrecy::SecretString,
+        credential: impl Into<crate::credential::ClientCredential>,
     ) -> Result<ClientCredentials, url::ParseError> {
         let token_url = Url::parse(&format!(
             "{}/{tenant}/oauth2/v2.0/token",
             authority.as_str().trim_end_matches('/')
         ))?;
-        let mut c = ClientCredentials::new(token_url, client_id, client_secret);
+        let mut c = ClientCredentials::new(token_url, client_id, credential);
         c.scope = Some(graph_scope(graph_url));
         Ok(c)
     }

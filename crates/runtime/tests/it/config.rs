@@ -539,3 +539,122 @@ fn a_short_or_empty_dataverse_webhook_key_is_refused_without_echoing_it() {
         32
     );
 }
+
+#[test]
+fn workload_identity_variables_fill_the_entra_settings() {
+    let file = toml_file("");
+    let token = tempfile::NamedTempFile::new().unwrap();
+    let path = token.path().to_str().unwrap();
+    let config = load(
+        file.path(),
+        &[
+            ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+            ("AZURE_TENANT_ID", "tenant-guid"),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
+            ("AZURE_FEDERATED_TOKEN_FILE", path),
+        ],
+    )
+    .unwrap();
+    let s = &config.settings;
+    assert_eq!(
+        s.azure_client_id.as_deref(),
+        Some("11111111-2222-3333-4444-555555555555")
+    );
+    assert_eq!(s.azure_tenant_id.as_deref(), Some("tenant-guid"));
+    assert_eq!(
+        s.azure_authority.as_str(),
+        "https://login.microsoftonline.us/"
+    );
+    assert_eq!(s.azure_federated_token_file.as_deref(), Some(token.path()));
+    // The TGB_ name wins when both say the same thing.
+    let config = load(
+        file.path(),
+        &[("AZURE_CLIENT_ID", "same"), ("TGB_AZURE_CLIENT_ID", "same")],
+    )
+    .unwrap();
+    assert_eq!(config.settings.azure_client_id.as_deref(), Some("same"));
+}
+
+#[test]
+fn a_workload_identity_variable_that_disagrees_with_its_tgb_twin_is_refused() {
+    let file = toml_file("");
+    let error = load_err(
+        file.path(),
+        &[("AZURE_CLIENT_ID", "one"), ("TGB_AZURE_CLIENT_ID", "two")],
+    );
+    assert!(
+        error.contains("TGB_AZURE_CLIENT_ID, AZURE_CLIENT_ID"),
+        "{error}"
+    );
+    assert!(error.contains("different values"), "{error}");
+}
+
+#[test]
+fn two_entra_credentials_at_once_are_refused_naming_both() {
+    let file = toml_file("");
+    let token = tempfile::NamedTempFile::new().unwrap();
+    let error = load_err(
+        file.path(),
+        &[
+            ("TGB_AZURE_CLIENT_SECRET", "hunter2-secret-value"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token.path().to_str().unwrap()),
+        ],
+    );
+    assert!(error.contains("TGB_AZURE_CLIENT_SECRET"), "{error}");
+    assert!(error.contains("AZURE_FEDERATED_TOKEN_FILE"), "{error}");
+    assert!(error.contains("set exactly one"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+
+    let cert = tempfile::NamedTempFile::new().unwrap();
+    let error = load_err(
+        file.path(),
+        &[
+            ("TGB_AZURE_CLIENT_SECRET", "hunter2-secret-value"),
+            (
+                "TGB_AZURE_CLIENT_CERTIFICATE_PATH",
+                cert.path().to_str().unwrap(),
+            ),
+        ],
+    );
+    assert!(
+        error.contains("TGB_AZURE_CLIENT_SECRET, TGB_AZURE_CLIENT_CERTIFICATE_PATH"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_incomplete_certificate_configuration_is_refused() {
+    let file = toml_file("");
+    let key = tempfile::NamedTempFile::new().unwrap();
+    let error = load_err(
+        file.path(),
+        &[(
+            "TGB_AZURE_CLIENT_CERTIFICATE_KEY_PATH",
+            key.path().to_str().unwrap(),
+        )],
+    );
+    assert!(
+        error.starts_with(
+            "TGB_AZURE_CLIENT_CERTIFICATE_KEY_PATH: a certificate key without a certificate"
+        ),
+        "{error}"
+    );
+    let error = load_err(
+        file.path(),
+        &[("TGB_AZURE_CLIENT_CERTIFICATE_PATH", "/nonexistent/tls.crt")],
+    );
+    assert!(
+        error.starts_with(
+            "TGB_AZURE_CLIENT_CERTIFICATE_PATH: file /nonexistent/tls.crt does not exist"
+        ),
+        "{error}"
+    );
+    let error = load_err(
+        file.path(),
+        &[("TGB_AZURE_CLIENT_ASSERTION_ALGORITHM", "HS256")],
+    );
+    assert!(
+        error.starts_with("TGB_AZURE_CLIENT_ASSERTION_ALGORITHM"),
+        "{error}"
+    );
+}
