@@ -4,6 +4,7 @@
 //! - [`ops`]: the operator's commands over NATS (DLQ, history, links, replay, status);
 //! - [`demo`]: the scripted business day through the sandbox, flows D1–D8 and P1–P7;
 //! - [`nats`]: finding and running nats-server, connecting with the version check;
+//! - [`setup`]: `tgb setup dataverse`, the solution applied through the metadata endpoints;
 //! - [`bench`]: `tgb bench`, throughput against raw JetStream, quota efficiency, resources.
 
 pub mod bench;
@@ -11,4 +12,5 @@ pub mod demo;
 pub mod nats;
 pub mod ops;
 pub mod render;
+pub mod setup;
 pub mod system;

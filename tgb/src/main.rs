@@ -75,6 +75,11 @@ enum Command {
     /// requests per change, the backlog under the Dataverse limits, CPU and memory per
     /// service. Writes bench.json, summary.md and pipeline.svg.
     Bench(BenchArgs),
+    /// Prepare a Microsoft tenant for tg-bridge: `tgb setup dataverse`.
+    Setup {
+        #[command(subcommand)]
+        target: SetupTarget,
+    },
     /// One service in its own process (what `tgb bench` starts when the service binaries
     /// were not built).
     #[command(hide = true)]
@@ -134,6 +139,29 @@ struct BenchArgs {
     /// The directory of the service binaries (default: tgb's own).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum SetupTarget {
+    /// Create or update, through the Web API metadata endpoints, every table, column, lookup
+    /// and alternate key of proto/dataverse/tgb-solution.json, change tracking, and (with
+    /// --webhook-url) the webhook endpoint and steps; prints the role's privileges. Reads the
+    /// services' TGB_* settings (TGB_DATAVERSE_URL, TGB_AZURE_*, TGB_DATAVERSE_WEBHOOK_KEY).
+    Dataverse {
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The dynamics-adapter's /webhooks/dataverse as Dataverse reaches it (without it, no
+        /// webhook is registered).
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The solution description (default: the one built in).
+        #[arg(long)]
+        solution: Option<PathBuf>,
+        /// Longest wait for the alternate keys' index jobs, seconds.
+        #[arg(long, default_value_t = 600)]
+        key_timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +227,10 @@ struct UpArgs {
     /// Demo timings: Planner polled every 500 ms (not 30 s), SLA ticks every 200 ms.
     #[arg(long)]
     fast: bool,
+    /// Start the Dataverse emulator without tg-bridge's tables, columns, keys and webhook
+    /// steps: run `tgb setup dataverse --webhook-url …` to create them.
+    #[arg(long)]
+    dataverse_empty_org: bool,
 }
 
 #[derive(Args)]
@@ -253,6 +285,7 @@ fn up_options(cli: &Cli, a: &UpArgs) -> UpOptions {
         },
         sandbox_only: a.sandbox_only,
         extra_env: if a.fast { fast_env() } else { Vec::new() },
+        dataverse_empty_org: a.dataverse_empty_org,
     }
 }
 
@@ -566,6 +599,36 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     }
                 )
             });
+            Ok(0)
+        }
+        Command::Setup {
+            target:
+                SetupTarget::Dataverse {
+                    dry_run,
+                    webhook_url,
+                    solution,
+                    key_timeout,
+                },
+        } => {
+            let config = tgb_runtime::Config::load()?;
+            let dv = tgb::setup::client_from_config(&config)?;
+            let (webhook_header, webhook_key) = tgb::setup::webhook_key_from_config(&config)?;
+            let text = match solution {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => tgb_sandbox_dataverse::SOLUTION_JSON.to_owned(),
+            };
+            let file: tgb_sandbox_dataverse::SolutionFile =
+                serde_json::from_str(&text).context("the solution description")?;
+            let opts = tgb::setup::SetupOptions {
+                dry_run: *dry_run,
+                webhook_url: webhook_url.clone(),
+                webhook_header,
+                webhook_key,
+                key_timeout: Duration::from_secs(*key_timeout),
+            };
+            let report = tgb::setup::run(&dv, &file, &opts).await?;
+            print(cli.json, &report, tgb::setup::render);
             Ok(0)
         }
         Command::BenchService { name } => {
