@@ -80,6 +80,10 @@ enum Command {
         #[command(subcommand)]
         target: SetupTarget,
     },
+    /// Check, live and with the services' TGB_* settings and configuration, Dataverse (token,
+    /// WhoAmI, keys Active, webhook steps), Graph (token, plans, buckets, labels), TG (token,
+    /// feed) and NATS (streams, consumers). Exit code 0 only when every check passes.
+    Doctor,
     /// One service in its own process (what `tgb bench` starts when the service binaries
     /// were not built).
     #[command(hide = true)]
@@ -630,6 +634,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let report = tgb::setup::run(&dv, &file, &opts).await?;
             print(cli.json, &report, tgb::setup::render);
             Ok(0)
+        }
+        Command::Doctor => {
+            let config = tgb_runtime::Config::load()?;
+            let file: tgb_sandbox_dataverse::SolutionFile =
+                serde_json::from_str(tgb_sandbox_dataverse::SOLUTION_JSON)
+                    .context("the solution description")?;
+            let report = tgb::doctor::run(&config, &file).await;
+            print(cli.json, &report, tgb::doctor::render);
+            Ok(if report.passed { 0 } else { 1 })
         }
         Command::BenchService { name } => {
             bench_service(name).await?;

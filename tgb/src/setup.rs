@@ -705,13 +705,7 @@ impl Run<'_> {
                 id
             }
         };
-        let mut wanted: Vec<(&str, &str)> = Vec::new();
-        for t in WEBHOOK_TABLES {
-            for m in ["Create", "Update", "Delete"] {
-                wanted.push((m, t));
-            }
-        }
-        wanted.push(("Close", "incident"));
+        let wanted = webhook_steps();
         let mut message_ids: BTreeMap<&str, String> = BTreeMap::new();
         for (message, table) in wanted {
             let name = format!("tg-bridge: {message} of {table}");
@@ -830,6 +824,18 @@ fn xml_escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&apos;")
+}
+
+/// The (message, table) of every webhook step the adapter needs.
+pub fn webhook_steps() -> Vec<(&'static str, &'static str)> {
+    let mut wanted = Vec::new();
+    for t in WEBHOOK_TABLES {
+        for m in ["Create", "Update", "Delete"] {
+            wanted.push((m, *t));
+        }
+    }
+    wanted.push(("Close", "incident"));
+    wanted
 }
 
 /// A Dataverse client from the services' configuration (`TGB_DATAVERSE_URL`,

@@ -210,6 +210,81 @@ async fn setup_on_an_empty_org_is_planned_applied_once_and_then_the_demo_passes(
         delivered.status.is_some_and(|s| (200..300).contains(&s)),
         "the adapter took the Close: {delivered:?}"
     );
+
+    // `tgb doctor` against the organisation setup made and the running system: all green.
+    let planner = system.service("planner-adapter").unwrap();
+    let config = system
+        .service_config("planner-adapter", planner.addr)
+        .unwrap();
+    let report = tgb::doctor::run(&config, &file).await;
+    println!("{}", tgb::doctor::render(&report));
+    assert!(report.passed, "{}", tgb::doctor::render(&report));
+    for name in [
+        "dataverse: Entra token and WhoAmI",
+        "dataverse: key incident.tgb_tgcaseid_key",
+        "dataverse: webhook steps",
+        "graph: plan issues",
+        "graph: bucket issues.triage",
+        "tg: event feed",
+        "nats: stream TGB_EVENTS",
+        "nats: consumer planner-adapter",
+    ] {
+        assert!(
+            report.checks.iter().any(|c| c.name == name && c.ok),
+            "{name}"
+        );
+    }
+
+    // A wrong plan id fails that line (and so the exit code), naming the id.
+    let mut env = system.service_env(planner.addr);
+    env.push((
+        "TGB_ROUTING__PLANS__ISSUES__PLAN_ID".into(),
+        "no-such-plan-0000".into(),
+    ));
+    let file_path = tgb::system::find_in_repo(tgb_runtime::config::DEFAULT_CONFIG_PATH);
+    let wrong = tgb_runtime::Config::load_from(file_path.as_deref(), env).unwrap();
+    let report = tgb::doctor::run(&wrong, &file).await;
+    println!("{}", tgb::doctor::render(&report));
+    assert!(!report.passed);
+    let failed: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(failed, vec!["graph: plan issues"], "only the plan fails");
+    let line = report.checks.iter().find(|c| !c.ok).unwrap();
+    assert!(line.detail.contains("no-such-plan-0000"), "{}", line.detail);
+    assert!(!line.hint.is_empty());
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn planner_adapter_refuses_to_start_when_a_configured_bucket_is_missing() {
+    let (system, _dir) = empty_org_system(true).await;
+    let planner = system.service("planner-adapter").unwrap();
+    let mut env = system.service_env(planner.addr);
+    env.push((
+        "TGB_ROUTING__PLANS__ISSUES__BUCKETS__TRIAGE".into(),
+        "bKtNoSuchBucket".into(),
+    ));
+    let file_path = tgb::system::find_in_repo(tgb_runtime::config::DEFAULT_CONFIG_PATH);
+    let config = tgb_runtime::Config::load_from(file_path.as_deref(), env).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let err = tokio::time::timeout(
+        tgb_testkit::HANG_GUARD,
+        planner_adapter::serve(config, listener, stop.clone()),
+    )
+    .await
+    .expect("it stops by itself")
+    .expect_err("it refuses to start");
+    let text = format!("{err:#}");
+    println!("{text}");
+    assert!(
+        text.contains("bKtNoSuchBucket") && text.contains("buckets.triage"),
+        "{text}"
+    );
     system.stop().await;
 }
 
