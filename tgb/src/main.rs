@@ -165,6 +165,10 @@ enum SetupTarget {
         /// Longest wait for the alternate keys' index jobs, seconds.
         #[arg(long, default_value_t = 600)]
         key_timeout: u64,
+        /// Also create a security role of this name with the privileges printed (assign it
+        /// to the application user yourself).
+        #[arg(long)]
+        create_role: Option<String>,
     },
 }
 
@@ -612,6 +616,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     webhook_url,
                     solution,
                     key_timeout,
+                    create_role,
                 },
         } => {
             let config = tgb_runtime::Config::load()?;
@@ -630,6 +635,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 webhook_header,
                 webhook_key,
                 key_timeout: Duration::from_secs(*key_timeout),
+                create_role: create_role.clone(),
             };
             let report = tgb::setup::run(&dv, &file, &opts).await?;
             print(cli.json, &report, tgb::setup::render);

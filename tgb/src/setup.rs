@@ -80,6 +80,9 @@ pub struct SetupOptions {
     pub webhook_key: Option<String>,
     /// How long to wait for the key index jobs.
     pub key_timeout: Duration,
+    /// Create a security role of this name with [`PRIVILEGES`] (Organization depth), unless
+    /// a role of that name exists.
+    pub create_role: Option<String>,
 }
 
 /// What one step found or did.
@@ -818,6 +821,69 @@ impl Run<'_> {
     }
 }
 
+impl Run<'_> {
+    /// The security role: `roles` with the root business unit, then `AddPrivilegesRole`.
+    async fn role(&mut self) -> anyhow::Result<()> {
+        let Some(name) = self.opts.create_role.clone() else {
+            return Ok(());
+        };
+        let quoted = tgb_clients::dataverse::quote(&name);
+        if self
+            .first(&format!("roles?$filter=name eq {quoted}"))
+            .await?
+            .is_some()
+        {
+            self.step(
+                "role",
+                name,
+                Action::Exists,
+                "privileges left as they are".into(),
+            );
+            return Ok(());
+        }
+        let wanted = role_privileges();
+        let count: usize = wanted.iter().map(|t| t.privileges.len()).sum();
+        if !self.opts.dry_run {
+            let who = self.dv.get("WhoAmI").await.context("WhoAmI")?;
+            let bu = who["BusinessUnitId"]
+                .as_str()
+                .context("WhoAmI has no BusinessUnitId")?
+                .to_owned();
+            let role = self
+                .write(
+                    Method::POST,
+                    "roles",
+                    &json!({"name": name, "businessunitid@odata.bind": format!("/businessunits({bu})")}),
+                )
+                .await?
+                .context("no id for the new role")?;
+            let mut privileges = Vec::new();
+            for p in wanted.iter().flat_map(|t| t.privileges.iter()) {
+                let id = self
+                    .first(&format!("privileges?$filter=name eq '{p}'"))
+                    .await?
+                    .and_then(|r| r["privilegeid"].as_str().map(str::to_owned))
+                    .with_context(|| format!("no privilege {p} in this organisation"))?;
+                privileges
+                    .push(json!({"PrivilegeId": id, "Depth": "Global", "BusinessUnitId": bu}));
+            }
+            self.write(
+                Method::POST,
+                &format!("roles({role})/Microsoft.Dynamics.CRM.AddPrivilegesRole"),
+                &json!({ "Privileges": privileges }),
+            )
+            .await?;
+        }
+        self.step(
+            "role",
+            name,
+            Action::Create,
+            format!("{count} privileges, Organization depth"),
+        );
+        Ok(())
+    }
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -910,6 +976,7 @@ pub async fn run(
     run.keys(file).await?;
     run.change_tracking(file).await?;
     run.webhook().await?;
+    run.role().await?;
     let changes = run
         .steps
         .iter()

@@ -89,7 +89,18 @@ const SETS: &[(&str, &str)] = &[
         "sdkmessageprocessingstepimages",
         "sdkmessageprocessingstepimageid",
     ),
+    ("roles", "roleid"),
+    ("privileges", "privilegeid"),
+    ("businessunits", "businessunitid"),
 ];
+
+/// The privilege kinds of a table (`prv<Kind><table>`).
+pub const PRIVILEGE_KINDS: &[&str] = &[
+    "Create", "Read", "Write", "Delete", "Append", "AppendTo", "Assign", "Share",
+];
+
+/// The root business unit (the one WhoAmI names).
+const ROOT_BUSINESS_UNIT: Uuid = Uuid::from_u128(0x0b0b_0000_0000_4000_8000_0000_0000_0001);
 
 fn set_of(name: &str) -> Option<(&'static str, &'static str)> {
     SETS.iter().find(|(s, _)| *s == name).copied()
@@ -184,6 +195,23 @@ impl Metadata {
                 filters.insert(fid, row);
             }
         }
+        let mut privileges = BTreeMap::new();
+        for t in schema.tables() {
+            for kind in PRIVILEGE_KINDS {
+                let name = format!("prv{kind}{}", t.logicalname);
+                let id = stable_id("privilege", &name);
+                let mut row = Map::new();
+                row.insert("privilegeid".into(), json!(id));
+                row.insert("name".into(), json!(name));
+                privileges.insert(id, row);
+            }
+        }
+        m.rows.insert("privileges", privileges);
+        let mut bu = Map::new();
+        bu.insert("businessunitid".into(), json!(ROOT_BUSINESS_UNIT));
+        bu.insert("name".into(), json!("root"));
+        m.rows
+            .insert("businessunits", BTreeMap::from([(ROOT_BUSINESS_UNIT, bu)]));
         m.rows.insert("sdkmessages", messages);
         m.rows.insert("sdkmessagefilters", filters);
         m
@@ -381,6 +409,11 @@ impl Metadata {
         }
         if path == "RelationshipDefinitions" || path.starts_with("RelationshipDefinitions(") {
             return Some(self.relationship_definitions(ctx, req, path));
+        }
+        if let Some(rest) = path.strip_prefix("roles(")
+            && let Some((id, action)) = rest.split_once(")/")
+        {
+            return Some(self.role_action(req, id, action));
         }
         let (set, key) = match path.split_once('(') {
             Some((s, rest)) => (s, Some(rest.trim_end_matches(')'))),
@@ -878,7 +911,7 @@ impl Metadata {
                 let row = self.new_registration_row(set, idname, body)?;
                 let id = value_id(&row, idname).expect("set");
                 self.rows.entry(set).or_default().insert(id, row);
-                if set != "sdkmessageprocessingstepimages" {
+                if set.starts_with("serviceendpoint") || set == "sdkmessageprocessingsteps" {
                     self.hooks_dirty = true;
                 }
                 Ok(created(ctx, &format!("{set}({id})")))
@@ -901,7 +934,15 @@ impl Metadata {
                         .get(&id)
                         .map(|r| Resp::json(StatusCode::OK, Value::Object(r.clone())))
                         .ok_or_else(not_found),
-                    Method::DELETE if set != "sdkmessages" && set != "sdkmessagefilters" => {
+                    Method::DELETE
+                        if ![
+                            "sdkmessages",
+                            "sdkmessagefilters",
+                            "privileges",
+                            "businessunits",
+                        ]
+                        .contains(&set) =>
+                    {
                         rows.remove(&id).ok_or_else(not_found)?;
                         self.hooks_dirty = true;
                         Ok(Resp::empty(StatusCode::NO_CONTENT))
@@ -919,6 +960,61 @@ impl Metadata {
                 }
             }
         }
+    }
+
+    /// `roles(<id>)/Microsoft.Dynamics.CRM.AddPrivilegesRole` with `Privileges`:
+    /// `[{PrivilegeId, Depth, BusinessUnitId}]`.
+    fn role_action(&mut self, req: &Req<'_>, id: &str, action: &str) -> Result<Resp, ODataError> {
+        let bad = |m: String| ODataError::bad_request(codes::INVALID_ARGUMENT, m);
+        let id = Uuid::parse_str(id).map_err(|_| bad(format!("'{id}' is not a GUID.")))?;
+        if req.method != Method::POST
+            || action.trim_start_matches("Microsoft.Dynamics.CRM.") != "AddPrivilegesRole"
+        {
+            return Err(not_allowed(req, action));
+        }
+        let body = body_of(req)?;
+        let mut granted = Vec::new();
+        for p in body
+            .get("Privileges")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("AddPrivilegesRole needs Privileges.".into()))?
+        {
+            let pid = p
+                .get("PrivilegeId")
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .filter(|pid| {
+                    self.rows
+                        .get("privileges")
+                        .is_some_and(|r| r.contains_key(pid))
+                })
+                .ok_or_else(|| bad(format!("Unknown privilege in {p}.")))?;
+            let depth = p.get("Depth").and_then(Value::as_str).unwrap_or_default();
+            if !["Basic", "Local", "Deep", "Global"].contains(&depth) {
+                return Err(bad(format!(
+                    "Depth '{depth}' is not Basic, Local, Deep or Global."
+                )));
+            }
+            granted.push(json!({"PrivilegeId": pid, "Depth": depth}));
+        }
+        let role = self
+            .rows
+            .get_mut("roles")
+            .and_then(|r| r.get_mut(&id))
+            .ok_or_else(|| {
+                ODataError::new(
+                    StatusCode::NOT_FOUND,
+                    codes::NOT_FOUND,
+                    format!("role With Id = {id} Does Not Exist"),
+                )
+            })?;
+        let list = role
+            .entry("privileges")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(a) = list {
+            a.extend(granted);
+        }
+        Ok(Resp::empty(StatusCode::NO_CONTENT))
     }
 
     fn new_registration_row(
@@ -1014,6 +1110,12 @@ impl Metadata {
                     return Err(bad(format!("A {message} step has no post image.")));
                 }
                 text(&row, "entityalias")?;
+            }
+            "roles" => {
+                text(&row, "name")?;
+                if value_id(&row, "_businessunitid_value").is_none() {
+                    return Err(bad("A role needs businessunitid@odata.bind.".into()));
+                }
             }
             _ => return Err(bad(format!("{set} rows are not created here."))),
         }

@@ -6,6 +6,8 @@ use tgb::system::{System, UpOptions};
 use tgb_clients::dataverse::{DataverseClient, DataverseError};
 use tgb_sandbox_dataverse::SolutionFile;
 
+const ROLE: &str = "tg-bridge integration";
+
 const FAST: &[(&str, &str)] = &[
     ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "500"),
     ("TGB_SLA__TICK_INTERVAL_MS", "200"),
@@ -43,6 +45,7 @@ fn setup_for(system: &System, dry_run: bool) -> (DataverseClient, SetupOptions) 
         webhook_header,
         webhook_key,
         key_timeout: tgb_testkit::HANG_GUARD,
+        create_role: Some(ROLE.into()),
     };
     (dv, opts)
 }
@@ -85,6 +88,7 @@ fn expected_counts(file: &SolutionFile) -> Vec<(&'static str, usize)> {
         ("service_endpoint", 1),
         ("step", steps),
         ("image", images),
+        ("role", 1),
     ]
 }
 
@@ -138,6 +142,13 @@ async fn setup_on_an_empty_org_is_planned_applied_once_and_then_the_demo_passes(
         assert_eq!(s.detail, "index Active", "{}", s.target);
     }
     assert!(table_exists(&dv, "tgb_partnerkpi").await);
+    let role = dv
+        .get(&format!("roles?$filter=name eq '{ROLE}'"))
+        .await
+        .unwrap();
+    let granted = role["value"][0]["privileges"].as_array().unwrap().len();
+    let wanted: usize = setup::PRIVILEGES.iter().map(|(_, p)| p.len()).sum();
+    assert_eq!(granted, wanted, "the role holds every privilege printed");
 
     // A second run changes nothing, and says so.
     let second = setup::run(&dv, &file, &opts).await.unwrap();
