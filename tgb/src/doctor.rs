@@ -67,12 +67,15 @@ async fn dataverse(config: &Config, file: &SolutionFile, out: &mut Checks) {
             return;
         }
     };
-    match dv.who_am_i().await {
-        Ok(user) => out.push(
-            "dataverse: Entra token and WhoAmI",
-            Ok(format!("application user {user}")),
-            "",
-        ),
+    let user = match dv.who_am_i().await {
+        Ok(user) => {
+            out.push(
+                "dataverse: Entra token and WhoAmI",
+                Ok(format!("application user {user}")),
+                "",
+            );
+            user
+        }
         Err(e) => {
             out.push(
                 "dataverse: Entra token and WhoAmI",
@@ -81,7 +84,12 @@ async fn dataverse(config: &Config, file: &SolutionFile, out: &mut Checks) {
             );
             return;
         }
-    }
+    };
+    out.push(
+        "dataverse: privileges of the application user",
+        privileges(&dv, &user).await,
+        "give the application user a role with these privileges (`tgb setup dataverse --create-role <name>` creates one)",
+    );
     for t in file.tables.iter().filter(|t| !t.keys.is_empty()) {
         let keys = dv
             .get(&format!(
@@ -162,6 +170,53 @@ async fn dataverse(config: &Config, file: &SolutionFile, out: &mut Checks) {
         Err(format!("missing: {}", missing.join(", ")))
     };
     out.push("dataverse: webhook steps", result, SETUP_HINT);
+}
+
+/// The privileges the flows need that the user lacks (`RetrieveUserPrivileges`, matched by
+/// privilege id).
+async fn privileges(
+    dv: &tgb_clients::dataverse::DataverseClient,
+    user: &str,
+) -> Result<String, String> {
+    let held = dv
+        .get(&format!(
+            "systemusers({user})/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()"
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    let held: std::collections::BTreeSet<String> = held["RolePrivileges"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["PrivilegeId"].as_str().map(str::to_ascii_lowercase))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for name in setup::role_privileges()
+        .iter()
+        .flat_map(|t| t.privileges.clone())
+    {
+        count += 1;
+        let id = dv
+            .get(&format!(
+                "privileges?$filter=name eq '{name}'&$select=privilegeid"
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = id["value"][0]["privilegeid"]
+            .as_str()
+            .map(str::to_ascii_lowercase);
+        if !id.is_some_and(|id| held.contains(&id)) {
+            missing.push(name);
+        }
+    }
+    if missing.is_empty() {
+        Ok(format!("all {count} privileges the flows need"))
+    } else {
+        Err(format!("lacks {}", missing.join(", ")))
+    }
 }
 
 async fn graph(config: &Config, out: &mut Checks) {

@@ -465,7 +465,13 @@ impl Dataverse {
         self.store().meta.fail_key_job(schema_name);
     }
 
-    /// The customisations of the organisation (tables, columns, keys, webhook steps).
+    /// Takes a privilege (`prvCreateincident`) from a user, as `RetrieveUserPrivileges` reports
+    /// it (tests of `tgb doctor`; data requests are not checked against privileges).
+    pub fn revoke_privilege(&self, user: Uuid, name: &str) {
+        self.store().meta.revoke_privilege(user, name);
+    }
+
+    /// Whether the organisation started without tg-bridge's customisations.
     pub fn is_empty_org(&self) -> bool {
         self.store().meta.is_empty_org()
     }

@@ -74,6 +74,9 @@ pub struct Metadata {
     rows: BTreeMap<&'static str, BTreeMap<Uuid, Map<String, Value>>>,
     /// Key schema names whose index job fails.
     failing_keys: BTreeSet<String>,
+    /// Privileges taken from a user (every user otherwise holds all, as a System
+    /// Administrator).
+    revoked: BTreeMap<Uuid, BTreeSet<String>>,
     /// The service endpoints or steps changed: the webhook registrations must follow.
     pub hooks_dirty: bool,
     /// Webhook registrations made from the service endpoints.
@@ -132,6 +135,7 @@ impl Metadata {
             keys: BTreeMap::new(),
             rows: BTreeMap::new(),
             failing_keys: BTreeSet::new(),
+            revoked: BTreeMap::new(),
             hooks_dirty: false,
             hook_ids: Vec::new(),
         };
@@ -228,6 +232,15 @@ impl Metadata {
         if let Some(k) = self.keys.get_mut(schema_name) {
             k.status = KEY_FAILED;
         }
+    }
+
+    /// Takes a privilege (`prvCreateincident`) from a user, as `RetrieveUserPrivileges`
+    /// reports it (the data requests are not checked against privileges).
+    pub fn revoke_privilege(&mut self, user: Uuid, name: &str) {
+        self.revoked
+            .entry(user)
+            .or_default()
+            .insert(name.to_owned());
     }
 
     /// Whether the table exists.
@@ -409,6 +422,13 @@ impl Metadata {
         }
         if path == "RelationshipDefinitions" || path.starts_with("RelationshipDefinitions(") {
             return Some(self.relationship_definitions(ctx, req, path));
+        }
+        if let Some(rest) = path.strip_prefix("systemusers(")
+            && let Some((id, function)) = rest.split_once(")/")
+            && function.trim_start_matches("Microsoft.Dynamics.CRM.") == "RetrieveUserPrivileges()"
+            && req.method == Method::GET
+        {
+            return Some(self.user_privileges(id));
         }
         if let Some(rest) = path.strip_prefix("roles(")
             && let Some((id, action)) = rest.split_once(")/")
@@ -960,6 +980,38 @@ impl Metadata {
                 }
             }
         }
+    }
+
+    /// `RetrieveUserPrivileges`: every privilege but those revoked, Global depth.
+    fn user_privileges(&self, id: &str) -> Result<Resp, ODataError> {
+        let user = Uuid::parse_str(id).map_err(|_| {
+            ODataError::bad_request(codes::INVALID_ARGUMENT, format!("'{id}' is not a GUID."))
+        })?;
+        let revoked = self.revoked.get(&user);
+        let list: Vec<Value> = self
+            .rows
+            .get("privileges")
+            .map(|rows| {
+                rows.values()
+                    .filter(|r| {
+                        let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                        !revoked.is_some_and(|set| set.contains(name))
+                    })
+                    .map(|r| {
+                        json!({
+                            "PrivilegeId": r.get("privilegeid"),
+                            "PrivilegeName": r.get("name"),
+                            "Depth": "Global",
+                            "BusinessUnitId": ROOT_BUSINESS_UNIT,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Resp::json(
+            StatusCode::OK,
+            json!({ "RolePrivileges": list }),
+        ))
     }
 
     /// `roles(<id>)/Microsoft.Dynamics.CRM.AddPrivilegesRole` with `Privileges`:

@@ -232,6 +232,7 @@ async fn setup_on_an_empty_org_is_planned_applied_once_and_then_the_demo_passes(
     assert!(report.passed, "{}", tgb::doctor::render(&report));
     for name in [
         "dataverse: Entra token and WhoAmI",
+        "dataverse: privileges of the application user",
         "dataverse: key incident.tgb_tgcaseid_key",
         "dataverse: webhook steps",
         "graph: plan issues",
@@ -267,6 +268,19 @@ async fn setup_on_an_empty_org_is_planned_applied_once_and_then_the_demo_passes(
     let line = report.checks.iter().find(|c| !c.ok).unwrap();
     assert!(line.detail.contains("no-such-plan-0000"), "{}", line.detail);
     assert!(!line.hint.is_empty());
+
+    // An application user without a privilege the flows need fails the privileges line.
+    let app_user: uuid::Uuid = dv.who_am_i().await.unwrap().parse().unwrap();
+    dataverse.revoke_privilege(app_user, "prvCreateincident");
+    let report = tgb::doctor::run(&config, &file).await;
+    println!("{}", tgb::doctor::render(&report));
+    let failed: Vec<&tgb::doctor::Check> = report.checks.iter().filter(|c| !c.ok).collect();
+    assert_eq!(failed.len(), 1, "{}", tgb::doctor::render(&report));
+    assert_eq!(
+        failed[0].name,
+        "dataverse: privileges of the application user"
+    );
+    assert_eq!(failed[0].detail, "lacks prvCreateincident");
     system.stop().await;
 }
 
