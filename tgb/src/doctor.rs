@@ -246,7 +246,7 @@ async fn graph(config: &Config, out: &mut Checks) {
         out.push(
             format!("graph: {}", f.check),
             if f.ok { Ok(f.detail) } else { Err(f.detail) },
-            "fix the id in [routing] (Planner: plan → ... → Copy link shows the plan id; buckets via GET /planner/plans/{id}/buckets), or grant the app Tasks.ReadWrite.All",
+            "fix the id in [routing.plans] (GET /groups/{group-id}/planner/plans and /planner/plans/{id}/buckets list the ids; labels are the plan's categoryDescriptions), or grant the app the Graph application permission Tasks.ReadWrite.All with admin consent",
         );
     }
 }

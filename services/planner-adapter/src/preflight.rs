@@ -124,7 +124,7 @@ pub async fn check(graph: &GraphClient, routing: &Routing) -> Vec<Finding> {
             check: format!("label {alias} {label:?}"),
             ok,
             detail: if ok {
-                String::new()
+                "present".to_owned()
             } else {
                 format!(
                     "plan {} has no label named {label:?}",
