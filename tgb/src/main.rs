@@ -80,6 +80,15 @@ enum Command {
         #[command(subcommand)]
         command: CheckCommand,
     },
+    /// Prepare a Microsoft tenant for tg-bridge: `tgb setup dataverse`.
+    Setup {
+        #[command(subcommand)]
+        target: SetupTarget,
+    },
+    /// Check, live and with the services' TGB_* settings and configuration, Dataverse (token,
+    /// WhoAmI, keys Active, webhook steps), Graph (token, plans, buckets, labels), TG (token,
+    /// feed) and NATS (streams, consumers). Exit code 0 only when every check passes.
+    Doctor,
     /// One service in its own process (what `tgb bench` starts when the service binaries
     /// were not built).
     #[command(hide = true)]
@@ -195,6 +204,33 @@ struct CheckTgArgs {
 }
 
 #[derive(Subcommand)]
+enum SetupTarget {
+    /// Create or update, through the Web API metadata endpoints, every table, column, lookup
+    /// and alternate key of proto/dataverse/tgb-solution.json, change tracking, and (with
+    /// --webhook-url) the webhook endpoint and steps; prints the role's privileges. Reads the
+    /// services' TGB_* settings (TGB_DATAVERSE_URL, TGB_AZURE_*, TGB_DATAVERSE_WEBHOOK_KEY).
+    Dataverse {
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The dynamics-adapter's /webhooks/dataverse as Dataverse reaches it (without it, no
+        /// webhook is registered).
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The solution description (default: the one built in).
+        #[arg(long)]
+        solution: Option<PathBuf>,
+        /// Longest wait for the alternate keys' index jobs, seconds.
+        #[arg(long, default_value_t = 600)]
+        key_timeout: u64,
+        /// Also create a security role of this name with the privileges printed (assign it
+        /// to the application user yourself).
+        #[arg(long)]
+        create_role: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// Every dead letter, oldest first.
     List {
@@ -257,6 +293,10 @@ struct UpArgs {
     /// Demo timings: Planner polled every 500 ms (not 30 s), SLA ticks every 200 ms.
     #[arg(long)]
     fast: bool,
+    /// Start the Dataverse emulator without tg-bridge's tables, columns, keys and webhook
+    /// steps: run `tgb setup dataverse --webhook-url …` to create them.
+    #[arg(long)]
+    dataverse_empty_org: bool,
 }
 
 #[derive(Args)]
@@ -311,6 +351,7 @@ fn up_options(cli: &Cli, a: &UpArgs) -> UpOptions {
         },
         sandbox_only: a.sandbox_only,
         extra_env: if a.fast { fast_env() } else { Vec::new() },
+        dataverse_empty_org: a.dataverse_empty_org,
     }
 }
 
@@ -649,6 +690,47 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 )
             });
             Ok(0)
+        }
+        Command::Setup {
+            target:
+                SetupTarget::Dataverse {
+                    dry_run,
+                    webhook_url,
+                    solution,
+                    key_timeout,
+                    create_role,
+                },
+        } => {
+            let config = tgb_runtime::Config::load()?;
+            let dv = tgb::setup::client_from_config(&config)?;
+            let (webhook_header, webhook_key) = tgb::setup::webhook_key_from_config(&config)?;
+            let text = match solution {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => tgb_sandbox_dataverse::SOLUTION_JSON.to_owned(),
+            };
+            let file: tgb_sandbox_dataverse::SolutionFile =
+                serde_json::from_str(&text).context("the solution description")?;
+            let opts = tgb::setup::SetupOptions {
+                dry_run: *dry_run,
+                webhook_url: webhook_url.clone(),
+                webhook_header,
+                webhook_key,
+                key_timeout: Duration::from_secs(*key_timeout),
+                create_role: create_role.clone(),
+            };
+            let report = tgb::setup::run(&dv, &file, &opts).await?;
+            print(cli.json, &report, tgb::setup::render);
+            Ok(0)
+        }
+        Command::Doctor => {
+            let config = tgb_runtime::Config::load()?;
+            let file: tgb_sandbox_dataverse::SolutionFile =
+                serde_json::from_str(tgb_sandbox_dataverse::SOLUTION_JSON)
+                    .context("the solution description")?;
+            let report = tgb::doctor::run(&config, &file).await;
+            print(cli.json, &report, tgb::doctor::render);
+            Ok(if report.passed { 0 } else { 1 })
         }
         Command::BenchService { name } => {
             bench_service(name).await?;

@@ -126,6 +126,10 @@ pub struct UpOptions {
     /// Extra `TGB_*` settings for every service (applied after the process environment and
     /// before the wiring).
     pub extra_env: Vec<(String, String)>,
+    /// Start the Dataverse emulator as an organisation without tg-bridge's customisations
+    /// (`tgb setup dataverse` creates them, the webhook included, which is then not
+    /// registered here).
+    pub dataverse_empty_org: bool,
 }
 
 impl Default for UpOptions {
@@ -140,6 +144,7 @@ impl Default for UpOptions {
             ports: Ports::Default(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             sandbox_only: false,
             extra_env: Vec::new(),
+            dataverse_empty_org: false,
         }
     }
 }
@@ -290,6 +295,10 @@ impl System {
             .collect();
         // Subscriptions are added below, once tg-ingress's address is known.
         sb_config.tg.webhooks.retain(|w| w.name != "ingress");
+        if opts.dataverse_empty_org {
+            sb_config.dataverse.empty_org = true;
+        }
+        let dataverse_empty_org = sb_config.dataverse.empty_org;
         let sandbox = Sandbox::start(sb_config)
             .await
             .context("the sandbox cannot start (is its port taken? use --sandbox-listen)")?;
@@ -412,22 +421,24 @@ impl System {
                 secrets: vec![webhook_secret],
             })
             .context("the TG webhook subscription")?;
-        // Dataverse → dynamics-adapter, with the key it expects (Dataverse's WebhookKey is the
-        // `code` query parameter).
-        system
-            .sandbox
-            .dataverse()
-            .register_webhook(WebhookRegistration {
-                name: "tg-bridge dynamics-adapter".into(),
-                url: format!("http://{}/webhooks/dataverse", connect_addr(dynamics)),
-                auth: WebhookAuth::Header {
-                    name: "x-api-key".into(),
-                    value: dataverse_key,
-                },
-                entities: Vec::new(),
-                messages: Vec::new(),
-            })
-            .map_err(|e| anyhow::anyhow!("the Dataverse webhook registration: {e}"))?;
+        // Dataverse → dynamics-adapter, with the key it expects in its header. An empty org
+        // gets it from `tgb setup dataverse`, through the Web API.
+        if !dataverse_empty_org {
+            system
+                .sandbox
+                .dataverse()
+                .register_webhook(WebhookRegistration {
+                    name: "tg-bridge dynamics-adapter".into(),
+                    url: format!("http://{}/webhooks/dataverse", connect_addr(dynamics)),
+                    auth: WebhookAuth::Header {
+                        name: "x-api-key".into(),
+                        value: dataverse_key,
+                    },
+                    entities: Vec::new(),
+                    messages: Vec::new(),
+                })
+                .map_err(|e| anyhow::anyhow!("the Dataverse webhook registration: {e}"))?;
+        }
         system.start_control(&opts).await?;
         Ok(system)
     }

@@ -51,7 +51,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    fn json(status: StatusCode, body: Value) -> Self {
+    pub(crate) fn json(status: StatusCode, body: Value) -> Self {
         Self {
             status,
             headers: vec![],
@@ -59,7 +59,7 @@ impl Resp {
         }
     }
 
-    fn empty(status: StatusCode) -> Self {
+    pub(crate) fn empty(status: StatusCode) -> Self {
         Self {
             status,
             headers: vec![],
@@ -224,6 +224,9 @@ fn route(
         }
         _ => {}
     }
+    if let Some(r) = st.meta.route(ctx, req, &path) {
+        return r;
+    }
     // Before the segment check: a `/` inside a key value is the key rule's refusal.
     crate::query::check_key_literals(&path)?;
     if path.contains('/') {
@@ -251,6 +254,23 @@ fn route(
         .ok_or_else(|| ODataError::segment(&set))?;
     let query = Query::parse(req.query)?;
     query.validate(table)?;
+    // What the organisation has been customised with (an empty org lacks the solution).
+    let body_props = match serde_json::from_slice::<Value>(req.body) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    };
+    let key_columns = match &key {
+        Some(KeyPredicate::Alternate(pairs)) => {
+            Some(pairs.iter().map(|(c, _)| c.clone()).collect())
+        }
+        _ => None,
+    };
+    st.meta.check_data_request(
+        table,
+        query.select.as_deref(),
+        body_props.as_ref(),
+        key_columns,
+    )?;
     let prefer = Prefer::from_headers(req.headers);
     match (key, &req.method) {
         (None, &Method::GET) => list(settings, st, ctx, table, &query, &prefer),
@@ -519,7 +539,7 @@ fn list(
         return delta(settings, st, ctx, table, query, prefer, token);
     }
     if prefer.track_changes {
-        if !table.changetracking {
+        if !st.meta.change_tracking(&table.logicalname) {
             return Err(ODataError::bad_request(
                 codes::INVALID_ARGUMENT,
                 format!(

@@ -17,6 +17,7 @@ pub mod api;
 mod batch;
 pub mod error;
 pub mod limits;
+pub mod metadata;
 pub mod query;
 pub mod schema;
 pub mod store;
@@ -77,6 +78,10 @@ pub struct DataverseConfig {
     pub webhook_timeout_ms: u64,
     /// Delay before the single retry of a webhook answered 502/503/504, in milliseconds.
     pub webhook_retry_delay_ms: u64,
+    /// Start as an organisation without tg-bridge's customisations (no custom tables, `tgb_`
+    /// columns, keys or webhook steps) until they are created through the metadata endpoints
+    /// (`tgb setup dataverse`). Default: the solution is applied.
+    pub empty_org: bool,
 }
 
 impl Default for DataverseConfig {
@@ -93,6 +98,7 @@ impl Default for DataverseConfig {
             max_attachment_bytes: 5 * 1024 * 1024,
             webhook_timeout_ms: 60_000,
             webhook_retry_delay_ms: 1_000,
+            empty_org: false,
         }
     }
 }
@@ -161,12 +167,13 @@ impl Dataverse {
             business_unit_id: business_unit,
         };
         let (hold, _) = watch::channel(false);
+        let meta = metadata::Metadata::new(cfg.empty_org);
         Self {
             inner: Arc::new(Inner {
                 limits: Limits::new(cfg.service_protection.clone()),
                 cfg,
                 settings,
-                store: Mutex::new(Store::default()),
+                store: Mutex::new(Store::with_meta(meta)),
                 webhooks,
                 hold,
             }),
@@ -386,8 +393,10 @@ impl Dataverse {
     pub fn reset(&self) {
         let mut st = self.store();
         let version = st.version;
+        let meta = std::mem::take(&mut st.meta);
         *st = Store::default();
         st.version = version;
+        st.meta = meta;
         drop(st);
         self.inner.limits.reset();
     }
@@ -431,7 +440,40 @@ impl Dataverse {
         let out = f(&mut st);
         let events = std::mem::take(&mut st.events);
         self.inner.webhooks.dispatch(events);
+        if std::mem::take(&mut st.meta.hooks_dirty) {
+            self.sync_webhooks(&mut st.meta);
+        }
         out
+    }
+
+    /// Makes the webhook registrations follow the service endpoints and steps created
+    /// through the Web API.
+    fn sync_webhooks(&self, meta: &mut metadata::Metadata) {
+        for id in std::mem::take(&mut meta.hook_ids) {
+            self.inner.webhooks.unregister(id);
+        }
+        for reg in meta.webhook_registrations() {
+            match self.inner.webhooks.register(reg) {
+                Ok(id) => meta.hook_ids.push(id),
+                Err(e) => tracing::warn!(error = %e, "a webhook step cannot deliver"),
+            }
+        }
+    }
+
+    /// Makes the index job of the alternate key `schema_name` fail (tests of `tgb setup`).
+    pub fn fail_key_job(&self, schema_name: &str) {
+        self.store().meta.fail_key_job(schema_name);
+    }
+
+    /// Takes a privilege (`prvCreateincident`) from a user, as `RetrieveUserPrivileges` reports
+    /// it (tests of `tgb doctor`; data requests are not checked against privileges).
+    pub fn revoke_privilege(&self, user: Uuid, name: &str) {
+        self.store().meta.revoke_privilege(user, name);
+    }
+
+    /// Whether the organisation started without tg-bridge's customisations.
+    pub fn is_empty_org(&self) -> bool {
+        self.store().meta.is_empty_org()
     }
 }
 

@@ -65,6 +65,9 @@ pub struct Table {
     /// Change tracking enabled.
     #[serde(default)]
     pub changetracking: bool,
+    /// What the table holds (custom tables).
+    #[serde(default)]
+    pub description: Option<String>,
     /// Columns other than lookups.
     pub columns: Vec<Column>,
     /// Lookup columns.

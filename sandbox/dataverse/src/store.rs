@@ -107,6 +107,18 @@ pub struct Store {
     key_index: HashMap<String, HashMap<String, Uuid>>,
     /// While a change set runs: what it changed, to roll it back.
     journal: Option<Journal>,
+    /// Customisations (tables, columns, keys, webhook steps) of the organisation.
+    pub meta: crate::metadata::Metadata,
+}
+
+impl Store {
+    /// An empty store of an organisation with these customisations.
+    pub fn with_meta(meta: crate::metadata::Metadata) -> Self {
+        Store {
+            meta,
+            ..Store::default()
+        }
+    }
 }
 
 /// The undo record of a change set: each row it touched as it was before (none: it did not

@@ -12,6 +12,7 @@ pub mod handler;
 pub mod labels;
 pub mod leader;
 pub mod poller;
+pub mod preflight;
 pub mod routing;
 pub mod store;
 pub mod tasks;
@@ -52,20 +53,12 @@ pub fn load_routing(config: &Config) -> anyhow::Result<(routing::Routing, routin
     Ok((routing, partners))
 }
 
-/// [`serve`], with a hook called after each successful task POST (tests use it to stop the
-/// adapter at the worst moment: after the POST, before the link is stored).
-#[doc(hidden)]
-pub async fn serve_with(
-    config: Config,
-    listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-    after_post: Option<AfterPost>,
-) -> anyhow::Result<()> {
-    let (routing, partners) = load_routing(&config)?;
+/// The Graph client of the `[routing.graph]` settings and the `TGB_AZURE_*` identity.
+pub fn graph_client(config: &Config, routing: &routing::Routing) -> anyhow::Result<GraphClient> {
     let s = &config.settings;
     let tenant = config.require(&s.azure_tenant_id, "TGB_AZURE_TENANT_ID", NAME)?;
     let client_id = config.require(&s.azure_client_id, "TGB_AZURE_CLIENT_ID", NAME)?;
-    let credential = tgb_service::entra::credential(&config, NAME)?;
+    let credential = tgb_service::entra::credential(config, NAME)?;
     let g = &routing.graph;
     let http = GraphClient::http_client(Duration::from_secs(g.timeout_secs.max(1)));
     let credentials = GraphClient::entra_credentials(
@@ -86,13 +79,33 @@ pub async fn serve_with(
             ..GovernorConfig::default()
         },
     );
-    let graph = GraphClient::new(
+    Ok(GraphClient::new(
         http,
         s.graph_url.clone(),
         tokens,
         governor,
         client_id.clone(),
-    );
+    ))
+}
+
+/// [`serve`], with a hook called after each successful task POST (tests use it to stop the
+/// adapter at the worst moment: after the POST, before the link is stored).
+#[doc(hidden)]
+pub async fn serve_with(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    after_post: Option<AfterPost>,
+) -> anyhow::Result<()> {
+    let (routing, partners) = load_routing(&config)?;
+    let graph = graph_client(&config, &routing)?;
+    let g = &routing.graph;
+
+    // Every configured plan, bucket and label exists, or the service does not start.
+    let findings = preflight::check(&graph, &routing).await;
+    if let Some(failed) = preflight::failures(&findings) {
+        anyhow::bail!("the Planner configuration does not match Graph: {failed}");
+    }
 
     let bus = tgb_service::connect(NAME, &config).await?;
     let links = tgb_bus::links::Links::new(bus.kv(tgb_bus::names::KV_LINKS).await?);

@@ -6,5 +6,6 @@ mod demo;
 mod dlq_replay;
 mod observability;
 mod operator;
+mod setup;
 mod support;
 mod tracing;

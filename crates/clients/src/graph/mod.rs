@@ -471,6 +471,30 @@ impl GraphClient {
         })
     }
 
+    /// `GET /planner/plans/{id}/buckets`: the ids of the plan's buckets (a plan has few: one
+    /// page).
+    pub async fn list_plan_bucket_ids(&self, plan_id: &str) -> Result<Vec<String>, GraphError> {
+        #[derive(serde::Deserialize)]
+        struct Bucket {
+            id: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct List {
+            value: Vec<Bucket>,
+        }
+        let a = self
+            .call(
+                Method::GET,
+                "/planner/plans/{id}/buckets",
+                &format!("/planner/plans/{}/buckets", enc(plan_id)),
+                None,
+                None,
+            )
+            .await?;
+        let list = Self::parse::<List>("GET /planner/plans/{id}/buckets", &a.body)?;
+        Ok(list.value.into_iter().map(|b| b.id).collect())
+    }
+
     /// `GET /planner/plans/{id}/details`: the plan's label names.
     pub async fn get_plan_details(&self, plan_id: &str) -> Result<PlanDetails, GraphError> {
         let a = self

@@ -4,6 +4,7 @@ mod batch;
 mod crud;
 mod incident;
 mod limits;
+mod metadata;
 mod query;
 mod throughput;
 mod tracking;
