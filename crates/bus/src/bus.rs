@@ -18,6 +18,9 @@ pub struct BusConfig {
     pub duplicate_window: Duration,
     /// Age after which events leave `TGB_EVENTS`.
     pub max_age: Duration,
+    /// Largest size of `TGB_EVENTS` in bytes (the oldest events leave first); `None` = no
+    /// limit.
+    pub max_bytes: Option<u64>,
     /// Age after which dead letters leave `TGB_DLQ`.
     pub dlq_max_age: Duration,
     /// Age after which ledger entries leave `TGB_LEDGER`.
@@ -31,6 +34,7 @@ impl Default for BusConfig {
             replicas: 1,
             duplicate_window: Duration::from_secs(3600),
             max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: None,
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
             ledger_max_age: Duration::from_secs(7 * 24 * 3600),
         }

@@ -23,7 +23,9 @@ pub use async_nats;
 pub use bus::{Bus, BusConfig, BusError};
 pub use consumer::{ConsumerError, ConsumerSpec, Delivery, Handler, run_consumer};
 pub use outcome::{Classify, ErrorClass, HandlerError, Outcome};
-pub use provision::{ProvisionError, dlq_stream, events_stream, ledger_stream, provision};
+pub use provision::{
+    Change, ProvisionError, dlq_stream, events_stream, ledger_stream, plan_update, provision,
+};
 pub use publish::{PublishError, Publisher};
 
 #[doc(hidden)]

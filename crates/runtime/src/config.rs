@@ -74,6 +74,9 @@ pub struct BusSettings {
     pub duplicate_window_secs: u64,
     /// Age after which events leave `TGB_EVENTS`, days.
     pub max_age_days: u64,
+    /// Largest size of `TGB_EVENTS`, bytes (the oldest events leave first); unset = no limit.
+    /// Changed in place at the next start, like the ages and `replicas`.
+    pub max_bytes: Option<u64>,
     /// Age after which dead letters leave `TGB_DLQ`, days.
     pub dlq_max_age_days: u64,
     /// Deliveries of one message before it is dead-lettered; at least 1.
@@ -93,6 +96,7 @@ impl Default for BusSettings {
             replicas: 1,
             duplicate_window_secs: 3600,
             max_age_days: 7,
+            max_bytes: None,
             dlq_max_age_days: 30,
             max_deliver: 20,
             backoff_max_secs: 300,
@@ -164,6 +168,12 @@ impl BusSettings {
                     "must not exceed bus.max_age_days ({} days)",
                     self.max_age_days
                 ),
+            ));
+        }
+        if self.max_bytes == Some(0) {
+            return Err(invalid(
+                "max_bytes",
+                "must be at least 1 (leave it unset for no limit)".into(),
             ));
         }
         if self.max_deliver < 1 {

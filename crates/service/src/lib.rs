@@ -35,6 +35,7 @@ pub async fn connect(service: &str, config: &Config) -> anyhow::Result<Bus> {
         replicas: s.bus.replicas,
         duplicate_window: s.bus.duplicate_window(),
         max_age: s.bus.max_age(),
+        max_bytes: s.bus.max_bytes,
         dlq_max_age: s.bus.dlq_max_age(),
         ..BusConfig::default()
     };
