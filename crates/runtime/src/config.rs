@@ -545,6 +545,21 @@ pub enum ConfigError {
         /// The service that needs it.
         service: String,
     },
+    /// A section this service cannot run without is absent from the file and the environment.
+    #[error(
+        "section [{section}] is required by {service} and absent from {searched} ({why}); \
+         config/tg-bridge.toml in the repository documents every section"
+    )]
+    MissingSection {
+        /// The section, e.g. `routing`.
+        section: String,
+        /// The service that needs it.
+        service: String,
+        /// Where it was looked for: the file, or "the environment" when there is none.
+        searched: String,
+        /// What the service would do without it.
+        why: String,
+    },
     /// Several problems at once.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Several(Vec<ConfigError>),
@@ -557,6 +572,8 @@ pub struct Config {
     /// The typed settings.
     pub settings: Settings,
     figment: Figment,
+    /// The TOML file read, if any.
+    file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -614,6 +631,7 @@ impl Config {
         }
 
         let mut figment = Figment::new();
+        let file = path.is_file().then(|| path.clone());
         if path.is_file() {
             figment = figment.merge(Toml::file_exact(&path));
         }
@@ -622,7 +640,11 @@ impl Config {
             .extract_lossy()
             .map_err(|e| from_figment(&figment, e, &[]))?;
         settings.validate(&figment)?;
-        Ok(Config { settings, figment })
+        Ok(Config {
+            settings,
+            figment,
+            file,
+        })
     }
 
     /// The table `key` (e.g. `"routing"`, `"sla"`, or a dotted path) deserialized; `T::default()`
@@ -635,6 +657,38 @@ impl Config {
         self.figment
             .extract_inner_lossy::<T>(key)
             .map_err(|e| from_figment(&self.figment, e, &prefix))
+    }
+
+    /// The table `key`, which `service` cannot run without: its defaults hold no Planner plan, no
+    /// policy, nothing to route to, so starting without it would skip every message silently.
+    /// Absent (from the file and from `TGB_<KEY>__*`) → [`ConfigError::MissingSection`] naming
+    /// the section, the service, the file and `why` (what the section decides).
+    pub fn required_section<T: DeserializeOwned + Default>(
+        &self,
+        key: &str,
+        service: &str,
+        why: &str,
+    ) -> Result<T, ConfigError> {
+        if !self.figment.contains(key) {
+            return Err(ConfigError::MissingSection {
+                section: key.to_owned(),
+                service: service.to_owned(),
+                searched: match &self.file {
+                    Some(file) => format!("{} and the environment", file.display()),
+                    None => format!(
+                        "the environment (no configuration file: set {CONFIG_ENV} or \
+                         provide {DEFAULT_CONFIG_PATH})"
+                    ),
+                },
+                why: why.to_owned(),
+            });
+        }
+        self.section(key)
+    }
+
+    /// The TOML file this configuration was read from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// The value of an optional setting this service needs, or
