@@ -106,6 +106,9 @@ pub struct UpOptions {
     pub keep_data: bool,
     /// A running NATS (`TGB_NATS_URL`); `None`: start our own.
     pub nats_url: Option<String>,
+    /// Credentials and TLS files for that NATS (`--creds`, `--tls-*`); the services get them
+    /// as `TGB_NATS_CREDS` and `TGB_NATS_TLS_*`.
+    pub nats_auth: tgb_bus::NatsAuth,
     /// Where the services listen.
     pub ports: Ports,
     /// Run only NATS and the sandbox (the services run elsewhere, with `--print-env`).
@@ -124,6 +127,7 @@ impl Default for UpOptions {
             data_dir: PathBuf::from(".data"),
             keep_data: false,
             nats_url: None,
+            nats_auth: tgb_bus::NatsAuth::default(),
             ports: Ports::Default(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             sandbox_only: false,
             extra_env: Vec::new(),
@@ -241,7 +245,7 @@ impl System {
         // NATS.
         let (nats_url, own_nats) = match &opts.nats_url {
             Some(url) => {
-                let client = nats::connect(url).await?;
+                let client = nats::connect_with(url, &opts.nats_auth).await?;
                 drop(client);
                 (url.clone(), None)
             }
@@ -296,6 +300,17 @@ impl System {
             .filter(|(k, _)| k.starts_with("TGB_") && k != "TGB_HTTP_ADDR")
             .collect();
         base_env.extend(opts.extra_env.iter().cloned());
+        let auth = &opts.nats_auth;
+        for (name, file) in [
+            ("TGB_NATS_CREDS", &auth.creds),
+            ("TGB_NATS_TLS_CA", &auth.tls_ca),
+            ("TGB_NATS_TLS_CERT", &auth.tls_cert),
+            ("TGB_NATS_TLS_KEY", &auth.tls_key),
+        ] {
+            if let Some(file) = file {
+                base_env.push((name.to_owned(), file.display().to_string()));
+            }
+        }
         let wiring = [
             ("TGB_NATS_URL", nats_url.clone()),
             ("TGB_TG_API_URL", sandbox.tg_api_url()),
@@ -619,7 +634,10 @@ impl System {
     pub fn summary(&self) -> String {
         let sb = self.sandbox.base_url();
         let mut out = String::new();
-        out.push_str(&format!("NATS              {}", self.nats_url));
+        out.push_str(&format!(
+            "NATS              {}",
+            tgb_bus::redact_url(&self.nats_url)
+        ));
         match &self.own_nats {
             Some(n) => out.push_str(&format!(
                 "  (own nats-server, store {}, log {})\n",

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+use crate::auth::{AuthError, NatsAuth, redact_url, scrub};
 use crate::names;
 use crate::provision::{ProvisionError, provision};
 use crate::publish::Publisher;
@@ -44,8 +45,15 @@ impl Default for BusConfig {
 /// Why the bus is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// `url` is redacted and `reason` scrubbed of any credentials in it.
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Auth {
+        url: String,
+        #[source]
+        source: AuthError,
+    },
     #[error(
         "the NATS server at {url} is {version}; tg-bridge needs nats-server >= 2.10 with JetStream"
     )]
@@ -69,27 +77,32 @@ impl Bus {
         creds: Option<&Path>,
         config: BusConfig,
     ) -> Result<Bus, BusError> {
-        let connect_err = |reason: String| BusError::Connect {
-            url: url.to_owned(),
-            reason,
-        };
-        let mut options = async_nats::ConnectOptions::new()
-            .name(&config.client_name)
-            .connection_timeout(Duration::from_secs(5));
-        if let Some(creds) = creds {
-            options = options
-                .credentials_file(creds)
-                .await
-                .map_err(|e| connect_err(format!("creds file {}: {e}", creds.display())))?;
-        }
-        let client = options
-            .connect(url)
+        Bus::connect_with(url, &NatsAuth::creds(creds), config).await
+    }
+
+    /// [`Bus::connect`] with TLS files as well: a private CA, a client certificate. Errors
+    /// never show a user or password given in `url`.
+    pub async fn connect_with(
+        url: &str,
+        auth: &NatsAuth,
+        config: BusConfig,
+    ) -> Result<Bus, BusError> {
+        let shown = redact_url(url);
+        let options = auth
+            .connect_options(&config.client_name, url)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|source| BusError::Auth {
+                url: shown.clone(),
+                source,
+            })?;
+        let client = options.connect(url).await.map_err(|e| BusError::Connect {
+            url: shown.clone(),
+            reason: connect_reason(&e, url, auth),
+        })?;
         let version = client.server_info().version;
         if !version_at_least(&version, (2, 10)) {
             return Err(BusError::ServerTooOld {
-                url: url.to_owned(),
+                url: shown,
                 version,
             });
         }
@@ -146,6 +159,42 @@ impl Bus {
         }
         Ok(())
     }
+}
+
+/// Why a connection failed, in words an operator can act on; never the URL's credentials.
+pub(crate) fn connect_reason(e: &async_nats::ConnectError, url: &str, auth: &NatsAuth) -> String {
+    use std::error::Error as _;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    // rustls reports the server's refusal as an alert, which reaches us as an IO error.
+    let hint = if text.contains("CertificateRequired") && auth.tls_cert.is_none() {
+        "; the server requires a TLS client certificate: give tls_cert and tls_key \
+         (TGB_NATS_TLS_CERT and TGB_NATS_TLS_KEY)"
+    } else if (text.contains("UnknownIssuer") || text.contains("invalid peer certificate"))
+        && auth.tls_ca.is_none()
+    {
+        "; the server's certificate is not signed by a public CA: give the private CA's \
+         certificate as tls_ca (TGB_NATS_TLS_CA)"
+    } else if matches!(e.kind(), async_nats::ConnectErrorKind::Tls) {
+        "; check tls_ca, tls_cert and tls_key (TGB_NATS_TLS_CA, TGB_NATS_TLS_CERT, \
+         TGB_NATS_TLS_KEY)"
+    } else if matches!(
+        e.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication
+    ) {
+        "; check the credentials (creds, TGB_NATS_CREDS, or the user in the URL)"
+    } else {
+        ""
+    };
+    scrub(&format!("{text}{hint}"), url)
 }
 
 /// `"2.10.26"` ≥ (2, 10)?

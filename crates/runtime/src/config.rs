@@ -266,8 +266,16 @@ pub struct Settings {
     /// NATS server(s), `nats://host:port` (also `tls://`, `ws://`, `wss://`; comma-separated
     /// for several). `TGB_NATS_URL`.
     pub nats_url: String,
-    /// NATS credentials file. `TGB_NATS_CREDS`.
+    /// NATS credentials file (a user JWT and its nkey seed). `TGB_NATS_CREDS`.
     pub nats_creds: Option<PathBuf>,
+    /// PEM file of the CA that signed the NATS servers' certificates (a private CA); makes TLS
+    /// required. `TGB_NATS_TLS_CA`.
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM file of this service's TLS client certificate (servers with `verify: true`).
+    /// `TGB_NATS_TLS_CERT`, with `TGB_NATS_TLS_KEY`.
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key. `TGB_NATS_TLS_KEY`.
+    pub nats_tls_key: Option<PathBuf>,
     /// This service's HTTP listener; each service has its own default. `TGB_HTTP_ADDR`.
     pub http_addr: Option<SocketAddr>,
     /// Trading Grid API base URL. `TGB_TG_API_URL`.
@@ -312,6 +320,9 @@ impl Default for Settings {
         Self {
             nats_url: DEFAULT_NATS_URL.to_owned(),
             nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             http_addr: None,
             tg_api_url: None,
             tg_token_url: None,
@@ -339,6 +350,9 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("nats_url", &redact_url_list(&self.nats_url))
             .field("nats_creds", &self.nats_creds)
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
             .field("http_addr", &self.http_addr)
             .field("tg_api_url", &url(&self.tg_api_url))
             .field("tg_token_url", &url(&self.tg_token_url))
@@ -373,13 +387,38 @@ impl Settings {
         };
 
         check_nats_url(&self.nats_url).map_err(|m| invalid("nats_url", m))?;
-        if let Some(creds) = &self.nats_creds
-            && !creds.is_file()
-        {
-            return Err(invalid(
-                "nats_creds",
-                format!("credentials file {} does not exist", creds.display()),
-            ));
+        for (field, file) in [
+            ("nats_creds", &self.nats_creds),
+            ("nats_tls_ca", &self.nats_tls_ca),
+            ("nats_tls_cert", &self.nats_tls_cert),
+            ("nats_tls_key", &self.nats_tls_key),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return Err(invalid(
+                    field,
+                    format!("file {} does not exist", file.display()),
+                ));
+            }
+        }
+        match (&self.nats_tls_cert, &self.nats_tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "nats_tls_key",
+                    "(TGB_NATS_TLS_KEY) is needed with nats_tls_cert (the client certificate's \
+                     private key)"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "nats_tls_cert",
+                    "(TGB_NATS_TLS_CERT) is needed with nats_tls_key (the client certificate)"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
 
         let http_urls = [

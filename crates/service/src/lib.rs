@@ -39,7 +39,13 @@ pub async fn connect(service: &str, config: &Config) -> anyhow::Result<Bus> {
         dlq_max_age: s.bus.dlq_max_age(),
         ..BusConfig::default()
     };
-    Bus::connect(&s.nats_url, s.nats_creds.as_deref(), bus_config)
+    let auth = tgb_bus::NatsAuth {
+        creds: s.nats_creds.clone(),
+        tls_ca: s.nats_tls_ca.clone(),
+        tls_cert: s.nats_tls_cert.clone(),
+        tls_key: s.nats_tls_key.clone(),
+    };
+    Bus::connect_with(&s.nats_url, &auth, bus_config)
         .await
         .with_context(|| format!("{service} cannot start"))
 }

@@ -6,4 +6,5 @@ mod ledger;
 mod provision;
 mod publish;
 mod support;
+mod tls;
 mod tracing_context;

@@ -1,0 +1,192 @@
+//! TLS with a private CA and client certificates, and credentials kept out of errors, against a
+//! real nats-server.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use tgb_bus::{Bus, BusConfig, BusError, NatsAuth};
+use tgb_testkit::NatsServer;
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn generate() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tg-bridge test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", ca.pem());
+
+        for (name, sans, usage) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            (
+                "client",
+                vec!["tg-ingress".to_owned()],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `tls { }` block of a server that requires and verifies client certificates.
+    fn server_block(&self) -> String {
+        let p = |name: &str| conf_string(&self.path(name));
+        format!(
+            "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 5\n}}\n",
+            p("server.pem"),
+            p("server-key.pem"),
+            p("ca.pem")
+        )
+    }
+}
+
+fn conf_string(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_the_private_ca_connects_and_provisions() {
+    tgb_testkit::init_test_tracing();
+    let pki = Pki::generate();
+    let server = NatsServer::start_with_config(&pki.server_block())
+        .await
+        .expect("nats-server with TLS");
+    let auth = NatsAuth {
+        tls_ca: Some(pki.path("ca.pem")),
+        tls_cert: Some(pki.path("client.pem")),
+        tls_key: Some(pki.path("client-key.pem")),
+        ..NatsAuth::default()
+    };
+    let bus = Bus::connect_with(&server.url(), &auth, BusConfig::default())
+        .await
+        .expect("TLS with a client certificate");
+    bus.ready().await.expect("ready over TLS");
+    // The connection really is TLS: the server requires it, and the client says so.
+    assert!(bus.client().server_info().tls_required);
+}
+
+#[tokio::test]
+async fn without_a_client_certificate_the_connection_is_refused_with_a_clear_error() {
+    tgb_testkit::init_test_tracing();
+    let pki = Pki::generate();
+    let server = NatsServer::start_with_config(&pki.server_block())
+        .await
+        .expect("nats-server with TLS");
+    let only_ca = NatsAuth {
+        tls_ca: Some(pki.path("ca.pem")),
+        ..NatsAuth::default()
+    };
+    let err = Bus::connect_with(&server.url(), &only_ca, BusConfig::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BusError::Connect { .. }), "{text}");
+    assert!(
+        text.contains("cannot connect to NATS at nats://127.0.0.1:")
+            && text.contains("requires a TLS client certificate")
+            && text.contains("TGB_NATS_TLS_CERT"),
+        "{text}"
+    );
+
+    // Without the private CA the server's certificate is not trusted: also refused, and said.
+    let no_ca = NatsAuth {
+        tls_cert: Some(pki.path("client.pem")),
+        tls_key: Some(pki.path("client-key.pem")),
+        ..NatsAuth::default()
+    };
+    let err = Bus::connect_with(&server.url(), &no_ca, BusConfig::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, BusError::Connect { .. }) && text.contains("TGB_NATS_TLS_CA"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_half_given_client_certificate_or_a_missing_file_is_named_before_connecting() {
+    let pki = Pki::generate();
+    let half = NatsAuth {
+        tls_cert: Some(pki.path("client.pem")),
+        ..NatsAuth::default()
+    };
+    let err = Bus::connect_with("nats://127.0.0.1:9", &half, BusConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("needs both tls_cert and tls_key"),
+        "{err}"
+    );
+
+    let missing = NatsAuth {
+        tls_ca: Some(pki.path("nowhere.pem")),
+        ..NatsAuth::default()
+    };
+    let err = Bus::connect_with("nats://127.0.0.1:9", &missing, BusConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("TLS CA file") && err.to_string().contains("nowhere.pem"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_in_the_url_never_appears_in_the_error() {
+    tgb_testkit::init_test_tracing();
+    let server = NatsServer::start_with_config(
+        "authorization { users = [ { user: \"svc\", password: \"right-pa55word\" } ] }\n",
+    )
+    .await
+    .expect("nats-server with users");
+    let port = server.port();
+    // A wrong password: the server refuses, and the error names the server, not the secret.
+    let url = format!("nats://svc:wr0ng-pa55word@127.0.0.1:{port}");
+    let err = Bus::connect(&url, None, BusConfig::default())
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("wr0ng-pa55word"), "{text}");
+    assert!(
+        text.contains(&format!("nats://REDACTED@127.0.0.1:{port}"))
+            && text.contains("authorization violation"),
+        "{text}"
+    );
+    // The right one connects.
+    let url = format!("nats://svc:right-pa55word@127.0.0.1:{port}");
+    Bus::connect(&url, None, BusConfig::default())
+        .await
+        .expect("the right password connects");
+}
