@@ -10,5 +10,6 @@ pub mod bench;
 pub mod demo;
 pub mod nats;
 pub mod ops;
+pub mod permissions;
 pub mod render;
 pub mod system;

@@ -60,6 +60,11 @@ enum Command {
         /// `<system>:<id>` or `<system>:<kind>:<id>`.
         record: String,
     },
+    /// NATS set-up for a secured cluster.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
     /// The records linked to a record (TG case ↔ Dynamics incident ↔ Planner tasks).
     Links {
         /// `<system>:<id>` or `<system>:<kind>:<id>`.
@@ -146,6 +151,23 @@ struct BenchArgs {
     /// The directory of the service binaries (default: tgb's own).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum NatsCommand {
+    /// Print the NATS users of tg-bridge, one per service with exactly the subjects it needs
+    /// (generated from the code): a nats-server `accounts` block (passwords from
+    /// `$TGB_NATS_PASSWORD_<SERVICE>`), or JSON for nsc or a chart's values.
+    Permissions {
+        #[arg(long, value_enum, default_value = "conf")]
+        format: PermissionsFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PermissionsFormat {
+    Conf,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -266,6 +288,7 @@ fn up_options(cli: &Cli, a: &UpArgs) -> UpOptions {
         },
         sandbox_only: a.sandbox_only,
         extra_env: if a.fast { fast_env() } else { Vec::new() },
+        service_env: Vec::new(),
     }
 }
 
@@ -551,6 +574,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
             let h = ops::history(&js, record).await?;
             print(cli.json, &h, render::history);
+            Ok(0)
+        }
+        Command::Nats {
+            command: NatsCommand::Permissions { format },
+        } => {
+            print!(
+                "{}",
+                match format {
+                    PermissionsFormat::Conf => tgb::permissions::conf(),
+                    PermissionsFormat::Json => tgb::permissions::json(),
+                }
+            );
             Ok(0)
         }
         Command::Links { record } => {

@@ -116,6 +116,9 @@ pub struct UpOptions {
     /// Extra `TGB_*` settings for every service (applied after the process environment and
     /// before the wiring).
     pub extra_env: Vec<(String, String)>,
+    /// Settings for one service only (service name, variable, value), applied last: e.g. its
+    /// own `TGB_NATS_URL` with its own NATS user.
+    pub service_env: Vec<(String, String, String)>,
 }
 
 impl Default for UpOptions {
@@ -131,6 +134,7 @@ impl Default for UpOptions {
             ports: Ports::Default(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             sandbox_only: false,
             extra_env: Vec::new(),
+            service_env: Vec::new(),
         }
     }
 }
@@ -180,6 +184,8 @@ pub struct System {
     shutdown: CancellationToken,
     base_env: Vec<(String, String)>,
     config_file: Option<PathBuf>,
+    /// Per-service settings ([`UpOptions::service_env`]).
+    own_env: Vec<(String, String, String)>,
     /// sla-monitor's clock.
     pub sla_clock: std::sync::Arc<OffsetClock>,
     /// The control listener (`GET /` what runs where, `POST /sla-clock/advance`).
@@ -336,6 +342,7 @@ impl System {
             shutdown,
             base_env,
             config_file,
+            own_env: opts.service_env.clone(),
             sla_clock: std::sync::Arc::new(OffsetClock::default()),
             control_url: String::new(),
             control: None,
@@ -555,7 +562,13 @@ impl System {
     /// The configuration of one service: the process's `TGB_*`, the extra settings, the wiring
     /// and its `TGB_HTTP_ADDR`.
     pub fn service_config(&self, name: &str, addr: SocketAddr) -> anyhow::Result<Config> {
-        let env = self.service_env(addr);
+        let mut env = self.service_env(addr);
+        env.extend(
+            self.own_env
+                .iter()
+                .filter(|(service, _, _)| service == name)
+                .map(|(_, k, v)| (k.clone(), v.clone())),
+        );
         Config::load_from(self.config_file.as_deref(), env)
             .with_context(|| format!("the configuration of {name}"))
     }

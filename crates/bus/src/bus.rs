@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -68,7 +69,13 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: BusConfig,
+    refusals: Refusals,
 }
+
+/// Permission violations the server reported on this connection, the latest last (at most
+/// [`MAX_REFUSALS`]): a refused request only times out on the client side.
+type Refusals = Arc<Mutex<Vec<String>>>;
+const MAX_REFUSALS: usize = 8;
 
 impl Bus {
     /// Connects (with a creds file when given), checks the server version and provisions.
@@ -95,6 +102,24 @@ impl Bus {
                 url: shown.clone(),
                 source,
             })?;
+        let refusals = Refusals::default();
+        let options = options.event_callback({
+            let refusals = refusals.clone();
+            let client = config.client_name.clone();
+            move |event| {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = &event
+                    && text.to_lowercase().contains("permissions violation")
+                {
+                    tracing::error!(client, refusal = %text, "the NATS server refused: {text}");
+                    let mut list = refusals.lock().unwrap_or_else(|p| p.into_inner());
+                    if list.len() == MAX_REFUSALS {
+                        list.remove(0);
+                    }
+                    list.push(text.clone());
+                }
+                async {}
+            }
+        });
         let client = options.connect(url).await.map_err(|e| BusError::Connect {
             url: shown.clone(),
             reason: connect_reason(&e, url, auth),
@@ -108,7 +133,23 @@ impl Bus {
         }
         let js = jetstream::new(client.clone());
         provision(&js, &config).await?;
-        Ok(Bus { client, js, config })
+        Ok(Bus {
+            client,
+            js,
+            config,
+            refusals,
+        })
+    }
+
+    /// Permission violations the server reported on this connection (e.g. `Permissions
+    /// Violation for Publish to "$JS.API.CONSUMER.CREATE.TGB_EVENTS.tg-egress"`), oldest
+    /// first. A JetStream request refused for permissions only times out on the client side;
+    /// this says why.
+    pub fn permission_refusals(&self) -> Vec<String> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The core client.

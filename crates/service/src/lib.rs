@@ -155,6 +155,7 @@ pub async fn run(
         let js = bus.jetstream().clone();
         move |stop| report_dlq_depth(js, stop)
     });
+    let refusals = bus.clone();
     let readiness: Arc<dyn Readiness> = Arc::new(BusReadiness {
         bus,
         stopped: workers.stopped.clone(),
@@ -170,7 +171,13 @@ pub async fn run(
     let mut first_error = None;
     while let Some(done) = workers.set.join_next().await {
         let result = done.context("a worker panicked").and_then(|r| r);
-        if let Err(e) = result {
+        if let Err(mut e) = result {
+            // A JetStream request the server refused for permissions only times out on the
+            // client side; the server said why, on the connection: say it with the error.
+            let refused = refusals.permission_refusals();
+            if !refused.is_empty() {
+                e = e.context(format!("the NATS server refused: {}", refused.join("; ")));
+            }
             if first_error.is_none() {
                 tracing::error!(
                     service,

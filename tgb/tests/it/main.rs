@@ -5,5 +5,6 @@ mod demo;
 mod dlq_replay;
 mod observability;
 mod operator;
+mod permissions;
 mod support;
 mod tracing;
