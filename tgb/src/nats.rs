@@ -228,7 +228,8 @@ pub async fn connect_with(
         .connect_options("tgb", url)
         .await
         .with_context(|| format!("cannot connect to NATS at {shown}"))?;
-    let client = options.connect(url).await.map_err(|e| {
+    let bare = tgb_bus::auth::without_userinfo(url);
+    let client = options.connect(bare.as_str()).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to NATS at {shown}: {}; is tg-bridge running? Start it with \
              `tgb up`, or pass --nats-url (or set TGB_NATS_URL) to the broker it uses, with \

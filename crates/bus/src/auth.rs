@@ -146,6 +146,28 @@ pub fn redact_url(urls: &str) -> String {
         .join(",")
 }
 
+/// `urls` without their user, password or token: what the client library is given once
+/// [`NatsAuth::connect_options`] has taken them, since it logs the addresses it connects to.
+pub fn without_userinfo(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            let (scheme, rest) = match url.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, url),
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            match scheme {
+                Some(scheme) => format!("{scheme}://{host}{tail}"),
+                None => format!("{host}{tail}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `text` with every user, password or token embedded in `urls` replaced by `REDACTED`: for the
 /// text of a client error, which may repeat the address it was given.
 pub fn scrub(text: &str, urls: &str) -> String {
@@ -165,7 +187,22 @@ pub fn scrub(text: &str, urls: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, scrub};
+    use super::{redact_url, scrub, url_userinfo, without_userinfo};
+
+    #[test]
+    fn credentials_are_taken_out_of_urls_before_the_client_library_sees_them() {
+        let urls = "nats://svc:pw@a:4222/x,tls://b:4222";
+        assert_eq!(without_userinfo(urls), "nats://a:4222/x,tls://b:4222");
+        assert_eq!(
+            url_userinfo(urls),
+            Some(("svc".to_owned(), Some("pw".to_owned())))
+        );
+        assert_eq!(
+            url_userinfo("nats://tok@a:4222"),
+            Some(("tok".to_owned(), None))
+        );
+        assert_eq!(url_userinfo("nats://a:4222"), None);
+    }
 
     #[test]
     fn users_passwords_and_tokens_in_urls_are_redacted() {

@@ -120,10 +120,15 @@ impl Bus {
                 async {}
             }
         });
-        let client = options.connect(url).await.map_err(|e| BusError::Connect {
-            url: shown.clone(),
-            reason: connect_reason(&e, url, auth),
-        })?;
+        // The library logs the addresses it connects to: it gets them without credentials.
+        let bare = crate::auth::without_userinfo(url);
+        let client = options
+            .connect(bare.as_str())
+            .await
+            .map_err(|e| BusError::Connect {
+                url: shown.clone(),
+                reason: connect_reason(&e, url, auth),
+            })?;
         let version = client.server_info().version;
         if !version_at_least(&version, (2, 10)) {
             return Err(BusError::ServerTooOld {
@@ -132,7 +137,23 @@ impl Bus {
             });
         }
         let js = jetstream::new(client.clone());
-        provision(&js, &config).await?;
+        if let Err(e) = provision(&js, &config).await {
+            // A refused JetStream request only times out here; the server said why.
+            let refused = refusals.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(match (e, refused.is_empty()) {
+                (ProvisionError::Nats { kind, name, reason }, false) => {
+                    BusError::Provision(ProvisionError::Nats {
+                        kind,
+                        name,
+                        reason: format!(
+                            "{reason}; the NATS server refused: {}",
+                            refused.join("; ")
+                        ),
+                    })
+                }
+                (e, _) => BusError::Provision(e),
+            });
+        }
         Ok(Bus {
             client,
             js,

@@ -9,6 +9,34 @@ use rcgen::{
 };
 use tgb_bus::{Bus, BusConfig, BusError, NatsAuth};
 use tgb_testkit::NatsServer;
+use tracing::instrument::WithSubscriber;
+
+/// Log lines written while a future runs.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
 struct Pki {
@@ -172,21 +200,40 @@ async fn a_password_in_the_url_never_appears_in_the_error() {
     .await
     .expect("nats-server with users");
     let port = server.port();
-    // A wrong password: the server refuses, and the error names the server, not the secret.
+    // A wrong password: the server refuses, and the error names the server, not the secret;
+    // nor does any log line written meanwhile (debug level included).
     let url = format!("nats://svc:wr0ng-pa55word@127.0.0.1:{port}");
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
     let err = Bus::connect(&url, None, BusConfig::default())
+        .with_subscriber(subscriber)
         .await
         .unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(!text.contains("wr0ng-pa55word"), "{text}");
+    let log = captured.text();
+    assert!(!log.contains("wr0ng-pa55word"), "{log}");
     assert!(
         text.contains(&format!("nats://REDACTED@127.0.0.1:{port}"))
             && text.contains("authorization violation"),
         "{text}"
     );
-    // The right one connects.
+    // The right one connects, and is not logged either.
     let url = format!("nats://svc:right-pa55word@127.0.0.1:{port}");
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
     Bus::connect(&url, None, BusConfig::default())
+        .with_subscriber(subscriber)
         .await
         .expect("the right password connects");
+    let log = captured.text();
+    assert!(!log.is_empty() && !log.contains("right-pa55word"), "{log}");
 }
