@@ -234,7 +234,7 @@ pub async fn connect_with(
             "cannot connect to NATS at {shown}: {}; is tg-bridge running? Start it with \
              `tgb up`, or pass --nats-url (or set TGB_NATS_URL) to the broker it uses, with \
              --creds / --tls-ca / --tls-cert / --tls-key if it is secured",
-            tgb_bus::auth::scrub(&e.to_string(), url)
+            tgb_bus::auth::explain_connect_error(&e, url, auth)
         )
     })?;
     let version = client.server_info().version;

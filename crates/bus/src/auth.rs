@@ -185,6 +185,42 @@ pub fn scrub(text: &str, urls: &str) -> String {
     out
 }
 
+/// Why a connection failed, in words an operator can act on; never the URL's credentials.
+pub fn explain_connect_error(e: &async_nats::ConnectError, url: &str, auth: &NatsAuth) -> String {
+    use std::error::Error as _;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    // rustls reports the server's refusal as an alert, which reaches us as an IO error.
+    let hint = if text.contains("CertificateRequired") && auth.tls_cert.is_none() {
+        "; the server requires a TLS client certificate: give tls_cert and tls_key \
+         (TGB_NATS_TLS_CERT and TGB_NATS_TLS_KEY)"
+    } else if (text.contains("UnknownIssuer") || text.contains("invalid peer certificate"))
+        && auth.tls_ca.is_none()
+    {
+        "; the server's certificate is not signed by a public CA: give the private CA's \
+         certificate as tls_ca (TGB_NATS_TLS_CA)"
+    } else if matches!(e.kind(), async_nats::ConnectErrorKind::Tls) {
+        "; check tls_ca, tls_cert and tls_key (TGB_NATS_TLS_CA, TGB_NATS_TLS_CERT, \
+         TGB_NATS_TLS_KEY)"
+    } else if matches!(
+        e.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication
+    ) {
+        "; check the credentials (creds, TGB_NATS_CREDS, or the user in the URL)"
+    } else {
+        ""
+    };
+    scrub(&format!("{text}{hint}"), url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{redact_url, scrub, url_userinfo, without_userinfo};

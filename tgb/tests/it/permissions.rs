@@ -136,3 +136,64 @@ async fn a_service_under_another_services_user_fails_naming_the_refused_subject(
     );
     assert!(!text.contains("pw-dynamics-adapter"), "{text}");
 }
+
+/// `tgb` with its NATS flags: `tgb --tls-ca … --tls-cert … --tls-key … status`.
+async fn tgb_status(args: &[&str]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tgb"));
+    for var in [
+        "TGB_NATS_URL",
+        "TGB_NATS_CREDS",
+        "TGB_NATS_TLS_CA",
+        "TGB_NATS_TLS_CERT",
+        "TGB_NATS_TLS_KEY",
+    ] {
+        command.env_remove(var);
+    }
+    command.args(args).arg("status").output().await.unwrap()
+}
+
+#[tokio::test]
+async fn tgb_reaches_a_nats_that_requires_client_certificates_with_its_tls_flags() {
+    tgb_testkit::init_test_tracing();
+    let pki = tgb_testkit::tls::Pki::generate();
+    let nats = NatsServer::start_with_config(&pki.server_block())
+        .await
+        .expect("nats-server with TLS");
+    let path = |name: &str| pki.path(name).display().to_string();
+    let auth = tgb_bus::NatsAuth {
+        tls_ca: Some(pki.path("ca.pem")),
+        tls_cert: Some(pki.path("client.pem")),
+        tls_key: Some(pki.path("client-key.pem")),
+        ..Default::default()
+    };
+    tgb_bus::Bus::connect_with(&nats.url(), &auth, tgb_bus::BusConfig::default())
+        .await
+        .expect("provisioned over TLS");
+    let url = nats.url();
+
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client-key.pem"));
+    let with_cert = [
+        "--nats-url",
+        url.as_str(),
+        "--tls-ca",
+        ca.as_str(),
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+    ];
+    let out = tgb_status(&with_cert).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TGB_EVENTS"));
+
+    let out = tgb_status(&["--nats-url", url.as_str(), "--tls-ca", ca.as_str()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("requires a TLS client certificate"),
+        "{stderr}"
+    );
+}
