@@ -15,6 +15,7 @@ pub mod demo;
 pub mod doctor;
 pub mod nats;
 pub mod ops;
+pub mod permissions;
 pub mod render;
 pub mod setup;
 pub mod system;

@@ -21,6 +21,18 @@ struct Cli {
     /// <data-dir>/nats.url, else nats://127.0.0.1:4222).
     #[arg(long, global = true, env = "TGB_NATS_URL")]
     nats_url: Option<String>,
+    /// NATS credentials file (a user JWT and its nkey seed).
+    #[arg(long, global = true, env = "TGB_NATS_CREDS")]
+    creds: Option<PathBuf>,
+    /// PEM file of the CA that signed the NATS servers' certificates (a private CA).
+    #[arg(long, global = true, env = "TGB_NATS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM file of a TLS client certificate for NATS (with --tls-key).
+    #[arg(long, global = true, env = "TGB_NATS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the TLS client certificate's private key (with --tls-cert).
+    #[arg(long, global = true, env = "TGB_NATS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -47,6 +59,11 @@ enum Command {
     History {
         /// `<system>:<id>` or `<system>:<kind>:<id>`.
         record: String,
+    },
+    /// NATS set-up for a secured cluster.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
     },
     /// The records linked to a record (TG case ↔ Dynamics incident ↔ Planner tasks).
     Links {
@@ -231,6 +248,23 @@ enum SetupTarget {
 }
 
 #[derive(Subcommand)]
+enum NatsCommand {
+    /// Print the NATS users of tg-bridge, one per service with exactly the subjects it needs
+    /// (generated from the code): a nats-server `accounts` block (passwords from
+    /// `$TGB_NATS_PASSWORD_<SERVICE>`), or JSON for nsc or a chart's values.
+    Permissions {
+        #[arg(long, value_enum, default_value = "conf")]
+        format: PermissionsFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PermissionsFormat {
+    Conf,
+    Json,
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// Every dead letter, oldest first.
     List {
@@ -344,6 +378,7 @@ fn up_options(cli: &Cli, a: &UpArgs) -> UpOptions {
         data_dir: cli.data_dir.clone(),
         keep_data: a.keep_data,
         nats_url: cli.nats_url.clone(),
+        nats_auth: nats_auth(cli),
         ports: if a.ephemeral_ports {
             Ports::Ephemeral
         } else {
@@ -352,6 +387,7 @@ fn up_options(cli: &Cli, a: &UpArgs) -> UpOptions {
         sandbox_only: a.sandbox_only,
         extra_env: if a.fast { fast_env() } else { Vec::new() },
         dataverse_empty_org: a.dataverse_empty_org,
+        service_env: Vec::new(),
     }
 }
 
@@ -364,6 +400,16 @@ fn fast_env() -> Vec<(String, String)> {
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect()
+}
+
+/// `--creds`, `--tls-ca`, `--tls-cert`, `--tls-key` (or their `TGB_NATS_*` variables).
+fn nats_auth(cli: &Cli) -> tgb_bus::NatsAuth {
+    tgb_bus::NatsAuth {
+        creds: cli.creds.clone(),
+        tls_ca: cli.tls_ca.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+    }
 }
 
 /// The NATS of the system to operate.
@@ -570,7 +616,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if report.all_passed() { 0 } else { 1 })
         }
         Command::Dlq { command } => {
-            let (_client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let (_client, js) =
+                ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
             match command {
                 DlqCommand::List { consumer } => {
                     let list = ops::dlq_list(&js, consumer.as_deref()).await?;
@@ -646,13 +693,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::History { record } => {
-            let (_client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let (_client, js) =
+                ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
             let h = ops::history(&js, record).await?;
             print(cli.json, &h, render::history);
             Ok(0)
         }
+        Command::Nats {
+            command: NatsCommand::Permissions { format },
+        } => {
+            print!(
+                "{}",
+                match format {
+                    PermissionsFormat::Conf => tgb::permissions::conf(),
+                    PermissionsFormat::Json => tgb::permissions::json(),
+                }
+            );
+            Ok(0)
+        }
         Command::Links { record } => {
-            let (_client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let (_client, js) =
+                ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
             let rows = ops::links(&js, record).await?;
             print(cli.json, &rows, |r| render::links(r, record));
             Ok(0)
@@ -663,7 +724,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             dry_run,
         } => {
             let since = ops::parse_since(since, time::OffsetDateTime::now_utc())?;
-            let (client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let (client, js) =
+                ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
             let r = ops::replay_consumer(&client, &js, consumer, since, *dry_run).await?;
             print(cli.json, &r, |r| render::consumer_replay(r, *dry_run));
             Ok(0)
@@ -737,7 +799,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Status { metrics } => {
-            let (client, js) = ops::jetstream(&operator_nats_url(&cli)).await?;
+            let (client, js) =
+                ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
             let s = ops::status(&client, &js, metrics).await?;
             print(cli.json, &s, render::status);
             Ok(0)

@@ -214,21 +214,33 @@ impl OwnNats {
 
 /// Connects to NATS for an operator command and checks the server version.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
-        .name("tgb")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+    connect_with(url, &tgb_bus::NatsAuth::default()).await
+}
+
+/// [`connect`] with a credentials file and TLS files (`--creds`, `--tls-ca`, `--tls-cert`,
+/// `--tls-key`). Errors never show a user or password given in `url`.
+pub async fn connect_with(
+    url: &str,
+    auth: &tgb_bus::NatsAuth,
+) -> anyhow::Result<async_nats::Client> {
+    let shown = tgb_bus::redact_url(url);
+    let options = auth
+        .connect_options("tgb", url)
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to NATS at {url}: is tg-bridge running? Start it with `tgb up`, \
-                 or pass --nats-url (or set TGB_NATS_URL) to the broker it uses"
-            )
-        })?;
+        .with_context(|| format!("cannot connect to NATS at {shown}"))?;
+    let bare = tgb_bus::auth::without_userinfo(url);
+    let client = options.connect(bare.as_str()).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to NATS at {shown}: {}; is tg-bridge running? Start it with \
+             `tgb up`, or pass --nats-url (or set TGB_NATS_URL) to the broker it uses, with \
+             --creds / --tls-ca / --tls-cert / --tls-key if it is secured",
+            tgb_bus::auth::explain_connect_error(&e, url, auth)
+        )
+    })?;
     let version = client.server_info().version;
     if !version_at_least(&version, MIN_VERSION) {
         bail!(
-            "the NATS server at {url} is {version}; tg-bridge needs nats-server >= 2.10 with JetStream"
+            "the NATS server at {shown} is {version}; tg-bridge needs nats-server >= 2.10 with JetStream"
         );
     }
     Ok(client)

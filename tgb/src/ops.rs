@@ -16,7 +16,15 @@ use time::OffsetDateTime;
 
 /// A JetStream context of an operator connection.
 pub async fn jetstream(url: &str) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let client = crate::nats::connect(url).await?;
+    jetstream_with(url, &tgb_bus::NatsAuth::default()).await
+}
+
+/// [`jetstream`] with a credentials file and TLS files.
+pub async fn jetstream_with(
+    url: &str,
+    auth: &tgb_bus::NatsAuth,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let client = crate::nats::connect_with(url, auth).await?;
     let js = jetstream::new(client.clone());
     Ok((client, js))
 }

@@ -119,6 +119,9 @@ pub struct UpOptions {
     pub keep_data: bool,
     /// A running NATS (`TGB_NATS_URL`); `None`: start our own.
     pub nats_url: Option<String>,
+    /// Credentials and TLS files for that NATS (`--creds`, `--tls-*`); the services get them
+    /// as `TGB_NATS_CREDS` and `TGB_NATS_TLS_*`.
+    pub nats_auth: tgb_bus::NatsAuth,
     /// Where the services listen.
     pub ports: Ports,
     /// Run only NATS and the sandbox (the services run elsewhere, with `--print-env`).
@@ -130,6 +133,9 @@ pub struct UpOptions {
     /// (`tgb setup dataverse` creates them, the webhook included, which is then not
     /// registered here).
     pub dataverse_empty_org: bool,
+    /// Settings for one service only (service name, variable, value), applied last: e.g. its
+    /// own `TGB_NATS_URL` with its own NATS user.
+    pub service_env: Vec<(String, String, String)>,
 }
 
 impl Default for UpOptions {
@@ -141,10 +147,12 @@ impl Default for UpOptions {
             data_dir: PathBuf::from(".data"),
             keep_data: false,
             nats_url: None,
+            nats_auth: tgb_bus::NatsAuth::default(),
             ports: Ports::Default(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             sandbox_only: false,
             extra_env: Vec::new(),
             dataverse_empty_org: false,
+            service_env: Vec::new(),
         }
     }
 }
@@ -194,6 +202,8 @@ pub struct System {
     shutdown: CancellationToken,
     base_env: Vec<(String, String)>,
     config_file: Option<PathBuf>,
+    /// Per-service settings ([`UpOptions::service_env`]).
+    own_env: Vec<(String, String, String)>,
     /// sla-monitor's clock.
     pub sla_clock: std::sync::Arc<OffsetClock>,
     /// The control listener (`GET /` what runs where, `POST /sla-clock/advance`).
@@ -259,7 +269,7 @@ impl System {
         // NATS.
         let (nats_url, own_nats) = match &opts.nats_url {
             Some(url) => {
-                let client = nats::connect(url).await?;
+                let client = nats::connect_with(url, &opts.nats_auth).await?;
                 drop(client);
                 (url.clone(), None)
             }
@@ -313,6 +323,17 @@ impl System {
             .filter(|(k, _)| k.starts_with("TGB_") && k != "TGB_HTTP_ADDR")
             .collect();
         base_env.extend(opts.extra_env.iter().cloned());
+        let auth = &opts.nats_auth;
+        for (name, file) in [
+            ("TGB_NATS_CREDS", &auth.creds),
+            ("TGB_NATS_TLS_CA", &auth.tls_ca),
+            ("TGB_NATS_TLS_CERT", &auth.tls_cert),
+            ("TGB_NATS_TLS_KEY", &auth.tls_key),
+        ] {
+            if let Some(file) = file {
+                base_env.push((name.to_owned(), file.display().to_string()));
+            }
+        }
         let wiring = TgbEnv::new(nats_url.clone())
             .sandbox(&sandbox)
             .webhook_secret(webhook_secret.clone())
@@ -327,6 +348,7 @@ impl System {
             shutdown,
             base_env,
             config_file,
+            own_env: opts.service_env.clone(),
             sla_clock: std::sync::Arc::new(OffsetClock::default()),
             control_url: String::new(),
             control: None,
@@ -548,7 +570,13 @@ impl System {
     /// The configuration of one service: the process's `TGB_*`, the extra settings, the wiring
     /// and its `TGB_HTTP_ADDR`.
     pub fn service_config(&self, name: &str, addr: SocketAddr) -> anyhow::Result<Config> {
-        let env = self.service_env(addr);
+        let mut env = self.service_env(addr);
+        env.extend(
+            self.own_env
+                .iter()
+                .filter(|(service, _, _)| service == name)
+                .map(|(_, k, v)| (k.clone(), v.clone())),
+        );
         Config::load_from(self.config_file.as_deref(), env)
             .with_context(|| format!("the configuration of {name}"))
     }
@@ -627,7 +655,10 @@ impl System {
     pub fn summary(&self) -> String {
         let sb = self.sandbox.base_url();
         let mut out = String::new();
-        out.push_str(&format!("NATS              {}", self.nats_url));
+        out.push_str(&format!(
+            "NATS              {}",
+            tgb_bus::redact_url(&self.nats_url)
+        ));
         match &self.own_nats {
             Some(n) => out.push_str(&format!(
                 "  (own nats-server, store {}, log {})\n",

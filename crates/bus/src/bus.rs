@@ -1,8 +1,10 @@
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
 
+use crate::auth::{AuthError, NatsAuth, explain_connect_error, redact_url};
 use crate::names;
 use crate::provision::{ProvisionError, provision};
 use crate::publish::Publisher;
@@ -18,6 +20,9 @@ pub struct BusConfig {
     pub duplicate_window: Duration,
     /// Age after which events leave `TGB_EVENTS`.
     pub max_age: Duration,
+    /// Largest size of `TGB_EVENTS` in bytes (the oldest events leave first); `None` = no
+    /// limit.
+    pub max_bytes: Option<u64>,
     /// Age after which dead letters leave `TGB_DLQ`.
     pub dlq_max_age: Duration,
     /// Age after which ledger entries leave `TGB_LEDGER`.
@@ -31,6 +36,7 @@ impl Default for BusConfig {
             replicas: 1,
             duplicate_window: Duration::from_secs(3600),
             max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: None,
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
             ledger_max_age: Duration::from_secs(7 * 24 * 3600),
         }
@@ -40,8 +46,15 @@ impl Default for BusConfig {
 /// Why the bus is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// `url` is redacted and `reason` scrubbed of any credentials in it.
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Auth {
+        url: String,
+        #[source]
+        source: AuthError,
+    },
     #[error(
         "the NATS server at {url} is {version}; tg-bridge needs nats-server >= 2.10 with JetStream"
     )]
@@ -56,7 +69,13 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: BusConfig,
+    refusals: Refusals,
 }
+
+/// Permission violations the server reported on this connection, the latest last (at most
+/// [`MAX_REFUSALS`]): a refused request only times out on the client side.
+type Refusals = Arc<Mutex<Vec<String>>>;
+const MAX_REFUSALS: usize = 8;
 
 impl Bus {
     /// Connects (with a creds file when given), checks the server version and provisions.
@@ -65,33 +84,93 @@ impl Bus {
         creds: Option<&Path>,
         config: BusConfig,
     ) -> Result<Bus, BusError> {
-        let connect_err = |reason: String| BusError::Connect {
-            url: url.to_owned(),
-            reason,
-        };
-        let mut options = async_nats::ConnectOptions::new()
-            .name(&config.client_name)
-            .connection_timeout(Duration::from_secs(5));
-        if let Some(creds) = creds {
-            options = options
-                .credentials_file(creds)
-                .await
-                .map_err(|e| connect_err(format!("creds file {}: {e}", creds.display())))?;
-        }
-        let client = options
-            .connect(url)
+        Bus::connect_with(url, &NatsAuth::creds(creds), config).await
+    }
+
+    /// [`Bus::connect`] with TLS files as well: a private CA, a client certificate. Errors
+    /// never show a user or password given in `url`.
+    pub async fn connect_with(
+        url: &str,
+        auth: &NatsAuth,
+        config: BusConfig,
+    ) -> Result<Bus, BusError> {
+        let shown = redact_url(url);
+        let options = auth
+            .connect_options(&config.client_name, url)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|source| BusError::Auth {
+                url: shown.clone(),
+                source,
+            })?;
+        let refusals = Refusals::default();
+        let options = options.event_callback({
+            let refusals = refusals.clone();
+            let client = config.client_name.clone();
+            move |event| {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = &event
+                    && text.to_lowercase().contains("permissions violation")
+                {
+                    tracing::error!(client, refusal = %text, "the NATS server refused: {text}");
+                    let mut list = refusals.lock().unwrap_or_else(|p| p.into_inner());
+                    if list.len() == MAX_REFUSALS {
+                        list.remove(0);
+                    }
+                    list.push(text.clone());
+                }
+                async {}
+            }
+        });
+        // The library logs the addresses it connects to: it gets them without credentials.
+        let bare = crate::auth::without_userinfo(url);
+        let client = options
+            .connect(bare.as_str())
+            .await
+            .map_err(|e| BusError::Connect {
+                url: shown.clone(),
+                reason: explain_connect_error(&e, url, auth),
+            })?;
         let version = client.server_info().version;
         if !version_at_least(&version, (2, 10)) {
             return Err(BusError::ServerTooOld {
-                url: url.to_owned(),
+                url: shown,
                 version,
             });
         }
         let js = jetstream::new(client.clone());
-        provision(&js, &config).await?;
-        Ok(Bus { client, js, config })
+        if let Err(e) = provision(&js, &config).await {
+            // A refused JetStream request only times out here; the server said why.
+            let refused = refusals.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(match (e, refused.is_empty()) {
+                (ProvisionError::Nats { kind, name, reason }, false) => {
+                    BusError::Provision(ProvisionError::Nats {
+                        kind,
+                        name,
+                        reason: format!(
+                            "{reason}; the NATS server refused: {}",
+                            refused.join("; ")
+                        ),
+                    })
+                }
+                (e, _) => BusError::Provision(e),
+            });
+        }
+        Ok(Bus {
+            client,
+            js,
+            config,
+            refusals,
+        })
+    }
+
+    /// Permission violations the server reported on this connection (e.g. `Permissions
+    /// Violation for Publish to "$JS.API.CONSUMER.CREATE.TGB_EVENTS.tg-egress"`), oldest
+    /// first. A JetStream request refused for permissions only times out on the client side;
+    /// this says why.
+    pub fn permission_refusals(&self) -> Vec<String> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The core client.

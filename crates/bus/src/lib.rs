@@ -1,5 +1,7 @@
 //! tg-bridge on NATS JetStream.
 //!
+//! - [`Bus::connect_with`] connects with a creds file, a private CA and a client certificate
+//!   ([`NatsAuth`]); errors never show credentials of the URL ([`redact_url`]).
 //! - [`Bus::connect`] connects, refuses a server older than 2.10 and provisions the streams, KV
 //!   buckets and object store ([`provision`]), idempotently.
 //! - [`Publisher`] publishes protobuf events with `Nats-Msg-Id` = event id and W3C trace context,
@@ -7,6 +9,7 @@
 //! - [`run_consumer`] runs a typed handler over a durable pull consumer: bounded concurrency,
 //!   per-entity serialisation, ack after success, nak with growing delay, DLQ for the rest.
 
+pub mod auth;
 mod bus;
 mod consumer;
 pub mod cursor;
@@ -24,10 +27,13 @@ pub mod sync;
 pub mod trace;
 
 pub use async_nats;
+pub use auth::{NatsAuth, redact_url};
 pub use bus::{Bus, BusConfig, BusError};
 pub use consumer::{ConsumerError, ConsumerSpec, Delivery, Handler, run_consumer};
 pub use outcome::{Classify, ErrorClass, HandlerError, Outcome};
-pub use provision::{ProvisionError, dlq_stream, events_stream, ledger_stream, provision};
+pub use provision::{
+    Change, ProvisionError, dlq_stream, events_stream, ledger_stream, plan_update, provision,
+};
 pub use publish::{PublishError, Publisher};
 
 #[doc(hidden)]

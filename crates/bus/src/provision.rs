@@ -1,6 +1,11 @@
 //! Streams, KV buckets and the object store, declared in code and provisioned idempotently.
-//! An existing resource whose configuration differs in a setting we own is reported, never
-//! silently replaced: changing retention or subjects under running consumers loses data.
+//!
+//! An existing resource whose configuration differs from what tg-bridge declares is reconciled
+//! at start: a change JetStream makes in place without losing data (`max_age`, `max_bytes`,
+//! replicas where the servers can hold them, a longer duplicate window, a subject added, the
+//! history of a bucket) is applied with a log line; a change that would lose data or cannot be
+//! made in place (a subject removed, retention, storage type) refuses to start and names the
+//! command to run. Nothing is ever deleted or recreated silently.
 
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use crate::names;
 pub enum ProvisionError {
     #[error(
         "{kind} {name} exists with {field} = {existing}, but tg-bridge needs {desired}; \
-         change it by hand (nats stream edit) or fix the configuration, it is never replaced silently"
+         JetStream cannot change that in place and it is never replaced silently: {fix}"
     )]
     Conflict {
         kind: &'static str,
@@ -22,6 +27,21 @@ pub enum ProvisionError {
         field: &'static str,
         existing: String,
         desired: String,
+        /// What the operator runs (or changes) to resolve it.
+        fix: String,
+    },
+    #[error(
+        "{kind} {name} has {existing} replicas and the configuration asks for {desired}, \
+         but the server refused the change ({reason}); a single nats-server (not clustered) \
+         holds one replica only: set [bus] replicas = {existing} (TGB_BUS__REPLICAS), or run a \
+         JetStream cluster of at least {desired} servers"
+    )]
+    Replicas {
+        kind: &'static str,
+        name: String,
+        existing: usize,
+        desired: usize,
+        reason: String,
     },
     #[error("cannot provision {kind} {name}: {reason}")]
     Nats {
@@ -40,6 +60,9 @@ pub fn events_stream(config: &BusConfig) -> stream::Config {
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         max_age: config.max_age,
+        max_bytes: config
+            .max_bytes
+            .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         duplicate_window: config.duplicate_window,
         num_replicas: config.replicas,
         ..Default::default()
@@ -104,7 +127,7 @@ async fn ensure_stream(
     match js.get_stream(&desired.name).await {
         Ok(mut existing) => {
             let info = existing.info().await.map_err(|e| nats(e.to_string()))?;
-            compare(kind, &info.config, &desired)
+            reconcile(js, kind, &name, &info.config, |_| desired.clone()).await
         }
         Err(_) => match js.create_stream(desired.clone()).await {
             Ok(_) => Ok(()),
@@ -112,7 +135,7 @@ async fn ensure_stream(
             Err(create_err) => match js.get_stream(&desired.name).await {
                 Ok(mut existing) => {
                     let info = existing.info().await.map_err(|e| nats(e.to_string()))?;
-                    compare(kind, &info.config, &desired)
+                    reconcile(js, kind, &name, &info.config, |_| desired.clone()).await
                 }
                 Err(_) => Err(nats(create_err.to_string())),
             },
@@ -120,29 +143,56 @@ async fn ensure_stream(
     }
 }
 
-fn compare(
+/// One setting changed in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The setting, as the configuration names it.
+    pub field: &'static str,
+    /// Its value on the server before.
+    pub from: String,
+    /// Its value now.
+    pub to: String,
+}
+
+/// What reconciling `existing` with `desired` needs: `Ok(None)` when nothing differs,
+/// `Ok(Some((config, changes)))` for an in-place update (the server's own settings kept, ours
+/// applied), an error naming the fix for a change JetStream cannot make in place.
+pub fn plan_update(
     kind: &'static str,
     existing: &stream::Config,
     desired: &stream::Config,
-) -> Result<(), ProvisionError> {
-    let conflict = |field: &'static str, have: String, want: String| {
+) -> Result<Option<(stream::Config, Vec<Change>)>, ProvisionError> {
+    let name = &desired.name;
+    let conflict = |field: &'static str, have: String, want: String, fix: String| {
         Err(ProvisionError::Conflict {
             kind,
-            name: desired.name.clone(),
+            name: name.clone(),
             field,
             existing: have,
             desired: want,
+            fix,
         })
     };
-    let mut want_subjects = desired.subjects.clone();
-    let mut have_subjects = existing.subjects.clone();
-    want_subjects.sort();
-    have_subjects.sort();
-    if want_subjects != have_subjects {
+    let rebuild = format!(
+        "back it up (`nats stream backup {name} <dir>`), remove it (`nats stream rm {name}`) \
+         and start a service to recreate it, then copy the messages you need back; or keep \
+         the old setting"
+    );
+    let extra: Vec<&String> = existing
+        .subjects
+        .iter()
+        .filter(|s| !desired.subjects.contains(s))
+        .collect();
+    if !extra.is_empty() {
         return conflict(
             "subjects",
-            format!("{have_subjects:?}"),
-            format!("{want_subjects:?}"),
+            format!("{:?}", existing.subjects),
+            format!("{:?}", desired.subjects),
+            format!(
+                "removing subjects {extra:?} drops what is published on them; if nothing \
+                 needs them, `nats stream edit {name} --subjects {}`",
+                desired.subjects.join(",")
+            ),
         );
     }
     if existing.storage != desired.storage {
@@ -150,6 +200,7 @@ fn compare(
             "storage",
             format!("{:?}", existing.storage),
             format!("{:?}", desired.storage),
+            rebuild,
         );
     }
     if existing.retention != desired.retention {
@@ -157,36 +208,116 @@ fn compare(
             "retention",
             format!("{:?}", existing.retention),
             format!("{:?}", desired.retention),
+            rebuild,
+        );
+    }
+
+    let mut update = existing.clone();
+    let mut changes = Vec::new();
+    let mut change = |field: &'static str, from: String, to: String| {
+        changes.push(Change { field, from, to });
+    };
+    let missing: Vec<String> = desired
+        .subjects
+        .iter()
+        .filter(|s| !existing.subjects.contains(s))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        update.subjects.extend(missing);
+        change(
+            "subjects",
+            format!("{:?}", existing.subjects),
+            format!("{:?}", update.subjects),
         );
     }
     if existing.num_replicas.max(1) != desired.num_replicas.max(1) {
-        return conflict(
+        update.num_replicas = desired.num_replicas.max(1);
+        change(
             "replicas",
-            existing.num_replicas.to_string(),
-            desired.num_replicas.to_string(),
+            existing.num_replicas.max(1).to_string(),
+            update.num_replicas.to_string(),
         );
     }
     if existing.max_age != desired.max_age {
-        return conflict(
+        update.max_age = desired.max_age;
+        change(
             "max_age",
             format!("{:?}", existing.max_age),
             format!("{:?}", desired.max_age),
         );
     }
-    if existing.duplicate_window < desired.duplicate_window {
-        return conflict(
-            "duplicate_window",
-            format!("{:?}", existing.duplicate_window),
-            format!("at least {:?}", desired.duplicate_window),
+    let unlimited = |bytes: i64| if bytes <= 0 { -1 } else { bytes };
+    if unlimited(existing.max_bytes) != unlimited(desired.max_bytes) {
+        update.max_bytes = unlimited(desired.max_bytes);
+        let show = |bytes: i64| match unlimited(bytes) {
+            -1 => "unlimited".to_owned(),
+            b => b.to_string(),
+        };
+        change(
+            "max_bytes",
+            show(existing.max_bytes),
+            show(desired.max_bytes),
         );
     }
-    if existing.max_messages_per_subject != desired.max_messages_per_subject
-        && desired.max_messages_per_subject > 0
+    if existing.duplicate_window < desired.duplicate_window {
+        update.duplicate_window = desired.duplicate_window;
+        change(
+            "duplicate_window",
+            format!("{:?}", existing.duplicate_window),
+            format!("{:?}", desired.duplicate_window),
+        );
+    }
+    if desired.max_messages_per_subject > 0
+        && existing.max_messages_per_subject != desired.max_messages_per_subject
     {
-        return conflict(
+        update.max_messages_per_subject = desired.max_messages_per_subject;
+        change(
             "history",
             existing.max_messages_per_subject.to_string(),
             desired.max_messages_per_subject.to_string(),
+        );
+    }
+    Ok((!changes.is_empty()).then_some((update, changes)))
+}
+
+/// Applies [`plan_update`] to an existing stream, with one log line per setting changed.
+/// `desired` is given the existing configuration (buckets keep the settings the server chose).
+async fn reconcile(
+    js: &jetstream::Context,
+    kind: &'static str,
+    name: &str,
+    existing: &stream::Config,
+    desired: impl FnOnce(&stream::Config) -> stream::Config,
+) -> Result<(), ProvisionError> {
+    let desired = desired(existing);
+    let Some((update, changes)) = plan_update(kind, existing, &desired)? else {
+        return Ok(());
+    };
+    if let Err(e) = js.update_stream(&update).await {
+        if update.num_replicas != existing.num_replicas.max(1) {
+            return Err(ProvisionError::Replicas {
+                kind,
+                name: name.to_owned(),
+                existing: existing.num_replicas.max(1),
+                desired: update.num_replicas,
+                reason: e.to_string(),
+            });
+        }
+        return Err(ProvisionError::Nats {
+            kind,
+            name: name.to_owned(),
+            reason: format!("updating it in place: {e}"),
+        });
+    }
+    for Change { field, from, to } in changes {
+        tracing::info!(
+            kind,
+            name,
+            field,
+            from = %from,
+            to = %to,
+            "updated {kind} {name} in place: {field} {from} -> {to}"
         );
     }
     Ok(())
@@ -199,26 +330,22 @@ async fn ensure_kv(
     replicas: usize,
 ) -> Result<(), ProvisionError> {
     let stream_name = format!("KV_{bucket}");
+    let nats = |reason: String| ProvisionError::Nats {
+        kind: "KV bucket",
+        name: bucket.to_owned(),
+        reason,
+    };
     match js.get_stream(&stream_name).await {
         Ok(mut existing) => {
-            let info = existing.info().await.map_err(|e| ProvisionError::Nats {
-                kind: "KV bucket",
-                name: bucket.to_owned(),
-                reason: e.to_string(),
-            })?;
-            let existing = info.config.clone();
-            let desired = stream::Config {
-                name: bucket.to_owned(),
-                subjects: existing.subjects.clone(),
-                storage: stream::StorageType::File,
-                retention: existing.retention,
-                num_replicas: replicas,
-                max_age: existing.max_age,
-                duplicate_window: Duration::ZERO,
-                max_messages_per_subject: history,
-                ..Default::default()
-            };
-            compare("KV bucket", &existing, &desired)
+            let info = existing.info().await.map_err(|e| nats(e.to_string()))?;
+            reconcile(js, "KV bucket", bucket, &info.config, |existing| {
+                stream::Config {
+                    num_replicas: replicas,
+                    max_messages_per_subject: history,
+                    ..existing.clone()
+                }
+            })
+            .await
         }
         Err(_) => match js
             .create_key_value(jetstream::kv::Config {
@@ -237,19 +364,11 @@ async fn ensure_kv(
                 Box::pin(ensure_kv(js, bucket, history, replicas))
                     .await
                     .map_err(|conflict| match conflict {
-                        ProvisionError::Nats { .. } => ProvisionError::Nats {
-                            kind: "KV bucket",
-                            name: bucket.to_owned(),
-                            reason: e.to_string(),
-                        },
+                        ProvisionError::Nats { .. } => nats(e.to_string()),
                         other => other,
                     })
             }
-            Err(e) => Err(ProvisionError::Nats {
-                kind: "KV bucket",
-                name: bucket.to_owned(),
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(nats(e.to_string())),
         },
     }
 }
@@ -260,7 +379,26 @@ async fn ensure_object_store(
     replicas: usize,
 ) -> Result<(), ProvisionError> {
     if js.get_object_store(bucket).await.is_ok() {
-        return Ok(());
+        let mut existing =
+            js.get_stream(format!("OBJ_{bucket}"))
+                .await
+                .map_err(|e| ProvisionError::Nats {
+                    kind: "object store",
+                    name: bucket.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        let info = existing.info().await.map_err(|e| ProvisionError::Nats {
+            kind: "object store",
+            name: bucket.to_owned(),
+            reason: e.to_string(),
+        })?;
+        return reconcile(js, "object store", bucket, &info.config, |existing| {
+            stream::Config {
+                num_replicas: replicas,
+                ..existing.clone()
+            }
+        })
+        .await;
     }
     let created = js
         .create_object_store(jetstream::object_store::Config {

@@ -84,6 +84,9 @@ pub struct BusSettings {
     pub duplicate_window_secs: u64,
     /// Age after which events leave `TGB_EVENTS`, days.
     pub max_age_days: u64,
+    /// Largest size of `TGB_EVENTS`, bytes (the oldest events leave first); unset = no limit.
+    /// Changed in place at the next start, like the ages and `replicas`.
+    pub max_bytes: Option<u64>,
     /// Age after which dead letters leave `TGB_DLQ`, days.
     pub dlq_max_age_days: u64,
     /// Deliveries of one message before it is dead-lettered; at least 1.
@@ -103,6 +106,7 @@ impl Default for BusSettings {
             replicas: 1,
             duplicate_window_secs: 3600,
             max_age_days: 7,
+            max_bytes: None,
             dlq_max_age_days: 30,
             max_deliver: 20,
             backoff_max_secs: 300,
@@ -174,6 +178,12 @@ impl BusSettings {
                     "must not exceed bus.max_age_days ({} days)",
                     self.max_age_days
                 ),
+            ));
+        }
+        if self.max_bytes == Some(0) {
+            return Err(invalid(
+                "max_bytes",
+                "must be at least 1 (leave it unset for no limit)".into(),
             ));
         }
         if self.max_deliver < 1 {
@@ -266,8 +276,16 @@ pub struct Settings {
     /// NATS server(s), `nats://host:port` (also `tls://`, `ws://`, `wss://`; comma-separated
     /// for several). `TGB_NATS_URL`.
     pub nats_url: String,
-    /// NATS credentials file. `TGB_NATS_CREDS`.
+    /// NATS credentials file (a user JWT and its nkey seed). `TGB_NATS_CREDS`.
     pub nats_creds: Option<PathBuf>,
+    /// PEM file of the CA that signed the NATS servers' certificates (a private CA); makes TLS
+    /// required. `TGB_NATS_TLS_CA`.
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM file of this service's TLS client certificate (servers with `verify: true`).
+    /// `TGB_NATS_TLS_CERT`, with `TGB_NATS_TLS_KEY`.
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key. `TGB_NATS_TLS_KEY`.
+    pub nats_tls_key: Option<PathBuf>,
     /// This service's HTTP listener; each service has its own default. `TGB_HTTP_ADDR`.
     pub http_addr: Option<SocketAddr>,
     /// Trading Grid API base URL. `TGB_TG_API_URL`.
@@ -326,6 +344,9 @@ impl Default for Settings {
         Self {
             nats_url: DEFAULT_NATS_URL.to_owned(),
             nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             http_addr: None,
             tg_api_url: None,
             tg_token_url: None,
@@ -357,6 +378,9 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("nats_url", &redact_url_list(&self.nats_url))
             .field("nats_creds", &self.nats_creds)
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
             .field("http_addr", &self.http_addr)
             .field("tg_api_url", &url(&self.tg_api_url))
             .field("tg_token_url", &url(&self.tg_token_url))
@@ -407,13 +431,38 @@ impl Settings {
         };
 
         check_nats_url(&self.nats_url).map_err(|m| invalid("nats_url", m))?;
-        if let Some(creds) = &self.nats_creds
-            && !creds.is_file()
-        {
-            return Err(invalid(
-                "nats_creds",
-                format!("credentials file {} does not exist", creds.display()),
-            ));
+        for (field, file) in [
+            ("nats_creds", &self.nats_creds),
+            ("nats_tls_ca", &self.nats_tls_ca),
+            ("nats_tls_cert", &self.nats_tls_cert),
+            ("nats_tls_key", &self.nats_tls_key),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return Err(invalid(
+                    field,
+                    format!("file {} does not exist", file.display()),
+                ));
+            }
+        }
+        match (&self.nats_tls_cert, &self.nats_tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "nats_tls_key",
+                    "(TGB_NATS_TLS_KEY) is needed with nats_tls_cert (the client certificate's \
+                     private key)"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "nats_tls_cert",
+                    "(TGB_NATS_TLS_CERT) is needed with nats_tls_key (the client certificate)"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
 
         let http_urls = [
@@ -649,6 +698,21 @@ pub enum ConfigError {
         /// The service that needs it.
         service: String,
     },
+    /// A section this service cannot run without is absent from the file and the environment.
+    #[error(
+        "section [{section}] is required by {service} and absent from {searched} ({why}); \
+         config/tg-bridge.toml in the repository documents every section"
+    )]
+    MissingSection {
+        /// The section, e.g. `routing`.
+        section: String,
+        /// The service that needs it.
+        service: String,
+        /// Where it was looked for: the file, or "the environment" when there is none.
+        searched: String,
+        /// What the service would do without it.
+        why: String,
+    },
     /// Several problems at once.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Several(Vec<ConfigError>),
@@ -661,6 +725,8 @@ pub struct Config {
     /// The typed settings.
     pub settings: Settings,
     figment: Figment,
+    /// The TOML file read, if any.
+    file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -720,6 +786,7 @@ impl Config {
         }
 
         let mut figment = Figment::new();
+        let file = path.is_file().then(|| path.clone());
         if path.is_file() {
             figment = figment.merge(Toml::file_exact(&path));
         }
@@ -730,7 +797,11 @@ impl Config {
             .extract_lossy()
             .map_err(|e| from_figment(&figment, e, &[]))?;
         settings.validate(&figment)?;
-        Ok(Config { settings, figment })
+        Ok(Config {
+            settings,
+            figment,
+            file,
+        })
     }
 
     /// The table `key` (e.g. `"routing"`, `"sla"`, or a dotted path) deserialized; `T::default()`
@@ -743,6 +814,38 @@ impl Config {
         self.figment
             .extract_inner_lossy::<T>(key)
             .map_err(|e| from_figment(&self.figment, e, &prefix))
+    }
+
+    /// The table `key`, which `service` cannot run without: its defaults hold no Planner plan, no
+    /// policy, nothing to route to, so starting without it would skip every message silently.
+    /// Absent (from the file and from `TGB_<KEY>__*`) → [`ConfigError::MissingSection`] naming
+    /// the section, the service, the file and `why` (what the section decides).
+    pub fn required_section<T: DeserializeOwned + Default>(
+        &self,
+        key: &str,
+        service: &str,
+        why: &str,
+    ) -> Result<T, ConfigError> {
+        if !self.figment.contains(key) {
+            return Err(ConfigError::MissingSection {
+                section: key.to_owned(),
+                service: service.to_owned(),
+                searched: match &self.file {
+                    Some(file) => format!("{} and the environment", file.display()),
+                    None => format!(
+                        "the environment (no configuration file: set {CONFIG_ENV} or \
+                         provide {DEFAULT_CONFIG_PATH})"
+                    ),
+                },
+                why: why.to_owned(),
+            });
+        }
+        self.section(key)
+    }
+
+    /// The TOML file this configuration was read from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// The value of an optional setting this service needs, or

@@ -39,10 +39,17 @@ pub async fn connect(service: &str, config: &Config) -> anyhow::Result<Bus> {
         replicas: s.bus.replicas,
         duplicate_window: s.bus.duplicate_window(),
         max_age: s.bus.max_age(),
+        max_bytes: s.bus.max_bytes,
         dlq_max_age: s.bus.dlq_max_age(),
         ..BusConfig::default()
     };
-    Bus::connect(&s.nats_url, s.nats_creds.as_deref(), bus_config)
+    let auth = tgb_bus::NatsAuth {
+        creds: s.nats_creds.clone(),
+        tls_ca: s.nats_tls_ca.clone(),
+        tls_cert: s.nats_tls_cert.clone(),
+        tls_key: s.nats_tls_key.clone(),
+    };
+    Bus::connect_with(&s.nats_url, &auth, bus_config)
         .await
         .with_context(|| format!("{service} cannot start"))
 }
@@ -152,6 +159,7 @@ pub async fn run(
         let js = bus.jetstream().clone();
         move |stop| report_dlq_depth(js, stop)
     });
+    let refusals = bus.clone();
     let readiness: Arc<dyn Readiness> = Arc::new(BusReadiness {
         bus,
         stopped: workers.stopped.clone(),
@@ -167,7 +175,13 @@ pub async fn run(
     let mut first_error = None;
     while let Some(done) = workers.set.join_next().await {
         let result = done.context("a worker panicked").and_then(|r| r);
-        if let Err(e) = result {
+        if let Err(mut e) = result {
+            // A JetStream request the server refused for permissions only times out on the
+            // client side; the server said why, on the connection: say it with the error.
+            let refused = refusals.permission_refusals();
+            if !refused.is_empty() {
+                e = e.context(format!("the NATS server refused: {}", refused.join("; ")));
+            }
             if first_error.is_none() {
                 tracing::error!(
                     service,

@@ -5,6 +5,7 @@
 
 mod nats;
 mod service;
+pub mod tls;
 mod wait;
 
 pub use nats::{

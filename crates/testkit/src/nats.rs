@@ -95,6 +95,8 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// A configuration file given with `-c` (TLS, accounts and users).
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -107,6 +109,26 @@ impl NatsServer {
             store,
             port: 0,
             child: None,
+            config: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// [`NatsServer::start`] with `config` (nats-server configuration syntax: `tls { … }`,
+    /// `accounts { … }`) written to a file in the store and given with `-c`. The listen address,
+    /// port, JetStream and store of the command line apply.
+    pub async fn start_with_config(config: &str) -> Result<NatsServer, NatsServerError> {
+        let binary = find_nats_server()?;
+        let store = tempfile::Builder::new().prefix("tgb-nats-").tempdir()?;
+        let file = store.path().join("server.conf");
+        std::fs::write(&file, config)?;
+        let mut server = NatsServer {
+            binary,
+            store,
+            port: 0,
+            child: None,
+            config: Some(file),
         };
         server.spawn().await?;
         Ok(server)
@@ -161,7 +183,11 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
             .arg(self.store.path())
             .stdin(Stdio::null())

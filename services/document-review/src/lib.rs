@@ -37,9 +37,17 @@ pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::DOCUMENT_REVIEW
 
 /// `[documents]` and `[onboarding]`, validated.
 pub fn settings_from(config: &Config) -> anyhow::Result<(DocumentSettings, OnboardingSettings)> {
-    let docs: DocumentSettings = config.section("documents")?;
+    let docs: DocumentSettings = config.required_section(
+        "documents",
+        NAME,
+        "which document types are reviewed, by which team and Planner plan",
+    )?;
     docs.validate()?;
-    let onboarding: OnboardingSettings = config.section("onboarding")?;
+    let onboarding: OnboardingSettings = config.required_section(
+        "onboarding",
+        NAME,
+        "the internal onboarding checklist and the Planner plan of its tasks",
+    )?;
     onboarding.validate()?;
     Ok((docs, onboarding))
 }

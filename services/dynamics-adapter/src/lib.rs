@@ -56,6 +56,9 @@ pub use settings::DynamicsSettings;
 /// The service's name: its NATS connection name, telemetry service name and consumer prefix.
 pub const NAME: &str = tgb_service::registry::DYNAMICS_ADAPTER.name;
 
+/// The durable consumer of what Dynamics must apply.
+pub const CONSUMER: &str = "dynamics-adapter-in";
+
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
 pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::DYNAMICS_ADAPTER.default_addr();
 
@@ -134,7 +137,7 @@ pub async fn serve(
     ));
     workers.consumer(
         &bus,
-        tgb_service::consumer_spec(&config, "dynamics-adapter-in", inbound::SUBJECTS),
+        tgb_service::consumer_spec(&config, CONSUMER, inbound::SUBJECTS),
         Arc::new(inbound::Writer(adapter.clone())),
     );
     let poller = adapter.clone();

@@ -47,7 +47,11 @@ pub async fn serve(
 
 /// The `[routing]` and `[partners]` sections, validated.
 pub fn load_routing(config: &Config) -> anyhow::Result<(routing::Routing, routing::Partners)> {
-    let routing: routing::Routing = config.section("routing")?;
+    let routing: routing::Routing = config.required_section(
+        "routing",
+        NAME,
+        "without it no case has a Planner plan to go to and every one would be skipped",
+    )?;
     routing.validate()?;
     let partners: routing::Partners = config.section("partners")?;
     Ok((routing, partners))

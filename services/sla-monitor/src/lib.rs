@@ -97,7 +97,11 @@ struct PartnerTiers {
 /// `[sla]` validated, with the partner tiers of `[partners]`: its `tiers` map is the base that
 /// `[sla] tiers` overrides, and its `default_tier` applies unless `[sla] default_tier` is set.
 pub fn policies_from(config: &Config) -> anyhow::Result<Policies> {
-    let mut settings: SlaSettings = config.section("sla")?;
+    let mut settings: SlaSettings = config.required_section(
+        "sla",
+        NAME,
+        "the partners' SLA policies and escalation levels are agreements, not defaults",
+    )?;
     let partners: PartnerTiers = config.section("partners")?;
     if !config.figment().contains("sla.default_tier")
         && let Some(default) = partners.default_tier

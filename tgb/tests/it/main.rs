@@ -6,6 +6,7 @@ mod demo;
 mod dlq_replay;
 mod observability;
 mod operator;
+mod permissions;
 mod setup;
 mod support;
 mod tracing;

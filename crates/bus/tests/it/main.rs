@@ -8,4 +8,5 @@ mod provision;
 mod publish;
 mod routes;
 mod support;
+mod tls;
 mod tracing_context;

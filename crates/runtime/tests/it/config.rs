@@ -658,3 +658,35 @@ fn an_incomplete_certificate_configuration_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn nats_tls_files_come_from_the_environment_and_a_half_client_certificate_names_the_other_key() {
+    let pem = toml_file("-----BEGIN CERTIFICATE-----\n");
+    let path = pem.path().to_str().unwrap();
+    let config = load(
+        toml_file("").path(),
+        &[
+            ("TGB_NATS_TLS_CA", path),
+            ("TGB_NATS_TLS_CERT", path),
+            ("TGB_NATS_TLS_KEY", path),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.settings.nats_tls_ca.as_deref(), Some(pem.path()));
+    assert_eq!(config.settings.nats_tls_key.as_deref(), Some(pem.path()));
+
+    let err = load_err(toml_file("").path(), &[("TGB_NATS_TLS_CERT", path)]);
+    assert!(
+        err.contains("TGB_NATS_TLS_KEY") && err.contains("nats_tls_cert"),
+        "{err}"
+    );
+
+    let err = load_err(
+        toml_file("").path(),
+        &[("TGB_NATS_TLS_CA", "/nonexistent/ca.pem")],
+    );
+    assert!(
+        err.contains("TGB_NATS_TLS_CA") && err.contains("/nonexistent/ca.pem does not exist"),
+        "{err}"
+    );
+}
