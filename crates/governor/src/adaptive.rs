@@ -6,9 +6,12 @@
 //!   most the rate it had): that many requests the target had just taken, or refused. 429s
 //!   answered while the lane is paused by the one that lowered it are the same congestion (the
 //!   requests were sent before it) and change nothing.
-//! - Each whole window without a 429 adds `increase_share` × the rate the target evidently
-//!   allowed at the last decrease (never less than the floor), up to the ceiling: the lane
-//!   climbs back slowly and finds out whether the limit was raised.
+//! - Each whole probe interval without a 429 (the window, at most [`MAX_PROBE`]) adds
+//!   `increase_share` × the ceiling, up to the ceiling: from the floor back to the configured
+//!   rate in 1 / `increase_share` intervals (20 at 5 %, under two minutes), so a 429 that was
+//!   not a rate limit (a concurrency or execution-time limit, a burst of refusals) costs
+//!   minutes at most, never the rest of a long window; a real lower limit answers the climb with
+//!   the next 429.
 //! - The rate never goes under the floor (`floor_share` × the ceiling, at least one request
 //!   per window).
 
@@ -16,6 +19,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// The longest interval between two steps of the climb back.
+pub const MAX_PROBE: Duration = Duration::from_secs(5);
 
 /// The controller's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,8 +32,7 @@ pub struct AimdSettings {
     pub window: Duration,
     /// After a 429: the share of the rate evidently allowed that the lane keeps (0 < f < 1).
     pub decrease_factor: f64,
-    /// Per window without a 429: the share of the rate evidently allowed at the last decrease
-    /// that is added back.
+    /// Per probe interval without a 429: the share of the ceiling that is added back.
     pub increase_share: f64,
     /// The lowest rate, as a share of the ceiling.
     pub floor_share: f64,
@@ -37,12 +42,13 @@ pub struct AimdSettings {
 #[derive(Debug)]
 pub struct Aimd {
     window: Duration,
+    /// The climb's step interval: the window, at most [`MAX_PROBE`].
+    probe: Duration,
     ceiling: f64,
     floor: f64,
     decrease_factor: f64,
-    increase_share: f64,
     rate: f64,
-    /// Added per window without 429.
+    /// Added per probe interval without 429.
     step: f64,
     /// The current window without 429 started here.
     since: Instant,
@@ -62,14 +68,15 @@ impl Aimd {
         let floor = (s.floor_share.clamp(0.0, 1.0) * ceiling)
             .max(1.0 / secs)
             .min(ceiling);
+        let increase_share = s.increase_share.clamp(0.001, 1.0);
         Aimd {
             window,
+            probe: window.min(MAX_PROBE),
             ceiling,
             floor,
             decrease_factor: s.decrease_factor.clamp(0.05, 0.95),
-            increase_share: s.increase_share.clamp(0.001, 1.0),
             rate: ceiling,
-            step: 0.0,
+            step: increase_share * ceiling,
             since: now,
             hold_until: None,
             sent: VecDeque::new(),
@@ -92,7 +99,8 @@ impl Aimd {
         self.decreases
     }
 
-    /// The learned rate at `now`, requests per second (whole windows without a 429 added).
+    /// The learned rate at `now`, requests per second (whole probe intervals without a 429
+    /// added).
     pub fn rate(&mut self, now: Instant) -> f64 {
         self.grow(now);
         self.rate
@@ -120,7 +128,6 @@ impl Aimd {
         let observed = self.sent.len() as f64 / self.window.as_secs_f64();
         let allowed = observed.min(self.rate).max(self.floor);
         self.rate = (allowed * self.decrease_factor).max(self.floor);
-        self.step = (allowed * self.increase_share).max(self.floor * self.increase_share);
         // The pause is no window without 429: the climb starts when it ends.
         self.since = now + retry_after;
         self.hold_until = Some(now + retry_after);
@@ -136,10 +143,10 @@ impl Aimd {
         let Some(elapsed) = now.checked_duration_since(self.since) else {
             return;
         };
-        let windows = (elapsed.as_secs_f64() / self.window.as_secs_f64()).floor();
-        if windows >= 1.0 {
-            self.rate = (self.rate + windows * self.step).min(self.ceiling);
-            self.since += self.window.mul_f64(windows);
+        let intervals = (elapsed.as_secs_f64() / self.probe.as_secs_f64()).floor();
+        if intervals >= 1.0 {
+            self.rate = (self.rate + intervals * self.step).min(self.ceiling);
+            self.since += self.probe.mul_f64(intervals);
         }
     }
 
@@ -215,21 +222,45 @@ mod tests {
     }
 
     #[test]
-    fn each_window_without_429_adds_back_a_step_up_to_the_ceiling() {
+    fn each_probe_interval_without_429_adds_back_a_step_up_to_the_ceiling() {
         let t0 = Instant::now();
         let mut a = Aimd::new(settings(), t0);
         for i in 0..20 {
             a.on_send(t0 + secs(f64::from(i) * 0.1));
         }
         a.on_throttled(t0 + secs(2.0), secs(1.0));
-        // allowed = 20 / 5 s = 4/s → rate 3.2/s, step 0.2/s per window; the climb starts after
-        // the 1 s pause.
+        // allowed = 20 / 5 s = 4/s → rate 3.2/s, step 5 % of 40/s = 2/s per 5 s interval; the
+        // climb starts after the 1 s pause.
         let start = t0 + secs(3.0);
         assert!((a.rate(start + secs(4.99)) - 3.2).abs() < 1e-9);
-        assert!((a.rate(start + secs(5.0)) - 3.4).abs() < 1e-9);
-        assert!((a.rate(start + secs(12.0)) - 3.6).abs() < 1e-9);
-        // Back at the ceiling after enough quiet windows, never above it.
+        assert!((a.rate(start + secs(5.0)) - 5.2).abs() < 1e-9);
+        assert!((a.rate(start + secs(12.0)) - 7.2).abs() < 1e-9);
+        // Back at the ceiling after enough quiet intervals, never above it.
         assert_eq!(a.rate(start + secs(5.0 * 10_000.0)), 40.0);
+    }
+
+    #[test]
+    fn a_long_window_climbs_back_in_short_intervals() {
+        // Dataverse's 6,000 per 300 s: a 429 early in a burst must not hold the lane down for
+        // the rest of the window.
+        let t0 = Instant::now();
+        let mut a = Aimd::new(
+            AimdSettings {
+                requests_per_window: 6000,
+                window: Duration::from_secs(300),
+                ..settings()
+            },
+            t0,
+        );
+        for i in 0..200 {
+            a.on_send(t0 + secs(f64::from(i) * 0.1));
+        }
+        assert!(a.on_throttled(t0 + secs(20.0), secs(2.0)));
+        let low = a.rate(t0 + secs(22.0));
+        assert!(low < 1.0, "{low}");
+        // Every 5 s adds 1/s (5 % of 20/s): the ceiling again within 20 intervals.
+        assert!((a.rate(t0 + secs(27.0)) - (low + 1.0)).abs() < 1e-9);
+        assert_eq!(a.rate(t0 + secs(22.0 + 20.0 * 5.0)), 20.0);
     }
 
     #[test]

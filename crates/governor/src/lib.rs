@@ -294,16 +294,21 @@ impl Governor {
         }
     }
 
-    /// The target answered 429 with `retry_after`: the whole lane waits that long.
+    /// The target answered 503 with `retry_after` (unavailable, not a rate limit): the whole
+    /// lane waits that long, and its learned rate stays as it is.
+    pub fn hold_for(&self, retry_after: Duration) {
+        let until = Instant::now() + retry_after;
+        let mut paused = self.paused_until.lock().unwrap();
+        if paused.is_none_or(|current| until > current) {
+            *paused = Some(until);
+        }
+    }
+
+    /// The target answered 429 with `retry_after`: the whole lane waits that long, and (when
+    /// adaptive) lowers its rate to what the target evidently allows.
     pub fn pause_for(&self, retry_after: Duration) {
         let now = Instant::now();
-        let until = now + retry_after;
-        {
-            let mut paused = self.paused_until.lock().unwrap();
-            if paused.is_none_or(|current| until > current) {
-                *paused = Some(until);
-            }
-        }
+        self.hold_for(retry_after);
         if let (Some(pace), true) = (&self.pace, self.config.adaptive) {
             let mut p = pace.lock().unwrap();
             if p.aimd.on_throttled(now, retry_after) {

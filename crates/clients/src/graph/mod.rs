@@ -354,9 +354,12 @@ impl GraphClient {
                 body: bytes,
             });
         }
-        if status.as_u16() == 429 || (status.as_u16() == 503 && retry_after.is_some()) {
+        if status.as_u16() == 429 {
             self.governor
                 .pause_for(retry_after.unwrap_or(Duration::from_secs(1)));
+        } else if let (503, Some(after)) = (status.as_u16(), retry_after) {
+            // Unavailable for a while: wait as asked, but it says nothing of the rate.
+            self.governor.hold_for(after);
         }
         Err(classify(&full_route, status.as_u16(), retry_after, &bytes))
     }
