@@ -5,7 +5,10 @@
 //! - A 429 sets the rate to `decrease_factor` × what the lane sent in the last window (at
 //!   most the rate it had): that many requests the target had just taken, or refused. 429s
 //!   answered while the lane is paused by the one that lowered it are the same congestion (the
-//!   requests were sent before it) and change nothing.
+//!   requests were sent before it) and change nothing; so do 429s after it until the target
+//!   has answered a request without one (one decrease per congestion episode, as TCP does per
+//!   loss event: a run of refusals is one piece of evidence, not many), and the climb goes on
+//!   through them.
 //! - Each whole probe interval without a 429 (the window, at most [`MAX_PROBE`]) adds
 //!   `increase_share` × the ceiling, up to the ceiling: from the floor back to the configured
 //!   rate in 1 / `increase_share` intervals (20 at 5 %, under two minutes), so a 429 that was
@@ -54,6 +57,8 @@ pub struct Aimd {
     since: Instant,
     /// Until then, 429s are of requests sent before the last decrease.
     hold_until: Option<Instant>,
+    /// A 429 lowered the rate and no request has been answered without one since.
+    in_episode: bool,
     /// Sends within the last window.
     sent: VecDeque<Instant>,
     decreases: u64,
@@ -79,6 +84,7 @@ impl Aimd {
             step: increase_share * ceiling,
             since: now,
             hold_until: None,
+            in_episode: false,
             sent: VecDeque::new(),
             decreases: 0,
         }
@@ -120,9 +126,10 @@ impl Aimd {
     /// A 429 reported at `now`, the lane paused for `retry_after`. Returns whether it lowered
     /// the rate.
     pub fn on_throttled(&mut self, now: Instant, retry_after: Duration) -> bool {
-        if self.hold_until.is_some_and(|h| now < h) {
+        if self.in_episode || self.hold_until.is_some_and(|h| now < h) {
             return false;
         }
+        self.in_episode = true;
         self.grow(now);
         self.prune(now);
         let observed = self.sent.len() as f64 / self.window.as_secs_f64();
@@ -133,6 +140,11 @@ impl Aimd {
         self.hold_until = Some(now + retry_after);
         self.decreases += 1;
         true
+    }
+
+    /// The target answered a request without a 429: the congestion episode, if any, is over.
+    pub fn on_answered(&mut self) {
+        self.in_episode = false;
     }
 
     fn grow(&mut self, now: Instant) {
@@ -215,9 +227,14 @@ mod tests {
         }
         assert_eq!(a.rate(t0 + secs(3.9)), after_first);
         assert_eq!(a.decreases(), 1);
-        // After the pause, a new 429 is a new congestion and lowers again.
+        // After the pause, a 429 before any answer is the same congestion ...
         a.on_send(t0 + secs(4.1));
-        assert!(a.on_throttled(t0 + secs(4.2), secs(1.0)));
+        assert!(!a.on_throttled(t0 + secs(4.2), secs(1.0)));
+        assert_eq!(a.decreases(), 1);
+        // ... and one after an answer is a new one, and lowers again.
+        a.on_answered();
+        a.on_send(t0 + secs(4.3));
+        assert!(a.on_throttled(t0 + secs(4.4), secs(1.0)));
         assert!(a.rate(t0 + secs(4.2)) < after_first);
     }
 
@@ -237,6 +254,25 @@ mod tests {
         assert!((a.rate(start + secs(12.0)) - 7.2).abs() < 1e-9);
         // Back at the ceiling after enough quiet intervals, never above it.
         assert_eq!(a.rate(start + secs(5.0 * 10_000.0)), 40.0);
+    }
+
+    #[test]
+    fn a_run_of_refusals_lowers_once_and_the_climb_goes_on_through_it() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        for i in 0..20 {
+            a.on_send(t0 + secs(f64::from(i) * 0.1));
+        }
+        assert!(a.on_throttled(t0 + secs(2.0), secs(1.0)));
+        let low = a.rate(t0 + secs(2.0));
+        // Forty refusals in a row, one every second, none answered in between.
+        for i in 0..40 {
+            let at = t0 + secs(3.0 + f64::from(i));
+            a.on_send(at);
+            assert!(!a.on_throttled(at, secs(1.0)));
+        }
+        assert_eq!(a.decreases(), 1);
+        assert!(a.rate(t0 + secs(43.0)) > low, "the climb went on");
     }
 
     #[test]
@@ -271,6 +307,7 @@ mod tests {
         for _ in 0..50 {
             now += secs(10.0);
             a.on_send(now);
+            a.on_answered();
             a.on_throttled(now, secs(0.5));
         }
         assert!((a.rate(now) - a.floor()).abs() < 1e-9);

@@ -321,6 +321,14 @@ impl Governor {
         metrics::counter!("tgb_governor_throttled_total", "lane" => self.lane.clone()).increment(1);
     }
 
+    /// The target answered a request without a 429: a run of 429s (one congestion episode) is
+    /// over, and the next 429 may lower the learned rate again.
+    pub fn answered(&self) {
+        if let (Some(pace), true) = (&self.pace, self.config.adaptive) {
+            pace.lock().unwrap().aimd.on_answered();
+        }
+    }
+
     /// How long the current pause still lasts.
     pub fn pause_remaining(&self) -> Option<Duration> {
         let paused = *self.paused_until.lock().unwrap();

@@ -113,6 +113,7 @@ async fn storm(adaptive: bool) -> Storm {
                             continue;
                         }
                         assert!(answer.status().is_success(), "{}", answer.status());
+                        g.answered();
                         break;
                     }
                 }

@@ -583,6 +583,8 @@ impl DataverseClient {
                     throttled += 1;
                     continue;
                 }
+            } else {
+                self.governor.answered();
             }
             return Ok((status, headers, text));
         }

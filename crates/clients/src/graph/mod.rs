@@ -349,6 +349,7 @@ impl GraphClient {
             message: e.to_string(),
         })?;
         if status.is_success() {
+            self.governor.answered();
             return Ok(Answer {
                 status,
                 body: bytes,
@@ -357,7 +358,10 @@ impl GraphClient {
         if status.as_u16() == 429 {
             self.governor
                 .pause_for(retry_after.unwrap_or(Duration::from_secs(1)));
-        } else if let (503, Some(after)) = (status.as_u16(), retry_after) {
+        } else {
+            self.governor.answered();
+        }
+        if let (503, Some(after)) = (status.as_u16(), retry_after) {
             // Unavailable for a while: wait as asked, but it says nothing of the rate.
             self.governor.hold_for(after);
         }
