@@ -146,6 +146,12 @@ struct BenchArgs {
     /// Partners the pipeline's cases come from.
     #[arg(long, default_value_t = 8)]
     partners: usize,
+    /// The cost section's offered load, cases/s (below saturation).
+    #[arg(long, default_value_t = 100.0)]
+    cost_rate: f64,
+    /// Cases the cost section offers.
+    #[arg(long, default_value_t = 1000)]
+    cost_cases: usize,
     /// The idle window of the resources, seconds.
     #[arg(long, default_value_t = 5.0)]
     idle_secs: f64,
@@ -431,6 +437,9 @@ fn bench_options(a: &BenchArgs) -> anyhow::Result<tgb::bench::BenchOptions> {
     if a.steps.is_empty() {
         anyhow::bail!("--steps: give at least one rate");
     }
+    if !(a.cost_rate.is_finite() && a.cost_rate > 0.0) {
+        anyhow::bail!("--cost-rate: {} is not a positive rate", a.cost_rate);
+    }
     let step_secs = a.step_secs.unwrap_or(if a.quick { 5.0 } else { 10.0 });
     if !(step_secs.is_finite() && step_secs > 0.0) {
         anyhow::bail!("--step-secs must be above 0");
@@ -450,6 +459,13 @@ fn bench_options(a: &BenchArgs) -> anyhow::Result<tgb::bench::BenchOptions> {
             raw_messages: a.raw_messages.max(1),
             partners: a.partners.max(1),
             saturation_share: 0.8,
+        },
+        cost: tgb::bench::cost::CostOptions {
+            rate: a.cost_rate,
+            cases: a.cost_cases.max(1),
+            drain_secs: a.drain_secs.max(1.0),
+            raw_messages: a.raw_messages.max(1),
+            partners: a.partners.max(1),
         },
         idle_secs: a.idle_secs.max(0.5),
         mix_rounds: a.mix_rounds.unwrap_or(if a.quick { 2 } else { 5 }).max(1),

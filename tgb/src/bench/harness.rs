@@ -64,6 +64,8 @@ impl IncidentProbe {
 pub struct BenchSystem {
     /// The broker.
     pub nats: crate::nats::OwnNats,
+    /// nats-server's HTTP monitoring address (`/varz`, `/jsz`).
+    pub monitor: std::net::SocketAddr,
     /// The emulators.
     pub sandbox: Sandbox,
     /// Every service process (started or not).
@@ -101,7 +103,7 @@ impl BenchSystem {
     /// Starts NATS, the sandbox and the services of `spec.start`, and wires them.
     pub async fn start(spec: Spec, launcher: &Launcher, log_dir: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("tgb-bench-").tempdir()?;
-        let nats = start_nats(dir.path()).await?;
+        let (nats, monitor) = start_nats(dir.path()).await?;
         let config_file = crate::system::find_in_repo(tgb_runtime::config::DEFAULT_CONFIG_PATH)
             .context("config/tg-bridge.toml not found: run tgb bench from the repository")?;
         let cwd = config_file
@@ -139,6 +141,7 @@ impl BenchSystem {
         let js = async_nats::jetstream::new(client.clone());
         let mut system = BenchSystem {
             nats,
+            monitor,
             sandbox,
             services,
             client,

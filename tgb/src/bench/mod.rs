@@ -10,6 +10,7 @@
 //! in this process ([`harness`]). Results: `bench.json`, `summary.md` and `pipeline.svg` in the
 //! output directory ([`report`]).
 
+pub mod cost;
 pub mod harness;
 pub mod pipeline;
 pub mod procs;
@@ -41,11 +42,19 @@ pub enum Section {
     Mix,
     /// The backlog under the Dataverse limits.
     Backlog,
+    /// What one case costs (CPU, broker messages, JetStream messages, API requests) at a
+    /// fixed rate below saturation, beside raw JetStream's broker cost per message.
+    Cost,
 }
 
 impl Section {
     /// Every section, in the order they run.
-    pub const ALL: [Section; 3] = [Section::Pipeline, Section::Mix, Section::Backlog];
+    pub const ALL: [Section; 4] = [
+        Section::Pipeline,
+        Section::Mix,
+        Section::Backlog,
+        Section::Cost,
+    ];
 }
 
 /// What `tgb bench` runs.
@@ -59,6 +68,8 @@ pub struct BenchOptions {
     pub sections: Vec<Section>,
     /// Section 1's settings.
     pub pipeline: PipelineOptions,
+    /// The cost section's settings.
+    pub cost: cost::CostOptions,
     /// The idle window of the resources, seconds.
     pub idle_secs: f64,
     /// Rounds of the quota mix (15 kinds of change, 17 changes each).
@@ -118,6 +129,8 @@ pub struct BenchReport {
     pub quota: Option<QuotaResult>,
     /// Section 3.
     pub resources: Option<ResourcesResult>,
+    /// The cost per case.
+    pub cost: Option<cost::CostResult>,
     /// Wall time of the whole run, seconds.
     pub wall_secs: f64,
 }
@@ -202,6 +215,7 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(String)) -> anyhow::Resu
         pipeline: None,
         quota: None,
         resources: None,
+        cost: None,
         wall_secs: 0.0,
     };
 
@@ -227,6 +241,11 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(String)) -> anyhow::Resu
             .quota
             .get_or_insert_with(QuotaResult::default)
             .backlog = Some(b);
+        report.wall_secs = (harness::now_ms() - started) / 1000.0;
+        write(&opts.out_dir, &report)?;
+    }
+    if opts.sections.contains(&Section::Cost) {
+        report.cost = Some(cost_section(opts, &launcher, &logs.join("cost"), progress).await?);
     }
     report.wall_secs = (harness::now_ms() - started) / 1000.0;
     write(&opts.out_dir, &report)?;
@@ -235,7 +254,14 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(String)) -> anyhow::Resu
 
 /// Writes bench.json, summary.md and (with section 1) pipeline.svg.
 pub fn write(dir: &Path, report: &BenchReport) -> anyhow::Result<()> {
-    let json = serde_json::to_vec_pretty(report)?;
+    let mut json = serde_json::to_value(report)?;
+    if let Some(p99) = p99_case_to_incident_ms_at_100(report) {
+        if !json["pipeline"].is_object() {
+            json["pipeline"] = json!({});
+        }
+        json["pipeline"]["p99_case_to_incident_ms_at_100"] = json!(p99);
+    }
+    let json = serde_json::to_vec_pretty(&json)?;
     std::fs::write(dir.join("bench.json"), json)
         .with_context(|| format!("writing {}", dir.join("bench.json").display()))?;
     std::fs::write(dir.join("summary.md"), report::markdown(report))?;
@@ -243,6 +269,47 @@ pub fn write(dir: &Path, report: &BenchReport) -> anyhow::Result<()> {
         std::fs::write(dir.join("pipeline.svg"), report::svg(p))?;
     }
     Ok(())
+}
+
+/// p99 from a case raised to its incident at 100 cases/s offered: from the cost section when
+/// it ran at 100/s (a steady run), else from the pipeline's step at 100/s.
+pub fn p99_case_to_incident_ms_at_100(report: &BenchReport) -> Option<f64> {
+    let at_100 = |rate: f64| (rate - 100.0).abs() < 1e-9;
+    report
+        .cost
+        .as_ref()
+        .filter(|c| at_100(c.options.rate) && c.to_incident_ms.n > 0)
+        .map(|c| c.to_incident_ms.p99)
+        .or_else(|| {
+            report.pipeline.as_ref().and_then(|p| {
+                p.steps
+                    .iter()
+                    .find(|s| at_100(s.offered_per_sec) && s.to_incident_ms.n > 0)
+                    .map(|s| s.to_incident_ms.p99)
+            })
+        })
+}
+
+async fn cost_section(
+    opts: &BenchOptions,
+    launcher: &Launcher,
+    logs: &Path,
+    progress: &dyn Fn(String),
+) -> anyhow::Result<cost::CostResult> {
+    progress("cost: starting NATS, the sandbox (limits off) and the six services".into());
+    let mut sandbox = unlimited_sandbox();
+    // Every call of the run is counted from the log.
+    sandbox.call_log_capacity = 2_000_000;
+    let spec = Spec {
+        sandbox,
+        start: SERVICES.to_vec(),
+        env: unlimited_env(),
+        incident_probe: true,
+    };
+    let mut sys = BenchSystem::start(spec, launcher, logs).await?;
+    let result = cost::run(&mut sys, &opts.cost, progress).await;
+    sys.stop().await;
+    result
 }
 
 async fn pipeline_section(

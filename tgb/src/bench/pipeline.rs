@@ -143,7 +143,7 @@ pub struct PipelineResult {
     pub idle: Vec<ProcUsage>,
 }
 
-fn partners(n: usize) -> Vec<PartnerRef> {
+pub(super) fn partners(n: usize) -> Vec<PartnerRef> {
     (1..=n.max(1))
         .map(|i| PartnerRef {
             qualifier: "ZZ".into(),
@@ -164,7 +164,7 @@ fn rfc3339_ms(s: &str) -> Option<f64> {
 }
 
 /// Case id → task creation time.
-fn task_times(sys: &BenchSystem) -> HashMap<String, f64> {
+pub(super) fn task_times(sys: &BenchSystem) -> HashMap<String, f64> {
     sys.sandbox
         .planner()
         .list_tasks(ISSUES_PLAN)
@@ -177,7 +177,7 @@ fn task_times(sys: &BenchSystem) -> HashMap<String, f64> {
         .collect()
 }
 
-fn task_count(sys: &BenchSystem) -> usize {
+pub(super) fn task_count(sys: &BenchSystem) -> usize {
     sys.sandbox
         .planner()
         .list_tasks(ISSUES_PLAN)
@@ -186,7 +186,7 @@ fn task_count(sys: &BenchSystem) -> usize {
 }
 
 /// Case id → incident creation time (from the probe).
-fn incident_times(sys: &BenchSystem) -> HashMap<String, f64> {
+pub(super) fn incident_times(sys: &BenchSystem) -> HashMap<String, f64> {
     let Some(probe) = &sys.probe else {
         return HashMap::new();
     };
@@ -203,12 +203,12 @@ fn incident_times(sys: &BenchSystem) -> HashMap<String, f64> {
         .collect()
 }
 
-fn incident_count(sys: &BenchSystem) -> usize {
+pub(super) fn incident_count(sys: &BenchSystem) -> usize {
     sys.probe.as_ref().map_or(0, |p| p.count())
 }
 
 /// Raises `n` cases at `rate` per second; (case id, time raised).
-async fn offer(
+pub(super) async fn offer(
     sys: &BenchSystem,
     partners: &[PartnerRef],
     rate: f64,
@@ -241,7 +241,7 @@ async fn offer(
 }
 
 /// Waits until `incidents` and `tasks` are reached, or `deadline_ms`; whether reached.
-async fn drain(
+pub(super) async fn drain(
     sys: &mut BenchSystem,
     incidents: usize,
     tasks: usize,

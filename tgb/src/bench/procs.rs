@@ -242,10 +242,15 @@ impl ServiceProcess {
 }
 
 /// nats-server with JetStream, as its own process (its pid is sampled too), killed with
-/// the bench.
-pub async fn start_nats(dir: &Path) -> anyhow::Result<crate::nats::OwnNats> {
+/// the bench; with its HTTP monitoring (`/varz`, `/jsz`) on a loopback port, whose address
+/// is returned beside it.
+pub async fn start_nats(dir: &Path) -> anyhow::Result<(crate::nats::OwnNats, SocketAddr)> {
     let binary = crate::nats::find_server()?;
-    crate::nats::OwnNats::start_with(command_with_deathsig(&binary), &binary, dir).await
+    let monitor = free_addr()?;
+    let mut command = command_with_deathsig(&binary);
+    command.args(["-m", &monitor.port().to_string()]);
+    let nats = crate::nats::OwnNats::start_with(command, &binary, dir).await?;
+    Ok((nats, monitor))
 }
 
 /// One reading of `/proc/<pid>`.

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::BenchReport;
+use super::cost::CostResult;
 use super::pipeline::PipelineResult;
 use super::resources::ProcUsage;
 
@@ -158,7 +159,82 @@ pub fn markdown(r: &BenchReport) -> String {
         );
         resources_table(&mut out, &res.idle, &res.at_sustained, res.sustained_rate);
     }
+    if let Some(c) = &r.cost {
+        cost_table(&mut out, c);
+    }
     out
+}
+
+fn cost_table(out: &mut String, c: &CostResult) {
+    let _ = writeln!(
+        out,
+        "## Cost per case ({} cases at {} cases/s offered, {} achieved; {} completed{})\n",
+        c.cases,
+        c.options.rate,
+        f1(c.achieved_offered_per_sec),
+        c.completed,
+        if c.drained { "" } else { ", NOT drained" }
+    );
+    let _ = writeln!(out, "| measure | per case |");
+    let _ = writeln!(out, "|---|---:|");
+    let mut row = |name: &str, v: String| {
+        let _ = writeln!(out, "| {name} | {v} |");
+    };
+    row(
+        "services CPU (µs, six together)",
+        format!("{:.0}", c.services_cpu_us_per_case),
+    );
+    for (p, v) in &c.cpu_us_per_case {
+        row(&format!("  CPU {p} (µs)"), format!("{v:.0}"));
+    }
+    row(
+        "nats-server CPU (µs)",
+        format!("{:.0}", c.nats_cpu_us_per_case),
+    );
+    row(
+        "raw JetStream: nats-server CPU per message (µs)",
+        f1(c.raw.nats_cpu_us_per_message),
+    );
+    row(
+        "nats-server CPU in raw messages",
+        f1(c.nats_cpu_per_case_in_raw_messages),
+    );
+    row("broker messages in", f1(c.broker_in_msgs_per_case));
+    row("broker messages out", f1(c.broker_out_msgs_per_case));
+    row("JetStream messages stored", f1(c.js_stored_per_case));
+    for (s, v) in &c.js_stored_per_case_by_stream {
+        row(&format!("  stored in {s}"), format!("{v:.2}"));
+    }
+    row("KV writes", f1(c.kv_writes_per_case));
+    row("JetStream API requests", f1(c.js_api_requests_per_case));
+    row(
+        "Dataverse requests",
+        format!("{:.2}", c.dataverse_requests_per_case),
+    );
+    row(
+        "Graph requests per triage task (plan polls aside)",
+        format!("{:.2}", c.graph_requests_per_task),
+    );
+    row(
+        "case → incident p50 / p95 / p99 (ms)",
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            c.to_incident_ms.p50, c.to_incident_ms.p95, c.to_incident_ms.p99
+        ),
+    );
+    row(
+        "case → task p50 / p95 / p99 (ms)",
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            c.to_task_ms.p50, c.to_task_ms.p95, c.to_task_ms.p99
+        ),
+    );
+    let _ = writeln!(
+        out,
+        "\nGraph plan polls during the run: {} (on their own clock). KV reads are not counted \
+         apart (a get stores nothing; it is one broker message in and one out).",
+        c.graph_plan_polls
+    );
 }
 
 /// Sustained throughput (left axis) and p99 latencies (right axis) against offered load.

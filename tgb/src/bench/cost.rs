@@ -1,0 +1,490 @@
+//! The cost section: what one case costs, measured from outside the services.
+//!
+//! After a warm-up, `cases` TG `case.created` webhooks are offered at a fixed rate below
+//! saturation (limits off, as in the pipeline section). Before and after, one [`Snapshot`]:
+//! each process's CPU (`/proc/<pid>/stat` utime + stime), nats-server's `/varz` (messages in
+//! and out) and `/jsz` (API requests, and each stream's last sequence: the messages stored,
+//! whether or not a limit removed them since), and the Dataverse and Graph calls in the
+//! sandbox's call log. [`CostResult::compute`] turns the two into figures per case.
+//!
+//! The same run measures raw JetStream's broker CPU per message (acked publishes into a file
+//! stream, each consumed and acked), so `nats_cpu_us_per_case / raw_nats_cpu_us_per_message`
+//! is a count of "raw messages" a case costs the broker, which holds across machines.
+//!
+//! Left out: KV reads. A KV get stores nothing and `/jsz` does not count it apart from other
+//! requests; it is one message in `broker_in_msgs` and one out.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::harness::{BenchSystem, now_ms};
+use super::pipeline::{self, Percentiles};
+use super::procs::{clock_ticks, sample};
+
+/// Settings of the cost section.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostOptions {
+    /// The offered load, cases/s (below saturation).
+    pub rate: f64,
+    /// Cases offered.
+    pub cases: usize,
+    /// Longest wait after the last case for its incidents and tasks, seconds.
+    pub drain_secs: f64,
+    /// Messages of the raw JetStream measure.
+    pub raw_messages: usize,
+    /// Partners the cases come from.
+    pub partners: usize,
+}
+
+/// The counters read at one time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Process → CPU time (utime + stime), clock ticks.
+    pub cpu_ticks: BTreeMap<String, u64>,
+    /// `/varz` `in_msgs`.
+    pub in_msgs: u64,
+    /// `/varz` `out_msgs`.
+    pub out_msgs: u64,
+    /// `/jsz` `api.total`.
+    pub js_api_total: u64,
+    /// Stream → last sequence (messages ever stored).
+    pub stream_last_seq: BTreeMap<String, u64>,
+    /// Dataverse calls so far (tg-bridge's, scripted ones aside).
+    pub dataverse_calls: u64,
+    /// Graph calls so far, plan polls aside.
+    pub graph_calls: u64,
+    /// Graph plan polls so far (planner-adapter's own clock, not caused by a case).
+    pub graph_plan_polls: u64,
+}
+
+/// Raw JetStream's broker cost, measured in the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RawBrokerCost {
+    /// Messages published (each acked, delivered and acked by a durable pull consumer).
+    pub messages: usize,
+    /// nats-server CPU per message, µs.
+    pub nats_cpu_us_per_message: f64,
+}
+
+/// What one case costs.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostResult {
+    /// The settings.
+    pub options: CostOptions,
+    /// The load actually offered, cases/s.
+    pub achieved_offered_per_sec: f64,
+    /// Cases offered.
+    pub cases: usize,
+    /// Cases with both their incident and their task.
+    pub completed: usize,
+    /// Every case completed before the drain deadline.
+    pub drained: bool,
+    /// CPU of the six services together, µs per case.
+    pub services_cpu_us_per_case: f64,
+    /// CPU of nats-server, µs per case.
+    pub nats_cpu_us_per_case: f64,
+    /// CPU of each process (the services, nats-server, the bench process holding the sandbox
+    /// and the load), µs per case.
+    pub cpu_us_per_case: BTreeMap<String, f64>,
+    /// Messages into the broker per case (`/varz` `in_msgs`: publishes, acks, API requests,
+    /// pull requests, KV gets).
+    pub broker_in_msgs_per_case: f64,
+    /// Messages out of the broker per case (`/varz` `out_msgs`).
+    pub broker_out_msgs_per_case: f64,
+    /// JetStream messages stored per case, all streams.
+    pub js_stored_per_case: f64,
+    /// JetStream messages stored per case, by stream.
+    pub js_stored_per_case_by_stream: BTreeMap<String, f64>,
+    /// KV writes per case (the `KV_*` streams' messages stored).
+    pub kv_writes_per_case: f64,
+    /// JetStream API requests per case (`/jsz` `api.total`).
+    pub js_api_requests_per_case: f64,
+    /// Dataverse requests per case (a `$batch` is one).
+    pub dataverse_requests_per_case: f64,
+    /// Graph requests per triage task created, plan polls aside.
+    pub graph_requests_per_task: f64,
+    /// Graph plan polls during the run (not per case: they run on a clock).
+    pub graph_plan_polls: u64,
+    /// Raw JetStream's broker cost in the same run.
+    pub raw: RawBrokerCost,
+    /// nats_cpu_us_per_case / raw.nats_cpu_us_per_message: a case's broker cost in raw
+    /// messages.
+    pub nats_cpu_per_case_in_raw_messages: f64,
+    /// Case raised → incident created, ms.
+    pub to_incident_ms: Percentiles,
+    /// Case raised → triage task created, ms.
+    pub to_task_ms: Percentiles,
+}
+
+/// The six services' names (nats-server and the bench process are the others).
+fn is_service(process: &str) -> bool {
+    super::procs::SERVICES.contains(&process)
+}
+
+impl CostResult {
+    /// The figures per case from the snapshots around the steady run; `ticks` is the clock
+    /// ticks per second; `tasks` the triage tasks created.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute(
+        options: CostOptions,
+        before: &Snapshot,
+        after: &Snapshot,
+        ticks: u64,
+        cases: usize,
+        tasks: usize,
+        raw: RawBrokerCost,
+        achieved_offered_per_sec: f64,
+        completed: usize,
+        drained: bool,
+        to_incident_ms: Percentiles,
+        to_task_ms: Percentiles,
+    ) -> CostResult {
+        let per_case = |v: u64| v as f64 / cases.max(1) as f64;
+        let us = |t: u64| t as f64 * 1e6 / ticks.max(1) as f64;
+        let cpu_us_per_case: BTreeMap<String, f64> = after
+            .cpu_ticks
+            .iter()
+            .filter_map(|(p, a)| {
+                let b = before.cpu_ticks.get(p)?;
+                Some((p.clone(), us(a.saturating_sub(*b)) / cases.max(1) as f64))
+            })
+            .collect();
+        let services_cpu_us_per_case = cpu_us_per_case
+            .iter()
+            .filter(|(p, _)| is_service(p))
+            .map(|(_, v)| v)
+            .sum();
+        let nats_cpu_us_per_case = cpu_us_per_case.get("nats-server").copied().unwrap_or(0.0);
+        let stored: BTreeMap<String, u64> = after
+            .stream_last_seq
+            .iter()
+            .map(|(s, a)| {
+                let b = before.stream_last_seq.get(s).copied().unwrap_or(0);
+                (s.clone(), a.saturating_sub(b))
+            })
+            .collect();
+        let kv_writes: u64 = stored
+            .iter()
+            .filter(|(s, _)| s.starts_with("KV_"))
+            .map(|(_, v)| v)
+            .sum();
+        CostResult {
+            achieved_offered_per_sec,
+            cases,
+            completed,
+            drained,
+            services_cpu_us_per_case,
+            nats_cpu_us_per_case,
+            nats_cpu_per_case_in_raw_messages: nats_cpu_us_per_case
+                / raw.nats_cpu_us_per_message.max(1e-9),
+            cpu_us_per_case,
+            broker_in_msgs_per_case: per_case(after.in_msgs.saturating_sub(before.in_msgs)),
+            broker_out_msgs_per_case: per_case(after.out_msgs.saturating_sub(before.out_msgs)),
+            js_stored_per_case: per_case(stored.values().sum()),
+            js_stored_per_case_by_stream: stored
+                .iter()
+                .map(|(s, v)| (s.clone(), per_case(*v)))
+                .collect(),
+            kv_writes_per_case: per_case(kv_writes),
+            js_api_requests_per_case: per_case(
+                after.js_api_total.saturating_sub(before.js_api_total),
+            ),
+            dataverse_requests_per_case: per_case(
+                after.dataverse_calls.saturating_sub(before.dataverse_calls),
+            ),
+            graph_requests_per_task: after.graph_calls.saturating_sub(before.graph_calls) as f64
+                / tasks.max(1) as f64,
+            graph_plan_polls: after
+                .graph_plan_polls
+                .saturating_sub(before.graph_plan_polls),
+            raw,
+            to_incident_ms,
+            to_task_ms,
+            options,
+        }
+    }
+}
+
+/// `/varz`: (in_msgs, out_msgs).
+pub fn parse_varz(v: &Value) -> anyhow::Result<(u64, u64)> {
+    let n = |k: &str| v[k].as_u64().with_context(|| format!("/varz without {k}"));
+    Ok((n("in_msgs")?, n("out_msgs")?))
+}
+
+/// `/jsz?accounts=true&streams=true`: (api.total, stream → last_seq).
+pub fn parse_jsz(v: &Value) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
+    let api = v["api"]["total"]
+        .as_u64()
+        .context("/jsz without api.total")?;
+    let mut streams = BTreeMap::new();
+    for account in v["account_details"].as_array().into_iter().flatten() {
+        for s in account["stream_detail"].as_array().into_iter().flatten() {
+            let (Some(name), Some(last)) = (s["name"].as_str(), s["state"]["last_seq"].as_u64())
+            else {
+                continue;
+            };
+            *streams.entry(name.to_owned()).or_default() += last;
+        }
+    }
+    Ok((api, streams))
+}
+
+async fn monitor_json(sys: &BenchSystem, path: &str) -> anyhow::Result<Value> {
+    let url = format!("http://{}{path}", sys.monitor);
+    sys.http
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: not JSON"))
+}
+
+fn cpu_ticks(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
+    pids.iter()
+        .filter_map(|(n, p)| sample(*p).ok().map(|s| (n.clone(), s.cpu_ticks)))
+        .collect()
+}
+
+/// Reads every counter now.
+pub async fn snapshot(sys: &BenchSystem) -> anyhow::Result<Snapshot> {
+    let cpu = cpu_ticks(&sys.pids());
+    let (in_msgs, out_msgs) = parse_varz(&monitor_json(sys, "/varz").await?)?;
+    let (js_api_total, stream_last_seq) =
+        parse_jsz(&monitor_json(sys, "/jsz?accounts=true&streams=true").await?)?;
+    let counts = sys.sandbox.calls().counts();
+    let count = |f: &dyn Fn(&str) -> bool| -> u64 {
+        counts
+            .by_route
+            .iter()
+            .filter(|(r, _)| f(r))
+            .flat_map(|(_, s)| s.values())
+            .sum()
+    };
+    let poll = |r: &str| r.starts_with("graph GET ") && r.ends_with("/planner/plans/{id}/tasks");
+    Ok(Snapshot {
+        cpu_ticks: cpu,
+        in_msgs,
+        out_msgs,
+        js_api_total,
+        stream_last_seq,
+        dataverse_calls: count(&|r| r.starts_with("dataverse ")),
+        graph_calls: count(&|r| r.starts_with("graph ") && !poll(r)),
+        graph_plan_polls: count(&|r| poll(r)),
+    })
+}
+
+/// Runs the cost section on a running system (limits off, a call log large enough for the
+/// run).
+pub async fn run(
+    sys: &mut BenchSystem,
+    opts: &CostOptions,
+    progress: &dyn Fn(String),
+) -> anyhow::Result<CostResult> {
+    let partners = pipeline::partners(opts.partners);
+    progress(format!("cost: warm-up ({} cases)", partners.len()));
+    let warm = pipeline::offer(sys, &partners, 50.0, partners.len(), "warm-up").await?;
+    if !pipeline::drain(sys, warm.len(), warm.len(), now_ms() + 60_000.0).await? {
+        anyhow::bail!(
+            "the warm-up's {} cases did not reach Dynamics and Planner within 60 s",
+            warm.len()
+        );
+    }
+    let payload = {
+        let stream = sys
+            .js
+            .get_stream(tgb_bus::names::EVENTS_STREAM)
+            .await
+            .context("the events stream")?;
+        stream
+            .get_last_raw_message_by_subject("tgb.v1.tg.case.opened")
+            .await
+            .context("the last tgb.v1.tg.case.opened")?
+            .payload
+            .to_vec()
+    };
+    let ticks = clock_ticks();
+    progress(format!(
+        "cost: raw JetStream, {} messages of {} bytes",
+        opts.raw_messages,
+        payload.len()
+    ));
+    let nats_pid = sys.nats.pid().context("nats-server is not running")?;
+    let raw_before = sample(nats_pid)?.cpu_ticks;
+    pipeline::raw_jetstream(&sys.js, &payload, opts.raw_messages).await?;
+    let raw_after = sample(nats_pid)?.cpu_ticks;
+    let raw = RawBrokerCost {
+        messages: opts.raw_messages.max(1),
+        nats_cpu_us_per_message: raw_after.saturating_sub(raw_before) as f64 * 1e6
+            / ticks as f64
+            / opts.raw_messages.max(1) as f64,
+    };
+
+    progress(format!(
+        "cost: {} cases at {} cases/s",
+        opts.cases, opts.rate
+    ));
+    let incidents_before = pipeline::incident_count(sys);
+    let tasks_before = pipeline::task_count(sys);
+    let before = snapshot(sys).await?;
+    let sent = pipeline::offer(sys, &partners, opts.rate, opts.cases, "cost").await?;
+    let last_sent = sent.last().map_or(now_ms(), |s| s.1);
+    let drained = pipeline::drain(
+        sys,
+        incidents_before + sent.len(),
+        tasks_before + sent.len(),
+        last_sent + opts.drain_secs * 1000.0,
+    )
+    .await?;
+    let after = snapshot(sys).await?;
+    let tasks = pipeline::task_count(sys).saturating_sub(tasks_before);
+    let incidents = pipeline::incident_times(sys);
+    let task_times = pipeline::task_times(sys);
+    let (mut to_i, mut to_t, mut completed) = (Vec::new(), Vec::new(), 0);
+    for (case, at) in &sent {
+        let i = incidents.get(case).map(|t| t - at);
+        let t = task_times.get(case).map(|t| t - at);
+        to_i.extend(i);
+        to_t.extend(t);
+        completed += usize::from(i.is_some() && t.is_some());
+    }
+    let first = sent.first().map_or(0.0, |s| s.1);
+    let achieved = if sent.len() > 1 {
+        (sent.len() - 1) as f64 / ((last_sent - first) / 1000.0).max(1e-3)
+    } else {
+        opts.rate
+    };
+    Ok(CostResult::compute(
+        opts.clone(),
+        &before,
+        &after,
+        ticks,
+        sent.len(),
+        tasks,
+        raw,
+        achieved,
+        completed,
+        drained,
+        Percentiles::of(to_i),
+        Percentiles::of(to_t),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn options() -> CostOptions {
+        CostOptions {
+            rate: 100.0,
+            cases: 100,
+            drain_secs: 30.0,
+            raw_messages: 1000,
+            partners: 8,
+        }
+    }
+
+    #[test]
+    fn monitoring_answers_are_read() {
+        let varz = json!({"in_msgs": 1800, "out_msgs": 2100, "cpu": 3.5});
+        assert_eq!(parse_varz(&varz).unwrap(), (1800, 2100));
+        let jsz = json!({
+            "api": {"total": 4200, "errors": 3},
+            "account_details": [{
+                "name": "$G",
+                "stream_detail": [
+                    {"name": "TGB_EVENTS", "state": {"messages": 10, "last_seq": 300}},
+                    {"name": "KV_tgb_links", "state": {"messages": 5, "last_seq": 80}},
+                    {"name": "broken"}
+                ]
+            }]
+        });
+        let (api, streams) = parse_jsz(&jsz).unwrap();
+        assert_eq!(api, 4200);
+        assert_eq!(
+            streams,
+            BTreeMap::from([("KV_tgb_links".into(), 80), ("TGB_EVENTS".into(), 300)])
+        );
+        assert!(parse_varz(&json!({})).is_err());
+        assert!(parse_jsz(&json!({"streams": 1})).is_err());
+    }
+
+    #[test]
+    fn two_snapshots_make_the_cost_per_case() {
+        let before = Snapshot {
+            cpu_ticks: BTreeMap::from([
+                ("tg-ingress".into(), 100),
+                ("planner-adapter".into(), 50),
+                ("nats-server".into(), 1000),
+                ("tgb bench (sandbox + load)".into(), 7),
+            ]),
+            in_msgs: 10,
+            out_msgs: 20,
+            js_api_total: 5,
+            stream_last_seq: BTreeMap::from([("TGB_EVENTS".into(), 40)]),
+            dataverse_calls: 3,
+            graph_calls: 9,
+            graph_plan_polls: 1,
+        };
+        let after = Snapshot {
+            // 100 ticks/s: 1 tick = 10 ms; over 100 cases, 1 tick = 100 µs per case.
+            cpu_ticks: BTreeMap::from([
+                ("tg-ingress".into(), 103),
+                ("planner-adapter".into(), 57),
+                ("nats-server".into(), 1010),
+                ("tgb bench (sandbox + load)".into(), 107),
+            ]),
+            in_msgs: 1810,
+            out_msgs: 2120,
+            js_api_total: 405,
+            stream_last_seq: BTreeMap::from([
+                ("TGB_EVENTS".into(), 340),
+                ("KV_tgb_sync".into(), 200),
+                ("KV_tgb_links".into(), 100),
+            ]),
+            dataverse_calls: 103,
+            graph_calls: 159,
+            graph_plan_polls: 4,
+        };
+        let raw = RawBrokerCost {
+            messages: 1000,
+            nats_cpu_us_per_message: 20.0,
+        };
+        let r = CostResult::compute(
+            options(),
+            &before,
+            &after,
+            100,
+            100,
+            50,
+            raw,
+            99.0,
+            100,
+            true,
+            Percentiles::default(),
+            Percentiles::default(),
+        );
+        assert_eq!(r.services_cpu_us_per_case, 1000.0);
+        assert_eq!(r.nats_cpu_us_per_case, 1000.0);
+        assert_eq!(r.cpu_us_per_case["tg-ingress"], 300.0);
+        assert_eq!(r.cpu_us_per_case["tgb bench (sandbox + load)"], 10_000.0);
+        assert_eq!(r.nats_cpu_per_case_in_raw_messages, 50.0);
+        assert_eq!(
+            (r.broker_in_msgs_per_case, r.broker_out_msgs_per_case),
+            (18.0, 21.0)
+        );
+        assert_eq!(r.js_stored_per_case, 6.0);
+        assert_eq!(r.js_stored_per_case_by_stream["TGB_EVENTS"], 3.0);
+        assert_eq!(r.kv_writes_per_case, 3.0);
+        assert_eq!(r.js_api_requests_per_case, 4.0);
+        assert_eq!(r.dataverse_requests_per_case, 1.0);
+        assert_eq!(r.graph_requests_per_task, 3.0);
+        assert_eq!(r.graph_plan_polls, 3);
+    }
+}
