@@ -755,7 +755,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             })
             .await?;
-            print(cli.json, &report, |r| {
+            print(cli.json, &tgb::bench::to_json(&report)?, |_| {
+                let r = &report;
                 format!(
                     "{}\nResults in {}: bench.json, summary.md{}.",
                     tgb::bench::report::markdown(r),

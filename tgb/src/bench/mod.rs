@@ -252,8 +252,9 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(String)) -> anyhow::Resu
     Ok(report)
 }
 
-/// Writes bench.json, summary.md and (with section 1) pipeline.svg.
-pub fn write(dir: &Path, report: &BenchReport) -> anyhow::Result<()> {
+/// The report as bench.json holds it (and `--json` prints it): the sections, plus
+/// `pipeline.p99_case_to_incident_ms_at_100`.
+pub fn to_json(report: &BenchReport) -> anyhow::Result<serde_json::Value> {
     let mut json = serde_json::to_value(report)?;
     if let Some(p99) = p99_case_to_incident_ms_at_100(report) {
         if !json["pipeline"].is_object() {
@@ -261,7 +262,12 @@ pub fn write(dir: &Path, report: &BenchReport) -> anyhow::Result<()> {
         }
         json["pipeline"]["p99_case_to_incident_ms_at_100"] = json!(p99);
     }
-    let json = serde_json::to_vec_pretty(&json)?;
+    Ok(json)
+}
+
+/// Writes bench.json, summary.md and (with section 1) pipeline.svg.
+pub fn write(dir: &Path, report: &BenchReport) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(&to_json(report)?)?;
     std::fs::write(dir.join("bench.json"), json)
         .with_context(|| format!("writing {}", dir.join("bench.json").display()))?;
     std::fs::write(dir.join("summary.md"), report::markdown(report))?;
