@@ -294,6 +294,19 @@ async fn reconcile(
     let Some((update, changes)) = plan_update(kind, existing, &desired)? else {
         return Ok(());
     };
+    // A server outside a cluster holds one replica; some versions (2.10) accept the update
+    // anyway and keep one, so the refusal is made here rather than left to the server.
+    if update.num_replicas > existing.num_replicas.max(1)
+        && js.client().server_info().cluster.is_none()
+    {
+        return Err(ProvisionError::Replicas {
+            kind,
+            name: name.to_owned(),
+            existing: existing.num_replicas.max(1),
+            desired: update.num_replicas,
+            reason: "the server is not part of a cluster".to_owned(),
+        });
+    }
     if let Err(e) = js.update_stream(&update).await {
         if update.num_replicas != existing.num_replicas.max(1) {
             return Err(ProvisionError::Replicas {
