@@ -118,11 +118,7 @@ pub async fn serve(
         }
     };
     tracing::info!(app_user = %app_user, "Dataverse application user");
-    let batcher = batcher::Batcher::start(
-        dv.clone(),
-        settings.batch_max_requests,
-        settings.batch_linger(),
-    );
+    let batcher = batcher::Batcher::start(dv.clone(), settings.batch_max_requests);
     let adapter = Arc::new(Adapter::new(
         dv,
         batcher,

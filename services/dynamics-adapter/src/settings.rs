@@ -30,10 +30,9 @@ pub struct DynamicsSettings {
     pub token_refresh_margin_secs: u64,
     /// The rate lane of the application user (Dataverse: 6000 requests / 300 s, 52 at once).
     pub governor: GovernorConfig,
-    /// Writes coalesced into one `$batch` at most (Microsoft advises about 10).
+    /// Writes coalesced into one `$batch` at most (Microsoft advises about 10). Writes gather
+    /// only while a batch is in flight; one made when the lane is idle leaves at once.
     pub batch_max_requests: usize,
-    /// How long the first write of a burst waits for others to join its `$batch`, ms.
-    pub batch_linger_ms: u64,
     /// Time between two change-tracking polls, milliseconds (a poll also runs at start).
     pub poll_interval_ms: u64,
     /// Tables polled with change tracking (the reconciling path behind the webhooks).
@@ -76,7 +75,6 @@ impl Default for DynamicsSettings {
             token_refresh_margin_secs: 300,
             governor: GovernorConfig::default(),
             batch_max_requests: 10,
-            batch_linger_ms: 20,
             poll_interval_ms: 60_000,
             poll_tables: [
                 "incident",
@@ -126,10 +124,6 @@ impl DynamicsSettings {
     /// [`Self::request_timeout_ms`].
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
-    }
-    /// [`Self::batch_linger_ms`].
-    pub fn batch_linger(&self) -> Duration {
-        Duration::from_millis(self.batch_linger_ms)
     }
     /// [`Self::poll_interval_ms`].
     pub fn poll_interval(&self) -> Duration {

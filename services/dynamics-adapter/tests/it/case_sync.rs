@@ -243,7 +243,6 @@ async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_a
         .adapter(&[
             ("TGB_DYNAMICS__GOVERNOR__MAX_CONCURRENT", "2"),
             ("TGB_DYNAMICS__BATCH_MAX_REQUESTS", "50"),
-            ("TGB_DYNAMICS__BATCH_LINGER_MS", "50"),
             ("TGB_DYNAMICS__THROTTLE_RETRIES", "20"),
             ("TGB_BUS__CONCURRENCY", "64"),
         ])
