@@ -110,6 +110,9 @@ struct Inner {
     limits: Arc<Limits>,
     webhooks: Webhooks,
     hold: watch::Sender<bool>,
+    /// The requests waiting at the hold now, as "METHOD path".
+    held: Mutex<Vec<(u64, String)>>,
+    held_seq: std::sync::atomic::AtomicU64,
 }
 
 /// The emulated Dataverse organisation (cheap to clone: shared state).
@@ -176,6 +179,8 @@ impl Dataverse {
                 store: Mutex::new(Store::with_meta(meta)),
                 webhooks,
                 hold,
+                held: Mutex::new(Vec::new()),
+                held_seq: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -416,6 +421,13 @@ impl Dataverse {
         self.inner.limits.configure(cfg);
     }
 
+    /// The requests waiting at a [`Self::hold_requests`] hold now, as `"METHOD path"`, oldest
+    /// first: a test waits for the very request it means to hold.
+    pub fn held_requests(&self) -> Vec<String> {
+        let held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.iter().map(|(_, r)| r.clone()).collect()
+    }
+
     /// Holds admitted requests until the returned guard is dropped.
     pub fn hold_requests(&self) -> RequestHold {
         self.inner.hold.send_replace(true);
@@ -578,7 +590,28 @@ async fn api_handler(
         }
     };
     let mut hold = dv.inner.hold.subscribe();
-    let _ = hold.wait_for(|held| !*held).await;
+    if *hold.borrow_and_update() {
+        let seq = dv
+            .inner
+            .held_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let line = format!("{method} {}", uri.path());
+        dv.inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((seq, line));
+        // Removes the entry also when the caller goes away while held.
+        struct Released<'a>(&'a Inner, u64);
+        impl Drop for Released<'_> {
+            fn drop(&mut self) {
+                let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+                held.retain(|(s, _)| *s != self.1);
+            }
+        }
+        let _released = Released(&dv.inner, seq);
+        let _ = hold.wait_for(|held| !*held).await;
+    }
 
     let rel = uri
         .path()

@@ -1,10 +1,17 @@
-//! Coalescing of writes: change sets submitted within `linger` of each other (up to
-//! `max_requests` requests) travel as one `$batch` with `Prefer: odata.continue-on-error`, each
-//! as its own atomic change set. A lone single-request change set is sent as a plain request.
-//! A burst of TG events about one case or one account (comment + partner message, case +
-//! dispute columns, the cases of one partner) thus costs one request instead of several.
+//! Coalescing of writes by group commit: a change set submitted while the lane is idle (no
+//! `$batch` in flight, nothing queued) is sent at once; change sets submitted while a batch is
+//! in flight queue behind it and leave together, up to `max_requests` requests, as one
+//! `$batch` with `Prefer: odata.continue-on-error`, each as its own atomic change set, when
+//! that batch answers (or at once when they fill a batch). A lone single-request change set is
+//! sent as a plain request. Nothing waits on a timer: under light load a write costs one round
+//! trip; under load, requests gather while the previous batch travels, so a burst of TG events
+//! about one case or one account (comment + partner message, case + dispute columns, the cases
+//! of one partner) still costs one request instead of several.
+//!
+//! Order: change sets leave in the order submitted. A caller that must order two writes (one
+//! entity's, under its lock) awaits the first answer before it submits the second.
 
-use std::time::Duration;
+use std::collections::VecDeque;
 
 use tgb_clients::dataverse::{BatchAnswer, BatchRequest, DataverseClient, DataverseError};
 use tokio::sync::{mpsc, oneshot};
@@ -31,10 +38,11 @@ impl std::fmt::Debug for Job {
 }
 
 impl Batcher {
-    /// Starts the collector (it ends when every `Batcher` clone is dropped).
-    pub fn start(client: DataverseClient, max_requests: usize, linger: Duration) -> Batcher {
+    /// Starts the collector (it ends when every `Batcher` clone is dropped and the last batch
+    /// has answered).
+    pub fn start(client: DataverseClient, max_requests: usize) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(collect(client, rx, max_requests.max(1), linger));
+        tokio::spawn(collect(client, rx, max_requests.max(1)));
         Batcher { tx }
     }
 
@@ -52,30 +60,87 @@ impl Batcher {
     }
 }
 
-async fn collect(
-    client: DataverseClient,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    max: usize,
-    linger: Duration,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let mut size = jobs[0].set.len();
-        let deadline = tokio::time::Instant::now() + linger;
-        while size < max {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
-                    size += job.set.len();
-                    jobs.push(job);
-                }
-                Ok(None) | Err(_) => break,
+/// The change sets waiting to leave, oldest first, and their requests counted.
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    requests: usize,
+}
+
+impl Queue {
+    fn push(&mut self, job: Job) {
+        self.requests += job.set.len();
+        self.jobs.push_back(job);
+    }
+
+    /// Whether a batch leaves now: at once when none is in flight, else only a full one.
+    fn ready(&self, in_flight: usize, max: usize) -> bool {
+        !self.jobs.is_empty() && (in_flight == 0 || self.requests >= max)
+    }
+
+    /// The oldest change sets holding at most `max` requests together (at least one, however
+    /// large).
+    fn take(&mut self, max: usize) -> Vec<Job> {
+        let mut out = Vec::new();
+        let mut size = 0;
+        while let Some(next) = self.jobs.front() {
+            if !out.is_empty() && size + next.set.len() > max {
+                break;
             }
+            size += next.set.len();
+            out.extend(self.jobs.pop_front());
         }
-        let client = client.clone();
-        tokio::spawn(send(client, jobs));
+        self.requests -= size;
+        out
     }
 }
 
+/// Tells the collector a batch has answered, even when its task panicked.
+struct Done(mpsc::UnboundedSender<()>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+async fn collect(client: DataverseClient, mut rx: mpsc::UnboundedReceiver<Job>, max: usize) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let mut queue = Queue::default();
+    let mut in_flight = 0usize;
+    let mut open = true;
+    loop {
+        while queue.ready(in_flight, max) {
+            let jobs = queue.take(max);
+            in_flight += 1;
+            let done = Done(done_tx.clone());
+            let client = client.clone();
+            tokio::spawn(async move {
+                let _done = done;
+                send(client, jobs).await;
+            });
+        }
+        if !open && in_flight == 0 {
+            break;
+        }
+        tokio::select! {
+            job = rx.recv(), if open => match job {
+                Some(job) => {
+                    queue.push(job);
+                    // Change sets submitted together leave together.
+                    while queue.requests < max {
+                        match rx.try_recv() {
+                            Ok(job) => queue.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            Some(()) = done_rx.recv() => in_flight -= 1,
+        }
+    }
+}
 async fn send(client: DataverseClient, jobs: Vec<Job>) {
     if jobs.len() == 1 && jobs[0].set.len() == 1 {
         let job = jobs.into_iter().next().expect("one job");
@@ -138,5 +203,60 @@ async fn send(client: DataverseClient, jobs: Vec<Job>) {
                 let _ = job.reply.send(Err(err));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(requests: usize) -> Job {
+        let set = (0..requests)
+            .map(|i| BatchRequest::new(reqwest::Method::PATCH, format!("incidents({i})"), None))
+            .collect();
+        Job {
+            set,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn sizes(jobs: &[Job]) -> Vec<usize> {
+        jobs.iter().map(|j| j.set.len()).collect()
+    }
+
+    #[test]
+    fn an_idle_lane_sends_at_once_and_a_busy_one_waits_for_a_full_batch() {
+        let mut q = Queue::default();
+        assert!(!q.ready(0, 10), "nothing queued, nothing to send");
+        q.push(job(1));
+        assert!(q.ready(0, 10), "idle lane: no waiting for company");
+        assert!(!q.ready(1, 10), "a batch in flight: queue behind it");
+        for _ in 0..4 {
+            q.push(job(2));
+        }
+        assert_eq!(q.requests, 9);
+        assert!(!q.ready(1, 10));
+        q.push(job(1));
+        assert!(q.ready(1, 10), "a full batch leaves without waiting");
+    }
+
+    #[test]
+    fn a_batch_takes_the_oldest_change_sets_up_to_the_cap() {
+        let mut q = Queue::default();
+        for n in [3, 4, 2, 5, 1] {
+            q.push(job(n));
+        }
+        assert_eq!(sizes(&q.take(10)), vec![3, 4, 2]);
+        assert_eq!(q.requests, 6);
+        assert_eq!(sizes(&q.take(10)), vec![5, 1]);
+        assert_eq!((q.requests, q.jobs.len()), (0, 0));
+        q.push(job(12));
+        q.push(job(1));
+        assert_eq!(
+            sizes(&q.take(10)),
+            vec![12],
+            "an oversized change set goes alone"
+        );
+        assert_eq!(sizes(&q.take(10)), vec![1]);
     }
 }

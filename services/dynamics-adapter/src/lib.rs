@@ -120,11 +120,13 @@ pub async fn serve(
         }
     };
     tracing::info!(app_user = %app_user, "Dataverse application user");
-    let batcher = batcher::Batcher::start(
-        dv.clone(),
-        settings.batch_max_requests,
-        settings.batch_linger(),
-    );
+    if let Some(ms) = settings.batch_linger_ms {
+        tracing::warn!(
+            batch_linger_ms = ms,
+            "[dynamics] batch_linger_ms is retired and ignored: writes gather only behind a $batch in flight"
+        );
+    }
+    let batcher = batcher::Batcher::start(dv.clone(), settings.batch_max_requests);
     let adapter = Arc::new(Adapter::new(
         dv,
         batcher,

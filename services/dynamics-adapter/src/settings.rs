@@ -30,10 +30,12 @@ pub struct DynamicsSettings {
     pub token_refresh_margin_secs: u64,
     /// The rate lane of the application user (Dataverse: 6000 requests / 300 s, 52 at once).
     pub governor: GovernorConfig,
-    /// Writes coalesced into one `$batch` at most (Microsoft advises about 10).
+    /// Writes coalesced into one `$batch` at most (Microsoft advises about 10). Writes gather
+    /// only while a batch is in flight; one made when the lane is idle leaves at once.
     pub batch_max_requests: usize,
-    /// How long the first write of a burst waits for others to join its `$batch`, ms.
-    pub batch_linger_ms: u64,
+    /// Retired: batches no longer wait on a timer. Still accepted so that a configuration
+    /// written for an older release starts; a warning at start says it is ignored.
+    pub batch_linger_ms: Option<u64>,
     /// Time between two change-tracking polls, milliseconds (a poll also runs at start).
     pub poll_interval_ms: u64,
     /// Tables polled with change tracking (the reconciling path behind the webhooks).
@@ -76,7 +78,7 @@ impl Default for DynamicsSettings {
             token_refresh_margin_secs: 300,
             governor: GovernorConfig::default(),
             batch_max_requests: 10,
-            batch_linger_ms: 20,
+            batch_linger_ms: None,
             poll_interval_ms: 60_000,
             poll_tables: [
                 "incident",
@@ -127,10 +129,6 @@ impl DynamicsSettings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
     }
-    /// [`Self::batch_linger_ms`].
-    pub fn batch_linger(&self) -> Duration {
-        Duration::from_millis(self.batch_linger_ms)
-    }
     /// [`Self::poll_interval_ms`].
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.max(10))
@@ -169,5 +167,30 @@ impl DynamicsSettings {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tgb_runtime::config::Config;
+
+    fn load(toml: &str) -> Result<DynamicsSettings, String> {
+        let dir = std::env::temp_dir().join(format!("tgb-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join(format!("{:x}.toml", toml.len()));
+        std::fs::write(&path, toml).map_err(|e| e.to_string())?;
+        let config = Config::load_from(Some(&path), Vec::new()).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&path);
+        config.section("dynamics").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_configuration_with_the_retired_linger_still_loads_and_an_unknown_key_does_not() {
+        let old = load("[dynamics]\nbatch_max_requests = 8\nbatch_linger_ms = 20\n")
+            .expect("an older configuration starts");
+        assert_eq!((old.batch_max_requests, old.batch_linger_ms), (8, Some(20)));
+        let err = load("[dynamics]\nbatch_lingr_ms = 20\n").expect_err("a typo is refused");
+        assert!(err.contains("batch_lingr_ms"), "{err}");
     }
 }

@@ -376,7 +376,6 @@ async fn mix_section(
         )];
         if !batching {
             e.push(("TGB_DYNAMICS__BATCH_MAX_REQUESTS", "1".into()));
-            e.push(("TGB_DYNAMICS__BATCH_LINGER_MS", "0".into()));
         }
         let spec = Spec {
             sandbox,

@@ -75,13 +75,9 @@ async fn a_retried_event_after_the_call_but_before_the_ack_creates_no_second_inc
     // completes; the adapter can neither link nor ack; it is then killed.
     let hold = env.sandbox.dataverse().hold_requests();
     env.publish(comment("C-2", "CM-9", "Photos attached")).await;
-    eventually("the write is in flight", WAIT, || async {
-        env.sandbox
-            .dataverse()
-            .limits_usage()
-            .iter()
-            .any(|u| u.in_flight > 0)
-            .then_some(())
+    eventually("the comment's change set is held", WAIT, || async {
+        let held = env.sandbox.dataverse().held_requests();
+        held.iter().any(|r| r.ends_with("$batch")).then_some(())
     })
     .await
     .unwrap();
@@ -243,7 +239,6 @@ async fn a_429_storm_ends_with_every_incident_once_and_no_request_before_retry_a
         .adapter(&[
             ("TGB_DYNAMICS__GOVERNOR__MAX_CONCURRENT", "2"),
             ("TGB_DYNAMICS__BATCH_MAX_REQUESTS", "50"),
-            ("TGB_DYNAMICS__BATCH_LINGER_MS", "50"),
             ("TGB_DYNAMICS__THROTTLE_RETRIES", "20"),
             ("TGB_BUS__CONCURRENCY", "64"),
         ])
