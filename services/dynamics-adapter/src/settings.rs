@@ -182,6 +182,7 @@ mod tests {
         std::fs::write(&path, toml).map_err(|e| e.to_string())?;
         let config = Config::load_from(Some(&path), Vec::new()).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
         config.section("dynamics").map_err(|e| e.to_string())
     }
 

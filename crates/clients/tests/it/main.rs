@@ -8,3 +8,4 @@ mod origin;
 mod parsers;
 mod token_failures;
 mod trace;
+mod unavailable;
