@@ -11,6 +11,12 @@
 //! stream, each consumed and acked), so `nats_cpu_us_per_case / raw_nats_cpu_us_per_message`
 //! is a count of "raw messages" a case costs the broker, which holds across machines.
 //!
+//! After it, a short second pass (the breakdown) taps every message through the broker with one
+//! core subscription to `>` and counts them by class ([`subject_class`]: event publishes,
+//! ledger appends, KV puts and gets per bucket, deliveries and acks per consumer, pull
+//! requests, heartbeats, publish acknowledgements). The tap's own deliveries double the
+//! broker's out messages, so that pass is kept out of the CPU and message figures above.
+//!
 //! Left out: KV reads. A KV get stores nothing and `/jsz` does not count it apart from other
 //! requests; it is one message in `broker_in_msgs` and one out.
 
@@ -117,6 +123,9 @@ pub struct CostResult {
     pub to_incident_ms: Percentiles,
     /// Case raised → triage task created, ms.
     pub to_task_ms: Percentiles,
+    /// Messages into the broker per case by class, from the tapped second pass (empty when it
+    /// did not run).
+    pub broker_msgs_per_case_by_class: BTreeMap<String, f64>,
 }
 
 /// The six services' names (nats-server and the bench process are the others).
@@ -204,8 +213,105 @@ impl CostResult {
             to_incident_ms,
             to_task_ms,
             options,
+            broker_msgs_per_case_by_class: BTreeMap::new(),
         }
     }
+}
+
+/// The class of one message through the broker, from its subject, its reply subject and its
+/// status: what the breakdown counts per case.
+pub fn subject_class(subject: &str, reply: Option<&str>, status: Option<u16>) -> String {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let tail = |from: usize| tokens.get(from).copied().unwrap_or("?");
+    if let Some(r) = reply
+        && r.starts_with("$JS.ACK.")
+    {
+        // A JetStream delivery: its reply subject is the ack subject of its consumer.
+        let ack: Vec<&str> = r.split('.').collect();
+        let consumer = if ack.len() > 9 {
+            ack[4]
+        } else {
+            ack.get(3).copied().unwrap_or("?")
+        };
+        return format!("deliver {consumer}");
+    }
+    match (tail(0), tail(1)) {
+        ("$JS", "ACK") => {
+            let consumer = if tokens.len() > 9 { tail(4) } else { tail(3) };
+            format!("ack {consumer}")
+        }
+        ("$JS", "API") => match (tail(2), tail(3)) {
+            ("CONSUMER", "MSG") => format!("pull {}", tail(6)),
+            ("DIRECT", "GET") => format!("kv get {}", tail(4).trim_start_matches("KV_")),
+            ("STREAM", "MSG") => format!("msg get {}", tail(5)),
+            (a, b) => format!("js api {a}.{b}"),
+        },
+        ("$JS", "EVENT") => "advisory".into(),
+        ("$JS", "FC") => "flow control".into(),
+        ("$KV", bucket) => format!("kv put {bucket}"),
+        ("$O", bucket) => format!("object {bucket}"),
+        ("_INBOX", _) => match status {
+            Some(100) => "heartbeat".into(),
+            Some(404 | 408 | 409) => "pull status".into(),
+            _ => "reply (acks of publishes and requests)".into(),
+        },
+        ("tgb", "ledger") => "ledger append".into(),
+        ("tgb", "v1") => "event publish".into(),
+        ("tgb", "dlq") => "dead letter".into(),
+        ("tgb", "bench") => "bench".into(),
+        (a, _) => format!("other {a}"),
+    }
+}
+
+/// The tapped second pass: `cases` more cases at the section's rate with every broker message
+/// counted by [`subject_class`]; per case.
+async fn breakdown(
+    sys: &mut BenchSystem,
+    partners: &[tgb_sandbox::tg::model::PartnerRef],
+    opts: &CostOptions,
+    cases: usize,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    use futures::StreamExt as _;
+    let mut tap = sys.client.subscribe(">").await.context("tap >")?;
+    sys.client.flush().await.context("tap flush")?;
+    let counting = tokio::spawn(async move {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        while let Some(m) = tap.next().await {
+            if m.subject.as_str() == "tgb.bench.tap.end" {
+                break;
+            }
+            let status = m.status.map(|s| s.as_u16());
+            *counts
+                .entry(subject_class(
+                    m.subject.as_str(),
+                    m.reply.as_ref().map(|r| r.as_str()),
+                    status,
+                ))
+                .or_default() += 1;
+        }
+        counts
+    });
+    let incidents_before = pipeline::incident_count(sys);
+    let tasks_before = pipeline::task_count(sys);
+    let sent = pipeline::offer(sys, partners, opts.rate, cases, "breakdown").await?;
+    let last = sent.last().map_or(now_ms(), |s| s.1);
+    pipeline::drain(
+        sys,
+        incidents_before + sent.len(),
+        tasks_before + sent.len(),
+        last + opts.drain_secs * 1000.0,
+    )
+    .await?;
+    sys.client
+        .publish("tgb.bench.tap.end", bytes::Bytes::new())
+        .await
+        .context("tap end")?;
+    sys.client.flush().await.context("tap flush")?;
+    let counts = counting.await.context("the tap")?;
+    Ok(counts
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 / sent.len().max(1) as f64))
+        .collect())
 }
 
 /// `/varz`: (in_msgs, out_msgs).
@@ -359,7 +465,7 @@ pub async fn run(
     } else {
         opts.rate
     };
-    Ok(CostResult::compute(
+    let mut result = CostResult::compute(
         opts.clone(),
         &before,
         &after,
@@ -372,7 +478,13 @@ pub async fn run(
         drained,
         Percentiles::of(to_i),
         Percentiles::of(to_t),
-    ))
+    );
+    let tapped = opts.cases.clamp(1, 200);
+    progress(format!(
+        "cost: breakdown of broker messages ({tapped} cases, tapped)"
+    ));
+    result.broker_msgs_per_case_by_class = breakdown(sys, &partners, opts, tapped).await?;
+    Ok(result)
 }
 
 #[cfg(test)]
@@ -388,6 +500,56 @@ mod tests {
             raw_messages: 1000,
             partners: 8,
         }
+    }
+
+    #[test]
+    fn broker_messages_are_classed_by_subject_reply_and_status() {
+        let c = subject_class;
+        assert_eq!(
+            c(
+                "_INBOX.x.y",
+                Some("$JS.ACK.TGB_EVENTS.planner-adapter.1.2.3.4.5"),
+                None
+            ),
+            "deliver planner-adapter"
+        );
+        assert_eq!(
+            c("$JS.ACK.TGB_EVENTS.sla-monitor.1.2.3.4.5", None, None),
+            "ack sla-monitor"
+        );
+        assert_eq!(
+            c(
+                "$JS.API.CONSUMER.MSG.NEXT.TGB_EVENTS.tg-egress",
+                Some("_INBOX.a"),
+                None
+            ),
+            "pull tg-egress"
+        );
+        assert_eq!(
+            c("$JS.API.DIRECT.GET.KV_tgb_sync.$KV.tgb_sync.k", None, None),
+            "kv get tgb_sync"
+        );
+        assert_eq!(
+            c("$KV.tgb_links.tg.case.C-1", Some("_INBOX.b"), None),
+            "kv put tgb_links"
+        );
+        assert_eq!(c("_INBOX.a.b", None, Some(100)), "heartbeat");
+        assert_eq!(
+            c("_INBOX.a.b", None, None),
+            "reply (acks of publishes and requests)"
+        );
+        assert_eq!(
+            c("tgb.v1.tg.case.opened", Some("_INBOX.c"), None),
+            "event publish"
+        );
+        assert_eq!(
+            c("tgb.ledger.dynamics-adapter", None, None),
+            "ledger append"
+        );
+        assert_eq!(
+            c("$JS.API.STREAM.INFO.TGB_EVENTS", None, None),
+            "js api STREAM.INFO"
+        );
     }
 
     #[test]

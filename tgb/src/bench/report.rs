@@ -206,6 +206,12 @@ fn cost_table(out: &mut String, c: &CostResult) {
         row(&format!("  stored in {s}"), format!("{v:.2}"));
     }
     row("KV writes", f1(c.kv_writes_per_case));
+    if !c.broker_msgs_per_case_by_class.is_empty() {
+        row("broker messages by class (tapped pass)", String::new());
+        for (class, v) in &c.broker_msgs_per_case_by_class {
+            row(&format!("  {class}"), format!("{v:.2}"));
+        }
+    }
     row("JetStream API requests", f1(c.js_api_requests_per_case));
     row(
         "Dataverse requests",
