@@ -128,6 +128,7 @@ pub async fn serve_with(
         store,
         labels: labels::LabelCache::default(),
         intent_lease: Duration::from_secs(g.intent_lease_secs),
+        intent_settle: Duration::from_secs(g.intent_settle_secs),
         after_post,
     };
     let routing = Arc::new(routing);

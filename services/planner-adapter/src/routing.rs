@@ -98,6 +98,9 @@ pub struct GraphSettings {
     pub max_concurrent: usize,
     /// A create intent older than this with no task found may be re-tried, seconds.
     pub intent_lease_secs: u64,
+    /// After a POST answered with an unknown effect (500, 503), how long until the plan
+    /// listing is trusted to show its task, seconds.
+    pub intent_settle_secs: u64,
     /// Request timeout, seconds.
     pub timeout_secs: u64,
     /// The poller lease (one polling replica) runs out this long after its last renewal,
@@ -115,6 +118,7 @@ impl Default for GraphSettings {
             window_secs: 60.0,
             max_concurrent: 4,
             intent_lease_secs: 120,
+            intent_settle_secs: 30,
             timeout_secs: 30,
             poller_lease_ttl_ms: 15_000,
             poller_lease_renew_ms: 3_000,

@@ -33,6 +33,11 @@ pub struct Intent {
     pub state: String,
     /// Unix seconds when this attempt started.
     pub at: i64,
+    /// Unix seconds when this attempt's POST was answered with an error that leaves its effect
+    /// unknown (500, 503): no longer in flight, so the plan listing settles sooner than the
+    /// lease. Absent while the POST may still be under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<i64>,
 }
 
 /// The state of a task the poller compares.

@@ -104,12 +104,16 @@ pub struct Tasks {
     pub labels: LabelCache,
     /// How long a pending intent blocks a re-create when no task is found.
     pub intent_lease: Duration,
+    /// How long after a POST answered with an unknown effect (500, 503) the plan listing is
+    /// trusted to show its task, had it been created.
+    pub intent_settle: Duration,
     /// Test support.
     pub after_post: Option<AfterPost>,
 }
 
 enum Claim {
-    Create,
+    /// Create: this attempt's intent was written, started at these Unix seconds.
+    Create(i64),
     Adopt(Task),
 }
 
@@ -204,6 +208,7 @@ impl Tasks {
                 plan_id: spec.placement.plan_id.clone(),
                 state: "pending".into(),
                 at: now_secs(),
+                answered_at: None,
             };
             match existing {
                 None => {
@@ -213,7 +218,7 @@ impl Tasks {
                         .await
                         .map_err(kv_error)?
                     {
-                        return Ok(Claim::Create);
+                        return Ok(Claim::Create(fresh.at));
                     }
                 }
                 Some((intent, rev)) => {
@@ -230,8 +235,13 @@ impl Tasks {
                         {
                             return Ok(Claim::Adopt(t));
                         }
-                        let age = now_secs().saturating_sub(intent.at).max(0) as u64;
-                        let lease = self.intent_lease.as_secs();
+                        // In flight: the lease from its start; answered: the settle time
+                        // from its answer.
+                        let (since, lease) = match intent.answered_at {
+                            Some(answered) => (answered, self.intent_settle.as_secs()),
+                            None => (intent.at, self.intent_lease.as_secs()),
+                        };
+                        let age = now_secs().saturating_sub(since).max(0) as u64;
                         if age < lease {
                             return Err(HandlerError::retry_after(
                                 format!(
@@ -248,22 +258,33 @@ impl Tasks {
                         .await
                         .map_err(kv_error)?
                     {
-                        return Ok(Claim::Create);
+                        return Ok(Claim::Create(fresh.at));
                     }
                 }
             }
         }
     }
 
-    async fn mark_failed(&self, spec: &TaskSpec, e: &GraphError) {
-        if !e.certainly_not_applied() {
+    /// Records what a failed POST of the attempt started at `at` tells: `failed` when it
+    /// certainly had no effect (the retry creates at once), `answered_at` when Graph answered
+    /// but its effect is unknown (the retry looks for the task once the listing settled). Only
+    /// this attempt's intent is touched: a later attempt of another replica may have replaced it.
+    async fn mark_failed(&self, spec: &TaskSpec, at: i64, e: &GraphError) {
+        let subject = spec.subject_key();
+        let Ok(Some((mut intent, rev))) = self.store.intent(&subject).await else {
+            return;
+        };
+        if intent.at != at || intent.state != "pending" {
             return;
         }
-        let subject = spec.subject_key();
-        if let Ok(Some((mut intent, rev))) = self.store.intent(&subject).await {
+        if e.certainly_not_applied() {
             intent.state = "failed".into();
-            let _ = self.store.put_intent(&subject, &intent, rev).await;
+        } else if e.status().is_some() {
+            intent.answered_at = Some(now_secs());
+        } else {
+            return;
         }
+        let _ = self.store.put_intent(&subject, &intent, rev).await;
     }
 
     /// Links, records, completes the details and clears the intent of a created/adopted task.
@@ -387,12 +408,12 @@ impl Tasks {
                 // Not announced yet: the attempt that created it never got that far.
                 Ok((self.finish(spec, task, blocked).await?, true))
             }
-            Claim::Create => {
+            Claim::Create(at) => {
                 let body = self.new_task(spec).await?;
                 let task = match self.graph.create_task(&body).await {
                     Ok(t) => t,
                     Err(e) => {
-                        self.mark_failed(spec, &e).await;
+                        self.mark_failed(spec, at, &e).await;
                         return Err(handler_error(e));
                     }
                 };
@@ -426,14 +447,14 @@ impl Tasks {
             }
             match self.claim(spec).await? {
                 Claim::Adopt(task) => out.push(self.finish(spec, task, blocked).await?),
-                Claim::Create => to_create.push(spec),
+                Claim::Create(at) => to_create.push((spec, at)),
             }
         }
         if to_create.is_empty() {
             return Ok(out);
         }
         let mut bodies = Vec::new();
-        for spec in &to_create {
+        for (spec, _) in &to_create {
             bodies.push(self.new_task(spec).await?);
         }
         let results = self
@@ -443,11 +464,11 @@ impl Tasks {
             .map_err(handler_error)?;
         let mut created = Vec::new();
         let mut first_error = None;
-        for (spec, result) in to_create.iter().zip(results) {
+        for ((spec, at), result) in to_create.iter().zip(results) {
             match result {
                 Ok(task) => created.push((*spec, task)),
                 Err(e) => {
-                    self.mark_failed(spec, &e).await;
+                    self.mark_failed(spec, *at, &e).await;
                     first_error.get_or_insert(e);
                 }
             }

@@ -378,10 +378,23 @@ pub async fn check_invariants(
     // 1. Complete (or the deadline: then the counts say what is missing).
     let deadline = Instant::now() + within;
     let mut counts = read_counts(sys);
+    let mut told = Instant::now();
     while !complete(exp, &counts) && Instant::now() < deadline {
         sys.supervise()?;
         tokio::time::sleep(Duration::from_millis(250)).await;
         counts = read_counts(sys);
+        if told.elapsed() >= Duration::from_secs(10) {
+            // A slow convergence says where it is in the log (what is still missing).
+            told = Instant::now();
+            eprintln!(
+                "scenario {scenario}: after {:.0} s, {} incidents, {} tasks, {} messages, {} notes",
+                started.elapsed().as_secs_f64(),
+                counts.incidents.len(),
+                counts.tasks.len(),
+                counts.messages.len(),
+                counts.notes.len(),
+            );
+        }
     }
     // 2. Quiet: nothing pending anywhere, and the same counts for 3 poll periods of the
     // reconciling paths (Dataverse change tracking, Planner plan poll: 2 s each).

@@ -50,6 +50,7 @@ pub fn suite_env() -> Vec<(String, String)> {
         // (default 120 s); still longer than the Graph request timeout (30 s), so a POST in
         // flight in another replica is never doubled.
         ("TGB_ROUTING__GRAPH__INTENT_LEASE_SECS", "40"),
+        ("TGB_ROUTING__GRAPH__INTENT_SETTLE_SECS", "3"),
         // Redelivery after a SIGKILL waits out the ack wait of the messages the dead process held.
         ("TGB_BUS__ACK_WAIT_SECS", "10"),
     ]

@@ -293,6 +293,65 @@ async fn a_create_retried_after_a_crash_between_post_and_link_leaves_exactly_one
 }
 
 #[tokio::test]
+async fn a_post_answered_503_is_retried_after_the_settle_time_not_the_lease() {
+    let mut w = World::start().await;
+    // The lease is far longer than the test: only the settle time can let the retry create.
+    w.start_adapter(
+        None,
+        &[
+            ("TGB_ROUTING__GRAPH__INTENT_LEASE_SECS", "3600"),
+            ("TGB_ROUTING__GRAPH__INTENT_SETTLE_SECS", "1"),
+        ],
+    );
+    let refuse = w
+        .sandbox
+        .faults()
+        .add(
+            tgb_sandbox::FaultRule::new(
+                "graph",
+                tgb_sandbox::Fault::ErrorRate {
+                    rate: 1.0,
+                    status: 503,
+                },
+            )
+            .method("POST")
+            .path_regex("/planner/tasks$"),
+        )
+        .unwrap();
+    w.publish(opened(
+        case("C-350", CaseCategory::Order, CasePriority::Normal),
+        globex(),
+    ))
+    .await;
+    let post_503 = || {
+        w.sandbox
+            .calls()
+            .of_system("graph")
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with("/planner/tasks") && c.status == 503)
+            .count()
+    };
+    eventually("a POST answered 503", tgb_testkit::HANG_GUARD, || async {
+        (post_503() > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(w.sandbox.faults().remove(refuse));
+    let created = w
+        .wait_seen::<PlannerTaskCreated, _>("created after the refusal", |e| {
+            e.tg_case_id == "C-350"
+        })
+        .await;
+    let tasks = w.wait_tasks(ISSUES, "[C-350]", 1).await;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(
+        tasks[0]["id"].as_str(),
+        Some(created.task.unwrap().task_id.as_str())
+    );
+    w.stop_adapter().await;
+}
+
+#[tokio::test]
 async fn a_stale_etag_race_ends_with_both_changes_applied() {
     let mut w = World::start().await;
     w.start_adapter(None, &[]);
