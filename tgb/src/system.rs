@@ -446,9 +446,7 @@ impl System {
         // endpoint and steps (`Close` of incident included) registered through the Web API by
         // the code of `tgb setup dataverse`, so `tgb doctor` finds them. An empty org gets
         // them from `tgb setup dataverse` itself.
-        if !dataverse_empty_org
-            && let Err(e) = system.register_dataverse_webhook(dynamics).await
-        {
+        if !dataverse_empty_org && let Err(e) = system.register_dataverse_webhook(dynamics).await {
             system.stop().await;
             return Err(e);
         }

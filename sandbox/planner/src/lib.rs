@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Value, json};
 
 pub use batch::MAX_BATCH_REQUESTS;
-pub use directory::MAX_CHECK_GROUPS;
 pub use config::{
     DEFAULT_LIST_PAGE_SIZE, PlannerConfig, PlannerLimits, SeedBucket, SeedGroup, SeedPlan, SeedUser,
 };
+pub use directory::MAX_CHECK_GROUPS;
 pub use error::GraphError;
 pub use model::{Caller, CallerKind};
 pub use schema::validate_request;
