@@ -449,12 +449,20 @@ async fn assignees(config: &Config, routing: &planner_adapter::routing::Routing,
         }
         let mut ids = Vec::new();
         let mut problems = Vec::new();
+        // A plan that cannot be read fails its own check: membership of its group is not
+        // checked here, so that line stays the only failure.
+        let mut unread = Vec::new();
         for alias in &plans {
             match groups.get(alias) {
                 Some(Ok(g)) => ids.push((alias.clone(), g.clone())),
-                Some(Err(e)) => problems.push(format!("the group of plan {alias}: {e}")),
+                Some(Err(_)) => unread.push(alias.clone()),
                 None => problems.push(format!("no plan {alias} in [routing.plans]")),
             }
+        }
+        if ids.is_empty() && problems.is_empty() {
+            let because: Vec<String> = unread.iter().map(|a| format!("graph: plan {a}")).collect();
+            out.skip(name, &because.join(", "));
+            continue;
         }
         let body = serde_json::json!({
             "groupIds": ids.iter().map(|(_, g)| g.clone()).collect::<std::collections::BTreeSet<_>>(),
@@ -482,13 +490,21 @@ async fn assignees(config: &Config, routing: &planner_adapter::routing::Routing,
             }
             Err(e) => problems.push(format!("group membership of {user} cannot be read: {e}")),
         }
-        let plans: Vec<&str> = plans.iter().map(String::as_str).collect();
+        let checked: Vec<&str> = ids.iter().map(|(a, _)| a.as_str()).collect();
+        let not_checked = if unread.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (plan {} not checked: it cannot be read)",
+                unread.join(", ")
+            )
+        };
         out.push(
             name,
             if problems.is_empty() {
                 Ok(format!(
-                    "{display}, member of the group of plan {}",
-                    plans.join(", ")
+                    "{display}, member of the group of plan {}{not_checked}",
+                    checked.join(", ")
                 ))
             } else {
                 Err(problems.join("; "))
