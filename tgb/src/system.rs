@@ -3,9 +3,9 @@
 //! Wiring (one source of truth, [`System::service_env`]): the sandbox's first TG client and
 //! first Entra client become the services' `TGB_TG_CLIENT_*` and `TGB_AZURE_CLIENT_*`; a fresh
 //! `whsec_` secret is both the sandbox's TG webhook subscription secret (→ tg-ingress
-//! `/webhooks/tg`) and tg-ingress's `TGB_TG_WEBHOOK_SECRETS`; a fresh key is both the Dataverse
-//! webhook registration's `code` (→ dynamics-adapter `/webhooks/dataverse`) and
-//! `TGB_DATAVERSE_WEBHOOK_KEY`.
+//! `/webhooks/tg`) and tg-ingress's `TGB_TG_WEBHOOK_SECRETS`; a fresh key is both the key of the
+//! Dataverse webhook service endpoint (→ dynamics-adapter `/webhooks/dataverse`, registered with
+//! its steps through the Web API by `tgb setup dataverse`'s code) and `TGB_DATAVERSE_WEBHOOK_KEY`.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
