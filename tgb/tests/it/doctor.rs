@@ -132,6 +132,29 @@ async fn doctor_passes_every_check_on_the_system_tgb_up_starts() {
     assert_eq!(writes[0]["status"], 404);
     assert!(writes[0]["idempotency_key"].is_string());
 
+    // The NATS probes (as the broker's admin: every service's subjects) stored and created
+    // nothing: no dead letter, ledger entry or key, no consumer.
+    let client = async_nats::connect(&system.nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut dlq = js.get_stream(tgb_bus::names::DLQ_STREAM).await.unwrap();
+    assert_eq!(dlq.info().await.unwrap().state.messages, 0);
+    let ledger = js.get_stream(tgb_bus::names::LEDGER_STREAM).await.unwrap();
+    assert!(
+        ledger
+            .get_last_raw_message_by_subject("tgb.ledger.tgb-doctor-probe")
+            .await
+            .is_err()
+    );
+    for (bucket, _) in tgb_bus::names::KV_BUCKETS {
+        let kv = js.get_key_value(*bucket).await.unwrap();
+        assert!(
+            kv.get("tgb-doctor-probe").await.unwrap().is_none(),
+            "{bucket}"
+        );
+    }
+    let events = js.get_stream(tgb_bus::names::EVENTS_STREAM).await.unwrap();
+    assert!(events.consumer_info("tgb-doctor-probe").await.is_err());
+
     // The command: the same checks, exit code 0.
     let env = env_of(&system, &[]);
     let out = tokio::task::spawn_blocking(move || {
