@@ -38,6 +38,12 @@ pub struct DynamicsSettings {
     pub poll_interval_ms: u64,
     /// Tables polled with change tracking (the reconciling path behind the webhooks).
     pub poll_tables: Vec<String>,
+    /// How long the change-tracking poller's lease (`dataverse-poller.leader` in `tgb_sync`)
+    /// lasts unless renewed, milliseconds (at least twice the renewal period).
+    pub poller_lease_ttl_ms: u64,
+    /// How often the lease holder renews it and the other replicas try to take it over,
+    /// milliseconds.
+    pub poller_lease_renew_ms: u64,
     /// TG priority (`urgent`, `high`, `normal`, `low`) → incident `prioritycode`.
     pub priority_map: BTreeMap<String, i64>,
     /// TG category (`shipment_discrepancy`, …) → incident `casetypecode`.
@@ -89,6 +95,8 @@ impl Default for DynamicsSettings {
             ]
             .map(str::to_owned)
             .to_vec(),
+            poller_lease_ttl_ms: 15_000,
+            poller_lease_renew_ms: 3_000,
             priority_map: map(&[
                 ("urgent", IncidentPriority::High.code()),
                 ("high", IncidentPriority::High.code()),
@@ -135,6 +143,14 @@ impl DynamicsSettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.max(10))
     }
+    /// [`Self::poller_lease_ttl_ms`].
+    pub fn poller_lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.poller_lease_ttl_ms)
+    }
+    /// [`Self::poller_lease_renew_ms`].
+    pub fn poller_lease_renew(&self) -> Duration {
+        Duration::from_millis(self.poller_lease_renew_ms)
+    }
     /// The policy of `field`.
     pub fn policy(&self, field: &str) -> FieldPolicy {
         self.field_policies
@@ -146,6 +162,15 @@ impl DynamicsSettings {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_max_requests == 0 || self.batch_max_requests > 1000 {
             return Err("dynamics.batch_max_requests must be between 1 and 1000".into());
+        }
+        if self.poller_lease_renew_ms == 0
+            || self.poller_lease_ttl_ms < self.poller_lease_renew_ms.saturating_mul(2)
+        {
+            return Err(format!(
+                "dynamics.poller_lease_ttl_ms ({}) must be at least twice \
+                 dynamics.poller_lease_renew_ms ({}), which must be above 0",
+                self.poller_lease_ttl_ms, self.poller_lease_renew_ms
+            ));
         }
         for t in &self.poll_tables {
             if crate::schema::table(t).is_none() {

@@ -9,6 +9,7 @@ mod injection;
 mod keys;
 mod ledger;
 mod lifecycle;
+mod replicas;
 mod support;
 mod tracking;
 mod webhook_claims;
