@@ -103,6 +103,17 @@ pub async fn serve(
     credentials.refresh_margin = std::time::Duration::from_secs(settings.token_refresh_margin_secs);
     let governor =
         tgb_governor::Governor::new(format!("dataverse:{client_id}"), settings.governor.clone());
+    if settings.fleet {
+        // Before the first request: the lane's limits are the whole fleet's.
+        workers
+            .fleet(
+                &bus,
+                governor.clone(),
+                settings.fleet_ttl(),
+                settings.fleet_renew(),
+            )
+            .await?;
+    }
     let dv = DataverseClient::new(
         &DataverseSettings {
             org_url,

@@ -29,7 +29,17 @@ pub struct DynamicsSettings {
     /// Refresh the Entra token this many seconds before it expires.
     pub token_refresh_margin_secs: u64,
     /// The rate lane of the application user (Dataverse: 6000 requests / 300 s, 52 at once).
+    /// With `fleet`, these limits are the whole fleet's: each replica takes 1 / replicas.
     pub governor: GovernorConfig,
+    /// Share the lane's limits with the other replicas of this identity (`fleet.<lane>` in
+    /// `tgb_sync`); off, each replica spends the whole `governor` budget by itself.
+    pub fleet: bool,
+    /// A replica that stops renewing its fleet membership drops out after this long,
+    /// milliseconds (at least twice the renewal period).
+    pub fleet_ttl_ms: u64,
+    /// How often a replica renews its fleet membership and re-reads the members,
+    /// milliseconds; a starting replica waits one and a half of it before its first request.
+    pub fleet_renew_ms: u64,
     /// Writes coalesced into one `$batch` at most (Microsoft advises about 10).
     pub batch_max_requests: usize,
     /// How long the first write of a burst waits for others to join its `$batch`, ms.
@@ -81,6 +91,9 @@ impl Default for DynamicsSettings {
             throttle_retries: 5,
             token_refresh_margin_secs: 300,
             governor: GovernorConfig::default(),
+            fleet: true,
+            fleet_ttl_ms: 15_000,
+            fleet_renew_ms: 3_000,
             batch_max_requests: 10,
             batch_linger_ms: 20,
             poll_interval_ms: 60_000,
@@ -143,6 +156,14 @@ impl DynamicsSettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.max(10))
     }
+    /// [`Self::fleet_ttl_ms`].
+    pub fn fleet_ttl(&self) -> Duration {
+        Duration::from_millis(self.fleet_ttl_ms)
+    }
+    /// [`Self::fleet_renew_ms`].
+    pub fn fleet_renew(&self) -> Duration {
+        Duration::from_millis(self.fleet_renew_ms)
+    }
     /// [`Self::poller_lease_ttl_ms`].
     pub fn poller_lease_ttl(&self) -> Duration {
         Duration::from_millis(self.poller_lease_ttl_ms)
@@ -170,6 +191,16 @@ impl DynamicsSettings {
                 "dynamics.poller_lease_ttl_ms ({}) must be at least twice \
                  dynamics.poller_lease_renew_ms ({}), which must be above 0",
                 self.poller_lease_ttl_ms, self.poller_lease_renew_ms
+            ));
+        }
+        if self.fleet
+            && (self.fleet_renew_ms == 0
+                || self.fleet_ttl_ms < self.fleet_renew_ms.saturating_mul(2))
+        {
+            return Err(format!(
+                "dynamics.fleet_ttl_ms ({}) must be at least twice dynamics.fleet_renew_ms ({}), \
+                 which must be above 0",
+                self.fleet_ttl_ms, self.fleet_renew_ms
             ));
         }
         for t in &self.poll_tables {

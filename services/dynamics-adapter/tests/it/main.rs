@@ -4,6 +4,7 @@ mod activities;
 mod bad_input;
 mod case_sync;
 mod echoes;
+mod fleet;
 mod flows;
 mod injection;
 mod keys;
