@@ -316,6 +316,18 @@ impl Governor {
         metrics::counter!("tgb_governor_throttled_total", "lane" => self.lane.clone()).increment(1);
     }
 
+    /// Another replica of the fleet was answered 429 (see `tgb_bus::fleet`): this lane also
+    /// waits until `remaining` has passed, so no replica sends into the target's throttling
+    /// period (each such request would lengthen it). Not counted as this lane's 429 and the
+    /// learned rate is left alone: the replica that was answered 429 lowers its own.
+    pub fn pause_shared(&self, remaining: Duration) {
+        let until = Instant::now() + remaining;
+        let mut paused = self.paused_until.lock().unwrap();
+        if paused.is_none_or(|current| until > current) {
+            *paused = Some(until);
+        }
+    }
+
     /// How long the current pause still lasts.
     pub fn pause_remaining(&self) -> Option<Duration> {
         let paused = *self.paused_until.lock().unwrap();

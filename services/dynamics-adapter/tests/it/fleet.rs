@@ -198,11 +198,9 @@ async fn three_replicas_draining_a_burst_stay_together_under_the_lane_limits() {
     );
 }
 
-// Not yet passing: a 429 pauses only the replica that received it; the other two keep
-// sending into the throttling period, and each request sent then lengthens it (the
-// emulator's penalty, as Dataverse does), so the burst does not drain within the hang guard.
-// Sharing the pause through the fleet entry is the missing piece.
-#[ignore = "a 429 pauses one replica, not the fleet: the drain does not finish (see above)"]
+// A 429 one replica received pauses the fleet (the pause rides in the fleet entry): without
+// it the others kept sending into the throttling period, each request lengthening it, and the
+// burst did not drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_against_a_limit_ten_times_lower_than_configured_draw_few_429s() {
     let real = Limits {
@@ -220,7 +218,7 @@ async fn three_replicas_against_a_limit_ten_times_lower_than_configured_draw_few
         f.concurrency_peak <= real.concurrent as usize,
         "combined concurrency over the limit: {f:?}"
     );
-    // Each replica learns the rate from its own 429s: one per replica and window at most.
+    // Each replica learns the rate from its own 429s: at most one per replica and window.
     assert!(
         f.throttled_per_window
             .iter()
