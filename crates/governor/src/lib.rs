@@ -329,6 +329,14 @@ impl Governor {
         }
     }
 
+    /// Another replica of the fleet was answered 429 (see `tgb_bus::fleet`): this lane also
+    /// waits until `remaining` has passed, so no replica sends into the target's throttling
+    /// period (each such request would lengthen it). Not counted as this lane's 429 and the
+    /// learned rate is left alone: the replica that was answered 429 lowers its own.
+    pub fn pause_shared(&self, remaining: Duration) {
+        self.hold_for(remaining);
+    }
+
     /// How long the current pause still lasts.
     pub fn pause_remaining(&self) -> Option<Duration> {
         let paused = *self.paused_until.lock().unwrap();
