@@ -213,7 +213,7 @@ impl Writer {
                 return Ok(Outcome::Echo);
             }
             Plan::ClosedUnchanged(view) => {
-                return self.closed_unchanged(&entity, &revision, &view).await;
+                return self.closed_unchanged(&entity, &revision, &view, None).await;
             }
             Plan::Write(w) => w,
         };
@@ -228,6 +228,7 @@ impl Writer {
                 let row = a
                     .incident_by_case(&case.case_id, odata::INCIDENT_REREAD)
                     .await?;
+                let row_version = row.as_ref().and_then(incident::row_version);
                 match w.reread(row.as_ref(), case) {
                     Reread::Absent => continue,
                     Reread::Stale => {
@@ -235,7 +236,9 @@ impl Writer {
                         return Ok(Outcome::Stale);
                     }
                     Reread::ClosedUnchanged => {
-                        return self.closed_unchanged(&entity, &revision, &w.view).await;
+                        return self
+                            .closed_unchanged(&entity, &revision, &w.view, row_version)
+                            .await;
                     }
                     Reread::Ready => {}
                 }
@@ -323,7 +326,9 @@ impl Writer {
         // with TG's case closed too there is nothing to write; otherwise retry once the
         // resolution is known, which reopens the incident.
         if w.tg_closed {
-            return self.closed_unchanged(entity, revision, &w.view).await;
+            return self
+                .closed_unchanged(entity, revision, &w.view, incident::row_version(&row))
+                .await;
         }
         if w.reopen {
             // The state change alone was refused too: retrying cannot help.
@@ -335,24 +340,19 @@ impl Writer {
     }
 
     /// TG changed a case whose incident is resolved while TG's case is resolved or closed too:
-    /// the incident is read-only, so the event is recorded as applied without a write.
+    /// the incident is read-only, so the event is recorded as applied without a write, with
+    /// the row's version (`row_version`, when it was read) as written ([`incident::record_closed`]).
     async fn closed_unchanged(
         &self,
         entity: &str,
         revision: &str,
         view: &BTreeMap<&str, Value>,
+        row_version: Option<u64>,
     ) -> Result<Outcome, HandlerError> {
         self.a()
             .states
             .update(TO_DATAVERSE, entity, |st| {
-                if st.is_stale(revision) {
-                    return false;
-                }
-                st.version = revision.to_owned();
-                for (k, v) in view {
-                    st.fields.insert((*k).to_owned(), hash(v));
-                }
-                true
+                incident::record_closed(st, revision, view, row_version)
             })
             .await
             .map_err(HandlerError::transient)?;

@@ -410,6 +410,54 @@ impl CaseWrite {
     }
 }
 
+/// The version of an incident row read back: `versionnumber`, else its ETag (`W/"<n>"`).
+pub fn row_version(row: &Value) -> Option<u64> {
+    row["versionnumber"].as_u64().or_else(|| {
+        row["@odata.etag"]
+            .as_str()?
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .parse()
+            .ok()
+    })
+}
+
+/// Records a TG revision whose incident is resolved while TG's case is closed too (nothing
+/// written): `revision` and the view are what both sides agree on, and every change of the
+/// row up to `row_version` (the row as read, when read) is overtaken by that agreement.
+///
+/// Without the written version, an image of an earlier write of ours detected after this
+/// record (a webhook Dataverse delivers again after an outage, a poll page read before it)
+/// passed as a person's status change behind a later write of ours: its revision is the
+/// recorded one and its status (active) is not the agreed one (resolved), and tg-bridge sent
+/// TG its own earlier status. That happens when a close landed in Dataverse but its record
+/// did not (NATS down), and the redelivered event finds the incident already resolved.
+/// Returns false when `revision` is stale (nothing to record).
+pub fn record_closed(
+    st: &mut EntityState,
+    revision: &str,
+    view: &BTreeMap<&str, Value>,
+    row_version: Option<u64>,
+) -> bool {
+    if st.is_stale(revision) {
+        return false;
+    }
+    st.version = revision.to_owned();
+    for (k, v) in view {
+        st.fields.insert((*k).to_owned(), hash(v));
+    }
+    let written = st
+        .fields
+        .get(WRITTEN_VERSION)
+        .and_then(|w| w.parse::<u64>().ok());
+    if let Some(v) = row_version
+        && written.is_none_or(|w| v > w)
+    {
+        st.fields.insert(WRITTEN_VERSION.to_owned(), v.to_string());
+    }
+    true
+}
+
 /// The incident's `(statecode, statuscode)`, when the change carries both.
 pub fn state_of(c: &Change) -> Option<(i64, i64)> {
     Some((int(&c.attrs, "statecode")?, int(&c.attrs, "statuscode")?))
@@ -806,6 +854,50 @@ mod tests {
             c.caller = Some("app".into());
         }
         c
+    }
+
+    /// The nats-server restart scenario's echo: the close of revision 2 landed (a PATCH at
+    /// version 11 with the row still active, then `CloseIncident` at 12) but its record did
+    /// not; the redelivered event found the incident resolved and recorded revision 2 without
+    /// a write. The PATCH's own image, detected after that, must stay our echo.
+    #[test]
+    fn an_image_of_our_close_detected_after_a_closed_unchanged_record_is_our_echo() {
+        let mut known = agreed(&case(1, pb::CaseStatus::Open), Some("W/\"10\""));
+        known.fields.insert(WRITTEN_VERSION.into(), "10".into());
+        let closed = case(2, pb::CaseStatus::Resolved);
+        let view = incident_view(&closed, &DynamicsSettings::default());
+        let row = json!({"tgb_tgrevision": 2, "@odata.etag": "W/\"12\""});
+        assert_eq!(row_version(&row), Some(12));
+        assert!(record_closed(&mut known, "2", &view, row_version(&row)));
+        assert_eq!(known.fields[WRITTEN_VERSION], "12");
+        let active = (
+            IncidentState::Active.code(),
+            IncidentStatus::InProgress.code(),
+        );
+        // Version 11, tg-bridge's user, revision 2, status active: the PATCH of the close.
+        assert_eq!(
+            detect(&seen(11, true), active, true, &known),
+            Detected::Echo
+        );
+        // A change after the resolution is still seen.
+        let waiting = (
+            IncidentState::Active.code(),
+            IncidentStatus::WaitingForDetails.code(),
+        );
+        assert!(matches!(
+            detect(&seen(13, false), waiting, false, &known),
+            Detected::Changed { .. }
+        ));
+        // Not read (the plan alone decided): the written version stays; never lowered.
+        let mut again = known.clone();
+        assert!(record_closed(&mut again, "3", &view, None));
+        assert_eq!(again.fields[WRITTEN_VERSION], "12");
+        assert!(record_closed(&mut again, "4", &view, Some(5)));
+        assert_eq!(again.fields[WRITTEN_VERSION], "12");
+        assert!(
+            !record_closed(&mut again, "4", &view, Some(20)),
+            "stale revision"
+        );
     }
 
     #[test]
