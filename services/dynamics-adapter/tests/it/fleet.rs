@@ -34,6 +34,8 @@ struct Figures {
     concurrency_peak: usize,
     /// Incidents created (distinct TG cases).
     created: usize,
+    /// From the first request to the last answer, seconds.
+    drain_secs: f64,
 }
 
 fn figures(calls: &[CallRecord], window: Duration, created: usize) -> Figures {
@@ -54,6 +56,12 @@ fn figures(calls: &[CallRecord], window: Duration, created: usize) -> Figures {
             throttled_per_window[i] += 1;
         }
     }
+    let drain_secs = calls
+        .iter()
+        .map(|c| c.arrived_ms + c.latency_ms)
+        .fold(first, f64::max)
+        .max(first)
+        - first;
     let mut sliding_peak = 0;
     let mut start = 0;
     for (end, t) in arrivals.iter().enumerate() {
@@ -79,6 +87,7 @@ fn figures(calls: &[CallRecord], window: Duration, created: usize) -> Figures {
         sliding_peak,
         concurrency_peak: concurrency_peak as usize,
         created,
+        drain_secs: drain_secs / 1000.0,
     }
 }
 
@@ -170,8 +179,8 @@ fn print(scenario: &str, f: &Figures, window: Duration) {
         f.sent_per_window, f.sliding_peak
     );
     eprintln!(
-        "FIGURE {scenario}: concurrency peak {}, incidents created {}",
-        f.concurrency_peak, f.created
+        "FIGURE {scenario}: concurrency peak {}, incidents created {}, drained in {:.1} s",
+        f.concurrency_peak, f.created, f.drain_secs
     );
 }
 
@@ -200,7 +209,10 @@ async fn three_replicas_draining_a_burst_stay_together_under_the_lane_limits() {
 
 // A 429 one replica received pauses the fleet (the pause rides in the fleet entry): without
 // it the others kept sending into the throttling period, each request lengthening it, and the
-// burst did not drain.
+// burst did not drain. The requests in flight when the first 429 comes are refused too (each
+// lengthens the pause by the emulator's 5 s penalty): the first window holds several 429s.
+// After it the learned rate holds through the pause and nears the limit it ran into slowly
+// (tgb_governor::adaptive): at most one 429 per window, as the issue asks at the real limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_against_a_limit_ten_times_lower_than_configured_draw_few_429s() {
     let real = Limits {
@@ -218,12 +230,8 @@ async fn three_replicas_against_a_limit_ten_times_lower_than_configured_draw_few
         f.concurrency_peak <= real.concurrent as usize,
         "combined concurrency over the limit: {f:?}"
     );
-    // Each replica learns the rate from its own 429s: at most one per replica and window.
     assert!(
-        f.throttled_per_window
-            .iter()
-            .skip(1)
-            .all(|n| *n <= REPLICAS),
-        "a few 429s per window after the first: {f:?}"
+        f.throttled_per_window.iter().skip(1).all(|n| *n <= 1),
+        "at most one 429 per window after the first: {f:?}"
     );
 }
