@@ -288,3 +288,98 @@ async fn an_older_revision_meeting_an_incident_a_newer_one_resolved_is_stale_not
         (json!(1), json!("Raced"))
     );
 }
+
+/// The nats-server restart scenario's echo (`PATCH C-10046 in_progress`): the close of a
+/// partner-resolved case landed in Dataverse (a PATCH with the row still active, then
+/// `CloseIncident`) but its record in `tgb_sync` did not (NATS went down); the redelivered
+/// event found the incident resolved and recorded the revision without a write. The PATCH's
+/// own notification, delivered after that (Dataverse retries a webhook refused while NATS was
+/// down), is our echo, not a person's status change hidden by a later write of ours.
+#[tokio::test]
+async fn the_patch_of_a_close_whose_record_was_lost_detected_after_the_redelivery_is_an_echo() {
+    use dynamics_adapter::state::{States, TO_DATAVERSE};
+
+    let env = Env::start().await;
+    let case_id = raise_tg_case(&env, "Closed in an outage");
+    let adapter = env.adapter(&[]).await;
+    let egress = env.egress().await;
+    let (url, bodies) = capture().await;
+    env.sandbox
+        .dataverse()
+        .register_webhook(tgb_sandbox_dataverse::WebhookRegistration {
+            name: "late".into(),
+            url,
+            auth: tgb_sandbox_dataverse::WebhookAuth::Header {
+                name: "x-api-key".into(),
+                value: WEBHOOK_KEY.into(),
+            },
+            entities: vec![],
+            messages: vec!["Update".into()],
+        })
+        .unwrap();
+    let states = States::new(env.bus.kv(tgb_bus::names::KV_SYNC).await.unwrap());
+    let entity = format!("tg:case:{case_id}");
+
+    env.publish(opened(&case_id, "Closed in an outage")).await;
+    let before_close = eventually("revision 1 recorded", WAIT, || async {
+        let (st, _) = states.get(TO_DATAVERSE, &entity).await.unwrap();
+        (st.version == "1").then_some(st)
+    })
+    .await
+    .unwrap();
+    let close = updated(&case_id, 2, "Closed in an outage", pb::CaseStatus::Resolved);
+    env.publish(close.clone()).await;
+    eventually(
+        "incident resolved and revision 2 recorded",
+        WAIT,
+        || async {
+            let resolved = env.rows("incident").iter().any(|r| r["statecode"] == 1);
+            let (st, _) = states.get(TO_DATAVERSE, &entity).await.unwrap();
+            (resolved && st.version == "2").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // The record of the close is lost: tgb_sync holds revision 1 again.
+    let (_, rev) = states.get(TO_DATAVERSE, &entity).await.unwrap();
+    assert!(
+        states
+            .put(TO_DATAVERSE, &entity, &before_close, rev)
+            .await
+            .unwrap()
+    );
+    // The event is delivered again (as a new message: the first was acknowledged).
+    let skipped = "tgb_dynamics_resolved_writes_skipped_total";
+    let before = metric(&adapter.base, skipped, "").await;
+    let again = updated(&case_id, 2, "Closed in an outage", pb::CaseStatus::Resolved);
+    assert_ne!(again.meta, close.meta, "a new event id");
+    env.publish(again).await;
+    eventually("the redelivery recorded without a write", WAIT, || async {
+        let v = metric(&adapter.base, skipped, "").await;
+        (v > before).then_some(())
+    })
+    .await
+    .unwrap();
+    // The close's PATCH as Dataverse notified it: our user, revision 2, still active.
+    let patch = eventually("the PATCH's notification", WAIT, || async {
+        bodies.lock().unwrap().iter().find_map(|b| {
+            let c = dynamics_adapter::change::from_context(b).ok()?;
+            (c.table == "incident"
+                && c.attrs.get("statecode") == Some(&json!(0))
+                && c.attrs.get("tgb_tgrevision") == Some(&json!(2)))
+            .then(|| b.clone())
+        })
+    })
+    .await
+    .unwrap();
+    let echoes = r#"reason="own_user""#;
+    let before = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+    deliver(&adapter, &patch).await;
+    let after = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+    egress.stop().await;
+    adapter.stop().await;
+
+    assert_eq!(after, before + 1.0, "the PATCH was counted as an echo");
+    assert!(env.events_on(STATUS_CHANGED).await.is_empty());
+    assert_eq!(tg_patches(&env), 0, "TG's case was not written");
+}
