@@ -115,6 +115,15 @@ impl Sandbox {
             dataverse: Dataverse::new(config.dataverse.clone()),
             planner: Planner::new(config.planner.clone()),
         }));
+        // The directory behind Planner assignments: the named users, each a member of every
+        // seeded group (the demo tenant's people all work in its one group).
+        for u in &config.identity.users {
+            let id = u.id.to_string();
+            app.planner.add_user(&id, &u.name);
+            for g in &config.planner.groups {
+                app.planner.add_member(&g.id, &id);
+            }
+        }
 
         let router = build_router(&app, app.dataverse.router(), app.planner.router());
         let server = tokio::spawn(server::serve(listener, router, cancel.clone()));

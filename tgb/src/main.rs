@@ -102,10 +102,16 @@ enum Command {
         #[command(subcommand)]
         target: SetupTarget,
     },
-    /// Check, live and with the services' TGB_* settings and configuration, Dataverse (token,
-    /// WhoAmI, keys Active, webhook steps), Graph (token, plans, buckets, labels), TG (token,
-    /// feed) and NATS (streams, consumers). Exit code 0 only when every check passes.
-    Doctor,
+    /// Check, live and with the services' TGB_* settings and configuration, the Entra token,
+    /// Dataverse (WhoAmI, privileges, keys Active, webhook steps), Graph (plans, buckets,
+    /// labels, assignees), TG (token, feed, a write without effect) and NATS (streams,
+    /// consumers, each service's permissions). Exit code 0 only when every check passes.
+    Doctor {
+        /// Probe the NATS permissions of this service only (repeatable; default: all six),
+        /// e.g. when TGB_NATS_URL or TGB_NATS_CREDS is that service's own user.
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
     /// One service in its own process (what `tgb bench` starts when the service binaries
     /// were not built).
     #[command(hide = true)]
@@ -802,12 +808,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             print(cli.json, &report, tgb::setup::render);
             Ok(0)
         }
-        Command::Doctor => {
+        Command::Doctor { services } => {
+            let known: Vec<&str> = tgb::permissions::users().iter().map(|u| u.user).collect();
+            if let Some(unknown) = services.iter().find(|s| !known.contains(&s.as_str())) {
+                anyhow::bail!("no service {unknown:?}: one of {}", known.join(", "));
+            }
             let config = tgb_runtime::Config::load()?;
             let file: tgb_sandbox_dataverse::SolutionFile =
                 serde_json::from_str(tgb_sandbox_dataverse::SOLUTION_JSON)
                     .context("the solution description")?;
-            let report = tgb::doctor::run(&config, &file).await;
+            let opts = tgb::doctor::DoctorOptions {
+                services: services.clone(),
+            };
+            let report = tgb::doctor::run_with(&config, &file, &opts).await;
             print(cli.json, &report, tgb::doctor::render);
             Ok(if report.passed { 0 } else { 1 })
         }

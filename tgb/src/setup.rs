@@ -921,15 +921,13 @@ pub fn client_from_config(config: &tgb_runtime::Config) -> anyhow::Result<Datave
         .azure_client_id
         .clone()
         .context("TGB_AZURE_CLIENT_ID is not set")?;
-    let secret = s
-        .azure_client_secret
-        .clone()
-        .context("TGB_AZURE_CLIENT_SECRET is not set")?;
+    // A client secret, a certificate or a federated token file, as the services sign in.
+    let credential = tgb_service::entra::credential(config, "tgb")?;
     let credentials = tgb_clients::oauth::ClientCredentials::new(
         tgb_clients::dataverse::entra_token_url(&s.azure_authority, tenant)
             .context("TGB_AZURE_AUTHORITY")?,
         client_id.clone(),
-        secret,
+        credential,
     );
     let governor =
         tgb_governor::Governor::new(format!("dataverse:{client_id}"), settings.governor.clone());
@@ -977,6 +975,34 @@ pub async fn run(
     run.change_tracking(file).await?;
     run.webhook().await?;
     run.role().await?;
+    let changes = run
+        .steps
+        .iter()
+        .filter(|s| s.action != Action::Exists)
+        .count();
+    Ok(SetupReport {
+        dry_run: opts.dry_run,
+        steps: run.steps,
+        changes,
+        role_privileges: role_privileges(),
+    })
+}
+
+/// Registers (or, with `dry_run`, plans) only the webhook: the service endpoint and every step
+/// of [`webhook_steps`] with its images, exactly as [`run`] does. `tgb up` calls it for an
+/// organisation that already has tg-bridge's tables and keys.
+pub async fn register_webhook(
+    dv: &DataverseClient,
+    file: &SolutionFile,
+    opts: &SetupOptions,
+) -> anyhow::Result<SetupReport> {
+    let mut run = Run {
+        dv,
+        opts,
+        solution: file.solution.uniquename.clone(),
+        steps: Vec::new(),
+    };
+    run.webhook().await?;
     let changes = run
         .steps
         .iter()

@@ -3,9 +3,9 @@
 //! Wiring (one source of truth, [`System::service_env`]): the sandbox's first TG client and
 //! first Entra client become the services' `TGB_TG_CLIENT_*` and `TGB_AZURE_CLIENT_*`; a fresh
 //! `whsec_` secret is both the sandbox's TG webhook subscription secret (→ tg-ingress
-//! `/webhooks/tg`) and tg-ingress's `TGB_TG_WEBHOOK_SECRETS`; a fresh key is both the Dataverse
-//! webhook registration's `code` (→ dynamics-adapter `/webhooks/dataverse`) and
-//! `TGB_DATAVERSE_WEBHOOK_KEY`.
+//! `/webhooks/tg`) and tg-ingress's `TGB_TG_WEBHOOK_SECRETS`; a fresh key is both the key of the
+//! Dataverse webhook service endpoint (→ dynamics-adapter `/webhooks/dataverse`, registered with
+//! its steps through the Web API by `tgb setup dataverse`'s code) and `TGB_DATAVERSE_WEBHOOK_KEY`.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,7 +19,6 @@ use rand::RngCore as _;
 use tgb_runtime::Config;
 use tgb_sandbox::config::WebhookSubscriptionConfig;
 use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
-use tgb_sandbox_dataverse::{WebhookAuth, WebhookRegistration};
 use tgb_service::registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -337,7 +336,7 @@ impl System {
         let wiring = TgbEnv::new(nats_url.clone())
             .sandbox(&sandbox)
             .webhook_secret(webhook_secret.clone())
-            .dataverse_webhook_key(dataverse_key.clone());
+            .dataverse_webhook_key(dataverse_key);
         base_env.extend(wiring.vars());
 
         let mut system = System {
@@ -443,26 +442,41 @@ impl System {
                 secrets: vec![webhook_secret],
             })
             .context("the TG webhook subscription")?;
-        // Dataverse → dynamics-adapter, with the key it expects in its header. An empty org
-        // gets it from `tgb setup dataverse`, through the Web API.
-        if !dataverse_empty_org {
-            system
-                .sandbox
-                .dataverse()
-                .register_webhook(WebhookRegistration {
-                    name: "tg-bridge dynamics-adapter".into(),
-                    url: format!("http://{}/webhooks/dataverse", connect_addr(dynamics)),
-                    auth: WebhookAuth::Header {
-                        name: "x-api-key".into(),
-                        value: dataverse_key,
-                    },
-                    entities: Vec::new(),
-                    messages: Vec::new(),
-                })
-                .map_err(|e| anyhow::anyhow!("the Dataverse webhook registration: {e}"))?;
+        // Dataverse → dynamics-adapter, with the key it expects in its header: the service
+        // endpoint and steps (`Close` of incident included) registered through the Web API by
+        // the code of `tgb setup dataverse`, so `tgb doctor` finds them. An empty org gets
+        // them from `tgb setup dataverse` itself.
+        if !dataverse_empty_org && let Err(e) = system.register_dataverse_webhook(dynamics).await {
+            system.stop().await;
+            return Err(e);
         }
         system.start_control(&opts).await?;
         Ok(system)
+    }
+
+    /// `tgb setup dataverse`'s webhook registration, with the dynamics-adapter's own settings.
+    async fn register_dataverse_webhook(&self, dynamics: SocketAddr) -> anyhow::Result<()> {
+        let config = self.service_config("dynamics-adapter", dynamics)?;
+        let dv = crate::setup::client_from_config(&config)?;
+        let (webhook_header, webhook_key) = crate::setup::webhook_key_from_config(&config)?;
+        let file: tgb_sandbox_dataverse::SolutionFile =
+            serde_json::from_str(tgb_sandbox_dataverse::SOLUTION_JSON)
+                .context("the solution description")?;
+        let opts = crate::setup::SetupOptions {
+            dry_run: false,
+            webhook_url: Some(format!(
+                "http://{}/webhooks/dataverse",
+                connect_addr(dynamics)
+            )),
+            webhook_header,
+            webhook_key,
+            key_timeout: Duration::from_secs(60),
+            create_role: None,
+        };
+        crate::setup::register_webhook(&dv, &file, &opts)
+            .await
+            .context("the Dataverse webhook registration")?;
+        Ok(())
     }
 
     /// The control listener, and `<data dir>/tgb-up.json` that `tgb demo --attach` and the

@@ -6,7 +6,7 @@
 //!
 //! | answer | what the runner does |
 //! |---|---|
-//! | `Ok(outcome)` | ack (confirmed by the server); ledger: the outcome's decision |
+//! | `Ok(outcome)` | ack (not confirmed: a lost ack is a redelivery the idempotent handler finds done); ledger: the outcome's decision |
 //! | transient error | nak with a delay: its retry-after, else a delay doubling per delivery; on the last allowed delivery, dead-letter instead |
 //! | permanent error, or a panic | copy to `TGB_DLQ` with the reason, then term |
 //! | undecodable bytes | copy to `TGB_DLQ`, then term |
@@ -520,7 +520,10 @@ impl<H: Handler> Runner<H> {
         }
         let _enter = span.enter();
         match result {
-            Ok(_) => match message.double_ack().await {
+            // A plain ack, not a confirmed one: confirming cost a broker message and a round
+            // trip per delivery (#21), and a lost ack only means a redelivery, which the
+            // handlers find done (they are idempotent) and the ledger records as a duplicate.
+            Ok(_) => match message.ack().await {
                 Ok(()) => {
                     metrics::counter!("tgb_consumer_messages_total", "consumer" => self.spec.name.clone(), "subject" => subject, "outcome" => "acked").increment(1);
                 }

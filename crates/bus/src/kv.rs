@@ -159,6 +159,28 @@ where
     })
 }
 
+/// [`update_json_at`] that first trusts `hint`, what the caller believes the entry holds
+/// (`(None, 0)`: absent), and writes at its revision without reading; only when that write
+/// loses (the hint was stale), or `change` keeps the hinted value, does it read and go on as
+/// [`update_json_at`]. A right hint saves the read (a request and its reply on the broker).
+pub async fn update_json_hinted<T, R>(
+    kv: &kv::Store,
+    key: &str,
+    hint: (Option<T>, u64),
+    mut change: impl FnMut(Option<T>) -> Change<T, R>,
+) -> Result<(R, u64), KvError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let (value, revision) = hint;
+    if let Change::Put(value, out) = change(value)
+        && let Some(written) = put_json_if(kv, key, &value, revision).await?
+    {
+        return Ok((out, written));
+    }
+    update_json_at(kv, key, &mut change).await
+}
+
 /// [`update_json_at`] without the revision.
 pub async fn update_json<T, R>(
     kv: &kv::Store,

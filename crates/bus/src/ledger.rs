@@ -132,10 +132,13 @@ pub fn trace_id_of(traceparent: &str) -> String {
 }
 
 /// Appends `entry` to the ledger. The append is not waited for: the ledger is an aid for
-/// operators and never holds up or fails the handling it describes.
+/// operators and never holds up or fails the handling it describes. It is a core publish to
+/// the stream's subject (the stream stores it all the same) with no reply subject, so the
+/// server sends no PubAck nobody would read (one broker message less per handled message).
 pub(crate) async fn append(js: &jetstream::Context, entry: &LedgerEntry) {
     let payload = serde_json::to_vec(entry).expect("serialisable");
     if let Err(e) = js
+        .client()
         .publish(subject_for(&entry.correlation_id), payload.into())
         .await
     {

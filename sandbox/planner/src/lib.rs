@@ -14,6 +14,7 @@
 mod api;
 mod batch;
 pub mod config;
+mod directory;
 mod error;
 mod model;
 pub mod schema;
@@ -26,6 +27,7 @@ pub use batch::MAX_BATCH_REQUESTS;
 pub use config::{
     DEFAULT_LIST_PAGE_SIZE, PlannerConfig, PlannerLimits, SeedBucket, SeedGroup, SeedPlan, SeedUser,
 };
+pub use directory::MAX_CHECK_GROUPS;
 pub use error::GraphError;
 pub use model::{Caller, CallerKind};
 pub use schema::validate_request;
@@ -41,6 +43,7 @@ pub struct Planner {
 struct Inner {
     config: PlannerConfig,
     state: Mutex<State>,
+    directory: Mutex<directory::Directory>,
 }
 
 impl Default for Planner {
@@ -63,6 +66,7 @@ impl Planner {
             inner: Arc::new(Inner {
                 config,
                 state: Mutex::new(state),
+                directory: Mutex::default(),
             }),
         }
     }
@@ -93,7 +97,9 @@ impl Planner {
     /// Routes served under the sandbox's `/graph` prefix: `/v1.0/...` (Graph, caller headers
     /// required) and `/_sandbox/...` (admin, no auth).
     pub fn router(&self) -> axum::Router {
-        api::graph_routes(self, true).merge(api::admin_routes(self))
+        api::graph_routes(self, true)
+            .merge(directory::routes(self))
+            .merge(api::admin_routes(self))
     }
 
     /// What the tenant holds, for inspection: groups, plans (with details and buckets), tasks

@@ -201,8 +201,8 @@ impl Tasks {
     /// Decides whether to create, adopt an earlier POST's task, or wait.
     async fn claim(&self, spec: &TaskSpec) -> Result<Claim, HandlerError> {
         let subject = spec.subject_key();
+        let mut first = true;
         loop {
-            let existing = self.store.intent(&subject).await.map_err(kv_error)?;
             let fresh = Intent {
                 marker: spec.marker.clone(),
                 plan_id: spec.placement.plan_id.clone(),
@@ -210,6 +210,18 @@ impl Tasks {
                 at: now_secs(),
                 answered_at: None,
             };
+            // Most subjects have no intent yet: create it without reading first (#21); only a
+            // create that loses reads what is there.
+            if std::mem::take(&mut first)
+                && self
+                    .store
+                    .put_intent(&subject, &fresh, 0)
+                    .await
+                    .map_err(kv_error)?
+            {
+                return Ok(Claim::Create(fresh.at));
+            }
+            let existing = self.store.intent(&subject).await.map_err(kv_error)?;
             match existing {
                 None => {
                     if self

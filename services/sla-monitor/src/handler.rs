@@ -286,74 +286,76 @@ impl Handler for Lifecycle {
             })
             .unwrap_or_else(|| self.clock.now());
         let key = key_of(&case_id);
-        let measured = self
-            .clocks
-            .update(&key, |current| {
-                let mut m = Measured::default();
-                let mut clock = match (current, &action) {
-                    (None, Action::Open(case, meta) | Action::Update(case, meta)) => {
-                        let status = case.status();
-                        if matches!(status_effect(status), StatusEffect::Stop) {
-                            return Change::Keep(no_clock("the case is already closed"));
-                        }
-                        let mut clock = self.open(case, meta, at);
-                        apply_status(&mut clock, status, at);
-                        m.priority = clock.priority.clone();
-                        return Change::Put(clock, m);
+        // A case that opens has no clock yet: create it without reading first (#21).
+        let opens = matches!(action, Action::Open(..));
+        let change = |current: Option<CaseClock>| {
+            let mut m = Measured::default();
+            let mut clock = match (current, &action) {
+                (None, Action::Open(case, meta) | Action::Update(case, meta)) => {
+                    let status = case.status();
+                    if matches!(status_effect(status), StatusEffect::Stop) {
+                        return Change::Keep(no_clock("the case is already closed"));
                     }
-                    // Nothing is known of a case that was never opened here: no clock to move.
-                    (None, _) => return Change::Keep(no_clock("no clock runs for this case")),
-                    (Some(_), Action::Open(..)) => {
-                        m.outcome =
-                            Outcome::duplicate("P3", "the clock runs already").outside_flows();
+                    let mut clock = self.open(case, meta, at);
+                    apply_status(&mut clock, status, at);
+                    m.priority = clock.priority.clone();
+                    return Change::Put(clock, m);
+                }
+                // Nothing is known of a case that was never opened here: no clock to move.
+                (None, _) => return Change::Keep(no_clock("no clock runs for this case")),
+                (Some(_), Action::Open(..)) => {
+                    m.outcome = Outcome::duplicate("P3", "the clock runs already").outside_flows();
+                    return Change::Keep(m);
+                }
+                (Some(clock), _) => clock,
+            };
+            let before = clock.clone();
+            match &action {
+                Action::Open(..) => {}
+                Action::Update(case, _) => {
+                    if case.revision != 0 && case.revision <= clock.revision {
+                        m.outcome = Outcome::stale(
+                            "P3",
+                            format!(
+                                "revision {} is not newer than the clock's {}",
+                                case.revision, clock.revision
+                            ),
+                        )
+                        .outside_flows();
                         return Change::Keep(m);
                     }
-                    (Some(clock), _) => clock,
-                };
-                let before = clock.clone();
-                match &action {
-                    Action::Open(..) => {}
-                    Action::Update(case, _) => {
-                        if case.revision != 0 && case.revision <= clock.revision {
-                            m.outcome = Outcome::stale(
-                                "P3",
-                                format!(
-                                    "revision {} is not newer than the clock's {}",
-                                    case.revision, clock.revision
-                                ),
-                            )
-                            .outside_flows();
-                            return Change::Keep(m);
-                        }
-                        clock.revision = case.revision.max(clock.revision);
-                        if case.priority() != pb::CasePriority::Unspecified {
-                            clock.priority = priority_name(case.priority()).to_owned();
-                        }
-                        if !case.title.is_empty() {
-                            clock.title = case.title.clone();
-                        }
-                        m.resolution = apply_status(&mut clock, case.status(), at);
+                    clock.revision = case.revision.max(clock.revision);
+                    if case.priority() != pb::CasePriority::Unspecified {
+                        clock.priority = priority_name(case.priority()).to_owned();
                     }
-                    Action::Status(status) => {
-                        m.resolution = apply_status(&mut clock, *status, at);
+                    if !case.title.is_empty() {
+                        clock.title = case.title.clone();
                     }
-                    Action::Respond => {
-                        m.first_response = clock.respond(at).map(|d| d.as_seconds_f64());
-                    }
+                    m.resolution = apply_status(&mut clock, case.status(), at);
                 }
-                m.priority = clock.priority.clone();
-                if clock == before {
-                    Change::Keep(Measured {
-                        outcome: Outcome::duplicate("P3", "the clock is already so")
-                            .outside_flows(),
-                        ..Measured::default()
-                    })
-                } else {
-                    Change::Put(clock, m)
+                Action::Status(status) => {
+                    m.resolution = apply_status(&mut clock, *status, at);
                 }
-            })
-            .await
-            .map_err(HandlerError::transient)?;
+                Action::Respond => {
+                    m.first_response = clock.respond(at).map(|d| d.as_seconds_f64());
+                }
+            }
+            m.priority = clock.priority.clone();
+            if clock == before {
+                Change::Keep(Measured {
+                    outcome: Outcome::duplicate("P3", "the clock is already so").outside_flows(),
+                    ..Measured::default()
+                })
+            } else {
+                Change::Put(clock, m)
+            }
+        };
+        let measured = if opens {
+            self.clocks.update_new(&key, change).await
+        } else {
+            self.clocks.update(&key, change).await
+        }
+        .map_err(HandlerError::transient)?;
         if let Some(s) = measured.first_response {
             metrics::histogram!("tgb_sla_time_to_first_response_seconds", "priority" => measured.priority.clone())
                 .record(s);

@@ -52,6 +52,18 @@ impl Clocks {
         tgb_bus::kv::update_json(&self.kv, key, change).await
     }
 
+    /// [`Clocks::update`] of a clock that most likely does not exist yet (its case just
+    /// opened): created without reading first; read and changed as usual when it does exist.
+    pub async fn update_new<T>(
+        &self,
+        key: &str,
+        change: impl FnMut(Option<CaseClock>) -> Change<T>,
+    ) -> Result<T, StoreError> {
+        tgb_bus::kv::update_json_hinted(&self.kv, key, (None, 0), change)
+            .await
+            .map(|(out, _)| out)
+    }
+
     /// Removes `key` if it is still at the revision of `clock` as read (a changed clock stays).
     pub async fn remove_if_unchanged(
         &self,

@@ -242,17 +242,22 @@ pub fn subject_class(subject: &str, reply: Option<&str>, status: Option<u16>) ->
         }
         ("$JS", "API") => match (tail(2), tail(3)) {
             ("CONSUMER", "MSG") => format!("pull {}", tail(6)),
-            ("DIRECT", "GET") => format!("kv get {}", tail(4).trim_start_matches("KV_")),
+            // The key's first token says which record (e.g. `planner-intent`, `dv`).
+            ("DIRECT", "GET") => {
+                format!("kv get {} {}", tail(4).trim_start_matches("KV_"), tail(7))
+            }
             ("STREAM", "MSG") => format!("msg get {}", tail(5)),
             (a, b) => format!("js api {a}.{b}"),
         },
         ("$JS", "EVENT") => "advisory".into(),
         ("$JS", "FC") => "flow control".into(),
-        ("$KV", bucket) => format!("kv put {bucket}"),
+        ("$KV", bucket) => format!("kv put {bucket} {}", tail(2)),
         ("$O", bucket) => format!("object {bucket}"),
         ("_INBOX", _) => match status {
             Some(100) => "heartbeat".into(),
-            Some(404 | 408 | 409) => "pull status".into(),
+            // 404 answers a direct get of a missing key (a KV miss) or an empty no-wait pull;
+            // 408 and 409 end a pull request. The description tells them apart.
+            Some(code @ (404 | 408 | 409)) => format!("status {code}"),
             _ => "reply (acks of publishes and requests)".into(),
         },
         ("tgb", "ledger") => "ledger append".into(),
@@ -281,13 +286,17 @@ async fn breakdown(
                 break;
             }
             let status = m.status.map(|s| s.as_u16());
-            *counts
-                .entry(subject_class(
-                    m.subject.as_str(),
-                    m.reply.as_ref().map(|r| r.as_str()),
-                    status,
-                ))
-                .or_default() += 1;
+            let mut class = subject_class(
+                m.subject.as_str(),
+                m.reply.as_ref().map(|r| r.as_str()),
+                status,
+            );
+            if class.starts_with("status ")
+                && let Some(d) = &m.description
+            {
+                class = format!("{class} ({d})");
+            }
+            *counts.entry(class).or_default() += 1;
         }
         counts
     });
@@ -527,13 +536,14 @@ mod tests {
         );
         assert_eq!(
             c("$JS.API.DIRECT.GET.KV_tgb_sync.$KV.tgb_sync.k", None, None),
-            "kv get tgb_sync"
+            "kv get tgb_sync k"
         );
         assert_eq!(
             c("$KV.tgb_links.tg.case.C-1", Some("_INBOX.b"), None),
-            "kv put tgb_links"
+            "kv put tgb_links tg"
         );
         assert_eq!(c("_INBOX.a.b", None, Some(100)), "heartbeat");
+        assert_eq!(c("_INBOX.a.b", None, Some(404)), "status 404");
         assert_eq!(
             c("_INBOX.a.b", None, None),
             "reply (acks of publishes and requests)"

@@ -4,6 +4,7 @@ mod bench;
 mod check_tg;
 mod demo;
 mod dlq_replay;
+mod doctor;
 mod observability;
 mod operator;
 mod permissions;

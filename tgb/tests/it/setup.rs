@@ -261,11 +261,11 @@ async fn setup_on_an_empty_org_is_planned_applied_once_and_then_the_demo_passes(
     let failed: Vec<&str> = report
         .checks
         .iter()
-        .filter(|c| !c.ok)
+        .filter(|c| c.failed())
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(failed, vec!["graph: plan issues"], "only the plan fails");
-    let line = report.checks.iter().find(|c| !c.ok).unwrap();
+    let line = report.checks.iter().find(|c| c.failed()).unwrap();
     assert!(line.detail.contains("no-such-plan-0000"), "{}", line.detail);
     assert!(!line.hint.is_empty());
 

@@ -78,7 +78,9 @@ mod update_json {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use tgb_bus::kv::{Change, KvError, UPDATE_ATTEMPTS, read_json, update_json};
+    use tgb_bus::kv::{
+        Change, KvError, UPDATE_ATTEMPTS, read_json, update_json, update_json_hinted,
+    };
     use tgb_bus::names;
 
     use crate::support::server_and_bus;
@@ -108,6 +110,40 @@ mod update_json {
         let mut list = list.unwrap();
         list.sort();
         assert_eq!(list, (0..writers).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_right_hint_writes_without_a_read_and_a_stale_one_falls_back_to_reading() {
+        let (_server, bus) = server_and_bus().await;
+        let kv = bus.kv(names::KV_SYNC).await.unwrap();
+        let key = "hinted.k";
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let add = |seen: Arc<std::sync::Mutex<Vec<Option<u32>>>>| {
+            move |current: Option<u32>| {
+                seen.lock().unwrap().push(current);
+                Change::Put(current.unwrap_or(0) + 1, ())
+            }
+        };
+        // Absent, hinted absent: created at once, `change` asked once.
+        let (_, rev) = update_json_hinted(&kv, key, (None, 0), add(seen.clone()))
+            .await
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![None]);
+        // A right hint (the value and revision just written): one ask, written over it.
+        seen.lock().unwrap().clear();
+        let (_, rev2) = update_json_hinted(&kv, key, (Some(1), rev), add(seen.clone()))
+            .await
+            .unwrap();
+        assert!(rev2 > rev);
+        assert_eq!(*seen.lock().unwrap(), vec![Some(1)]);
+        // A stale hint (absent, but the key holds 2): the create loses, the entry is read and
+        // the change applied to what it really holds. Nothing is overwritten.
+        seen.lock().unwrap().clear();
+        update_json_hinted(&kv, key, (None, 0), add(seen.clone()))
+            .await
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![None, Some(2)]);
+        assert_eq!(read_json::<u32>(&kv, key).await.unwrap().0, Some(3));
     }
 
     #[tokio::test]

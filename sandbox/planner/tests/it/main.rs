@@ -2,6 +2,7 @@
 
 mod admin;
 mod batch;
+mod directory;
 mod etags;
 mod fixtures;
 mod limits;
