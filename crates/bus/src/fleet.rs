@@ -175,8 +175,12 @@ impl Fleet {
             match beat {
                 Ok((n, paused_until_ms)) => {
                     governor.set_share(1.0 / n as f64);
+                    // Only a pause that outlasts this replica's own is another's: feeding its
+                    // own 429s back would hold its climb at every renewal of a run of refusals
+                    // (a storm of 429s spaced by their pauses then never saw a whole probe
+                    // interval, and the lane stayed at its floor until the storm had passed).
                     let remaining = paused_until_ms - now_ms();
-                    if remaining > 0 {
+                    if paused_until_ms > own && remaining > 0 {
                         governor.pause_shared(Duration::from_millis(remaining as u64));
                     }
                 }
