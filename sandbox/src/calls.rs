@@ -21,8 +21,12 @@ use crate::identity::Caller;
 pub struct CallRecord {
     /// Order of arrival (1 first).
     pub seq: u64,
-    /// When it arrived (RFC 3339).
+    /// When it arrived (RFC 3339, whole seconds).
     pub at: String,
+    /// When it arrived, milliseconds since the sandbox started (for rates and overlaps finer
+    /// than `at`).
+    #[serde(default)]
+    pub arrived_ms: f64,
     /// `tg`, `dataverse`, `graph` or `entra`.
     pub system: String,
     /// HTTP method.
@@ -78,6 +82,7 @@ pub struct CallLog {
 }
 
 struct LogState {
+    started: Instant,
     calls: VecDeque<CallRecord>,
     capacity: usize,
     next_seq: u64,
@@ -87,6 +92,7 @@ impl CallLog {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             inner: Arc::new(Mutex::new(LogState {
+                started: Instant::now(),
                 calls: VecDeque::new(),
                 capacity: capacity.max(1),
                 next_seq: 1,
@@ -102,6 +108,11 @@ impl CallLog {
             state.calls.pop_front();
         }
         state.calls.push_back(record);
+    }
+
+    /// Milliseconds since the log was created (the sandbox started).
+    pub fn elapsed_ms(&self) -> f64 {
+        self.inner.lock().unwrap().started.elapsed().as_secs_f64() * 1000.0
     }
 
     /// Every call kept, oldest first.
@@ -270,6 +281,7 @@ pub(crate) async fn edge(State(app): State<App>, req: Request, next: Next) -> Re
     };
     let started = Instant::now();
     let at = crate::tg::model::now_rfc3339();
+    let arrived_ms = app.calls.elapsed_ms();
     let method = req.method().as_str().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let decision = if scripted {
@@ -280,6 +292,7 @@ pub(crate) async fn edge(State(app): State<App>, req: Request, next: Next) -> Re
     let record = |status: u16, dropped: bool, caller: Option<Caller>| CallRecord {
         seq: 0,
         at: at.clone(),
+        arrived_ms,
         system: system.to_owned(),
         method: method.clone(),
         route: route_of(&path),

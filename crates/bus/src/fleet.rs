@@ -13,6 +13,10 @@
 //!   `ttl`: until then the others keep the smaller slice (under the limit, never over);
 //! - a replica that cannot reach KV keeps its last slice: members only ever grow their slice
 //!   after seeing the others gone.
+//! - a 429 one member received pauses the fleet: the entry also holds the lane's pause
+//!   (`paused_until_ms`), which each member raises to its own and waits out at its next
+//!   renewal ([`tgb_governor::Governor::pause_shared`]), so the others stop sending into the
+//!   target's throttling period (Dataverse lengthens it for every request sent in it).
 //!
 //! The cost is that an idle replica's slice is unused by the others (leased slices, not one
 //! shared bucket): the fleet sends at most the limit, and at least the limit only when every
@@ -39,6 +43,9 @@ pub struct FleetError {
 struct Members {
     /// Member → expiry, Unix milliseconds.
     members: BTreeMap<String, i64>,
+    /// Until when the lane is paused after a 429 one of the members received, Unix ms.
+    #[serde(default)]
+    paused_until_ms: i64,
 }
 
 fn now_ms() -> i64 {
@@ -78,6 +85,11 @@ impl Fleet {
     /// Applies `change` to the members with compare-and-set (retrying on a conflict); answers
     /// the live members after it.
     async fn change(&self, change: impl Fn(&mut Members)) -> Result<usize, FleetError> {
+        self.change_seen(change).await.map(|(n, _)| n)
+    }
+
+    /// [`Self::change`], also answering the fleet's pause (Unix ms) after it.
+    async fn change_seen(&self, change: impl Fn(&mut Members)) -> Result<(usize, i64), FleetError> {
         for _ in 0..32 {
             let (mut m, revision) = match self.kv.entry(&self.key).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => (
@@ -91,6 +103,7 @@ impl Fleet {
             m.members.retain(|_, expires| *expires > now);
             change(&mut m);
             let n = m.members.len();
+            let paused_until_ms = m.paused_until_ms;
             let value = serde_json::to_vec(&m).map_err(|e| self.error(e))?.into();
             let written = match revision {
                 None => match self.kv.create(&self.key, value).await {
@@ -105,7 +118,7 @@ impl Fleet {
                 },
             };
             if written {
-                return Ok(n);
+                return Ok((n, paused_until_ms));
             }
         }
         Err(self.error("too many concurrent writers"))
@@ -147,8 +160,30 @@ impl Fleet {
                 _ = tokio::time::sleep(self.renew) => {}
                 _ = shutdown.cancelled() => break,
             }
-            match self.beat().await {
-                Ok(n) => governor.set_share(1.0 / n as f64),
+            // A 429 this replica received is the fleet's pause; one another received is ours.
+            let now = now_ms();
+            let own = governor
+                .pause_remaining()
+                .map_or(0, |d| now + d.as_millis() as i64);
+            let expires = now + self.ttl.as_millis() as i64;
+            let beat = self
+                .change_seen(|m| {
+                    m.members.insert(self.member.clone(), expires);
+                    m.paused_until_ms = m.paused_until_ms.max(own);
+                })
+                .await;
+            match beat {
+                Ok((n, paused_until_ms)) => {
+                    governor.set_share(1.0 / n as f64);
+                    // Only a pause that outlasts this replica's own is another's: feeding its
+                    // own 429s back would hold its climb at every renewal of a run of refusals
+                    // (a storm of 429s spaced by their pauses then never saw a whole probe
+                    // interval, and the lane stayed at its floor until the storm had passed).
+                    let remaining = paused_until_ms - now_ms();
+                    if paused_until_ms > own && remaining > 0 {
+                        governor.pause_shared(Duration::from_millis(remaining as u64));
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the fleet budget; keeping this replica's slice")
                 }

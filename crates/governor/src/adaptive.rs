@@ -9,12 +9,23 @@
 //!   has answered a request without one (one decrease per congestion episode, as TCP does per
 //!   loss event: a run of refusals is one piece of evidence, not many), and the climb goes on
 //!   through them.
-//! - Each whole probe interval without a 429 (the window, at most [`MAX_PROBE`]) adds
-//!   `increase_share` × the ceiling, up to the ceiling: from the floor back to the configured
-//!   rate in 1 / `increase_share` intervals (20 at 5 %, under two minutes), so a 429 that was
-//!   not a rate limit (a concurrency or execution-time limit, a burst of refusals) costs
-//!   minutes at most, never the rest of a long window; a real lower limit answers the climb with
-//!   the next 429.
+//! - Each whole probe interval without a 429 (the window, at most [`MAX_PROBE`]) adds a step,
+//!   up to the ceiling. Below the rate evidently allowed when the last 429 came (the evidence),
+//!   the step is `increase_share` × the evidence: the lane approaches the limit it ran into in
+//!   1 / `increase_share` × (1 − `decrease_factor`) intervals (4 at 5 % and 0.8), so a real
+//!   limit far below the configured one (ten times lower) draws one 429 every few windows, not
+//!   a burst of them each time the climb overshoots by a share of the ceiling. Past the
+//!   evidence (no 429 there yet) the step is `increase_share` × the ceiling: from there back to
+//!   the configured rate in at most 1 / `increase_share` intervals (20 at 5 %, under two
+//!   minutes), so a 429 that was not a rate limit (a concurrency or execution-time limit, a
+//!   burst of refusals) costs minutes at most, never the rest of a long window.
+//! - No step is taken while the lane is paused: 429s of requests sent before the decrease
+//!   (Dataverse lengthens the throttling period for each) and a pause another replica of the
+//!   fleet received ([`Aimd::hold`]) move the start of the climb to the pause's end. Without
+//!   it, a pause lengthened to 25 s let the climb run five intervals unseen, and the lane left
+//!   the pause at several times the limit, drawing the next burst of 429s.
+//! - In a fleet (a lane sharing its limits with other replicas, `share` < 1) the steps are
+//!   scaled by the share, so the fleet climbs together by what one lane would.
 //! - The rate never goes under the floor (`floor_share` × the ceiling, at least one request
 //!   per window).
 
@@ -51,8 +62,14 @@ pub struct Aimd {
     floor: f64,
     decrease_factor: f64,
     rate: f64,
-    /// Added per probe interval without 429.
+    /// Added per probe interval without 429 past the evidence (a share of the ceiling).
     step: f64,
+    /// `increase_share`.
+    increase_share: f64,
+    /// The rate evidently allowed when the last 429 lowered the rate.
+    evidence: Option<f64>,
+    /// This lane's share of a fleet budget (1 alone).
+    share: f64,
     /// The current window without 429 started here.
     since: Instant,
     /// Until then, 429s are of requests sent before the last decrease.
@@ -82,6 +99,9 @@ impl Aimd {
             decrease_factor: s.decrease_factor.clamp(0.05, 0.95),
             rate: ceiling,
             step: increase_share * ceiling,
+            increase_share,
+            evidence: None,
+            share: 1.0,
             since: now,
             hold_until: None,
             in_episode: false,
@@ -123,10 +143,31 @@ impl Aimd {
         self.sent.push_back(now);
     }
 
+    /// This lane's share of a fleet budget (`0 < share ≤ 1`): the climb's steps are scaled by
+    /// it.
+    pub fn set_share(&mut self, share: f64) {
+        self.share = share.clamp(0.001, 1.0);
+    }
+
+    /// The lane is paused until `until` (its own 429s, a 503, or a 429 another replica of the
+    /// fleet received): the climb takes no step before then.
+    pub fn hold(&mut self, now: Instant, until: Instant) {
+        self.grow(now);
+        if self.rate < self.ceiling {
+            self.since = self.since.max(until);
+        }
+    }
+
     /// A 429 reported at `now`, the lane paused for `retry_after`. Returns whether it lowered
     /// the rate.
     pub fn on_throttled(&mut self, now: Instant, retry_after: Duration) -> bool {
-        if self.in_episode || self.hold_until.is_some_and(|h| now < h) {
+        if self.hold_until.is_some_and(|h| now < h) {
+            // A request sent before the decrease: the pause it lengthened is no interval of
+            // the climb either.
+            self.hold(now, now + retry_after);
+            return false;
+        }
+        if self.in_episode {
             return false;
         }
         self.in_episode = true;
@@ -134,6 +175,7 @@ impl Aimd {
         self.prune(now);
         let observed = self.sent.len() as f64 / self.window.as_secs_f64();
         let allowed = observed.min(self.rate).max(self.floor);
+        self.evidence = Some(allowed);
         self.rate = (allowed * self.decrease_factor).max(self.floor);
         // The pause is no window without 429: the climb starts when it ends.
         self.since = now + retry_after;
@@ -157,7 +199,17 @@ impl Aimd {
         };
         let intervals = (elapsed.as_secs_f64() / self.probe.as_secs_f64()).floor();
         if intervals >= 1.0 {
-            self.rate = (self.rate + intervals * self.step).min(self.ceiling);
+            // Bounded: past a few thousand intervals every path has reached the ceiling.
+            for _ in 0..(intervals as u64).min(100_000) {
+                let step = match self.evidence {
+                    Some(e) if self.rate < e => (self.increase_share * e).min(e - self.rate),
+                    _ => self.step * self.share,
+                };
+                self.rate = (self.rate + step.max(f64::EPSILON)).min(self.ceiling);
+                if self.rate >= self.ceiling {
+                    break;
+                }
+            }
             self.since += self.probe.mul_f64(intervals);
         }
     }
@@ -246,12 +298,15 @@ mod tests {
             a.on_send(t0 + secs(f64::from(i) * 0.1));
         }
         a.on_throttled(t0 + secs(2.0), secs(1.0));
-        // allowed = 20 / 5 s = 4/s → rate 3.2/s, step 5 % of 40/s = 2/s per 5 s interval; the
-        // climb starts after the 1 s pause.
+        // allowed = 20 / 5 s = 4/s → rate 3.2/s. Up to the evidence (4/s) the step is 5 % of
+        // it (0.2/s per 5 s interval), past it 5 % of the ceiling (2/s); the climb starts after
+        // the 1 s pause.
         let start = t0 + secs(3.0);
         assert!((a.rate(start + secs(4.99)) - 3.2).abs() < 1e-9);
-        assert!((a.rate(start + secs(5.0)) - 5.2).abs() < 1e-9);
-        assert!((a.rate(start + secs(12.0)) - 7.2).abs() < 1e-9);
+        assert!((a.rate(start + secs(5.0)) - 3.4).abs() < 1e-9);
+        assert!((a.rate(start + secs(12.0)) - 3.6).abs() < 1e-9);
+        assert!((a.rate(start + secs(20.0)) - 4.0).abs() < 1e-9);
+        assert!((a.rate(start + secs(25.0)) - 6.0).abs() < 1e-9);
         // Back at the ceiling after enough quiet intervals, never above it.
         assert_eq!(a.rate(start + secs(5.0 * 10_000.0)), 40.0);
     }
@@ -294,9 +349,52 @@ mod tests {
         assert!(a.on_throttled(t0 + secs(20.0), secs(2.0)));
         let low = a.rate(t0 + secs(22.0));
         assert!(low < 1.0, "{low}");
-        // Every 5 s adds 1/s (5 % of 20/s): the ceiling again within 20 intervals.
-        assert!((a.rate(t0 + secs(27.0)) - (low + 1.0)).abs() < 1e-9);
-        assert_eq!(a.rate(t0 + secs(22.0 + 20.0 * 5.0)), 20.0);
+        // Four intervals back to the evidence (200 / 300 s), then every 5 s adds 1/s (5 % of
+        // 20/s): the ceiling again within 24 intervals, two minutes.
+        let evidence = 200.0 / 300.0;
+        assert!((a.rate(t0 + secs(22.0 + 4.0 * 5.0)) - evidence).abs() < 1e-9);
+        assert!((a.rate(t0 + secs(22.0 + 5.0 * 5.0)) - (evidence + 1.0)).abs() < 1e-9);
+        assert_eq!(a.rate(t0 + secs(22.0 + 24.0 * 5.0)), 20.0);
+    }
+
+    /// Three replicas against a limit ten times lower than configured: Dataverse lengthens
+    /// the throttling period by 5 s for every request sent in it, and the requests in flight
+    /// when the first 429 came all lengthen it. The climb waits for the pause's end.
+    #[test]
+    fn refusals_of_requests_sent_before_the_decrease_hold_the_climb_until_the_pause_ends() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        for i in 0..20 {
+            a.on_send(t0 + secs(f64::from(i) * 0.1));
+        }
+        assert!(a.on_throttled(t0 + secs(2.0), secs(1.0)));
+        let low = a.rate(t0 + secs(2.0));
+        // Five requests in flight answered 429, each with a Retry-After 5 s longer.
+        for i in 1..=5 {
+            let at = t0 + secs(2.0 + 0.05 * f64::from(i));
+            assert!(!a.on_throttled(at, secs(1.0 + 5.0 * f64::from(i))));
+        }
+        // The pause ends at 2.25 + 26 s: no step before it, the first one interval later.
+        let end = t0 + secs(2.25 + 26.0);
+        assert_eq!(a.rate(end + secs(4.99)), low);
+        assert!(a.rate(end + secs(5.0)) > low);
+        assert_eq!(a.decreases(), 1);
+    }
+
+    #[test]
+    fn a_pause_another_replica_received_holds_the_climb_and_a_fleet_climbs_by_its_share() {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings(), t0);
+        a.set_share(0.25);
+        a.on_send(t0);
+        assert!(a.on_throttled(t0 + secs(1.0), secs(1.0)));
+        let low = a.rate(t0 + secs(2.0));
+        assert!((low - a.floor()).abs() < 1e-9, "{low}");
+        // Another replica's 429 pauses the lane from 4 s to 14 s.
+        a.hold(t0 + secs(4.0), t0 + secs(14.0));
+        assert_eq!(a.rate(t0 + secs(18.9)), low);
+        // Past the evidence (the floor), a step is a quarter of 5 % of the ceiling: 0.5/s.
+        assert!((a.rate(t0 + secs(19.0)) - (low + 0.5)).abs() < 1e-9);
     }
 
     #[test]

@@ -215,7 +215,9 @@ impl Governor {
             1.0
         };
         if let Some(pace) = &self.pace {
-            pace.lock().unwrap().share = share;
+            let mut p = pace.lock().unwrap();
+            p.share = share;
+            p.aimd.set_share(share);
         }
         let max = self.config.max_concurrent.max(1);
         let cap = ((max as f64 * share).floor() as usize).clamp(1, max);
@@ -326,6 +328,19 @@ impl Governor {
     pub fn answered(&self) {
         if let (Some(pace), true) = (&self.pace, self.config.adaptive) {
             pace.lock().unwrap().aimd.on_answered();
+        }
+    }
+
+    /// Another replica of the fleet was answered 429 (see `tgb_bus::fleet`): this lane also
+    /// waits until `remaining` has passed, so no replica sends into the target's throttling
+    /// period (each such request would lengthen it). Not counted as this lane's 429 and the
+    /// learned rate is not lowered (the replica that was answered 429 lowers its own), but it
+    /// does not climb during the pause either ([`adaptive::Aimd::hold`]).
+    pub fn pause_shared(&self, remaining: Duration) {
+        self.hold_for(remaining);
+        if let Some(pace) = &self.pace {
+            let now = Instant::now();
+            pace.lock().unwrap().aimd.hold(now, now + remaining);
         }
     }
 

@@ -133,6 +133,36 @@ impl Workers {
         });
     }
 
+    /// Joins the fleet budget of `governor`'s lane (`fleet.<lane>` in `tgb_sync`, see
+    /// [`tgb_bus::fleet`]): registers this replica, sets the governor's share to
+    /// 1 / replicas, and waits one renewal and a half so the others have taken their smaller
+    /// slices; then renews it beside the service and leaves on shutdown. Call it before the
+    /// lane's first request. A member that stops renewing drops out after `ttl`.
+    pub async fn fleet(
+        &mut self,
+        bus: &Bus,
+        governor: Arc<tgb_governor::Governor>,
+        ttl: std::time::Duration,
+        renew: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let kv = bus.kv(tgb_bus::names::KV_SYNC).await?;
+        let fleet = tgb_bus::fleet::Fleet::new(kv, governor.lane(), ttl, renew);
+        fleet
+            .join(&governor)
+            .await
+            .with_context(|| format!("joining the fleet budget of lane {}", governor.lane()))?;
+        tracing::info!(
+            lane = governor.lane(),
+            share = governor.share(),
+            "joined the fleet budget of the lane"
+        );
+        self.spawn(move |shutdown| async move {
+            fleet.run(governor, shutdown).await;
+            Ok(())
+        });
+        Ok(())
+    }
+
     /// Runs a loop (a poller, a clock); it must return when the token is cancelled.
     pub fn spawn<F, Fut>(&mut self, work: F)
     where

@@ -11,7 +11,9 @@
 //!   [`batcher`]).
 //! - [`detect`]: Dataverse changes → `dyn.*` events, from the webhook
 //!   (`POST /webhooks/dataverse`) and from a change-tracking poll (delta links in
-//!   `tgb_cursors`, re-baselined when Dataverse says the token expired).
+//!   `tgb_cursors`, re-baselined when Dataverse says the token expired), run by one replica
+//!   at a time (the lease [`LEASE_KEY`]) and written with compare-and-set
+//!   ([`tgb_bus::cursor::Cursor`]).
 //!
 //! Dependencies run one way: executors → aggregates → shared pure modules; [`adapter`] holds
 //! the I/O both executors share.
@@ -45,6 +47,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
+use tgb_bus::cursor::{Cursor, CursorError};
 use tgb_clients::dataverse::{DataverseClient, DataverseError, DataverseSettings, entra_token_url};
 use tgb_clients::oauth::ClientCredentials;
 use tgb_runtime::Config;
@@ -58,6 +61,9 @@ pub const NAME: &str = tgb_service::registry::DYNAMICS_ADAPTER.name;
 
 /// The durable consumer of what Dynamics must apply.
 pub const CONSUMER: &str = "dynamics-adapter-in";
+
+/// The key of the change-tracking poller's lease in `tgb_sync`: one replica polls at a time.
+pub const LEASE_KEY: &str = "dataverse-poller.leader";
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
 pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::DYNAMICS_ADAPTER.default_addr();
@@ -97,6 +103,17 @@ pub async fn serve(
     credentials.refresh_margin = std::time::Duration::from_secs(settings.token_refresh_margin_secs);
     let governor =
         tgb_governor::Governor::new(format!("dataverse:{client_id}"), settings.governor.clone());
+    if settings.fleet {
+        // Before the first request: the lane's limits are the whole fleet's.
+        workers
+            .fleet(
+                &bus,
+                governor.clone(),
+                settings.fleet_ttl(),
+                settings.fleet_renew(),
+            )
+            .await?;
+    }
     let dv = DataverseClient::new(
         &DataverseSettings {
             org_url,
@@ -142,8 +159,20 @@ pub async fn serve(
         tgb_service::consumer_spec(&config, CONSUMER, inbound::SUBJECTS),
         Arc::new(inbound::Writer(adapter.clone())),
     );
+    let lease = tgb_bus::lease::Lease::new(
+        bus.kv(tgb_bus::names::KV_SYNC).await?,
+        LEASE_KEY,
+        NAME,
+        adapter.settings.poller_lease_ttl(),
+        adapter.settings.poller_lease_renew(),
+    );
     let poller = adapter.clone();
-    workers.spawn(move |stop| async move { poll_loop(poller, stop).await });
+    workers.spawn(move |shutdown| async move {
+        lease
+            .lead(&shutdown, |stop| poll_loop(poller.clone(), stop))
+            .await;
+        Ok(())
+    });
     let hook = Webhook {
         adapter,
         key: s.dataverse_webhook_key.clone(),
@@ -234,24 +263,70 @@ fn presented_key(
     }
 }
 
-/// The reconciling path: change tracking of every configured table, delta links in KV.
-async fn poll_loop(adapter: Arc<Adapter>, stop: CancellationToken) -> anyhow::Result<()> {
+/// The reconciling path: change tracking of every configured table, delta links in KV. Runs
+/// while this replica holds the poller lease; `stop` ends it (the lease was lost or the
+/// service stops), also in the middle of a round: a round cut short writes no cursor.
+async fn poll_loop(adapter: Arc<Adapter>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(adapter.settings.poll_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return,
         }
         for table in adapter.settings.poll_tables.clone() {
-            if stop.is_cancelled() {
-                return Ok(());
-            }
-            if let Err(e) = poll_table(&adapter, &table).await {
-                tracing::warn!(table, error = %e, "change-tracking poll failed; next round retries");
+            let round = tokio::select! {
+                r = poll_table(&adapter, &table) => r,
+                _ = stop.cancelled() => return,
+            };
+            match round {
+                Ok(_) => {}
+                Err(PollError::Cursor(CursorError::Moved { .. })) => {
+                    // Another replica polled this table since this round read the cursor (it
+                    // holds the lease now, or held it a moment ago): its cursor stands, and
+                    // what this round published carries the same event ids as its own.
+                    metrics::counter!("tgb_dynamics_cursor_moved_total", "table" => table.clone())
+                        .increment(1);
+                    tracing::info!(
+                        table,
+                        "the delta link moved under this round (another replica polled); round ended"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(table, error = %e, "change-tracking poll failed; next round retries");
+                }
             }
         }
     }
+}
+
+/// Why a change-tracking round of one table stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// Reading or writing the delta link (`CursorError::Moved`: another replica wrote it).
+    #[error(transparent)]
+    Cursor(#[from] CursorError),
+    /// Dataverse refused or failed the read.
+    #[error(transparent)]
+    Dataverse(#[from] DataverseError),
+    /// A change could not be handled (published or recorded).
+    #[error("handling a change: {0}")]
+    Handling(String),
+}
+
+impl From<Tracking> for PollError {
+    fn from(t: Tracking) -> Self {
+        match t {
+            Tracking::Dataverse(e) => PollError::Dataverse(e),
+            Tracking::Handling(m) => PollError::Handling(m),
+        }
+    }
+}
+
+/// The key of `table`'s delta link in `tgb_cursors`.
+pub fn cursor_key(table: &str) -> String {
+    format!("dataverse.{table}")
 }
 
 /// Refusals of one stored delta link in a row after which the table is re-baselined.
@@ -270,14 +345,16 @@ fn failing_link(adapter: &Adapter, table: &str, link: &str) -> bool {
     entry.1 >= MAX_LINK_FAILURES
 }
 
-/// One change-tracking round of `table`.
-pub async fn poll_table(adapter: &Adapter, table: &str) -> anyhow::Result<usize> {
-    let key = format!("dataverse.{table}");
-    let link = adapter
-        .cursors
-        .get(&key)
-        .await?
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
+/// One change-tracking round of `table`: reads the delta link and its revision, hands the
+/// changes to the adapter, and stores the next delta link at that revision
+/// ([`tgb_bus::cursor::Cursor`]): a replica overtaken by another gets `CursorError::Moved`
+/// and cannot move the link back.
+pub async fn poll_table(adapter: &Adapter, table: &str) -> Result<usize, PollError> {
+    let cursor = Cursor::new(adapter.cursors.clone(), cursor_key(table));
+    let (link, revision) = match cursor.load().await? {
+        Some((b, rev)) => (Some(String::from_utf8_lossy(&b).into_owned()), Some(rev)),
+        None => (None, None),
+    };
     // A first baseline only sets the starting point; after an expiry every row is checked
     // (the version and fingerprint filters drop what was already handled).
     let tracked = match &link {
@@ -307,9 +384,8 @@ pub async fn poll_table(adapter: &Adapter, table: &str) -> anyhow::Result<usize>
         },
         None => track(adapter, table, None, false).await?,
     };
-    adapter
-        .cursors
-        .put(&key, tracked.delta_link.into_bytes().into())
+    cursor
+        .store(tracked.delta_link.into_bytes().into(), revision)
         .await?;
     Ok(tracked.seen)
 }

@@ -29,7 +29,17 @@ pub struct DynamicsSettings {
     /// Refresh the Entra token this many seconds before it expires.
     pub token_refresh_margin_secs: u64,
     /// The rate lane of the application user (Dataverse: 6000 requests / 300 s, 52 at once).
+    /// With `fleet`, these limits are the whole fleet's: each replica takes 1 / replicas.
     pub governor: GovernorConfig,
+    /// Share the lane's limits with the other replicas of this identity (`fleet.<lane>` in
+    /// `tgb_sync`); off, each replica spends the whole `governor` budget by itself.
+    pub fleet: bool,
+    /// A replica that stops renewing its fleet membership drops out after this long,
+    /// milliseconds (at least twice the renewal period).
+    pub fleet_ttl_ms: u64,
+    /// How often a replica renews its fleet membership and re-reads the members,
+    /// milliseconds; a starting replica waits one and a half of it before its first request.
+    pub fleet_renew_ms: u64,
     /// Writes coalesced into one `$batch` at most (Microsoft advises about 10). Writes gather
     /// only while a batch is in flight; one made when the lane is idle leaves at once.
     pub batch_max_requests: usize,
@@ -40,6 +50,12 @@ pub struct DynamicsSettings {
     pub poll_interval_ms: u64,
     /// Tables polled with change tracking (the reconciling path behind the webhooks).
     pub poll_tables: Vec<String>,
+    /// How long the change-tracking poller's lease (`dataverse-poller.leader` in `tgb_sync`)
+    /// lasts unless renewed, milliseconds (at least twice the renewal period).
+    pub poller_lease_ttl_ms: u64,
+    /// How often the lease holder renews it and the other replicas try to take it over,
+    /// milliseconds.
+    pub poller_lease_renew_ms: u64,
     /// TG priority (`urgent`, `high`, `normal`, `low`) → incident `prioritycode`.
     pub priority_map: BTreeMap<String, i64>,
     /// TG category (`shipment_discrepancy`, …) → incident `casetypecode`.
@@ -77,6 +93,9 @@ impl Default for DynamicsSettings {
             throttle_retries: 5,
             token_refresh_margin_secs: 300,
             governor: GovernorConfig::default(),
+            fleet: true,
+            fleet_ttl_ms: 15_000,
+            fleet_renew_ms: 3_000,
             batch_max_requests: 10,
             batch_linger_ms: None,
             poll_interval_ms: 60_000,
@@ -91,6 +110,8 @@ impl Default for DynamicsSettings {
             ]
             .map(str::to_owned)
             .to_vec(),
+            poller_lease_ttl_ms: 15_000,
+            poller_lease_renew_ms: 3_000,
             priority_map: map(&[
                 ("urgent", IncidentPriority::High.code()),
                 ("high", IncidentPriority::High.code()),
@@ -133,6 +154,22 @@ impl DynamicsSettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms.max(10))
     }
+    /// [`Self::fleet_ttl_ms`].
+    pub fn fleet_ttl(&self) -> Duration {
+        Duration::from_millis(self.fleet_ttl_ms)
+    }
+    /// [`Self::fleet_renew_ms`].
+    pub fn fleet_renew(&self) -> Duration {
+        Duration::from_millis(self.fleet_renew_ms)
+    }
+    /// [`Self::poller_lease_ttl_ms`].
+    pub fn poller_lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.poller_lease_ttl_ms)
+    }
+    /// [`Self::poller_lease_renew_ms`].
+    pub fn poller_lease_renew(&self) -> Duration {
+        Duration::from_millis(self.poller_lease_renew_ms)
+    }
     /// The policy of `field`.
     pub fn policy(&self, field: &str) -> FieldPolicy {
         self.field_policies
@@ -144,6 +181,25 @@ impl DynamicsSettings {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_max_requests == 0 || self.batch_max_requests > 1000 {
             return Err("dynamics.batch_max_requests must be between 1 and 1000".into());
+        }
+        if self.poller_lease_renew_ms == 0
+            || self.poller_lease_ttl_ms < self.poller_lease_renew_ms.saturating_mul(2)
+        {
+            return Err(format!(
+                "dynamics.poller_lease_ttl_ms ({}) must be at least twice \
+                 dynamics.poller_lease_renew_ms ({}), which must be above 0",
+                self.poller_lease_ttl_ms, self.poller_lease_renew_ms
+            ));
+        }
+        if self.fleet
+            && (self.fleet_renew_ms == 0
+                || self.fleet_ttl_ms < self.fleet_renew_ms.saturating_mul(2))
+        {
+            return Err(format!(
+                "dynamics.fleet_ttl_ms ({}) must be at least twice dynamics.fleet_renew_ms ({}), \
+                 which must be above 0",
+                self.fleet_ttl_ms, self.fleet_renew_ms
+            ));
         }
         for t in &self.poll_tables {
             if crate::schema::table(t).is_none() {

@@ -112,6 +112,19 @@ pub async fn serve_with(
     }
 
     let bus = tgb_service::connect(NAME, &config).await?;
+    let mut workers = tgb_service::Workers::new(&shutdown);
+    if g.fleet {
+        // Before the first task request (the preflight's few reads above run alone): the
+        // lane's limits are the whole fleet's.
+        workers
+            .fleet(
+                &bus,
+                graph.governor().clone(),
+                Duration::from_millis(g.fleet_ttl_ms),
+                Duration::from_millis(g.fleet_renew_ms),
+            )
+            .await?;
+    }
     let links = tgb_bus::links::Links::new(bus.kv(tgb_bus::names::KV_LINKS).await?);
     let sync = bus.kv(tgb_bus::names::KV_SYNC).await?;
     let lease = leader::Lease::new(
@@ -145,7 +158,6 @@ pub async fn serve_with(
         publisher: bus.publisher(),
         foreign: Default::default(),
     };
-    let mut workers = tgb_service::Workers::new(&shutdown);
     workers.consumer(
         &bus,
         tgb_service::consumer_spec(&config, handler::CONSUMER, handler::SUBJECTS),

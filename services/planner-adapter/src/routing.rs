@@ -108,6 +108,15 @@ pub struct GraphSettings {
     pub poller_lease_ttl_ms: u64,
     /// The holder renews the lease, and the others try to take it, this often, milliseconds.
     pub poller_lease_renew_ms: u64,
+    /// Share the lane's limits (`requests_per_window`, `max_concurrent`) with the other
+    /// replicas of this identity (`fleet.<lane>` in `tgb_sync`): each takes 1 / replicas.
+    pub fleet: bool,
+    /// A replica that stops renewing its fleet membership drops out after this long,
+    /// milliseconds (at least twice the renewal period).
+    pub fleet_ttl_ms: u64,
+    /// How often a replica renews its fleet membership, milliseconds; a starting replica
+    /// waits one and a half of it before its first request to Planner.
+    pub fleet_renew_ms: u64,
 }
 
 impl Default for GraphSettings {
@@ -122,6 +131,9 @@ impl Default for GraphSettings {
             timeout_secs: 30,
             poller_lease_ttl_ms: 15_000,
             poller_lease_renew_ms: 3_000,
+            fleet: true,
+            fleet_ttl_ms: 15_000,
+            fleet_renew_ms: 3_000,
         }
     }
 }
@@ -285,6 +297,15 @@ impl Routing {
             return Err(err(
                 "graph.poller_lease_ttl_ms",
                 "must be at least twice graph.poller_lease_renew_ms",
+            ));
+        }
+        if self.graph.fleet
+            && (self.graph.fleet_renew_ms == 0
+                || self.graph.fleet_ttl_ms < self.graph.fleet_renew_ms.saturating_mul(2))
+        {
+            return Err(err(
+                "graph.fleet_ttl_ms",
+                "must be at least twice graph.fleet_renew_ms, which must be above 0",
             ));
         }
         if self.graph.max_concurrent == 0 {

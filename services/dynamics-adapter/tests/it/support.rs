@@ -103,6 +103,8 @@ impl Env {
             .set("TGB_BUS__MAX_DELIVER", "100")
             .set("TGB_BUS__ACK_WAIT_SECS", "5")
             .set("TGB_DYNAMICS__POLL_INTERVAL_MS", "3600000")
+            .set("TGB_DYNAMICS__FLEET_RENEW_MS", "50")
+            .set("TGB_DYNAMICS__FLEET_TTL_MS", "1000")
             .extend(extra.iter().copied());
         Config::load_from(None, vars.vars()).unwrap()
     }

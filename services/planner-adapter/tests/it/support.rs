@@ -30,6 +30,8 @@ pub fn config(nats: &NatsServer, sandbox: &Sandbox, extra: &[(&str, &str)]) -> C
     let env = TgbEnv::new(nats.url())
         .sandbox(sandbox)
         .set("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "50")
+        .set("TGB_ROUTING__GRAPH__FLEET_RENEW_MS", "50")
+        .set("TGB_ROUTING__GRAPH__FLEET_TTL_MS", "1000")
         // Polling every 50 ms asks for some 80 Graph requests a second, eight times what the
         // production lane (600 / 60 s) grants: the poller would hold the lane and a create
         // would wait seconds for its turn, longer the busier the machine. The lane is opened

@@ -1,0 +1,237 @@
+//! Three dynamics-adapter replicas of one application user share one budget (the fleet of
+//! the Dataverse lane): together they stay under the limits the lane is configured with, and
+//! when the real limit is lower the adaptive governor keeps the 429s few.
+
+use std::time::Duration;
+
+use tgb_sandbox::{CallRecord, SandboxConfig};
+use tgb_sandbox_dataverse::ServiceProtectionConfig;
+use tgb_testkit::eventually;
+
+use crate::support::*;
+
+const REPLICAS: usize = 3;
+const CASES: usize = 300;
+
+/// The lane's limits as configured (Dataverse's 6000 / 300 s and 52 at once, scaled down so
+/// the test is quick).
+struct Limits {
+    requests: u32,
+    window: Duration,
+    concurrent: u32,
+}
+
+/// What the emulator's call log shows of one drain.
+#[derive(Debug)]
+struct Figures {
+    /// Requests sent (admitted or not) per window of `window`, from the first.
+    sent_per_window: Vec<usize>,
+    /// 429s answered per window.
+    throttled_per_window: Vec<usize>,
+    /// Most requests sent in any sliding window.
+    sliding_peak: usize,
+    /// Most requests in flight at once.
+    concurrency_peak: usize,
+    /// Incidents created (distinct TG cases).
+    created: usize,
+    /// From the first request to the last answer, seconds.
+    drain_secs: f64,
+}
+
+fn figures(calls: &[CallRecord], window: Duration, created: usize) -> Figures {
+    let w = window.as_secs_f64() * 1000.0;
+    let mut arrivals: Vec<f64> = calls.iter().map(|c| c.arrived_ms).collect();
+    arrivals.sort_by(f64::total_cmp);
+    let first = arrivals.first().copied().unwrap_or_default();
+    let windows = arrivals
+        .last()
+        .map(|last| ((last - first) / w) as usize + 1)
+        .unwrap_or(0);
+    let mut sent_per_window = vec![0; windows];
+    let mut throttled_per_window = vec![0; windows];
+    for c in calls {
+        let i = ((c.arrived_ms - first) / w) as usize;
+        sent_per_window[i] += 1;
+        if c.status == 429 {
+            throttled_per_window[i] += 1;
+        }
+    }
+    let drain_secs = calls
+        .iter()
+        .map(|c| c.arrived_ms + c.latency_ms)
+        .fold(first, f64::max)
+        .max(first)
+        - first;
+    let mut sliding_peak = 0;
+    let mut start = 0;
+    for (end, t) in arrivals.iter().enumerate() {
+        while arrivals[start] <= t - w {
+            start += 1;
+        }
+        sliding_peak = sliding_peak.max(end - start + 1);
+    }
+    // In flight from arrival to answer; an answer at the instant of an arrival frees first.
+    let mut edges: Vec<(f64, i32)> = calls
+        .iter()
+        .flat_map(|c| [(c.arrived_ms, 1), (c.arrived_ms + c.latency_ms, -1)])
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut concurrency_peak) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        concurrency_peak = concurrency_peak.max(now);
+    }
+    Figures {
+        sent_per_window,
+        throttled_per_window,
+        sliding_peak,
+        concurrency_peak: concurrency_peak as usize,
+        created,
+        drain_secs: drain_secs / 1000.0,
+    }
+}
+
+/// Starts the replicas with `configured` as the lane's limits against an emulator allowing
+/// `real`, publishes the burst of cases, waits until every incident exists, reads and prints
+/// the figures of the application user's calls, and stops the replicas.
+async fn drain(scenario: &str, configured: &Limits, real: &Limits) -> (Env, Figures) {
+    let env = Env::start_with(SandboxConfig::default()).await;
+    env.sandbox
+        .dataverse()
+        .configure_limits(ServiceProtectionConfig {
+            requests_per_window: Some(real.requests),
+            window_ms: real.window.as_millis() as u64,
+            max_concurrent: Some(real.concurrent),
+            ..Default::default()
+        });
+    // Answers that take a while, so that requests overlap.
+    env.sandbox
+        .faults()
+        .add(tgb_sandbox::FaultRule::new(
+            "dataverse",
+            tgb_sandbox::Fault::Latency { ms: 200 },
+        ))
+        .unwrap();
+    let requests = configured.requests.to_string();
+    let window = configured.window.as_secs_f64().to_string();
+    let concurrent = configured.concurrent.to_string();
+    let vars = [
+        (
+            "TGB_DYNAMICS__GOVERNOR__REQUESTS_PER_WINDOW",
+            requests.as_str(),
+        ),
+        ("TGB_DYNAMICS__GOVERNOR__WINDOW_SECS", window.as_str()),
+        (
+            "TGB_DYNAMICS__GOVERNOR__MAX_CONCURRENT",
+            concurrent.as_str(),
+        ),
+        ("TGB_DYNAMICS__FLEET_RENEW_MS", "100"),
+        ("TGB_DYNAMICS__FLEET_TTL_MS", "2000"),
+        ("TGB_DYNAMICS__THROTTLE_RETRIES", "50"),
+        // Small batches: many requests, so the limits are what paces the drain.
+        ("TGB_DYNAMICS__BATCH_MAX_REQUESTS", "2"),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..REPLICAS {
+        replicas.push(env.adapter(&vars).await);
+    }
+    for i in 0..CASES {
+        env.publish(opened(&format!("F-{i}"), &format!("fleet {i}")))
+            .await;
+    }
+    // Not unwrapped here: a drain that did not finish still reports its figures.
+    let _ = eventually(&format!("{CASES} incidents"), WAIT, || async {
+        (env.rows("incident").len() >= CASES).then_some(())
+    })
+    .await;
+    let mut cases: Vec<String> = env
+        .rows("incident")
+        .iter()
+        .filter_map(|r| r["tgb_tgcaseid"].as_str().map(str::to_owned))
+        .collect();
+    cases.sort();
+    cases.dedup();
+    let app = env.app_user().to_string();
+    let calls: Vec<CallRecord> = env
+        .sandbox
+        .calls()
+        .of_system("dataverse")
+        .into_iter()
+        .filter(|c| !c.scripted && c.caller.as_ref().is_some_and(|u| u.id == app))
+        .collect();
+    let f = figures(&calls, real.window, cases.len());
+    // Printed before the replicas stop: a drain that did not finish still shows its figures.
+    print(scenario, &f, real.window);
+    for r in replicas {
+        r.stop().await;
+    }
+    (env, f)
+}
+
+fn print(scenario: &str, f: &Figures, window: Duration) {
+    eprintln!(
+        "FIGURE {scenario}: 429s per {}s window {:?}",
+        window.as_secs(),
+        f.throttled_per_window
+    );
+    eprintln!(
+        "FIGURE {scenario}: requests per window {:?}, busiest sliding window {}",
+        f.sent_per_window, f.sliding_peak
+    );
+    eprintln!(
+        "FIGURE {scenario}: concurrency peak {}, incidents created {}, drained in {:.1} s",
+        f.concurrency_peak, f.created, f.drain_secs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_draining_a_burst_stay_together_under_the_lane_limits() {
+    let limits = Limits {
+        requests: 60,
+        window: Duration::from_secs(5),
+        concurrent: 6,
+    };
+    let (_env, f) = drain("fleet at the real limits", &limits, &limits).await;
+    assert_eq!(f.created, CASES, "every case once");
+    assert!(
+        f.sliding_peak <= limits.requests as usize,
+        "combined rate over the limit: {f:?}"
+    );
+    assert!(
+        f.concurrency_peak <= limits.concurrent as usize,
+        "combined concurrency over the limit: {f:?}"
+    );
+    assert!(
+        f.throttled_per_window.iter().skip(1).all(|n| *n <= 1),
+        "at most one 429 per window after the first: {f:?}"
+    );
+}
+
+// A 429 one replica received pauses the fleet (the pause rides in the fleet entry): without
+// it the others kept sending into the throttling period, each request lengthening it, and the
+// burst did not drain. The requests in flight when the first 429 comes are refused too (each
+// lengthens the pause by the emulator's 5 s penalty): the first window holds several 429s.
+// After it the learned rate holds through the pause and nears the limit it ran into slowly
+// (tgb_governor::adaptive): at most one 429 per window, as the issue asks at the real limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_against_a_limit_ten_times_lower_than_configured_draw_few_429s() {
+    let real = Limits {
+        requests: 60,
+        window: Duration::from_secs(5),
+        concurrent: 6,
+    };
+    let configured = Limits {
+        requests: 600,
+        ..real
+    };
+    let (_env, f) = drain("fleet at a limit 10x lower", &configured, &real).await;
+    assert_eq!(f.created, CASES, "every case once");
+    assert!(
+        f.concurrency_peak <= real.concurrent as usize,
+        "combined concurrency over the limit: {f:?}"
+    );
+    assert!(
+        f.throttled_per_window.iter().skip(1).all(|n| *n <= 1),
+        "at most one 429 per window after the first: {f:?}"
+    );
+}
