@@ -48,7 +48,7 @@ impl Adapter {
             return Ok(());
         }
         let entity = format!("dataverse:{}:{}", c.table, c.id);
-        let (state, _) = self
+        let (state, state_rev) = self
             .states
             .get(FROM_DATAVERSE, &entity)
             .await
@@ -86,8 +86,10 @@ impl Adapter {
         };
         let fields = published.clone().unwrap_or_default();
         let version = c.version.map(|v| v.to_string());
+        // Written at the revision read above; a write in between (another replica, or a
+        // handler of this change that wrote the same entry) makes it re-read.
         self.states
-            .update(FROM_DATAVERSE, &entity, |st| {
+            .update_from(FROM_DATAVERSE, &entity, (state, state_rev), |st| {
                 if let Some(v) = &version {
                     if st.is_stale(v) {
                         return false;

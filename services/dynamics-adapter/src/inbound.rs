@@ -180,7 +180,7 @@ impl Writer {
         let entity = format!("tg:case:{}", case.case_id);
         let lock = a.lock_of(&entity);
         let _guard = lock.lock().await;
-        let (state, _) = a
+        let (state, state_rev) = a
             .states
             .get(TO_DATAVERSE, &entity)
             .await
@@ -276,8 +276,10 @@ impl Writer {
                 .await
                 .map_err(HandlerError::transient)?;
         }
+        // Under the entity's lock nothing of this process wrote the state since it was read: the
+        // write goes at that revision, and only another replica's write makes it re-read.
         a.states
-            .update(TO_DATAVERSE, &entity, |st| {
+            .update_from(TO_DATAVERSE, &entity, (state, state_rev), |st| {
                 if st.is_stale(&revision) {
                     return false;
                 }

@@ -101,6 +101,30 @@ impl States {
         })
     }
 
+    /// [`Self::update`] starting from a state the caller has already read (`known`, with its
+    /// revision): the first write needs no read, and only a lost race re-reads. A handler that
+    /// read the entry to decide and writes it at the end saves a KV round trip per event.
+    pub async fn update_from<F>(
+        &self,
+        target: &str,
+        entity: &str,
+        known: (EntityState, u64),
+        mut f: F,
+    ) -> Result<bool, StateError>
+    where
+        F: FnMut(&mut EntityState) -> bool,
+    {
+        let (mut state, rev) = known;
+        if !f(&mut state) {
+            return Ok(false);
+        }
+        state.seal();
+        if self.put(target, entity, &state, rev).await? {
+            return Ok(true);
+        }
+        self.update(target, entity, f).await
+    }
+
     /// Stores a free-form record (conflicts) under `conflict.<entity>.<field>`.
     pub async fn record(&self, key: &str, value: &serde_json::Value) -> Result<(), StateError> {
         self.sync

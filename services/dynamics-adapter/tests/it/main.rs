@@ -11,6 +11,7 @@ mod keys;
 mod ledger;
 mod lifecycle;
 mod replicas;
+mod state;
 mod support;
 mod tracking;
 mod webhook_claims;
