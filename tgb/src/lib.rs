@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod nats;
 pub mod ops;
 pub mod permissions;
+pub mod rebuild;
 pub mod render;
 pub mod setup;
 pub mod system;
