@@ -77,6 +77,13 @@ async fn settled(js: &async_nats::jetstream::Context) -> Option<()> {
     Some(())
 }
 
+async fn case_links(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    let mut out = keys(kv, "tg.case.").await;
+    out.extend(keys(kv, "planner.task.").await);
+    out.extend(keys(kv, "dataverse.incident.").await);
+    out
+}
+
 async fn keys(kv: &async_nats::jetstream::kv::Store, prefix: &str) -> Vec<String> {
     let all: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
     all.into_iter().filter(|k| k.starts_with(prefix)).collect()
@@ -135,8 +142,9 @@ async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
     for k in keys(&sync_kv, "planner-task.").await {
         sync_kv.purge(&k).await.unwrap();
     }
-    let left = keys(&links_kv, "").await;
-    assert!(left.is_empty(), "{left:?}");
+    // (dynamics-adapter's change poller may re-link the partner's account meanwhile: the case
+    // links are the ones only the flows or the rebuild write.)
+    assert!(case_links(&links_kv).await.is_empty());
 
     let config = system
         .service_config("tgb", "127.0.0.1:0".parse().unwrap())
@@ -147,7 +155,7 @@ async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
         .unwrap();
     assert!(dry.dry_run && dry.links_written > 0, "{dry:?}");
     assert!(
-        keys(&links_kv, "").await.is_empty(),
+        case_links(&links_kv).await.is_empty(),
         "a dry run writes nothing"
     );
     let first = tgb::rebuild::links_from_config(&config, &js, None, false)
@@ -159,7 +167,7 @@ async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
         tgb::rebuild::render_links(&first),
         keys(&links_kv, "").await.len()
     );
-    assert_eq!(first.links_written, dry.links_written);
+    assert!(first.links_written >= 2 * CASES && first.links_written <= dry.links_written);
     assert!(first.incidents >= CASES && first.task_records_written >= CASES);
     for c in &cases {
         let rec = tgb_bus::links::Record::new("tg", "case", c);
