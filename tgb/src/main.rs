@@ -135,6 +135,13 @@ enum RebuildCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// `tgb_sla`: the clocks of open cases from their history in TGB_EVENTS and the `[sla]`
+    /// policies; warnings and breaches already raised are marked so they are not raised again.
+    Sla {
+        /// Show what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args)]
@@ -763,6 +770,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
                 let r = tgb::rebuild::links_from_config(&config, &js, None, *dry_run).await?;
                 print(cli.json, &r, tgb::rebuild::render_links);
+                Ok(0)
+            }
+            RebuildCommand::Sla { dry_run } => {
+                let config = tgb_runtime::Config::load()?;
+                let policies = sla_monitor::policies_from(&config)?;
+                let (_client, js) =
+                    ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
+                let r = tgb::rebuild_sla::sla(&js, policies, *dry_run).await?;
+                print(cli.json, &r, tgb::rebuild_sla::render);
                 Ok(0)
             }
         },

@@ -1,8 +1,10 @@
-//! `tgb rebuild links` after `tgb_links` (and planner-adapter's task records) were lost: the
-//! links come back from Dataverse's `tgb_tgcaseid` and the Planner markers, and a burst of
-//! updates to the same cases then creates no second task and no second incident.
+//! `tgb rebuild links` and `tgb rebuild sla` after `tgb_links` (with planner-adapter's task
+//! records) and `tgb_sla` were lost: the links come back from Dataverse's `tgb_tgcaseid` and the
+//! Planner markers, the clocks from the cases' history; a burst of updates to the same cases then
+//! creates no second task and no second incident, and every SLA breach is raised exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use futures::TryStreamExt as _;
 use tgb::ops;
@@ -84,17 +86,50 @@ async fn case_links(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
     out
 }
 
+/// `sla.case.breached` on the stream per (case, target, level).
+async fn breaches(js: &async_nats::jetstream::Context) -> BTreeMap<(String, i32, u32), usize> {
+    let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
+    let (messages, _) = ops::read(
+        &stream,
+        vec!["tgb.v1.sla.case.breached".into()],
+        async_nats::jetstream::consumer::DeliverPolicy::All,
+        usize::MAX,
+    )
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for m in messages {
+        if let Ok(tgb_proto::Event::SlaBreached(e)) =
+            tgb_proto::Event::decode(&m.subject, &m.payload)
+        {
+            *out.entry((e.case_id, e.target, e.level)).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// The ticker's count of completed evaluations.
+async fn ticks(system: &tgb::system::System) -> u64 {
+    let url = format!(
+        "{}/sla/ticker",
+        system.service("sla-monitor").unwrap().url()
+    );
+    let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    v["ticks"].as_u64().unwrap()
+}
+
 async fn keys(kv: &async_nats::jetstream::kv::Store, prefix: &str) -> Vec<String> {
     let all: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
     all.into_iter().filter(|k| k.starts_with(prefix)).collect()
 }
 
 #[tokio::test]
-async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
+async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_breach_once() {
     let (system, _dir) = support::system(&[]).await;
     let (_client, js) = ops::jetstream(&system.nats_url).await.unwrap();
     let links_kv = js.get_key_value(names::KV_LINKS).await.unwrap();
     let sync_kv = js.get_key_value(names::KV_SYNC).await.unwrap();
+    let sla_kv = js.get_key_value(names::KV_SLA).await.unwrap();
     let links = tgb_bus::links::Links::new(links_kv.clone());
 
     let cases: Vec<String> = (0..CASES).map(|n| raise(&system, n)).collect();
@@ -121,6 +156,31 @@ async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
     )
     .await
     .unwrap();
+    // Past the first-response target (normal priority, standard tier: 240 min) and its level 1
+    // escalation, before level 2 (120 min later): each case's level-1 breach is raised and
+    // marked in its clock.
+    system.sla_clock.advance(Duration::from_secs(250 * 60));
+    let fr = tgb_proto::SlaTarget::FirstResponse as i32;
+    tgb_testkit::eventually(
+        "every case's first-response level-1 breach is raised and marked",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let raised = breaches(&js).await;
+            for c in &cases {
+                raised.get(&(c.clone(), fr, 1))?;
+                let key = sla_monitor::store::key_of(c);
+                let (clock, _) =
+                    tgb_bus::kv::read_json::<sla_monitor::state::CaseClock>(&sla_kv, &key)
+                        .await
+                        .ok()?;
+                clock?.emitted.contains("first_response.1").then_some(())?;
+            }
+            Some(())
+        },
+    )
+    .await
+    .unwrap();
+
     // Nothing in flight: the loss below is not undone by a handler still at work.
     tgb_testkit::eventually("the services are idle", tgb_testkit::HANG_GUARD, || {
         settled(&js)
@@ -145,6 +205,11 @@ async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
     // (dynamics-adapter's change poller may re-link the partner's account meanwhile: the case
     // links are the ones only the flows or the rebuild write.)
     assert!(case_links(&links_kv).await.is_empty());
+    let clocks_before = keys(&sla_kv, "case.").await.len();
+    for k in keys(&sla_kv, "").await {
+        sla_kv.purge(&k).await.unwrap();
+    }
+    assert!(keys(&sla_kv, "").await.is_empty());
 
     let config = system
         .service_config("tgb", "127.0.0.1:0".parse().unwrap())
@@ -186,6 +251,40 @@ async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
     assert!(second.nothing_to_do(), "{second:?}");
     assert!(tgb::rebuild::render_links(&second).contains("nothing to write"));
 
+    let policies = sla_monitor::policies_from(
+        &system
+            .service_config("sla-monitor", "127.0.0.1:0".parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let dry = tgb::rebuild_sla::sla(&js, policies.clone(), true)
+        .await
+        .unwrap();
+    assert_eq!(dry.clocks_written, CASES, "{dry:?}");
+    assert!(
+        keys(&sla_kv, "").await.is_empty(),
+        "a dry run writes nothing"
+    );
+    let sla = tgb::rebuild_sla::sla(&js, policies.clone(), false)
+        .await
+        .unwrap();
+    eprintln!(
+        "rebuild sla: {}\n({clocks_before} clocks before the loss; dry run + run in {:?})",
+        tgb::rebuild_sla::render(&sla),
+        started.elapsed()
+    );
+    assert_eq!(sla.clocks_written, CASES);
+    assert!(
+        sla.written
+            .iter()
+            .all(|(_, emitted)| emitted.iter().any(|e| e == "first_response.1")),
+        "the breach already raised is marked: {sla:?}"
+    );
+    let again = tgb::rebuild_sla::sla(&js, policies, false).await.unwrap();
+    assert_eq!(again.clocks_written, 0, "{again:?}");
+    assert_eq!(again.clocks_present, CASES);
+
     // A burst of updates to the same cases: each reaches its incident and its task.
     for c in &cases {
         let update: tgb_sandbox::tg::model::UpdateCase = serde_json::from_value(
@@ -215,6 +314,42 @@ async fn rebuild_links_after_loss_then_updates_create_no_duplicates() {
     )
     .await
     .unwrap();
+    // Level 2 falls due (370 min): raised once per case from the rebuilt clocks; level 1 is
+    // not raised again. Two more complete evaluations after the last level 2 appeared give a
+    // repeat every chance to show.
+    system.sla_clock.advance(Duration::from_secs(120 * 60));
+    tgb_testkit::eventually(
+        "every case's level-2 breach is raised",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let raised = breaches(&js).await;
+            cases
+                .iter()
+                .all(|c| raised.contains_key(&(c.clone(), fr, 2)))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let seen = ticks(&system).await;
+    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
+        (ticks(&system).await >= seen + 2).then_some(())
+    })
+    .await
+    .unwrap();
+    tgb_testkit::eventually("the services are idle", tgb_testkit::HANG_GUARD, || {
+        settled(&js)
+    })
+    .await
+    .unwrap();
+    let raised = breaches(&js).await;
+    eprintln!("breaches per (case, target, level): {raised:?}");
+    for c in &cases {
+        assert_eq!(raised.get(&(c.clone(), fr, 1)), Some(&1), "{c}: {raised:?}");
+        assert_eq!(raised.get(&(c.clone(), fr, 2)), Some(&1), "{c}: {raised:?}");
+    }
+    assert!(raised.values().all(|n| *n == 1), "{raised:?}");
+
     let tasks = tasks_per_case(&system, &cases);
     let incidents = incidents_per_case(&system, &cases);
     let dup: BTreeSet<_> = tasks
