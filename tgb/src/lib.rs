@@ -16,6 +16,8 @@ pub mod doctor;
 pub mod nats;
 pub mod ops;
 pub mod permissions;
+pub mod rebuild;
+pub mod rebuild_sla;
 pub mod render;
 pub mod setup;
 pub mod system;

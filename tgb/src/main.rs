@@ -70,6 +70,11 @@ enum Command {
         /// `<system>:<id>` or `<system>:<kind>:<id>`.
         record: String,
     },
+    /// Rebuild what tg-bridge keeps in KV from the systems of record (after a loss).
+    Rebuild {
+        #[command(subcommand)]
+        what: RebuildCommand,
+    },
     /// Re-deliver to a consumer every message of its subjects stored since a time.
     Replay {
         /// The durable consumer (see `tgb status`).
@@ -118,6 +123,24 @@ enum Command {
     BenchService {
         /// The service.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RebuildCommand {
+    /// `tgb_links` (and planner-adapter's task records) from Dataverse alternate keys
+    /// (incident `tgb_tgcaseid`, account `tgb_partnerkey`) and Planner title markers.
+    Links {
+        /// Show what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// `tgb_sla`: the clocks of open cases from their history in TGB_EVENTS and the `[sla]`
+    /// policies; warnings and breaches already raised are marked so they are not raised again.
+    Sla {
+        /// Show what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -740,6 +763,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             print(cli.json, &rows, |r| render::links(r, record));
             Ok(0)
         }
+        Command::Rebuild { what } => match what {
+            RebuildCommand::Links { dry_run } => {
+                let config = tgb_runtime::Config::load()?;
+                let (_client, js) =
+                    ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
+                let r = tgb::rebuild::links_from_config(&config, &js, None, *dry_run).await?;
+                print(cli.json, &r, tgb::rebuild::render_links);
+                Ok(0)
+            }
+            RebuildCommand::Sla { dry_run } => {
+                let config = tgb_runtime::Config::load()?;
+                let policies = sla_monitor::policies_from(&config)?;
+                let (_client, js) =
+                    ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
+                let r = tgb::rebuild_sla::sla(&js, policies, *dry_run).await?;
+                print(cli.json, &r, tgb::rebuild_sla::render);
+                Ok(0)
+            }
+        },
         Command::Replay {
             consumer,
             since,

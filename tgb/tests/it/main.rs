@@ -8,6 +8,7 @@ mod doctor;
 mod observability;
 mod operator;
 mod permissions;
+mod rebuild;
 mod setup;
 mod support;
 mod tracing;

@@ -1,0 +1,362 @@
+//! `tgb rebuild links` and `tgb rebuild sla` after `tgb_links` (with planner-adapter's task
+//! records) and `tgb_sla` were lost: the links come back from Dataverse's `tgb_tgcaseid` and the
+//! Planner markers, the clocks from the cases' history; a burst of updates to the same cases then
+//! creates no second task and no second incident, and every SLA breach is raised exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use tgb::ops;
+use tgb_bus::names;
+
+use crate::support;
+
+const CASES: usize = 12;
+
+fn raise(system: &tgb::system::System, n: usize) -> String {
+    let raise: tgb_sandbox::tg::model::RaiseCase = serde_json::from_value(serde_json::json!({
+        "partner": {"qualifier": "ZZ", "id": "RB01", "name": "Rebuild Supplier"},
+        "title": format!("Rebuild case {n}"),
+        "priority": "normal",
+    }))
+    .unwrap();
+    let ev = system.sandbox.tg().raise_case(raise).unwrap();
+    ev.data["case_id"].as_str().unwrap().to_owned()
+}
+
+/// Planner task titles, all plans.
+fn task_titles(system: &tgb::system::System) -> Vec<String> {
+    system.sandbox.planner().snapshot()["tasks"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["task"]["title"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Tasks per case marker.
+fn tasks_per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMap<String, usize> {
+    let titles = task_titles(system);
+    cases
+        .iter()
+        .map(|c| {
+            let marker = format!("[{c}] ");
+            (
+                c.clone(),
+                titles.iter().filter(|t| t.starts_with(&marker)).count(),
+            )
+        })
+        .collect()
+}
+
+fn incidents_per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMap<String, usize> {
+    let rows = system.sandbox.dataverse().rows("incidents");
+    cases
+        .iter()
+        .map(|c| {
+            (
+                c.clone(),
+                rows.iter()
+                    .filter(|r| r["tgb_tgcaseid"] == c.as_str())
+                    .count(),
+            )
+        })
+        .collect()
+}
+
+/// Every consumer of the event stream has delivered and had acknowledged all it holds.
+async fn settled(js: &async_nats::jetstream::Context) -> Option<()> {
+    let stream = js.get_stream(names::EVENTS_STREAM).await.ok()?;
+    let mut consumers = stream.consumers();
+    while let Some(info) = consumers.try_next().await.ok()? {
+        if info.num_pending > 0 || info.num_ack_pending > 0 {
+            return None;
+        }
+    }
+    Some(())
+}
+
+async fn case_links(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    let mut out = keys(kv, "tg.case.").await;
+    out.extend(keys(kv, "planner.task.").await);
+    out.extend(keys(kv, "dataverse.incident.").await);
+    out
+}
+
+/// `sla.case.breached` on the stream per (case, target, level).
+async fn breaches(js: &async_nats::jetstream::Context) -> BTreeMap<(String, i32, u32), usize> {
+    let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
+    let (messages, _) = ops::read(
+        &stream,
+        vec!["tgb.v1.sla.case.breached".into()],
+        async_nats::jetstream::consumer::DeliverPolicy::All,
+        usize::MAX,
+    )
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for m in messages {
+        if let Ok(tgb_proto::Event::SlaBreached(e)) =
+            tgb_proto::Event::decode(&m.subject, &m.payload)
+        {
+            *out.entry((e.case_id, e.target, e.level)).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// The ticker's count of completed evaluations.
+async fn ticks(system: &tgb::system::System) -> u64 {
+    let url = format!(
+        "{}/sla/ticker",
+        system.service("sla-monitor").unwrap().url()
+    );
+    let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    v["ticks"].as_u64().unwrap()
+}
+
+async fn keys(kv: &async_nats::jetstream::kv::Store, prefix: &str) -> Vec<String> {
+    let all: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
+    all.into_iter().filter(|k| k.starts_with(prefix)).collect()
+}
+
+#[tokio::test]
+async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_breach_once() {
+    let (system, _dir) = support::system(&[]).await;
+    let (_client, js) = ops::jetstream(&system.nats_url).await.unwrap();
+    let links_kv = js.get_key_value(names::KV_LINKS).await.unwrap();
+    let sync_kv = js.get_key_value(names::KV_SYNC).await.unwrap();
+    let sla_kv = js.get_key_value(names::KV_SLA).await.unwrap();
+    let links = tgb_bus::links::Links::new(links_kv.clone());
+
+    let cases: Vec<String> = (0..CASES).map(|n| raise(&system, n)).collect();
+    // Every case has its incident and its triage task, both linked.
+    tgb_testkit::eventually(
+        "every case has a linked incident and a linked task",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            for c in &cases {
+                let rec = tgb_bus::links::Record::new("tg", "case", c);
+                links.find(&rec, "dataverse", "incident").await.ok()??;
+                let task = links.find(&rec, "planner", "task").await.ok()??;
+                // The adapter's own record, written after the link.
+                sync_kv
+                    .get(format!(
+                        "planner-task.{}",
+                        tgb_bus::links::encode_token(&task)
+                    ))
+                    .await
+                    .ok()??;
+            }
+            Some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Past the first-response target (normal priority, standard tier: 240 min) and its level 1
+    // escalation, before level 2 (120 min later): each case's level-1 breach is raised and
+    // marked in its clock.
+    system.sla_clock.advance(Duration::from_secs(250 * 60));
+    let fr = tgb_proto::SlaTarget::FirstResponse as i32;
+    tgb_testkit::eventually(
+        "every case's first-response level-1 breach is raised and marked",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let raised = breaches(&js).await;
+            for c in &cases {
+                raised.get(&(c.clone(), fr, 1))?;
+                let key = sla_monitor::store::key_of(c);
+                let (clock, _) =
+                    tgb_bus::kv::read_json::<sla_monitor::state::CaseClock>(&sla_kv, &key)
+                        .await
+                        .ok()?;
+                clock?.emitted.contains("first_response.1").then_some(())?;
+            }
+            Some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // Nothing in flight: the loss below is not undone by a handler still at work.
+    tgb_testkit::eventually("the services are idle", tgb_testkit::HANG_GUARD, || {
+        settled(&js)
+    })
+    .await
+    .unwrap();
+    assert!(tasks_per_case(&system, &cases).values().all(|n| *n == 1));
+    assert!(
+        incidents_per_case(&system, &cases)
+            .values()
+            .all(|n| *n == 1)
+    );
+
+    // The loss: every link, and planner-adapter's task records.
+    let before = keys(&links_kv, "").await.len();
+    for k in keys(&links_kv, "").await {
+        links_kv.purge(&k).await.unwrap();
+    }
+    for k in keys(&sync_kv, "planner-task.").await {
+        sync_kv.purge(&k).await.unwrap();
+    }
+    // (dynamics-adapter's change poller may re-link the partner's account meanwhile: the case
+    // links are the ones only the flows or the rebuild write.)
+    assert!(case_links(&links_kv).await.is_empty());
+    let clocks_before = keys(&sla_kv, "case.").await.len();
+    for k in keys(&sla_kv, "").await {
+        sla_kv.purge(&k).await.unwrap();
+    }
+    assert!(keys(&sla_kv, "").await.is_empty());
+
+    let config = system
+        .service_config("tgb", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let dry = tgb::rebuild::links_from_config(&config, &js, None, true)
+        .await
+        .unwrap();
+    assert!(dry.dry_run && dry.links_written > 0, "{dry:?}");
+    assert!(
+        case_links(&links_kv).await.is_empty(),
+        "a dry run writes nothing"
+    );
+    let first = tgb::rebuild::links_from_config(&config, &js, None, false)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!(
+        "rebuild links: {}\n({before} link keys before the loss, {} after; dry run + run in {took:?})",
+        tgb::rebuild::render_links(&first),
+        keys(&links_kv, "").await.len()
+    );
+    assert!(first.links_written >= 2 * CASES && first.links_written <= dry.links_written);
+    assert!(first.incidents >= CASES && first.task_records_written >= CASES);
+    for c in &cases {
+        let rec = tgb_bus::links::Record::new("tg", "case", c);
+        assert!(
+            links
+                .find(&rec, "dataverse", "incident")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(links.find(&rec, "planner", "task").await.unwrap().is_some());
+    }
+    let second = tgb::rebuild::links_from_config(&config, &js, None, false)
+        .await
+        .unwrap();
+    assert!(second.nothing_to_do(), "{second:?}");
+    assert!(tgb::rebuild::render_links(&second).contains("nothing to write"));
+
+    let policies = sla_monitor::policies_from(
+        &system
+            .service_config("sla-monitor", "127.0.0.1:0".parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let dry = tgb::rebuild_sla::sla(&js, policies.clone(), true)
+        .await
+        .unwrap();
+    assert_eq!(dry.clocks_written, CASES, "{dry:?}");
+    assert!(
+        keys(&sla_kv, "").await.is_empty(),
+        "a dry run writes nothing"
+    );
+    let sla = tgb::rebuild_sla::sla(&js, policies.clone(), false)
+        .await
+        .unwrap();
+    eprintln!(
+        "rebuild sla: {}\n({clocks_before} clocks before the loss; dry run + run in {:?})",
+        tgb::rebuild_sla::render(&sla),
+        started.elapsed()
+    );
+    assert_eq!(sla.clocks_written, CASES);
+    assert!(
+        sla.written
+            .iter()
+            .all(|(_, emitted)| emitted.iter().any(|e| e == "first_response.1")),
+        "the breach already raised is marked: {sla:?}"
+    );
+    let again = tgb::rebuild_sla::sla(&js, policies, false).await.unwrap();
+    assert_eq!(again.clocks_written, 0, "{again:?}");
+    assert_eq!(again.clocks_present, CASES);
+
+    // A burst of updates to the same cases: each reaches its incident and its task.
+    for c in &cases {
+        let update: tgb_sandbox::tg::model::UpdateCase = serde_json::from_value(
+            serde_json::json!({"title": format!("{c} renamed after rebuild")}),
+        )
+        .unwrap();
+        system.sandbox.tg().update_case(c, update).unwrap();
+    }
+    tgb_testkit::eventually(
+        "every rename reached its incident and its task",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let titles = task_titles(&system);
+            let rows = system.sandbox.dataverse().rows("incidents");
+            cases
+                .iter()
+                .all(|c| {
+                    let text = format!("{c} renamed after rebuild");
+                    titles.iter().any(|t| t.contains(&text))
+                        && rows.iter().any(|r| {
+                            r["tgb_tgcaseid"] == c.as_str()
+                                && r["title"].as_str().is_some_and(|t| t.contains(&text))
+                        })
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Level 2 falls due (370 min): raised once per case from the rebuilt clocks; level 1 is
+    // not raised again. Two more complete evaluations after the last level 2 appeared give a
+    // repeat every chance to show.
+    system.sla_clock.advance(Duration::from_secs(120 * 60));
+    tgb_testkit::eventually(
+        "every case's level-2 breach is raised",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let raised = breaches(&js).await;
+            cases
+                .iter()
+                .all(|c| raised.contains_key(&(c.clone(), fr, 2)))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let seen = ticks(&system).await;
+    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
+        (ticks(&system).await >= seen + 2).then_some(())
+    })
+    .await
+    .unwrap();
+    tgb_testkit::eventually("the services are idle", tgb_testkit::HANG_GUARD, || {
+        settled(&js)
+    })
+    .await
+    .unwrap();
+    let raised = breaches(&js).await;
+    eprintln!("breaches per (case, target, level): {raised:?}");
+    for c in &cases {
+        assert_eq!(raised.get(&(c.clone(), fr, 1)), Some(&1), "{c}: {raised:?}");
+        assert_eq!(raised.get(&(c.clone(), fr, 2)), Some(&1), "{c}: {raised:?}");
+    }
+    assert!(raised.values().all(|n| *n == 1), "{raised:?}");
+
+    let tasks = tasks_per_case(&system, &cases);
+    let incidents = incidents_per_case(&system, &cases);
+    let dup: BTreeSet<_> = tasks
+        .iter()
+        .chain(incidents.iter())
+        .filter(|(_, n)| **n != 1)
+        .collect();
+    assert!(dup.is_empty(), "tasks {tasks:?} incidents {incidents:?}");
+    system.stop().await;
+}
