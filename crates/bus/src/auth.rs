@@ -168,6 +168,30 @@ pub fn without_userinfo(urls: &str) -> String {
         .join(",")
 }
 
+/// The servers of `urls` (one NATS URL or several, comma-separated), each parsed on its own; the
+/// client library takes a single string as one address. An error names the position of the
+/// server that is not an address, never its text (it may carry credentials).
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let count = servers.len();
+    servers
+        .into_iter()
+        .enumerate()
+        .map(|(i, server)| {
+            if server.is_empty() {
+                return Err(format!("server {} of {count} is empty", i + 1));
+            }
+            server.parse::<async_nats::ServerAddr>().map_err(|e| {
+                format!(
+                    "server {} of {count} is not a NATS address: {}",
+                    i + 1,
+                    scrub(&e.to_string(), server)
+                )
+            })
+        })
+        .collect()
+}
+
 /// `text` with every user, password or token embedded in `urls` replaced by `REDACTED`: for the
 /// text of a client error, which may repeat the address it was given.
 pub fn scrub(text: &str, urls: &str) -> String {
@@ -223,7 +247,7 @@ pub fn explain_connect_error(e: &async_nats::ConnectError, url: &str, auth: &Nat
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, scrub, url_userinfo, without_userinfo};
+    use super::{redact_url, scrub, server_addrs, url_userinfo, without_userinfo};
 
     #[test]
     fn credentials_are_taken_out_of_urls_before_the_client_library_sees_them() {
@@ -238,6 +262,22 @@ mod tests {
             Some(("tok".to_owned(), None))
         );
         assert_eq!(url_userinfo("nats://a:4222"), None);
+    }
+
+    #[test]
+    fn every_server_of_a_comma_separated_list_is_an_address() {
+        let servers = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,tls://b:4224")
+            .expect("three addresses");
+        let ports: Vec<u16> = servers.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(server_addrs("nats://a:4222").expect("one").len(), 1);
+        let err = server_addrs("nats://a:4222,,nats://b:4222").expect_err("an empty entry");
+        assert_eq!(err, "server 2 of 3 is empty");
+        let err = server_addrs("nats://a:4222,nats://b:notaport").expect_err("a bad port");
+        assert!(
+            err.starts_with("server 2 of 2 is not a NATS address"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -89,6 +89,10 @@ impl Bus {
 
     /// [`Bus::connect`] with TLS files as well: a private CA, a client certificate. Errors
     /// never show a user or password given in `url`.
+    ///
+    /// `url` is one server or several, comma-separated (the client URLs of a cluster's
+    /// nodes): the connection is made to one that answers and moves to another when that
+    /// one is lost.
     pub async fn connect_with(
         url: &str,
         auth: &NatsAuth,
@@ -121,9 +125,18 @@ impl Bus {
             }
         });
         // The library logs the addresses it connects to: it gets them without credentials.
-        let bare = crate::auth::without_userinfo(url);
+        // Every server of a comma-separated list is given: the client connects to any of them
+        // that answers, and reconnects to another (or one the cluster announced) when its
+        // server goes away.
+        let servers =
+            crate::auth::server_addrs(&crate::auth::without_userinfo(url)).map_err(|reason| {
+                BusError::Connect {
+                    url: shown.clone(),
+                    reason,
+                }
+            })?;
         let client = options
-            .connect(bare.as_str())
+            .connect(servers)
             .await
             .map_err(|e| BusError::Connect {
                 url: shown.clone(),

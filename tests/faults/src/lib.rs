@@ -4,10 +4,12 @@
 //!
 //! - [`procs`]: the service binaries, started, SIGKILLed and started again;
 //! - [`system`]: nats-server (restartable), the sandbox (in this process) and the services, wired;
+//! - [`cluster`]: a JetStream cluster of local nats-server processes instead of the one server;
 //! - [`workload`]: the burst (cases, comments, resolutions, agent notes) and the poison;
 //! - [`progress`]: how far the burst has come, to put a fault "in the middle";
 //! - [`invariant`]: the check.
 
+pub mod cluster;
 pub mod invariant;
 pub mod procs;
 pub mod progress;
@@ -15,5 +17,5 @@ pub mod system;
 pub mod workload;
 
 pub use invariant::{Report, check_invariants};
-pub use system::{FaultSystem, Options};
+pub use system::{Broker, FaultSystem, Options};
 pub use workload::{Burst, Expected, burst_size};

@@ -151,7 +151,7 @@ fn build(profile_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// `setpriv` (util-linux), when present.
-fn setpriv() -> Option<&'static Path> {
+pub(crate) fn setpriv() -> Option<&'static Path> {
     static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
     SETPRIV
         .get_or_init(|| {

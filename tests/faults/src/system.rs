@@ -1,5 +1,5 @@
-//! The system under test: a real nats-server (restartable on the same port and store), the
-//! sandbox in this process (it plays TG, Dataverse and Planner), and each service as its own
+//! The system under test: a real nats-server (restartable on the same port and store) or a
+//! JetStream cluster of them ([`crate::cluster`]), the sandbox in this process (it plays TG, Dataverse and Planner), and each service as its own
 //! process, wired as `tgb up` wires them (one `whsec_` secret shared by the sandbox's TG
 //! webhook subscription and tg-ingress; one key shared by the Dataverse webhook registration
 //! and dynamics-adapter).
@@ -14,6 +14,7 @@ use tgb_sandbox::{Sandbox, SandboxConfig, TgbEnv};
 use tgb_sandbox_dataverse::{WebhookAuth, WebhookRegistration};
 use tgb_testkit::NatsServer;
 
+use crate::cluster::NatsCluster;
 use crate::procs::{Binaries, SERVICES, ServiceProcess, repo_root};
 
 /// The TG webhook subscription that points at tg-ingress.
@@ -28,6 +29,59 @@ pub struct Options {
     pub sandbox: SandboxConfig,
     /// Extra `TGB_*` settings for every service (after the harness's own).
     pub extra_env: Vec<(String, String)>,
+    /// A JetStream cluster of this many nodes instead of one nats-server; the services get
+    /// every node's client URL and `[bus] replicas` = the node count.
+    pub cluster_nodes: Option<usize>,
+}
+
+/// The broker: one nats-server, or a cluster of them.
+pub enum Broker {
+    /// One nats-server (restartable on the same port and store).
+    Single(NatsServer),
+    /// A JetStream cluster.
+    Cluster(NatsCluster),
+}
+
+impl Broker {
+    /// The client URL, or every node's client URL comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            Broker::Single(s) => s.url(),
+            Broker::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// The single server (panics for a cluster: a scenario knows which it started).
+    pub fn server(&mut self) -> &mut NatsServer {
+        match self {
+            Broker::Single(s) => s,
+            Broker::Cluster(_) => panic!("the scenario runs a cluster, not one nats-server"),
+        }
+    }
+
+    /// The cluster (panics for a single server).
+    pub fn cluster(&self) -> &NatsCluster {
+        match self {
+            Broker::Cluster(c) => c,
+            Broker::Single(_) => panic!("the scenario runs one nats-server, not a cluster"),
+        }
+    }
+
+    /// The cluster, to kill and restart nodes (panics for a single server).
+    pub fn cluster_mut(&mut self) -> &mut NatsCluster {
+        match self {
+            Broker::Cluster(c) => c,
+            Broker::Single(_) => panic!("the scenario runs one nats-server, not a cluster"),
+        }
+    }
+
+    /// Stops the server or every node.
+    pub async fn stop(&mut self) {
+        match self {
+            Broker::Single(s) => s.stop().await,
+            Broker::Cluster(c) => c.stop().await,
+        }
+    }
 }
 
 /// Settings the suite gives every service, and why: recovery paths that run every 30–60 s in
@@ -62,7 +116,7 @@ pub fn suite_env() -> Vec<(String, String)> {
 /// The running system.
 pub struct FaultSystem {
     /// The broker.
-    pub nats: NatsServer,
+    pub nats: Broker,
     /// The emulators.
     pub sandbox: Sandbox,
     /// Every service process (replicas included).
@@ -91,7 +145,14 @@ impl FaultSystem {
     pub async fn start(opts: Options) -> anyhow::Result<FaultSystem> {
         tgb_testkit::init_test_tracing();
         let binaries = Binaries::get()?;
-        let nats = NatsServer::start().await.context("nats-server")?;
+        let nats = match opts.cluster_nodes {
+            Some(nodes) => Broker::Cluster(
+                NatsCluster::start(nodes)
+                    .await
+                    .context("the nats-server cluster")?,
+            ),
+            None => Broker::Single(NatsServer::start().await.context("nats-server")?),
+        };
         let mut sb_config = opts.sandbox.clone();
         sb_config
             .tg
@@ -115,6 +176,11 @@ impl FaultSystem {
             .set("TGB_LOG_FORMAT", "pretty")
             .vars();
         env.extend(suite_env());
+        if let Some(nodes) = opts.cluster_nodes {
+            // What a cluster deployment sets: every stream, bucket and the object store
+            // replicated on every node (3 of 3 here).
+            env.push(("TGB_BUS__REPLICAS".into(), nodes.to_string()));
+        }
         env.extend(opts.extra_env.iter().cloned());
 
         let log_dir = tempfile::Builder::new().prefix("tgb-faults-").tempdir()?;
@@ -135,10 +201,11 @@ impl FaultSystem {
                 )?);
             }
         }
+        let servers = tgb_bus::auth::server_addrs(&nats.url()).map_err(anyhow::Error::msg)?;
         let client = async_nats::ConnectOptions::new()
             .name("tgb-fault-suite")
             .retry_on_initial_connect()
-            .connect(nats.url())
+            .connect(servers)
             .await
             .context("the suite's NATS connection")?;
         let js = async_nats::jetstream::new(client.clone());

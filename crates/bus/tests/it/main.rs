@@ -7,6 +7,7 @@ mod ledger;
 mod provision;
 mod publish;
 mod routes;
+mod servers;
 mod support;
 mod tls;
 mod tracing_context;

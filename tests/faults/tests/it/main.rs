@@ -2,6 +2,7 @@
 //! TG cases (`TGB_FAULT_CASES`, default [`support::DEFAULT_CASES`]), puts one fault in the
 //! middle of it, and ends with the same invariant check. `--no-capture` prints each report.
 
+mod cluster;
 mod kill;
 mod nats;
 mod replicas;

@@ -20,7 +20,7 @@ async fn nats_server_restarted_mid_burst_loses_and_doubles_nothing() {
     )
     .await
     .expect("the burst is under way");
-    run.sys.nats.stop().await;
+    run.sys.nats.server().stop().await;
     // While the broker is down, tg-ingress must refuse webhooks (TG retries them): wait for
     // one refused delivery, so the outage is felt, then bring the broker back.
     let failed = |r: &Run| {
@@ -43,7 +43,12 @@ async fn nats_server_restarted_mid_burst_loses_and_doubles_nothing() {
     )
     .await;
     let incidents = value(&run.sys, Progress::Incidents).await;
-    run.sys.nats.start_again().await.expect("nats-server back");
+    run.sys
+        .nats
+        .server()
+        .start_again()
+        .await
+        .expect("nats-server back");
     println!(
         "NATS down with {incidents} incidents written; webhooks refused meanwhile: {:?}",
         refused.map(|n| n - before)

@@ -40,10 +40,15 @@ impl Run {
 
     /// The system started, and the burst it will get.
     pub async fn system(opts: Options) -> (FaultSystem, Burst) {
+        Run::system_of(opts, DEFAULT_CASES).await
+    }
+
+    /// [`Run::system`] with another burst size when `TGB_FAULT_CASES` is not set.
+    pub async fn system_of(opts: Options, default_cases: usize) -> (FaultSystem, Burst) {
         let t = Instant::now();
         let sys = FaultSystem::start(opts).await.expect("the system starts");
         println!("system started in {:.1} s", t.elapsed().as_secs_f64());
-        (sys, Burst::of(burst_size(DEFAULT_CASES)))
+        (sys, Burst::of(burst_size(default_cases)))
     }
 
     /// Raises `burst` on a started system.
