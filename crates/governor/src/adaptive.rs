@@ -243,6 +243,16 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// A lane with `settings` that sent `n` requests, one every `every` seconds from `t0`.
+    fn lane_that_sent(settings: AimdSettings, n: u32, every: f64) -> (Instant, Aimd) {
+        let t0 = Instant::now();
+        let mut a = Aimd::new(settings, t0);
+        for i in 0..n {
+            a.on_send(t0 + secs(f64::from(i) * every));
+        }
+        (t0, a)
+    }
+
     #[test]
     fn it_starts_at_the_configured_rate() {
         let t0 = Instant::now();
@@ -253,12 +263,8 @@ mod tests {
 
     #[test]
     fn a_429_lowers_the_rate_to_a_share_of_what_the_last_window_carried() {
-        let t0 = Instant::now();
-        let mut a = Aimd::new(settings(), t0);
         // 25 requests in the last 5 s (the target allows 20 per 5 s = 4/s).
-        for i in 0..25 {
-            a.on_send(t0 + secs(f64::from(i) * 0.1));
-        }
+        let (t0, mut a) = lane_that_sent(settings(), 25, 0.1);
         assert!(a.on_throttled(t0 + secs(2.5), secs(2.0)));
         let r = a.rate(t0 + secs(2.5));
         assert!((r - 0.8 * 25.0 / 5.0).abs() < 1e-9, "{r}");
@@ -267,11 +273,7 @@ mod tests {
 
     #[test]
     fn throttles_during_the_pause_they_caused_lower_nothing_more() {
-        let t0 = Instant::now();
-        let mut a = Aimd::new(settings(), t0);
-        for i in 0..20 {
-            a.on_send(t0 + secs(f64::from(i) * 0.01));
-        }
+        let (t0, mut a) = lane_that_sent(settings(), 20, 0.01);
         assert!(a.on_throttled(t0 + secs(1.0), secs(3.0)));
         let after_first = a.rate(t0 + secs(1.0));
         for i in 0..15 {
@@ -292,11 +294,7 @@ mod tests {
 
     #[test]
     fn each_probe_interval_without_429_adds_back_a_step_up_to_the_ceiling() {
-        let t0 = Instant::now();
-        let mut a = Aimd::new(settings(), t0);
-        for i in 0..20 {
-            a.on_send(t0 + secs(f64::from(i) * 0.1));
-        }
+        let (t0, mut a) = lane_that_sent(settings(), 20, 0.1);
         a.on_throttled(t0 + secs(2.0), secs(1.0));
         // allowed = 20 / 5 s = 4/s → rate 3.2/s. Up to the evidence (4/s) the step is 5 % of
         // it (0.2/s per 5 s interval), past it 5 % of the ceiling (2/s); the climb starts after
@@ -313,11 +311,7 @@ mod tests {
 
     #[test]
     fn a_run_of_refusals_lowers_once_and_the_climb_goes_on_through_it() {
-        let t0 = Instant::now();
-        let mut a = Aimd::new(settings(), t0);
-        for i in 0..20 {
-            a.on_send(t0 + secs(f64::from(i) * 0.1));
-        }
+        let (t0, mut a) = lane_that_sent(settings(), 20, 0.1);
         assert!(a.on_throttled(t0 + secs(2.0), secs(1.0)));
         let low = a.rate(t0 + secs(2.0));
         // Forty refusals in a row, one every second, none answered in between.
@@ -334,18 +328,12 @@ mod tests {
     fn a_long_window_climbs_back_in_short_intervals() {
         // Dataverse's 6,000 per 300 s: a 429 early in a burst must not hold the lane down for
         // the rest of the window.
-        let t0 = Instant::now();
-        let mut a = Aimd::new(
-            AimdSettings {
-                requests_per_window: 6000,
-                window: Duration::from_secs(300),
-                ..settings()
-            },
-            t0,
-        );
-        for i in 0..200 {
-            a.on_send(t0 + secs(f64::from(i) * 0.1));
-        }
+        let long_window = AimdSettings {
+            requests_per_window: 6000,
+            window: Duration::from_secs(300),
+            ..settings()
+        };
+        let (t0, mut a) = lane_that_sent(long_window, 200, 0.1);
         assert!(a.on_throttled(t0 + secs(20.0), secs(2.0)));
         let low = a.rate(t0 + secs(22.0));
         assert!(low < 1.0, "{low}");
@@ -362,11 +350,7 @@ mod tests {
     /// when the first 429 came all lengthen it. The climb waits for the pause's end.
     #[test]
     fn refusals_of_requests_sent_before_the_decrease_hold_the_climb_until_the_pause_ends() {
-        let t0 = Instant::now();
-        let mut a = Aimd::new(settings(), t0);
-        for i in 0..20 {
-            a.on_send(t0 + secs(f64::from(i) * 0.1));
-        }
+        let (t0, mut a) = lane_that_sent(settings(), 20, 0.1);
         assert!(a.on_throttled(t0 + secs(2.0), secs(1.0)));
         let low = a.rate(t0 + secs(2.0));
         // Five requests in flight answered 429, each with a Retry-After 5 s longer.

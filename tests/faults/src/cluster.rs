@@ -9,15 +9,14 @@
 //! its peers is current).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::procs::setpriv;
+use crate::procs::child_command;
 
 /// The name of the cluster (`cluster { name }`).
 pub const CLUSTER_NAME: &str = "tgb-faults";
@@ -73,28 +72,9 @@ impl ClusterNode {
     }
 
     fn spawn(&mut self, binary: &Path) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("{}", self.log.display()))?;
-        // Under setpriv --pdeathsig, the node dies with the test process even when the test is
-        // killed (a timeout).
-        let mut cmd = match setpriv() {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
-        let child = cmd
+        let child = child_command(binary, &self.log)?
             .arg("-c")
             .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} ({})", self.name, binary.display()))?;
         self.child = Some(child);

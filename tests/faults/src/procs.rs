@@ -150,8 +150,32 @@ fn build(profile_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A command that runs `binary` with stdin closed and stdout and stderr appended to `log`,
+/// killed when dropped. Under `setpriv --pdeathsig` (when present) the child also dies with the
+/// test process when the test itself is killed (a timeout): no orphan keeps a port or a CPU.
+pub(crate) fn child_command(binary: &Path, log: &Path) -> anyhow::Result<Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("{}", log.display()))?;
+    let mut cmd = match setpriv() {
+        Some(setpriv) => {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
 /// `setpriv` (util-linux), when present.
-pub(crate) fn setpriv() -> Option<&'static Path> {
+fn setpriv() -> Option<&'static Path> {
     static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
     SETPRIV
         .get_or_init(|| {
@@ -223,21 +247,7 @@ impl ServiceProcess {
 
     /// Starts it (its output is appended to its log file).
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("{}", self.log.display()))?;
-        // Under setpriv --pdeathsig, the service dies with the test process even when the test
-        // is killed (a timeout): no orphaned service keeps a port or a CPU.
-        let mut cmd = match setpriv() {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.binary);
-                c
-            }
-            None => Command::new(&self.binary),
-        };
+        let mut cmd = child_command(&self.binary, &self.log)?;
         // Only what the harness gives: no TGB_* of the test's own environment.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("TGB_") {
@@ -250,11 +260,7 @@ impl ServiceProcess {
                 "RUST_LOG",
                 std::env::var("TGB_FAULT_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .current_dir(repo_root())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
+            .current_dir(repo_root());
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;

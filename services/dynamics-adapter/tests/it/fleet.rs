@@ -184,6 +184,20 @@ fn print(scenario: &str, f: &Figures, window: Duration) {
     );
 }
 
+/// What both scenarios must show: every case once, the combined concurrency within what the
+/// emulator allows, and at most one 429 per window after the first.
+fn assert_kept_the_limits(f: &Figures, real: &Limits) {
+    assert_eq!(f.created, CASES, "every case once");
+    assert!(
+        f.concurrency_peak <= real.concurrent as usize,
+        "combined concurrency over the limit: {f:?}"
+    );
+    assert!(
+        f.throttled_per_window.iter().skip(1).all(|n| *n <= 1),
+        "at most one 429 per window after the first: {f:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_draining_a_burst_stay_together_under_the_lane_limits() {
     let limits = Limits {
@@ -192,18 +206,10 @@ async fn three_replicas_draining_a_burst_stay_together_under_the_lane_limits() {
         concurrent: 6,
     };
     let (_env, f) = drain("fleet at the real limits", &limits, &limits).await;
-    assert_eq!(f.created, CASES, "every case once");
+    assert_kept_the_limits(&f, &limits);
     assert!(
         f.sliding_peak <= limits.requests as usize,
         "combined rate over the limit: {f:?}"
-    );
-    assert!(
-        f.concurrency_peak <= limits.concurrent as usize,
-        "combined concurrency over the limit: {f:?}"
-    );
-    assert!(
-        f.throttled_per_window.iter().skip(1).all(|n| *n <= 1),
-        "at most one 429 per window after the first: {f:?}"
     );
 }
 
@@ -225,13 +231,5 @@ async fn three_replicas_against_a_limit_ten_times_lower_than_configured_draw_few
         ..real
     };
     let (_env, f) = drain("fleet at a limit 10x lower", &configured, &real).await;
-    assert_eq!(f.created, CASES, "every case once");
-    assert!(
-        f.concurrency_peak <= real.concurrent as usize,
-        "combined concurrency over the limit: {f:?}"
-    );
-    assert!(
-        f.throttled_per_window.iter().skip(1).all(|n| *n <= 1),
-        "at most one 429 per window after the first: {f:?}"
-    );
+    assert_kept_the_limits(&f, &real);
 }
