@@ -1,11 +1,13 @@
 //! What planner-adapter keeps in KV (`tgb_sync`), besides the links in `tgb_links`:
 //!
 //! - `planner-intent.<subject>`: a create intent, written before the POST and removed once the
-//!   link is stored. A pending intent with no link means "a POST may have happened": the plan is
-//!   searched for the task's marker before any re-create.
+//!   task is complete (linked, details and record written). A pending intent with no link
+//!   means "a POST may have happened": the plan is searched for the task's marker before any
+//!   re-create.
 //! - `planner-task.<task id>`: a task tg-bridge created: what it is for, the last state the
 //!   poller observed, the ETag of tg-bridge's own last write (echo suppression), and an outbox
-//!   for the progress event being published.
+//!   for the progress event being published. Written once per create, after the task's
+//!   details: a linked task without a record is a create still to be completed.
 //! - `planner-group.<key>`: the department tasks of one cross-functional exception (P4).
 
 use std::collections::{BTreeSet, HashMap};

@@ -1,13 +1,16 @@
 //! Creating and updating tasks without ever making a second one.
 //!
-//! A create runs: link? → intent (KV, compare-and-set) → POST → link + task record → details →
-//! intent cleared. Whatever point a crash interrupts:
+//! A create runs: link? → intent (KV, compare-and-set) → POST → link → details → task record →
+//! intent cleared. The task record is written once, last: a link without a record marks a
+//! create whose details may not be written yet. Whatever point a crash or a failed request
+//! interrupts:
 //!
-//! | crash after | the redelivery finds | and does |
+//! | interrupted after | the redelivery finds | and does |
 //! |---|---|---|
 //! | nothing / the intent | a pending intent, no task with the marker | waits out the intent's lease (a POST of another replica may be in flight), then creates |
-//! | the POST | a pending intent, the task with the marker in the plan | adopts that task: link, record, details |
-//! | the link | the link | updates the task (details made complete) |
+//! | the POST | a pending intent, the task with the marker in the plan | adopts that task: link, details, record |
+//! | the link (the details GET or PATCH failed) | the link, no record | completes the create: details (description included), record, intent cleared, `planner.task.created` |
+//! | the record | the link and the record | updates the task |
 //!
 //! A POST that certainly had no effect (429, 4xx) marks the intent `failed`, so the retry
 //! creates at once.
@@ -299,7 +302,7 @@ impl Tasks {
         let _ = self.store.put_intent(&subject, &intent, rev).await;
     }
 
-    /// Links, records, completes the details and clears the intent of a created/adopted task.
+    /// Links a created/adopted task, then completes it ([`Self::complete`]).
     async fn finish(
         &self,
         spec: &TaskSpec,
@@ -307,6 +310,7 @@ impl Tasks {
         blocked: Option<&str>,
     ) -> Result<TaskRecord, HandlerError> {
         let s = &spec.subject;
+        // First: from here on the redelivery finds the task by its link, not by the marker.
         self.links
             .link(
                 &Record::new(&s.0, &s.1, &s.2),
@@ -314,9 +318,30 @@ impl Tasks {
             )
             .await
             .map_err(kv_error)?;
-        let record = self.record_of(spec, &task, blocked);
-        self.store.put_task(&record).await.map_err(kv_error)?;
+        self.complete(spec, &task, blocked).await
+    }
+
+    /// The end of a create, for a linked task: writes what the details lack (description
+    /// included), then the task record (its only write in the create), then clears the intent.
+    async fn complete(
+        &self,
+        spec: &TaskSpec,
+        task: &Task,
+        blocked: Option<&str>,
+    ) -> Result<TaskRecord, HandlerError> {
         self.ensure_details(spec, &task.id, None).await?;
+        self.store_record(spec, task, blocked).await
+    }
+
+    /// Writes the record of a task whose details are written and clears its intent.
+    async fn store_record(
+        &self,
+        spec: &TaskSpec,
+        task: &Task,
+        blocked: Option<&str>,
+    ) -> Result<TaskRecord, HandlerError> {
+        let record = self.record_of(spec, task, blocked);
+        self.store.put_task(&record).await.map_err(kv_error)?;
         self.store
             .clear_intent(&spec.subject_key())
             .await
@@ -362,21 +387,18 @@ impl Tasks {
         patch
     }
 
-    /// Adds what the details lack (description when empty, references, checklist items).
+    /// Adds what the details of a new task lack (description when empty, references,
+    /// checklist items). Its record is written after this, already marked as tg-bridge's write.
     async fn ensure_details(
         &self,
         spec: &TaskSpec,
         task_id: &str,
         known: Option<TaskDetails>,
     ) -> Result<(), HandlerError> {
-        let (_, wrote) = self
-            .graph
+        self.graph
             .update_details(task_id, known, |d| Self::details_patch(spec, d, true))
             .await
             .map_err(handler_error)?;
-        if wrote {
-            self.note_own_write(task_id, None).await?;
-        }
         Ok(())
     }
 
@@ -411,8 +433,7 @@ impl Tasks {
             .await
             .map_err(kv_error)?;
         if let Some(task_id) = linked {
-            let record = self.update(spec, &task_id, blocked).await?;
-            return Ok((record, false));
+            return self.update(spec, &task_id, blocked).await;
         }
         match self.claim(spec).await? {
             Claim::Adopt(task) => {
@@ -454,7 +475,7 @@ impl Tasks {
                 .await
                 .map_err(kv_error)?;
             if let Some(task_id) = linked {
-                out.push(self.update(spec, &task_id, blocked).await?);
+                out.push(self.update(spec, &task_id, blocked).await?.0);
                 continue;
             }
             match self.claim(spec).await? {
@@ -497,10 +518,6 @@ impl Tasks {
                 )
                 .await
                 .map_err(kv_error)?;
-            self.store
-                .put_task(&self.record_of(spec, task, blocked))
-                .await
-                .map_err(kv_error)?;
         }
         // Details: one batch to read their ETags, one to write them.
         let ids: Vec<String> = created.iter().map(|(_, t)| t.id.clone()).collect();
@@ -524,7 +541,7 @@ impl Tasks {
             .map_err(handler_error)?;
         for ((id, _, _), result) in patches.iter().zip(written) {
             match result {
-                Ok(_) => self.note_own_write(id, None).await?,
+                Ok(_) => {}
                 // A conflict here (someone edited already): the single-task path merges.
                 Err(GraphError::Conflict { .. }) => {
                     let spec = created.iter().find(|(_, t)| &t.id == id).map(|(s, _)| *s);
@@ -535,14 +552,9 @@ impl Tasks {
                 Err(e) => return Err(handler_error(e)),
             }
         }
+        // Every detail written: the records, once each.
         for (spec, task) in &created {
-            self.store
-                .clear_intent(&spec.subject_key())
-                .await
-                .map_err(kv_error)?;
-            if let Some((r, _)) = self.store.task(&task.id).await.map_err(kv_error)? {
-                out.push(r);
-            }
+            out.push(self.store_record(spec, task, blocked).await?);
         }
         if let Some(e) = first_error {
             return Err(handler_error(e));
@@ -551,13 +563,15 @@ impl Tasks {
     }
 
     /// Brings an existing task to the spec: title and priority; missing references and
-    /// checklist items. Progress, assignees and labels belong to the people working it.
+    /// checklist items. Progress, assignees and labels belong to the people working it. A
+    /// linked task without a record is a create that did not finish (its details GET or PATCH
+    /// failed, or the process stopped): it is completed, and reported as new (`true`).
     pub async fn update(
         &self,
         spec: &TaskSpec,
         task_id: &str,
         blocked: Option<&str>,
-    ) -> Result<TaskRecord, HandlerError> {
+    ) -> Result<(TaskRecord, bool), HandlerError> {
         let _guard = self.store.lock(task_id).await;
         let title = spec.full_title();
         let priority = spec.placement.priority;
@@ -570,14 +584,10 @@ impl Tasks {
             })
             .await
             .map_err(handler_error)?;
-        let record = match self.store.task(task_id).await.map_err(kv_error)? {
-            Some((r, _)) => r,
-            None => {
-                // Linked but no record (a crash between link and record): write it now.
-                let r = self.record_of(spec, &task, blocked);
-                self.store.put_task(&r).await.map_err(kv_error)?;
-                r
-            }
+        let Some((record, _)) = self.store.task(task_id).await.map_err(kv_error)? else {
+            tracing::info!(task_id, marker = %spec.marker, "completing a create that stopped before its details were written");
+            let record = self.complete(spec, &task, blocked).await?;
+            return Ok((record, true));
         };
         if wrote {
             self.note_own_write(task_id, Some(&task)).await?;
@@ -590,7 +600,7 @@ impl Tasks {
         if details_wrote {
             self.note_own_write(task_id, None).await?;
         }
-        Ok(record)
+        Ok((record, false))
     }
 }
 

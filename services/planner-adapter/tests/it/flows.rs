@@ -150,12 +150,8 @@ async fn p2_a_task_moved_to_blocked_produces_exactly_one_blocked_progress_event(
         .wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-200")
         .await;
     let task_id = created.task.unwrap().task_id;
-    // Wait until the poller has looked at the task once (its own creation is an echo).
-    eventually("first poll", tgb_testkit::HANG_GUARD, || async {
-        (scrape_echoes(&w).await > 0.0).then_some(())
-    })
-    .await
-    .unwrap();
+    // Wait until the poller has listed the task (its own creation is never progress).
+    w.wait_polled_twice(ISSUES).await;
 
     let calls_before = w.graph_work_calls();
     let mut delays = Vec::new();
@@ -262,6 +258,13 @@ async fn a_create_retried_after_a_crash_between_post_and_link_leaves_exactly_one
     assert!(
         details["references"]["https%3A//tg%2Eexample/cases/C-300"].is_object(),
         "details completed"
+    );
+    assert!(
+        details["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("The ASN never arrived."),
+        "description written: {details}"
     );
     // Another redelivery (an update) still finds the link.
     w.publish(TgCaseUpdated {
@@ -589,11 +592,7 @@ async fn p3_p5_p6_escalation_review_and_onboarding_tasks_are_created_and_review_
         e.task.as_ref().is_some_and(|t| t.task_id == id)
     })
     .await;
-    eventually("first poll", tgb_testkit::HANG_GUARD, || async {
-        (scrape_echoes(&w).await > 0.0).then_some(())
-    })
-    .await
-    .unwrap();
+    w.wait_polled_twice("pLnOnboarding000000000000000").await;
     w.edit_as_user(
         &id,
         json!({"percentComplete": 100, "appliedCategories": {"category2": true}}),

@@ -21,6 +21,7 @@ pub struct World {
     pub nats: NatsServer,
     pub sandbox: Sandbox,
     pub publisher: Publisher,
+    pub bus: Bus,
     pub adapter: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     pub events: Seen,
 }
@@ -72,6 +73,7 @@ impl World {
             nats,
             sandbox,
             publisher,
+            bus,
             adapter: None,
             events,
         }
@@ -117,6 +119,33 @@ impl World {
             }
         }
         out
+    }
+
+    /// `GET /planner/plans/{plan}/tasks` calls tg-bridge made so far (any page).
+    pub fn plan_polls(&self, plan: &str) -> usize {
+        let path = format!("/planner/plans/{plan}/tasks");
+        self.sandbox
+            .calls()
+            .of_system("graph")
+            .iter()
+            .filter(|c| !c.scripted && c.method == "GET" && c.path.ends_with(&path))
+            .count()
+    }
+
+    /// Waits until the poller listed `plan` twice more: the second listing started after the
+    /// first was answered, so it shows everything that existed when this was called. A task
+    /// created before is then behind the poller (an echo of tg-bridge's own write, or, when it
+    /// was listed before its record was written, a task the poller looks at again once it
+    /// changes): its creation is never reported as progress.
+    pub async fn wait_polled_twice(&self, plan: &str) {
+        let from = self.plan_polls(plan);
+        eventually(
+            &format!("two polls of {plan}"),
+            tgb_testkit::HANG_GUARD,
+            || async { (self.plan_polls(plan) >= from + 2).then_some(()) },
+        )
+        .await
+        .unwrap();
     }
 
     pub async fn stop_adapter(&mut self) {
