@@ -9,6 +9,7 @@
 //! - [`doctor`]: `tgb doctor`, every external dependency checked live;
 //! - [`bench`]: `tgb bench`, throughput against raw JetStream, quota efficiency, resources.
 
+pub mod backfill;
 pub mod bench;
 pub mod check_tg;
 pub mod demo;

@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         what: RebuildCommand,
     },
+    /// First sync of history through the normal flows, matching what already exists first.
+    Backfill {
+        #[command(subcommand)]
+        what: BackfillCommand,
+    },
     /// Re-deliver to a consumer every message of its subjects stored since a time.
     Replay {
         /// The durable consumer (see `tgb status`).
@@ -142,6 +147,50 @@ enum RebuildCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BackfillCommand {
+    /// TG's event feed from `--since`: existing incidents, accounts and Planner tasks of the
+    /// cases in range are linked first (as `tgb rebuild links`), then the events are published
+    /// as the feed poller would (same event ids), and the adapters create what is missing.
+    Tg {
+        /// `15m`, `2h`, `30d` ago, or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        /// Only this partner (`QUALIFIER:ID` or the id; repeatable).
+        #[arg(long = "partner")]
+        partners: Vec<String>,
+        /// Events published per second at most.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Show what would be matched and published; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Dataverse rows: the cases of the open incidents are linked to them and to their
+    /// Planner tasks (as `tgb rebuild links`).
+    Dataverse {
+        /// The table (only `incident`).
+        #[arg(long, value_enum)]
+        table: BackfillTable,
+        /// Which rows (only `open`: statecode 0).
+        #[arg(long, value_enum)]
+        filter: BackfillFilter,
+        /// Show what would be matched; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackfillTable {
+    Incident,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackfillFilter {
+    Open,
 }
 
 #[derive(Args)]
@@ -782,6 +831,42 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(0)
             }
         },
+        Command::Backfill { what } => {
+            let config = tgb_runtime::Config::load()?;
+            // The arguments are checked before anything is connected to.
+            if let BackfillCommand::Tg { since, .. } = what {
+                ops::parse_since(since, time::OffsetDateTime::now_utc())?;
+            }
+            let (_client, js) =
+                ops::jetstream_with(&operator_nats_url(&cli), &nats_auth(&cli)).await?;
+            let r = match what {
+                BackfillCommand::Tg {
+                    since,
+                    partners,
+                    rate,
+                    dry_run,
+                } => {
+                    if !(rate.is_finite() && *rate > 0.0) {
+                        anyhow::bail!("--rate: {rate} is not a positive rate");
+                    }
+                    let opts = tgb::backfill::TgOptions {
+                        since: ops::parse_since(since, time::OffsetDateTime::now_utc())?,
+                        partners: partners.clone(),
+                        dry_run: *dry_run,
+                        rate: *rate,
+                    };
+                    let client = tgb::backfill::tg_client(&config)?;
+                    tgb::backfill::tg(&config, &js, &client, &opts).await?
+                }
+                BackfillCommand::Dataverse {
+                    table: BackfillTable::Incident,
+                    filter: BackfillFilter::Open,
+                    dry_run,
+                } => tgb::backfill::dataverse_open_incidents(&config, &js, *dry_run).await?,
+            };
+            print(cli.json, &r, tgb::backfill::render);
+            Ok(0)
+        }
         Command::Replay {
             consumer,
             since,

@@ -24,7 +24,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(js: jetstream::Context) -> Self {
+    /// A publisher on `js` (services get theirs from [`crate::Bus::publisher`]; operator
+    /// commands such as `tgb backfill` make one on their own connection).
+    pub fn new(js: jetstream::Context) -> Self {
         Publisher { js }
     }
 

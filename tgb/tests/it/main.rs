@@ -1,5 +1,6 @@
 //! tgb end to end: `tgb up` in-process, the operator commands, the demo.
 
+mod backfill;
 mod bench;
 mod check_tg;
 mod demo;

@@ -68,7 +68,7 @@ fn incidents_per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMa
 }
 
 /// Every consumer of the event stream has delivered and had acknowledged all it holds.
-async fn settled(js: &async_nats::jetstream::Context) -> Option<()> {
+pub(crate) async fn settled(js: &async_nats::jetstream::Context) -> Option<()> {
     let stream = js.get_stream(names::EVENTS_STREAM).await.ok()?;
     let mut consumers = stream.consumers();
     while let Some(info) = consumers.try_next().await.ok()? {

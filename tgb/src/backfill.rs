@@ -1,0 +1,429 @@
+//! `tgb backfill`: the first sync of history, through the normal flows.
+//!
+//! - `tgb backfill tg --since <time> [--partner <key>]… [--dry-run]` reads TG's event feed
+//!   (`GET /v1/events`, oldest first) and keeps what happened at or after `since` (and for the
+//!   partners named). Before publishing anything it matches what already exists, exactly as
+//!   `tgb rebuild links` does but only for the cases in range: incidents by `tgb_tgcaseid`,
+//!   accounts by `tgb_partnerkey`, Planner tasks by their title marker (with planner-adapter's
+//!   task record, so the adapter updates that task instead of creating another). Then it
+//!   publishes each event as tg-ingress's feed poller would: the same mapping and the same
+//!   event id (derived from the TG event id), so a second backfill, or an event the poller or a
+//!   webhook already published, is not applied twice. The adapters create what is missing,
+//!   paced by their own governors (the Dataverse and Graph limits); the publishing itself is
+//!   paced by `--rate` so a long history does not flood the stream.
+//! - `tgb backfill dataverse --table incident --filter open` reads the open incidents and
+//!   matches their cases (links to the incident and to the case's Planner tasks). An incident
+//!   without a TG case id is listed as skipped: no flow carries it to TG (tg-bridge opens TG
+//!   collaboration cases only from Planner and document flows), so there is nothing to replay.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use serde::Serialize;
+use serde_json::Value;
+use tgb_bus::links::{Links, Record};
+use tgb_bus::names;
+use tgb_clients::tg::TgClient;
+use time::OffsetDateTime;
+
+use crate::rebuild;
+
+/// What `tgb backfill tg` reads and publishes.
+#[derive(Clone, Debug)]
+pub struct TgOptions {
+    /// Events that happened before this are left out.
+    pub since: OffsetDateTime,
+    /// Only these partners (`QUALIFIER:ID` or the bare id); all when empty.
+    pub partners: Vec<String>,
+    /// Show what would be done; write and publish nothing.
+    pub dry_run: bool,
+    /// Events published per second at most.
+    pub rate: f64,
+}
+
+/// The summary of a backfill.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// `tg` or `dataverse`.
+    pub source: String,
+    /// Nothing was written or published.
+    pub dry_run: bool,
+    /// Events read from the feed (or incidents read from Dataverse).
+    pub read: usize,
+    /// Left out: before `since`.
+    pub skipped_before_since: usize,
+    /// Left out: another partner.
+    pub skipped_partner: usize,
+    /// Left out: not following the contract (the feed poller publishes those as unknown
+    /// events for the DLQ; a backfill leaves them to it).
+    pub skipped_invalid: usize,
+    /// Left out: an incident without a TG case id (Dataverse backfill).
+    pub skipped_no_case: usize,
+    /// Events in range (published, or that would be in a dry run).
+    pub events_in_range: usize,
+    /// Distinct TG cases in range.
+    pub cases: usize,
+    /// Cases already linked to an incident before the backfill.
+    pub incidents_already_linked: usize,
+    /// Cases whose existing incident was matched (linked) by this backfill.
+    pub incidents_matched: usize,
+    /// Cases already linked to a Planner task before the backfill.
+    pub tasks_already_linked: usize,
+    /// Cases whose existing Planner task was matched (linked) by this backfill.
+    pub tasks_matched: usize,
+    /// Links the bucket holds with another value (left alone, as in `tgb rebuild links`).
+    pub links_conflicting: usize,
+    /// Events published (new to the stream).
+    pub published: usize,
+    /// Events the stream already held under the same event id.
+    pub duplicates: usize,
+    /// Seconds the backfill took.
+    pub elapsed_secs: f64,
+}
+
+/// The TG client of the configuration (`TGB_TG_API_URL`, `TGB_TG_TOKEN_URL`,
+/// `TGB_TG_CLIENT_ID`, `TGB_TG_CLIENT_SECRET`).
+pub fn tg_client(config: &tgb_runtime::Config) -> anyhow::Result<TgClient> {
+    let s = &config.settings;
+    let (Some(api), Some(token_url), Some(id), Some(secret)) = (
+        s.tg_api_url.clone(),
+        s.tg_token_url.clone(),
+        s.tg_client_id.clone(),
+        s.tg_client_secret.clone(),
+    ) else {
+        anyhow::bail!(
+            "the TG client is not configured: set TGB_TG_API_URL, TGB_TG_TOKEN_URL, TGB_TG_CLIENT_ID and TGB_TG_CLIENT_SECRET"
+        );
+    };
+    let http = TgClient::http_client(Duration::from_secs(30));
+    let tokens = tgb_clients::oauth::TokenCache::new(
+        http.clone(),
+        tgb_clients::oauth::ClientCredentials::new(token_url, id, secret),
+    );
+    Ok(TgClient::new(http, api, Arc::new(tokens)))
+}
+
+/// Progress on stderr: a bar redrawn in place on a terminal, a line per tenth otherwise.
+struct Progress {
+    what: &'static str,
+    total: usize,
+    tty: bool,
+    last_tenth: usize,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: usize) -> Self {
+        Progress {
+            what,
+            total,
+            tty: std::io::stderr().is_terminal(),
+            last_tenth: 0,
+        }
+    }
+
+    fn show(&mut self, done: usize) {
+        let total = self.total.max(1);
+        if self.tty {
+            let width = 30;
+            let filled = done * width / total;
+            eprint!(
+                "\r{} [{}{}] {done}/{}",
+                self.what,
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.total
+            );
+            if done == self.total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        } else {
+            let tenth = done * 10 / total;
+            if tenth > self.last_tenth || done == self.total {
+                self.last_tenth = tenth;
+                eprintln!("{}: {done}/{}", self.what, self.total);
+            }
+        }
+    }
+}
+
+fn partner_wanted(partners: &[String], partner: Option<&tgb_clients::tg::Partner>) -> bool {
+    if partners.is_empty() {
+        return true;
+    }
+    let Some(p) = partner else {
+        return false;
+    };
+    let key = p.key();
+    partners.iter().any(|w| *w == key || *w == p.id)
+}
+
+/// The TG case an event belongs to, from its `data.case_id`.
+fn case_of(raw: &Value) -> Option<String> {
+    raw.get("data")?
+        .get("case_id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Which cases are linked to `(system, kind)`.
+async fn linked(
+    links: &Links,
+    cases: &BTreeSet<String>,
+    system: &str,
+    kind: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for c in cases {
+        if links
+            .find(&Record::new("tg", "case", c), system, kind)
+            .await?
+            .is_some()
+        {
+            out.insert(c.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Matches the existing records of `cases` (links and task records, as `tgb rebuild links`),
+/// filling the report's before/matched counts.
+async fn match_first(
+    config: &tgb_runtime::Config,
+    js: &jetstream::Context,
+    cases: &BTreeSet<String>,
+    dry_run: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let kv = js
+        .get_key_value(names::KV_LINKS)
+        .await
+        .context("KV bucket tgb_links not found: is this tg-bridge's NATS? (tgb up or the services create it)")?;
+    let links = Links::new(kv);
+    let inc_before = linked(&links, cases, "dataverse", "incident").await?;
+    let task_before = linked(&links, cases, "planner", "task").await?;
+    report.incidents_already_linked = inc_before.len();
+    report.tasks_already_linked = task_before.len();
+    let r = rebuild::links_from_config(config, js, Some(cases), dry_run).await?;
+    report.links_conflicting = r.links_conflicting;
+    if dry_run {
+        // What the rebuild would write, per case (the TG side is `tg.case.<id>`).
+        let would = |to: &str| -> BTreeSet<String> {
+            r.changes
+                .iter()
+                .filter(|c| c.state == "would-write" && c.to.starts_with(to))
+                .filter_map(|c| c.from.strip_prefix("tg.case.").map(str::to_owned))
+                .collect()
+        };
+        report.incidents_matched = would("dataverse.incident.").len();
+        report.tasks_matched = would("planner.task.").len();
+    } else {
+        report.incidents_matched = linked(&links, cases, "dataverse", "incident")
+            .await?
+            .difference(&inc_before)
+            .count();
+        report.tasks_matched = linked(&links, cases, "planner", "task")
+            .await?
+            .difference(&task_before)
+            .count();
+    }
+    Ok(())
+}
+
+/// `tgb backfill tg`.
+pub async fn tg(
+    config: &tgb_runtime::Config,
+    js: &jetstream::Context,
+    client: &TgClient,
+    opts: &TgOptions,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = Report {
+        source: "tg".into(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    // The whole range first: the matching must happen before any event is published.
+    let mut events = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = client
+            .events(after.as_deref(), 500)
+            .await
+            .context("reading TG's event feed")?;
+        let n = page.events.len();
+        for raw in page.events {
+            report.read += 1;
+            let typed = serde_json::from_value(raw.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|r| tgb_clients::tg::validate(r).map_err(|e| e.message));
+            let tg = match typed {
+                Ok(tg) => tg,
+                Err(reason) => {
+                    tracing::warn!(%reason, "feed element does not follow the contract: left to the feed poller");
+                    report.skipped_invalid += 1;
+                    continue;
+                }
+            };
+            if tg.occurred_at < opts.since {
+                report.skipped_before_since += 1;
+                continue;
+            }
+            if !partner_wanted(&opts.partners, tg.partner.as_ref()) {
+                report.skipped_partner += 1;
+                continue;
+            }
+            let bytes = serde_json::to_vec(&raw).unwrap_or_default();
+            events.push((case_of(&raw), tg_ingress::mapping::to_event(&tg, &bytes)));
+        }
+        let moved = !page.next_cursor.is_empty() && after.as_deref() != Some(&page.next_cursor);
+        if !moved || n < 500 {
+            break;
+        }
+        after = Some(page.next_cursor);
+    }
+    report.events_in_range = events.len();
+    let cases: BTreeSet<String> = events.iter().filter_map(|(c, _)| c.clone()).collect();
+    report.cases = cases.len();
+    if !cases.is_empty() {
+        match_first(config, js, &cases, opts.dry_run, &mut report).await?;
+    }
+    if !opts.dry_run {
+        let publisher = tgb_bus::Publisher::new(js.clone());
+        let mut progress = Progress::new("backfill tg: published", events.len());
+        let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+        let mut pace = tokio::time::interval(period);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for (i, (_, event)) in events.iter().enumerate() {
+            pace.tick().await;
+            let ack = publisher
+                .publish_event(event)
+                .await
+                .with_context(|| format!("publishing {}", event.subject()))?;
+            if ack.duplicate {
+                report.duplicates += 1;
+            } else {
+                report.published += 1;
+            }
+            progress.show(i + 1);
+        }
+    }
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// `tgb backfill dataverse --table incident --filter open`.
+pub async fn dataverse_open_incidents(
+    config: &tgb_runtime::Config,
+    js: &jetstream::Context,
+    dry_run: bool,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = Report {
+        source: "dataverse".into(),
+        dry_run,
+        ..Default::default()
+    };
+    let dv = crate::setup::client_from_config(config)?;
+    let rows = dv
+        .get_all(
+            "incidents?$select=incidentid,tgb_tgcaseid&$filter=statecode eq 0",
+            500,
+        )
+        .await
+        .context("reading open incidents from Dataverse")?;
+    report.read = rows.len();
+    let mut cases = BTreeSet::new();
+    for r in &rows {
+        match r.get("tgb_tgcaseid").and_then(Value::as_str) {
+            Some(c) if !c.is_empty() => {
+                cases.insert(c.to_owned());
+            }
+            _ => report.skipped_no_case += 1,
+        }
+    }
+    report.cases = cases.len();
+    if !cases.is_empty() {
+        match_first(config, js, &cases, dry_run, &mut report).await?;
+    }
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The summary for people.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let verb = if r.dry_run { "would be" } else { "were" };
+    out.push_str(&format!(
+        "backfill {}{}: {} read, {} case(s) in range\n",
+        r.source,
+        if r.dry_run { " (dry run)" } else { "" },
+        r.read,
+        r.cases
+    ));
+    out.push_str(&format!(
+        "  skipped: {} before --since, {} other partner, {} invalid, {} without a TG case\n",
+        r.skipped_before_since, r.skipped_partner, r.skipped_invalid, r.skipped_no_case
+    ));
+    out.push_str(&format!(
+        "  incidents: {} already linked, {} existing {verb} matched\n",
+        r.incidents_already_linked, r.incidents_matched
+    ));
+    out.push_str(&format!(
+        "  Planner tasks: {} already linked, {} existing {verb} matched\n",
+        r.tasks_already_linked, r.tasks_matched
+    ));
+    if r.links_conflicting > 0 {
+        out.push_str(&format!(
+            "  {} link(s) name another record: left alone (see `tgb rebuild links --dry-run`)\n",
+            r.links_conflicting
+        ));
+    }
+    if r.source == "tg" && r.dry_run {
+        out.push_str(&format!(
+            "  events: {} would be published\n",
+            r.events_in_range
+        ));
+    } else if r.source == "tg" {
+        out.push_str(&format!(
+            "  events: {} published, {} already on the stream; the adapters create what is missing at their governors' pace\n",
+            r.published, r.duplicates
+        ));
+    }
+    out.push_str(&format!("  took {:.1} s\n", r.elapsed_secs));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partner(q: &str, id: &str) -> tgb_clients::tg::Partner {
+        serde_json::from_value(serde_json::json!({"qualifier": q, "id": id})).unwrap()
+    }
+
+    #[test]
+    fn a_partner_is_named_by_its_key_or_its_bare_id_and_no_filter_takes_all() {
+        let p = partner("ZZ", "ACME01");
+        assert!(partner_wanted(&[], Some(&p)));
+        assert!(partner_wanted(&["ZZ:ACME01".into()], Some(&p)));
+        assert!(partner_wanted(&["ACME01".into()], Some(&p)));
+        assert!(!partner_wanted(&["ZZ:OTHER".into()], Some(&p)));
+        assert!(!partner_wanted(&["ZZ:ACME01".into()], None));
+    }
+
+    #[test]
+    fn the_case_of_an_event_is_its_data_case_id() {
+        assert_eq!(
+            case_of(&serde_json::json!({"data": {"case_id": "C-1"}})),
+            Some("C-1".into())
+        );
+        assert_eq!(case_of(&serde_json::json!({"data": {"case_id": ""}})), None);
+        assert_eq!(case_of(&serde_json::json!({"data": {}})), None);
+    }
+}

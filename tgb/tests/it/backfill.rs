@@ -1,0 +1,372 @@
+//! `tgb backfill tg` and `tgb backfill dataverse`: a first sync of 200 historical TG cases, 50
+//! of which people already copied into Dynamics (an incident with the case id) and Planner (a
+//! task with the case's marker) without tg-bridge: the 50 are matched and linked, the other
+//! 150 created, each case ends with exactly one incident and one task, and a second run
+//! creates nothing.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use tgb::ops;
+use tgb_bus::links::{Links, Record};
+use tgb_bus::names;
+
+use crate::support;
+
+const CASES: usize = 200;
+const EXISTING: usize = 50;
+const OLDER: usize = 10;
+const ISSUES_PLAN: &str = "pLnPartnerIssues00000000000A";
+const TRIAGE_BUCKET: &str = "bKtTriage000000000000000000A";
+const PARTNER_KEY: &str = "ZZ:BF01";
+/// A hang guard for a drain of 200 cases (hundreds of governed requests), not a timing.
+const DRAIN_GUARD: std::time::Duration = std::time::Duration::from_secs(400);
+
+fn raise(system: &tgb::system::System, title: &str) -> String {
+    let raise: tgb_sandbox::tg::model::RaiseCase = serde_json::from_value(json!({
+        "partner": {"qualifier": "ZZ", "id": "BF01", "name": "Backfill Supplier"},
+        "title": title,
+        "priority": "normal",
+    }))
+    .unwrap();
+    let ev = system.sandbox.tg().raise_case(raise).unwrap();
+    ev.data["case_id"].as_str().unwrap().to_owned()
+}
+
+/// Per case: (incidents with its id, Planner tasks with its marker).
+fn per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMap<String, (usize, usize)> {
+    let rows = system.sandbox.dataverse().rows("incidents");
+    let snapshot = system.sandbox.planner().snapshot();
+    let titles: Vec<String> = snapshot["tasks"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["task"]["title"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    cases
+        .iter()
+        .map(|c| {
+            let marker = format!("[{c}] ");
+            let incidents = rows
+                .iter()
+                .filter(|r| r["tgb_tgcaseid"] == c.as_str())
+                .count();
+            let tasks = titles.iter().filter(|t| t.starts_with(&marker)).count();
+            (c.clone(), (incidents, tasks))
+        })
+        .collect()
+}
+
+/// Cases linked both ways to an incident and to a Planner task.
+async fn fully_linked(links: &Links, cases: &[String]) -> usize {
+    let mut n = 0;
+    for c in cases {
+        let rec = Record::new("tg", "case", c);
+        let (Ok(Some(inc)), Ok(Some(task))) = (
+            links.find(&rec, "dataverse", "incident").await,
+            links.find(&rec, "planner", "task").await,
+        ) else {
+            continue;
+        };
+        let back_inc = links
+            .find(&Record::new("dataverse", "incident", &inc), "tg", "case")
+            .await;
+        let back_task = links
+            .find(&Record::new("planner", "task", &task), "tg", "case")
+            .await;
+        if matches!(back_inc, Ok(Some(ref b)) if b == c)
+            && matches!(back_task, Ok(Some(ref b)) if b == c)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_150_and_links_all() {
+    // The feed poller polls once at start (an empty feed: it has caught up) and not again
+    // during the test: the history seeded below stands for what TG held before tg-bridge's
+    // first start, which the poller's "now" start leaves alone (tg-ingress's start tests).
+    // The Graph lane at 3,000 requests a minute instead of 600: the drain is paced by it
+    // (about 3 requests per task), and the test need not last the minute 600 would take.
+    let (system, _dir) = support::system(&[
+        ("TGB_TG_INGRESS__POLL_INTERVAL_MS", "3600000"),
+        ("TGB_ROUTING__GRAPH__REQUESTS_PER_WINDOW", "3000"),
+    ])
+    .await;
+    let (_client, js) = ops::jetstream(&system.nats_url).await.unwrap();
+    let links = Links::new(js.get_key_value(names::KV_LINKS).await.unwrap());
+    let tg = system.sandbox.tg();
+    // History from before tg-bridge: no webhook reaches it, and the feed poller started at
+    // "now" (the default) leaves it alone.
+    assert!(tg.webhooks().set_paused("ingress", true));
+    let now = time::OffsetDateTime::now_utc();
+    tg.set_occurred_at(Some(now - time::Duration::days(40)));
+    let older: Vec<String> = (0..OLDER)
+        .map(|i| raise(&system, &format!("Too old {i}")))
+        .collect();
+    tg.set_occurred_at(Some(now - time::Duration::days(10)));
+    let cases: Vec<String> = (0..CASES)
+        .map(|i| raise(&system, &format!("Backfilled issue {i}")))
+        .collect();
+    tg.set_occurred_at(None);
+
+    // People copied the first 50 into Dynamics and Planner by hand.
+    let http = reqwest::Client::new();
+    let dv = format!("{}/api/data/v9.2", system.sandbox.dataverse_url_as("agent"));
+    let r = http
+        .post(format!("{dv}/accounts"))
+        .json(&json!({"name": "Backfill Supplier", "tgb_partnerkey": PARTNER_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "account: {}", r.status());
+    let account = r.headers()["OData-EntityId"].to_str().unwrap().to_owned();
+    let account_id = account
+        .rsplit_once('(')
+        .unwrap()
+        .1
+        .trim_end_matches(')')
+        .to_owned();
+    for c in &cases[..EXISTING] {
+        let r = http
+            .post(format!("{dv}/incidents"))
+            .json(
+                &json!({"title": format!("{c} copied by hand"), "tgb_tgcaseid": c,
+                          "customerid_account@odata.bind": format!("/accounts({account_id})")}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "incident: {}", r.status());
+        let r = http
+            .post(format!(
+                "{}/v1.0/planner/tasks",
+                system.sandbox.graph_url_as("planner")
+            ))
+            .json(&json!({"planId": ISSUES_PLAN, "bucketId": TRIAGE_BUCKET,
+                          "title": format!("[{c}] copied by hand")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let all: Vec<String> = cases.iter().chain(&older).cloned().collect();
+    let before = per_case(&system, &all);
+    assert_eq!(
+        before.values().filter(|n| **n == (1, 1)).count(),
+        EXISTING,
+        "only the hand copies exist"
+    );
+
+    let config = system
+        .service_config("tgb", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let client = tgb::backfill::tg_client(&config).unwrap();
+    let opts = tgb::backfill::TgOptions {
+        since: now - time::Duration::days(30),
+        partners: vec![PARTNER_KEY.into()],
+        dry_run: true,
+        rate: 500.0,
+    };
+    let dry = tgb::backfill::tg(&config, &js, &client, &opts)
+        .await
+        .unwrap();
+    eprintln!("{}", tgb::backfill::render(&dry));
+    assert_eq!(dry.cases, CASES);
+    assert_eq!(dry.events_in_range, CASES);
+    assert_eq!(dry.skipped_before_since, OLDER);
+    assert_eq!(
+        (dry.incidents_matched, dry.tasks_matched),
+        (EXISTING, EXISTING)
+    );
+    assert_eq!(dry.published, 0);
+    assert_eq!(
+        fully_linked(&links, &cases).await,
+        0,
+        "a dry run writes nothing"
+    );
+
+    let started = std::time::Instant::now();
+    let first = tgb::backfill::tg(
+        &config,
+        &js,
+        &client,
+        &tgb::backfill::TgOptions {
+            dry_run: false,
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("{}", tgb::backfill::render(&first));
+    assert_eq!(
+        (first.incidents_matched, first.tasks_matched),
+        (EXISTING, EXISTING)
+    );
+    assert_eq!(first.incidents_already_linked, 0);
+    assert_eq!(first.published, CASES);
+    let linked = tgb_testkit::eventually(
+        "every case in range linked both ways to one incident and one task",
+        DRAIN_GUARD,
+        || async { (fully_linked(&links, &cases).await == CASES).then_some(()) },
+    )
+    .await;
+    if linked.is_err() {
+        let mut missing = BTreeMap::new();
+        for (i, c) in cases.iter().enumerate() {
+            let rec = Record::new("tg", "case", c);
+            let inc = links.find(&rec, "dataverse", "incident").await.unwrap();
+            let task = links.find(&rec, "planner", "task").await.unwrap();
+            let k = (i < EXISTING, inc.is_some(), task.is_some());
+            *missing.entry(k).or_insert(0) += 1;
+        }
+        panic!(
+            "not all linked: (hand copy, incident link, task link) → cases {missing:?}; per case {:?}",
+            per_case(&system, &cases)
+                .values()
+                .fold(BTreeMap::new(), |mut m, v| {
+                    *m.entry(*v).or_insert(0) += 1;
+                    m
+                })
+        );
+    }
+    let took = started.elapsed();
+    let after = per_case(&system, &all);
+    let wrong: Vec<_> = cases
+        .iter()
+        .filter(|c| after[*c] != (1, 1))
+        .map(|c| (c, after[c]))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "one incident and one task per case: {wrong:?}"
+    );
+    assert!(
+        older.iter().all(|c| after[c] == (0, 0)),
+        "cases before --since are left alone"
+    );
+    let incidents = system.sandbox.dataverse().rows("incidents").len();
+    eprintln!(
+        "FIGURE backfill tg: {CASES} cases, {} matched (incident) / {} matched (task), {} incidents and {} tasks created, all {} linked, in {took:?}",
+        first.incidents_matched,
+        first.tasks_matched,
+        incidents - EXISTING,
+        CASES - EXISTING,
+        fully_linked(&links, &cases).await
+    );
+    assert_eq!(incidents, CASES, "150 created beside the 50 copies");
+
+    // A second run: everything already linked, every event already on the stream.
+    let second = tgb::backfill::tg(
+        &config,
+        &js,
+        &client,
+        &tgb::backfill::TgOptions {
+            dry_run: false,
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("{}", tgb::backfill::render(&second));
+    assert_eq!((second.incidents_matched, second.tasks_matched), (0, 0));
+    assert_eq!(
+        (second.incidents_already_linked, second.tasks_already_linked),
+        (CASES, CASES)
+    );
+    let dv_report = tgb::backfill::dataverse_open_incidents(&config, &js, false)
+        .await
+        .unwrap();
+    eprintln!("{}", tgb::backfill::render(&dv_report));
+    assert_eq!(dv_report.cases, CASES);
+    assert_eq!(dv_report.incidents_already_linked, CASES);
+    assert_eq!(
+        (dv_report.incidents_matched, dv_report.tasks_matched),
+        (0, 0)
+    );
+    // The second run's events reach the adapters (or are dropped as duplicates) and change
+    // nothing: wait until the consumers are idle, then count again.
+    tgb_testkit::eventually("the services are idle", DRAIN_GUARD, || {
+        crate::rebuild::settled(&js)
+    })
+    .await
+    .unwrap();
+    let again = per_case(&system, &cases);
+    assert!(again.values().all(|n| *n == (1, 1)), "{again:?}");
+    assert_eq!(system.sandbox.dataverse().rows("incidents").len(), CASES);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn backfill_dataverse_links_the_open_incidents_to_their_cases_and_skips_the_others() {
+    let (system, _dir) = support::system(&[]).await;
+    let (_client, js) = ops::jetstream(&system.nats_url).await.unwrap();
+    let links = Links::new(js.get_key_value(names::KV_LINKS).await.unwrap());
+    let http = reqwest::Client::new();
+    let dv = format!("{}/api/data/v9.2", system.sandbox.dataverse_url_as("agent"));
+    let r = http
+        .post(format!("{dv}/accounts"))
+        .json(&json!({"name": "Backfill Supplier", "tgb_partnerkey": PARTNER_KEY}))
+        .send()
+        .await
+        .unwrap();
+    let account = r.headers()["OData-EntityId"].to_str().unwrap().to_owned();
+    let account_id = account
+        .rsplit_once('(')
+        .unwrap()
+        .1
+        .trim_end_matches(')')
+        .to_owned();
+    // Three incidents of TG cases tg-bridge never saw, one an agent opened on its own.
+    for body in [
+        json!({"title": "a", "tgb_tgcaseid": "C-DV1"}),
+        json!({"title": "b", "tgb_tgcaseid": "C-DV2"}),
+        json!({"title": "c", "tgb_tgcaseid": "C-DV3"}),
+        json!({"title": "agent's own"}),
+    ] {
+        let mut body = body;
+        body["customerid_account@odata.bind"] = json!(format!("/accounts({account_id})"));
+        let r = http
+            .post(format!("{dv}/incidents"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let config = system
+        .service_config("tgb", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let dry = tgb::backfill::dataverse_open_incidents(&config, &js, true)
+        .await
+        .unwrap();
+    assert_eq!((dry.cases, dry.incidents_matched), (3, 3), "{dry:?}");
+    assert_eq!(dry.skipped_no_case, 1);
+    let r = tgb::backfill::dataverse_open_incidents(&config, &js, false)
+        .await
+        .unwrap();
+    eprintln!("{}", tgb::backfill::render(&r));
+    assert_eq!((r.cases, r.incidents_matched), (3, 3), "{r:?}");
+    for c in ["C-DV1", "C-DV2", "C-DV3"] {
+        assert!(
+            links
+                .find(&Record::new("tg", "case", c), "dataverse", "incident")
+                .await
+                .unwrap()
+                .is_some(),
+            "{c}"
+        );
+    }
+    let again = tgb::backfill::dataverse_open_incidents(&config, &js, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.incidents_matched, again.incidents_already_linked),
+        (0, 3)
+    );
+    system.stop().await;
+}
