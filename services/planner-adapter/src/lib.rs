@@ -157,6 +157,7 @@ pub async fn serve_with(
         routing,
         publisher: bus.publisher(),
         foreign: Default::default(),
+        unchanged: Default::default(),
     };
     workers.consumer(
         &bus,

@@ -55,6 +55,11 @@ pub struct Poller {
     pub publisher: Publisher,
     /// Tasks seen not to be tg-bridge's, with the ETag they had.
     pub foreign: HashMap<String, String>,
+    /// tg-bridge's tasks last seen as tg-bridge left them (nothing tracked changed), with the
+    /// ETag they had. Kept in memory, not in the task record: noting it there cost a KV write
+    /// for every task created, since the details written after the create move the task's
+    /// ETag (#21). After a restart or a lease hand-over each such task is compared once more.
+    pub unchanged: HashMap<String, String>,
 }
 
 impl Poller {
@@ -108,6 +113,7 @@ impl Poller {
                 Ok(n) => {
                     tracing::info!(tasks = n, "planner poller loaded its task records");
                     self.foreign.clear();
+                    self.unchanged.clear();
                     break;
                 }
                 Err(e) => {
@@ -175,7 +181,7 @@ impl Poller {
     }
 
     async fn observe(&mut self, t: &Task, blocked: Option<&str>) -> anyhow::Result<()> {
-        if self.foreign.get(&t.id) == Some(&t.etag) {
+        if self.foreign.get(&t.id) == Some(&t.etag) || self.unchanged.get(&t.id) == Some(&t.etag) {
             return Ok(());
         }
         if let Some(r) = self.tasks.store.cached(&t.id)
@@ -215,15 +221,7 @@ impl Poller {
                 );
                 self.publisher.record(&entry).await;
             }
-            let etag = t.etag.clone();
-            self.tasks
-                .store
-                .update_task(&t.id, |r| {
-                    r.observed_etag = etag.clone();
-                    r.own_write = false;
-                    true
-                })
-                .await?;
+            self.unchanged.insert(t.id.clone(), t.etag.clone());
             return Ok(());
         }
         let previous = record.known.clone();

@@ -168,7 +168,9 @@ impl Tasks {
                 .as_ref()
                 .map(|p| (p.qualifier.clone(), p.id.clone(), p.name.clone())),
             group: spec.group.clone(),
-            observed_etag: String::new(),
+            // The state tg-bridge created is the state it has seen: the poller's first listing
+            // of the task (same ETag) is then nothing new and costs no write (#21).
+            observed_etag: task.etag.clone(),
             written_etag: task.etag.clone(),
             own_write: true,
             known: observed_of(task, blocked),

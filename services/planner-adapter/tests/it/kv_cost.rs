@@ -157,3 +157,50 @@ async fn a_created_triage_task_writes_its_record_once() {
     assert_eq!(reads, 1);
     w.stop_adapter().await;
 }
+
+#[tokio::test]
+async fn the_pollers_first_look_at_a_task_tg_bridge_created_writes_nothing() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "200")]);
+    tgb_testkit::eventually("the first poll", tgb_testkit::HANG_GUARD, || async {
+        (w.plan_polls_by_caller().values().sum::<usize>() >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let tap = KvTap::start(&w).await;
+    w.publish(TgCaseOpened {
+        meta: Some(meta(Origin::Tg, "C-801", globex())),
+        case: Some(TgCase {
+            case_id: "C-801".into(),
+            revision: 1,
+            title: "Invoice mismatch".into(),
+            description: "Two lines differ.".into(),
+            category: CaseCategory::ShipmentDiscrepancy as i32,
+            priority: CasePriority::Normal as i32,
+            ..Default::default()
+        }),
+    })
+    .await;
+    w.wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-801")
+        .await;
+    crate::details::wait_settled(&w).await;
+    // Two complete listings of every plan after the create: the poller has seen the task.
+    let seen = w.plan_polls_by_caller().values().sum::<usize>();
+    tgb_testkit::eventually("two more polls", tgb_testkit::HANG_GUARD, || async {
+        (w.plan_polls_by_caller().values().sum::<usize>() >= seen + 4).then_some(())
+    })
+    .await
+    .unwrap();
+    let ops = tap.collect(&w).await;
+    eprintln!(
+        "FIGURE KV of a create and the poller's looks: {:?}",
+        ops.writes
+    );
+    assert_eq!(
+        ops.writes.get("task record").copied(),
+        Some(1),
+        "the poller found the task as tg-bridge wrote it: no second record write"
+    );
+    assert_eq!(ops.writes.values().sum::<usize>(), 5);
+    w.stop_adapter().await;
+}
