@@ -187,12 +187,6 @@ impl Store {
         )
     }
 
-    /// Removes the intent once the link is stored.
-    pub async fn clear_intent(&self, subject: &str) -> Result<(), StoreError> {
-        let key = intent_key(subject);
-        self.kv.purge(&key).await.map_err(|e| store_err(&key, e))
-    }
-
     /// A task record (cache, else KV).
     pub async fn task(&self, task_id: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
         if let Some(hit) = self.cache.lock().unwrap().get(task_id).cloned() {

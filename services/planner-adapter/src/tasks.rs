@@ -1,15 +1,18 @@
 //! Creating and updating tasks without ever making a second one.
 //!
-//! A create runs: link? → intent (KV, compare-and-set) → POST → link → details → task record →
-//! intent cleared. The task record is written once, last: a link without a record marks a
-//! create whose details may not be written yet. Whatever point a crash or a failed request
+//! A create runs: link? → intent (KV, compare-and-set) → POST → link → details → task record.
+//! The task record is written once, last: a link without a record marks a create whose details
+//! may not be written yet. The intent is left in place: once the link exists it is never read
+//! (every path asks for the link first), and a purge would store a marker the size of the
+//! intent it removes at the cost of one more write per task (#21). Should the link be lost, the
+//! intent left behind leads the next create to the marker search, which adopts the task. Whatever point a crash or a failed request
 //! interrupts:
 //!
 //! | interrupted after | the redelivery finds | and does |
 //! |---|---|---|
 //! | nothing / the intent | a pending intent, no task with the marker | waits out the intent's lease (a POST of another replica may be in flight), then creates |
 //! | the POST | a pending intent, the task with the marker in the plan | adopts that task: link, details, record |
-//! | the link (the details GET or PATCH failed) | the link, no record | completes the create: details (description included), record, intent cleared, `planner.task.created` |
+//! | the link (the details GET or PATCH failed) | the link, no record | completes the create: details (description included), record, `planner.task.created` |
 //! | the record | the link and the record | updates the task |
 //!
 //! A POST that certainly had no effect (429, 4xx) marks the intent `failed`, so the retry
@@ -335,7 +338,8 @@ impl Tasks {
         self.store_record(spec, task, blocked).await
     }
 
-    /// Writes the record of a task whose details are written and clears its intent.
+    /// Writes the record of a task whose details are written (the intent stays: see the
+    /// module's notes).
     async fn store_record(
         &self,
         spec: &TaskSpec,
@@ -344,10 +348,6 @@ impl Tasks {
     ) -> Result<TaskRecord, HandlerError> {
         let record = self.record_of(spec, task, blocked);
         self.store.put_task(&record).await.map_err(kv_error)?;
-        self.store
-            .clear_intent(&spec.subject_key())
-            .await
-            .map_err(kv_error)?;
         Ok(record)
     }
 

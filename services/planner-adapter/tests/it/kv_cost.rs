@@ -146,9 +146,13 @@ async fn a_created_triage_task_writes_its_record_once() {
         1,
         "the record is written once, after the details"
     );
-    assert_eq!(writes_of("intent"), 2, "the intent: written, then purged");
+    assert_eq!(
+        writes_of("intent"),
+        1,
+        "the intent: written, left for the link to supersede"
+    );
     assert_eq!(writes_of("link"), 2, "the link, both ways");
-    assert_eq!(writes, 5);
+    assert_eq!(writes, 4);
     assert_eq!(
         ops.reads.get("link").copied(),
         Some(1),
@@ -201,6 +205,6 @@ async fn the_pollers_first_look_at_a_task_tg_bridge_created_writes_nothing() {
         Some(1),
         "the poller found the task as tg-bridge wrote it: no second record write"
     );
-    assert_eq!(ops.writes.values().sum::<usize>(), 5);
+    assert_eq!(ops.writes.values().sum::<usize>(), 4);
     w.stop_adapter().await;
 }
