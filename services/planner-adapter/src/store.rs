@@ -1,9 +1,9 @@
 //! What planner-adapter keeps in KV (`tgb_sync`), besides the links in `tgb_links`:
 //!
-//! - `planner-intent.<subject>`: a create intent, written before the POST and removed once the
-//!   task is complete (linked, details and record written). A pending intent with no link
-//!   means "a POST may have happened": the plan is searched for the task's marker before any
-//!   re-create.
+//! - `planner-intent.<subject>`: a create intent, written before the POST and left in place
+//!   once the task is linked: every path reads the link first, so a linked subject's intent is
+//!   never read (purging it cost a write per task). A pending intent with no link means "a
+//!   POST may have happened": the plan is searched for the task's marker before any re-create.
 //! - `planner-task.<task id>`: a task tg-bridge created: what it is for, the last state the
 //!   poller observed, the ETag of tg-bridge's own last write (echo suppression), and an outbox
 //!   for the progress event being published. Written once per create, after the task's
