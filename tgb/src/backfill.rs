@@ -17,8 +17,7 @@
 //!   collaboration cases only from Planner and document flows), so there is nothing to replay.
 
 use std::collections::BTreeSet;
-use std::io::{IsTerminal as _, Write as _};
-use std::sync::Arc;
+use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -86,66 +85,53 @@ pub struct Report {
 }
 
 /// The TG client of the configuration (`TGB_TG_API_URL`, `TGB_TG_TOKEN_URL`,
-/// `TGB_TG_CLIENT_ID`, `TGB_TG_CLIENT_SECRET`).
+/// `TGB_TG_CLIENT_ID`, `TGB_TG_CLIENT_SECRET`), as tg-ingress builds it.
 pub fn tg_client(config: &tgb_runtime::Config) -> anyhow::Result<TgClient> {
-    let s = &config.settings;
-    let (Some(api), Some(token_url), Some(id), Some(secret)) = (
-        s.tg_api_url.clone(),
-        s.tg_token_url.clone(),
-        s.tg_client_id.clone(),
-        s.tg_client_secret.clone(),
-    ) else {
-        anyhow::bail!(
-            "the TG client is not configured: set TGB_TG_API_URL, TGB_TG_TOKEN_URL, TGB_TG_CLIENT_ID and TGB_TG_CLIENT_SECRET"
-        );
-    };
-    let http = TgClient::http_client(Duration::from_secs(30));
-    let tokens = tgb_clients::oauth::TokenCache::new(
-        http.clone(),
-        tgb_clients::oauth::ClientCredentials::new(token_url, id, secret),
-    );
-    Ok(TgClient::new(http, api, Arc::new(tokens)))
+    tg_ingress::tg_client(config, Duration::from_secs(30)).context(
+        "the TG client is not configured: set TGB_TG_API_URL, TGB_TG_TOKEN_URL, TGB_TG_CLIENT_ID and TGB_TG_CLIENT_SECRET",
+    )
 }
 
-/// Progress on stderr: a bar redrawn in place on a terminal, a line per tenth otherwise.
-struct Progress {
-    what: &'static str,
-    total: usize,
-    tty: bool,
-    last_tenth: usize,
+/// Progress on stderr: indicatif's bar on a terminal (as `tgb dlq replay`), a line per tenth
+/// otherwise (logs keep no redrawn bar).
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines { total: usize, last_tenth: usize },
 }
 
 impl Progress {
-    fn new(what: &'static str, total: usize) -> Self {
-        Progress {
-            what,
-            total,
-            tty: std::io::stderr().is_terminal(),
-            last_tenth: 0,
+    fn new(total: usize) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "backfill tg: publishing {bar:40} {pos}/{len}",
+                )
+                .expect("valid template"),
+            );
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines {
+                total,
+                last_tenth: 0,
+            }
         }
     }
 
     fn show(&mut self, done: usize) {
-        let total = self.total.max(1);
-        if self.tty {
-            let width = 30;
-            let filled = done * width / total;
-            eprint!(
-                "\r{} [{}{}] {done}/{}",
-                self.what,
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                self.total
-            );
-            if done == self.total {
-                eprintln!();
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_position(done as u64);
+                if done as u64 == bar.length().unwrap_or_default() {
+                    bar.finish();
+                }
             }
-            let _ = std::io::stderr().flush();
-        } else {
-            let tenth = done * 10 / total;
-            if tenth > self.last_tenth || done == self.total {
-                self.last_tenth = tenth;
-                eprintln!("{}: {done}/{}", self.what, self.total);
+            Progress::Lines { total, last_tenth } => {
+                let tenth = done * 10 / (*total).max(1);
+                if tenth > *last_tenth || done == *total {
+                    *last_tenth = tenth;
+                    eprintln!("backfill tg: published {done}/{total}");
+                }
             }
         }
     }
@@ -295,7 +281,7 @@ pub async fn tg(
     }
     if !opts.dry_run {
         let publisher = tgb_bus::Publisher::new(js.clone());
-        let mut progress = Progress::new("backfill tg: published", events.len());
+        let mut progress = Progress::new(events.len());
         let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
         let mut pace = tokio::time::interval(period);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

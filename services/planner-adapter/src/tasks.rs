@@ -327,7 +327,7 @@ impl Tasks {
     }
 
     /// The end of a create, for a linked task: writes what the details lack (description
-    /// included), then the task record (its only write in the create), then clears the intent.
+    /// included), then the task record (its only write in the create).
     async fn complete(
         &self,
         spec: &TaskSpec,

@@ -114,8 +114,9 @@ impl Ingress {
     }
 }
 
-/// The TG client, when the API URL, token URL and client credentials are all configured.
-fn tg_client(config: &Config, timeout: Duration) -> Option<TgClient> {
+/// The TG client, when the API URL, token URL and client credentials are all configured (also
+/// `tgb backfill tg`'s).
+pub fn tg_client(config: &Config, timeout: Duration) -> Option<TgClient> {
     let s = &config.settings;
     let (Some(api), Some(token_url), Some(id), Some(secret)) = (
         s.tg_api_url.clone(),

@@ -33,6 +33,46 @@ fn raise(system: &tgb::system::System, title: &str) -> String {
     ev.data["case_id"].as_str().unwrap().to_owned()
 }
 
+/// Dataverse's Web API as the person "agent".
+fn dv_as_agent(system: &tgb::system::System) -> String {
+    format!("{}/api/data/v9.2", system.sandbox.dataverse_url_as("agent"))
+}
+
+/// An agent creates the supplier's account (with its partner key); its id.
+async fn create_account(http: &reqwest::Client, dv: &str) -> String {
+    let r = http
+        .post(format!("{dv}/accounts"))
+        .json(&json!({"name": "Backfill Supplier", "tgb_partnerkey": PARTNER_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "account: {}", r.status());
+    let entity = r.headers()["OData-EntityId"].to_str().unwrap().to_owned();
+    entity
+        .rsplit_once('(')
+        .unwrap()
+        .1
+        .trim_end_matches(')')
+        .to_owned()
+}
+
+/// An agent creates an incident of `account` with the columns of `body`.
+async fn create_incident(
+    http: &reqwest::Client,
+    dv: &str,
+    account: &str,
+    mut body: serde_json::Value,
+) {
+    body["customerid_account@odata.bind"] = json!(format!("/accounts({account})"));
+    let r = http
+        .post(format!("{dv}/incidents"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "incident: {}", r.status());
+}
+
 /// Per case: (incidents with its id, Planner tasks with its marker).
 fn per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMap<String, (usize, usize)> {
     let rows = system.sandbox.dataverse().rows("incidents");
@@ -116,32 +156,16 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
 
     // People copied the first 50 into Dynamics and Planner by hand.
     let http = reqwest::Client::new();
-    let dv = format!("{}/api/data/v9.2", system.sandbox.dataverse_url_as("agent"));
-    let r = http
-        .post(format!("{dv}/accounts"))
-        .json(&json!({"name": "Backfill Supplier", "tgb_partnerkey": PARTNER_KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "account: {}", r.status());
-    let account = r.headers()["OData-EntityId"].to_str().unwrap().to_owned();
-    let account_id = account
-        .rsplit_once('(')
-        .unwrap()
-        .1
-        .trim_end_matches(')')
-        .to_owned();
+    let dv = dv_as_agent(&system);
+    let account_id = create_account(&http, &dv).await;
     for c in &cases[..EXISTING] {
-        let r = http
-            .post(format!("{dv}/incidents"))
-            .json(
-                &json!({"title": format!("{c} copied by hand"), "tgb_tgcaseid": c,
-                          "customerid_account@odata.bind": format!("/accounts({account_id})")}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "incident: {}", r.status());
+        create_incident(
+            &http,
+            &dv,
+            &account_id,
+            json!({"title": format!("{c} copied by hand"), "tgb_tgcaseid": c}),
+        )
+        .await;
         let r = http
             .post(format!(
                 "{}/v1.0/planner/tasks",
@@ -307,20 +331,8 @@ async fn backfill_dataverse_links_the_open_incidents_to_their_cases_and_skips_th
     let (_client, js) = ops::jetstream(&system.nats_url).await.unwrap();
     let links = Links::new(js.get_key_value(names::KV_LINKS).await.unwrap());
     let http = reqwest::Client::new();
-    let dv = format!("{}/api/data/v9.2", system.sandbox.dataverse_url_as("agent"));
-    let r = http
-        .post(format!("{dv}/accounts"))
-        .json(&json!({"name": "Backfill Supplier", "tgb_partnerkey": PARTNER_KEY}))
-        .send()
-        .await
-        .unwrap();
-    let account = r.headers()["OData-EntityId"].to_str().unwrap().to_owned();
-    let account_id = account
-        .rsplit_once('(')
-        .unwrap()
-        .1
-        .trim_end_matches(')')
-        .to_owned();
+    let dv = dv_as_agent(&system);
+    let account_id = create_account(&http, &dv).await;
     // Three incidents of TG cases tg-bridge never saw, one an agent opened on its own.
     for body in [
         json!({"title": "a", "tgb_tgcaseid": "C-DV1"}),
@@ -328,15 +340,7 @@ async fn backfill_dataverse_links_the_open_incidents_to_their_cases_and_skips_th
         json!({"title": "c", "tgb_tgcaseid": "C-DV3"}),
         json!({"title": "agent's own"}),
     ] {
-        let mut body = body;
-        body["customerid_account@odata.bind"] = json!(format!("/accounts({account_id})"));
-        let r = http
-            .post(format!("{dv}/incidents"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
+        create_incident(&http, &dv, &account_id, body).await;
     }
     let config = system
         .service_config("tgb", "127.0.0.1:0".parse().unwrap())

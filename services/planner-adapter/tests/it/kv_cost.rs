@@ -105,34 +105,44 @@ impl KvTap {
     }
 }
 
-#[tokio::test]
-async fn a_created_triage_task_writes_its_record_once() {
-    let mut w = World::start().await;
-    // One poll at the start, then none during the test: the poller's own look at the new task
-    // (an echo it records) is not part of what a create costs.
-    w.start_adapter(None, &[("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "3600000")]);
+/// Starts the adapter polling the plans every `poll_ms` and waits for its first poll.
+async fn start_polling(w: &mut World, poll_ms: &str) {
+    w.start_adapter(None, &[("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", poll_ms)]);
     tgb_testkit::eventually("the first poll", tgb_testkit::HANG_GUARD, || async {
         (w.plan_polls_by_caller().values().sum::<usize>() >= 2).then_some(())
     })
     .await
     .unwrap();
-    let tap = KvTap::start(&w).await;
+}
+
+/// Raises TG case `case_id` and waits until its triage task is created and the adapter idle.
+async fn create_triage_task(w: &World, case_id: &str, title: &str, description: &str) {
     w.publish(TgCaseOpened {
-        meta: Some(meta(Origin::Tg, "C-800", globex())),
+        meta: Some(meta(Origin::Tg, case_id, globex())),
         case: Some(TgCase {
-            case_id: "C-800".into(),
+            case_id: case_id.into(),
             revision: 1,
-            title: "ASN missing".into(),
-            description: "The ASN never arrived.".into(),
+            title: title.into(),
+            description: description.into(),
             category: CaseCategory::ShipmentDiscrepancy as i32,
             priority: CasePriority::Normal as i32,
             ..Default::default()
         }),
     })
     .await;
-    w.wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-800")
+    w.wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == case_id)
         .await;
-    crate::details::wait_settled(&w).await;
+    crate::details::wait_settled(w).await;
+}
+
+#[tokio::test]
+async fn a_created_triage_task_writes_its_record_once() {
+    let mut w = World::start().await;
+    // One poll at the start, then none during the test: the poller's own look at the new task
+    // (an echo it records) is not part of what a create costs.
+    start_polling(&mut w, "3600000").await;
+    let tap = KvTap::start(&w).await;
+    create_triage_task(&w, "C-800", "ASN missing", "The ASN never arrived.").await;
     let ops = tap.collect(&w).await;
     let writes: usize = ops.writes.values().sum();
     let reads: usize = ops.reads.values().sum();
@@ -165,29 +175,9 @@ async fn a_created_triage_task_writes_its_record_once() {
 #[tokio::test]
 async fn the_pollers_first_look_at_a_task_tg_bridge_created_writes_nothing() {
     let mut w = World::start().await;
-    w.start_adapter(None, &[("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", "200")]);
-    tgb_testkit::eventually("the first poll", tgb_testkit::HANG_GUARD, || async {
-        (w.plan_polls_by_caller().values().sum::<usize>() >= 2).then_some(())
-    })
-    .await
-    .unwrap();
+    start_polling(&mut w, "200").await;
     let tap = KvTap::start(&w).await;
-    w.publish(TgCaseOpened {
-        meta: Some(meta(Origin::Tg, "C-801", globex())),
-        case: Some(TgCase {
-            case_id: "C-801".into(),
-            revision: 1,
-            title: "Invoice mismatch".into(),
-            description: "Two lines differ.".into(),
-            category: CaseCategory::ShipmentDiscrepancy as i32,
-            priority: CasePriority::Normal as i32,
-            ..Default::default()
-        }),
-    })
-    .await;
-    w.wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-801")
-        .await;
-    crate::details::wait_settled(&w).await;
+    create_triage_task(&w, "C-801", "Invoice mismatch", "Two lines differ.").await;
     // Two complete listings of every plan after the create: the poller has seen the task.
     let seen = w.plan_polls_by_caller().values().sum::<usize>();
     tgb_testkit::eventually("two more polls", tgb_testkit::HANG_GUARD, || async {
