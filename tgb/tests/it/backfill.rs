@@ -33,32 +33,6 @@ fn raise(system: &tgb::system::System, title: &str) -> String {
     ev.data["case_id"].as_str().unwrap().to_owned()
 }
 
-/// Per case: (incidents with its id, Planner tasks with its marker).
-fn per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMap<String, (usize, usize)> {
-    let rows = system.sandbox.dataverse().rows("incidents");
-    let snapshot = system.sandbox.planner().snapshot();
-    let titles: Vec<String> = snapshot["tasks"]
-        .as_array()
-        .map(|ts| {
-            ts.iter()
-                .filter_map(|t| t["task"]["title"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    cases
-        .iter()
-        .map(|c| {
-            let marker = format!("[{c}] ");
-            let incidents = rows
-                .iter()
-                .filter(|r| r["tgb_tgcaseid"] == c.as_str())
-                .count();
-            let tasks = titles.iter().filter(|t| t.starts_with(&marker)).count();
-            (c.clone(), (incidents, tasks))
-        })
-        .collect()
-}
-
 /// Cases linked both ways to an incident and to a Planner task.
 async fn fully_linked(links: &Links, cases: &[String]) -> usize {
     let mut n = 0;
@@ -155,7 +129,7 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
         assert_eq!(r.status(), 201);
     }
     let all: Vec<String> = cases.iter().chain(&older).cloned().collect();
-    let before = per_case(&system, &all);
+    let before = support::records_per_case(&system, &all);
     assert_eq!(
         before.values().filter(|n| **n == (1, 1)).count(),
         EXISTING,
@@ -226,16 +200,17 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
         }
         panic!(
             "not all linked: (hand copy, incident link, task link) → cases {missing:?}; per case {:?}",
-            per_case(&system, &cases)
-                .values()
-                .fold(BTreeMap::new(), |mut m, v| {
+            support::records_per_case(&system, &cases).values().fold(
+                BTreeMap::new(),
+                |mut m, v| {
                     *m.entry(*v).or_insert(0) += 1;
                     m
-                })
+                }
+            )
         );
     }
     let took = started.elapsed();
-    let after = per_case(&system, &all);
+    let after = support::records_per_case(&system, &all);
     let wrong: Vec<_> = cases
         .iter()
         .filter(|c| after[*c] != (1, 1))
@@ -290,12 +265,7 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
     );
     // The second run's events reach the adapters (or are dropped as duplicates) and change
     // nothing: wait until the consumers are idle, then count again.
-    tgb_testkit::eventually("the services are idle", DRAIN_GUARD, || {
-        crate::rebuild::settled(&js)
-    })
-    .await
-    .unwrap();
-    let again = per_case(&system, &cases);
+    let again = support::records_when_idle(&system, &js, &cases, DRAIN_GUARD).await;
     assert!(again.values().all(|n| *n == (1, 1)), "{again:?}");
     assert_eq!(system.sandbox.dataverse().rows("incidents").len(), CASES);
     system.stop().await;
