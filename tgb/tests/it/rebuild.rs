@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
 use tgb::ops;
 use tgb_bus::names;
 
-use crate::support;
+use crate::support::{self, keys};
 
 const CASES: usize = 12;
 
@@ -62,11 +61,6 @@ async fn ticks(system: &tgb::system::System) -> u64 {
     );
     let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
     v["ticks"].as_u64().unwrap()
-}
-
-async fn keys(kv: &async_nats::jetstream::kv::Store, prefix: &str) -> Vec<String> {
-    let all: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
-    all.into_iter().filter(|k| k.starts_with(prefix)).collect()
 }
 
 #[tokio::test]

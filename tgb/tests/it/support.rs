@@ -22,11 +22,15 @@ pub async fn system(extra_env: &[(&str, &str)]) -> (System, tempfile::TempDir) {
     (system, dir)
 }
 
-/// Every consumer of the event stream has delivered and had acknowledged all it holds.
+/// Every service consumer of the event stream (the durable ones: a test's own ephemeral
+/// readers linger after use with their count) has delivered and had acknowledged all it holds.
 pub async fn settled(js: &async_nats::jetstream::Context) -> Option<()> {
     let stream = js.get_stream(names::EVENTS_STREAM).await.ok()?;
     let mut consumers = stream.consumers();
     while let Some(info) = consumers.try_next().await.ok()? {
+        if info.config.durable_name.is_none() {
+            continue;
+        }
         if info.num_pending > 0 || info.num_ack_pending > 0 {
             return None;
         }
@@ -87,4 +91,24 @@ pub fn not_one_each(
         .filter(|(_, n)| **n != (1, 1))
         .map(|(c, n)| (c, *n))
         .collect()
+}
+
+/// The keys of `kv` that start with `prefix`.
+pub async fn keys(kv: &async_nats::jetstream::kv::Store, prefix: &str) -> Vec<String> {
+    let all: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
+    all.into_iter().filter(|k| k.starts_with(prefix)).collect()
+}
+
+/// How many messages the event stream holds on `filter`.
+pub async fn stored(js: &async_nats::jetstream::Context, filter: &str) -> usize {
+    let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
+    let (messages, _) = tgb::ops::read(
+        &stream,
+        vec![filter.to_owned()],
+        async_nats::jetstream::consumer::DeliverPolicy::All,
+        usize::MAX,
+    )
+    .await
+    .unwrap();
+    messages.len()
 }
