@@ -306,6 +306,13 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
         second.published,
         second.duplicates
     );
+    // Not asserted, shown: the cases are 10 days old and still open, so sla-monitor's clocks
+    // (started at each case's opening) are past every target at once.
+    eprintln!(
+        "FIGURE backfill tg, side effects: {} sla.case.breached, {} planner.task.created (triage and escalation)",
+        support::stored(&js, "tgb.v1.sla.case.breached").await,
+        support::stored(&js, "tgb.v1.planner.task.created").await
+    );
     system.stop().await;
 }
 
