@@ -11,13 +11,22 @@
 //!   webhook already published, is not applied twice. The adapters create what is missing,
 //!   paced by their own governors (the Dataverse and Graph limits); the publishing itself is
 //!   paced by `--rate` so a long history does not flood the stream.
-//! - `tgb backfill dataverse --table incident --filter open` reads the open incidents and
-//!   matches their cases (links to the incident and to the case's Planner tasks). An incident
-//!   without a TG case id is listed as skipped: no flow carries it to TG (tg-bridge opens TG
-//!   collaboration cases only from Planner and document flows), so there is nothing to replay.
+//! - `tgb backfill dataverse --table incident --filter open` reads the open incidents
+//!   (statecode 0) and matches their cases first in the same way (links to the incident and to
+//!   the case's Planner task). Then it hands each incident to dynamics-adapter's own detection
+//!   ([`dynamics_adapter::Adapter::on_change`], as a row of its change-tracking poll), which
+//!   publishes what the poller would have, had its first baseline not skipped the existing
+//!   rows: `dyn.case.status_changed` (or `dyn.case.resolved`) where the incident's status is
+//!   not the one both sides last agreed on, with the poller's event ids (table, row, version),
+//!   so a second run, or the poller seeing the same version, publishes nothing new. Its
+//!   Dataverse requests go through the application user's governor, inside the fleet budget
+//!   the adapter's replicas share (it joins as one more member while it runs). An incident
+//!   with no TG case (no `tgb_tgcaseid`, no link) is skipped: no flow carries it to TG
+//!   (tg-bridge opens TG collaboration cases only from Planner and document flows).
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -76,6 +85,14 @@ pub struct Report {
     pub tasks_matched: usize,
     /// Links the bucket holds with another value (left alone, as in `tgb rebuild links`).
     pub links_conflicting: usize,
+    /// Cases in range with no incident after matching: the replayed events make the adapter
+    /// create one (`tg` only).
+    pub incidents_to_create: usize,
+    /// Cases in range with no Planner task after matching: the replayed events make the
+    /// adapter create one (`tg` only).
+    pub tasks_to_create: usize,
+    /// Incidents handed to dynamics-adapter's detection (`dataverse` only).
+    pub replayed: usize,
     /// Events published (new to the stream).
     pub published: usize,
     /// Events the stream already held under the same event id.
@@ -92,47 +109,49 @@ pub fn tg_client(config: &tgb_runtime::Config) -> anyhow::Result<TgClient> {
     )
 }
 
-/// Progress on stderr: indicatif's bar on a terminal (as `tgb dlq replay`), a line per tenth
-/// otherwise (logs keep no redrawn bar).
-enum Progress {
-    Bar(indicatif::ProgressBar),
-    Lines { total: usize, last_tenth: usize },
+/// Progress on stderr: a bar on a terminal (indicatif), else a plain line per tenth (logs of a
+/// job or a pipe get ten lines, not a redraw per event).
+struct Progress {
+    what: &'static str,
+    total: usize,
+    bar: Option<indicatif::ProgressBar>,
+    last_tenth: usize,
 }
 
 impl Progress {
-    fn new(total: usize) -> Self {
-        if std::io::stderr().is_terminal() {
+    fn new(what: &'static str, total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "backfill tg: publishing {bar:40} {pos}/{len}",
+                    "{msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)",
                 )
-                .expect("valid template"),
+                .expect("valid template")
+                .progress_chars("#>-"),
             );
-            Progress::Bar(bar)
-        } else {
-            Progress::Lines {
-                total,
-                last_tenth: 0,
-            }
+            bar.set_message(what);
+            bar
+        });
+        Progress {
+            what,
+            total,
+            bar,
+            last_tenth: 0,
         }
     }
 
     fn show(&mut self, done: usize) {
-        match self {
-            Progress::Bar(bar) => {
-                bar.set_position(done as u64);
-                if done as u64 == bar.length().unwrap_or_default() {
-                    bar.finish();
-                }
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+            if done == self.total {
+                bar.finish();
             }
-            Progress::Lines { total, last_tenth } => {
-                let tenth = done * 10 / (*total).max(1);
-                if tenth > *last_tenth || done == *total {
-                    *last_tenth = tenth;
-                    eprintln!("backfill tg: published {done}/{total}");
-                }
-            }
+            return;
+        }
+        let tenth = done * 10 / self.total.max(1);
+        if tenth > self.last_tenth || done == self.total {
+            self.last_tenth = tenth;
+            eprintln!("{}: {done}/{}", self.what, self.total);
         }
     }
 }
@@ -218,6 +237,9 @@ async fn match_first(
             .difference(&task_before)
             .count();
     }
+    report.incidents_to_create =
+        cases.len() - report.incidents_already_linked - report.incidents_matched;
+    report.tasks_to_create = cases.len() - report.tasks_already_linked - report.tasks_matched;
     Ok(())
 }
 
@@ -281,7 +303,7 @@ pub async fn tg(
     }
     if !opts.dry_run {
         let publisher = tgb_bus::Publisher::new(js.clone());
-        let mut progress = Progress::new(events.len());
+        let mut progress = Progress::new("backfill tg: published", events.len());
         let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
         let mut pace = tokio::time::interval(period);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -303,6 +325,72 @@ pub async fn tg(
     Ok(report)
 }
 
+/// A seat in the fleet budget of a governor lane, for the length of an operator command: the
+/// adapter's replicas take the smaller slice while it is held. Left on [`FleetSeat::leave`]
+/// (or, if the command fails, when the seat expires after the fleet's `ttl`).
+struct FleetSeat {
+    stop: tokio_util::sync::CancellationToken,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl FleetSeat {
+    /// Joins `governor`'s lane (returns after the other members have seen this one).
+    async fn join(
+        js: &jetstream::Context,
+        governor: &Arc<tgb_governor::Governor>,
+        ttl: Duration,
+        renew: Duration,
+    ) -> anyhow::Result<FleetSeat> {
+        let kv = js
+            .get_key_value(names::KV_SYNC)
+            .await
+            .context("KV bucket tgb_sync not found")?;
+        let fleet = tgb_bus::fleet::Fleet::new(kv, governor.lane(), ttl, renew);
+        fleet
+            .join(governor)
+            .await
+            .with_context(|| format!("joining the fleet budget of lane {}", governor.lane()))?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let renewing = tokio::spawn(fleet.run(governor.clone(), stop.clone()));
+        Ok(FleetSeat { stop, renewing })
+    }
+
+    async fn leave(self) {
+        self.stop.cancel();
+        let _ = self.renewing.await;
+    }
+}
+
+/// dynamics-adapter's core over `dv` and `js`'s buckets, for its detection path.
+async fn detection_core(
+    dv: tgb_clients::dataverse::DataverseClient,
+    js: &jetstream::Context,
+    settings: dynamics_adapter::DynamicsSettings,
+) -> anyhow::Result<dynamics_adapter::Adapter> {
+    let kv = |name: &'static str| async move {
+        js.get_key_value(name)
+            .await
+            .with_context(|| format!("KV bucket {name} not found"))
+    };
+    // The application user: its own writes come back as echoes, as in the adapter.
+    let app_user = dv
+        .who_am_i()
+        .await
+        .context("WhoAmI (the application user)")?;
+    let batcher =
+        dynamics_adapter::batcher::Batcher::start(dv.clone(), settings.batch_max_requests);
+    Ok(dynamics_adapter::Adapter::new(
+        dv,
+        batcher,
+        Links::new(kv(names::KV_LINKS).await?),
+        dynamics_adapter::state::States::new(kv(names::KV_SYNC).await?),
+        kv(names::KV_CURSORS).await?,
+        tgb_bus::Publisher::new(js.clone()),
+        settings,
+        app_user,
+    ))
+}
+
 /// `tgb backfill dataverse --table incident --filter open`.
 pub async fn dataverse_open_incidents(
     config: &tgb_runtime::Config,
@@ -315,70 +403,165 @@ pub async fn dataverse_open_incidents(
         dry_run,
         ..Default::default()
     };
+    let settings: dynamics_adapter::DynamicsSettings = config.section("dynamics")?;
+    settings.validate().map_err(anyhow::Error::msg)?;
     let dv = crate::setup::client_from_config(config)?;
-    let rows = dv
-        .get_all(
-            "incidents?$select=incidentid,tgb_tgcaseid&$filter=statecode eq 0",
-            500,
+    let seat = if settings.fleet && !dry_run {
+        Some(
+            FleetSeat::join(
+                js,
+                dv.governor(),
+                settings.fleet_ttl(),
+                settings.fleet_renew(),
+            )
+            .await?,
         )
+    } else {
+        None
+    };
+    let result = replay_open_incidents(config, js, dv, settings, &mut report).await;
+    if let Some(seat) = seat {
+        seat.leave().await;
+    }
+    result?;
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn replay_open_incidents(
+    config: &tgb_runtime::Config,
+    js: &jetstream::Context,
+    dv: tgb_clients::dataverse::DataverseClient,
+    settings: dynamics_adapter::DynamicsSettings,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // Whole rows, as the change-tracking poll reads them (the detection needs the status,
+    // the version, the customer and the last modifier).
+    let rows = dv
+        .get_all("incidents?$filter=statecode eq 0", 500)
         .await
         .context("reading open incidents from Dataverse")?;
     report.read = rows.len();
+    let links = Links::new(
+        js.get_key_value(names::KV_LINKS)
+            .await
+            .context("KV bucket tgb_links not found")?,
+    );
     let mut cases = BTreeSet::new();
-    for r in &rows {
-        match r.get("tgb_tgcaseid").and_then(Value::as_str) {
+    let mut replay = Vec::new();
+    for row in &rows {
+        let Some(change) = dynamics_adapter::detect::from_row("incident", row) else {
+            report.skipped_no_case += 1;
+            continue;
+        };
+        match row.get("tgb_tgcaseid").and_then(Value::as_str) {
             Some(c) if !c.is_empty() => {
                 cases.insert(c.to_owned());
             }
-            _ => report.skipped_no_case += 1,
+            // Linked without the column (an older tg-bridge): still the case's incident.
+            _ if links
+                .find(
+                    &Record::new("dataverse", "incident", &change.id),
+                    "tg",
+                    "case",
+                )
+                .await?
+                .is_some() => {}
+            _ => {
+                report.skipped_no_case += 1;
+                continue;
+            }
         }
+        replay.push(change);
     }
     report.cases = cases.len();
     if !cases.is_empty() {
-        match_first(config, js, &cases, dry_run, &mut report).await?;
+        match_first(config, js, &cases, report.dry_run, report).await?;
     }
-    report.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(report)
+    // Matching only: this source creates no incident and no task.
+    report.incidents_to_create = 0;
+    report.tasks_to_create = 0;
+    if report.dry_run {
+        return Ok(());
+    }
+    let adapter = detection_core(dv, js, settings).await?;
+    let mut progress = Progress::new("backfill dataverse: replayed", replay.len());
+    for (i, change) in replay.into_iter().enumerate() {
+        let id = change.id.clone();
+        adapter
+            .on_change(change)
+            .await
+            .map_err(|e| anyhow::anyhow!("replaying incident {id}: {e}"))?;
+        report.replayed += 1;
+        progress.show(i + 1);
+    }
+    let (new, duplicates) = adapter.published();
+    report.published = new as usize;
+    report.duplicates = duplicates as usize;
+    Ok(())
 }
 
 /// The summary for people.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
-    let verb = if r.dry_run { "would be" } else { "were" };
+    let tg = r.source == "tg";
+    let (verb, will) = if r.dry_run {
+        ("would be", "would be")
+    } else {
+        ("were", "are being")
+    };
     out.push_str(&format!(
-        "backfill {}{}: {} read, {} case(s) in range\n",
+        "backfill {}{}: {} {} read, {} case(s) in range\n",
         r.source,
         if r.dry_run { " (dry run)" } else { "" },
         r.read,
+        if tg { "event(s)" } else { "open incident(s)" },
         r.cases
     ));
     out.push_str(&format!(
-        "  skipped: {} before --since, {} other partner, {} invalid, {} without a TG case\n",
-        r.skipped_before_since, r.skipped_partner, r.skipped_invalid, r.skipped_no_case
+        "  matched existing: {} incident(s), {} Planner task(s) {verb} linked\n",
+        r.incidents_matched, r.tasks_matched
     ));
     out.push_str(&format!(
-        "  incidents: {} already linked, {} existing {verb} matched\n",
-        r.incidents_already_linked, r.incidents_matched
+        "  skipped, already linked: {} incident(s), {} Planner task(s)\n",
+        r.incidents_already_linked, r.tasks_already_linked
     ));
-    out.push_str(&format!(
-        "  Planner tasks: {} already linked, {} existing {verb} matched\n",
-        r.tasks_already_linked, r.tasks_matched
-    ));
+    if tg {
+        out.push_str(&format!(
+            "  skipped, filtered: {} before --since, {} other partner, {} not following the contract\n",
+            r.skipped_before_since, r.skipped_partner, r.skipped_invalid
+        ));
+        out.push_str(&format!(
+            "  created: {} incident(s), {} Planner task(s) {will} created by the adapters at their governors' pace\n",
+            r.incidents_to_create, r.tasks_to_create
+        ));
+        if r.dry_run {
+            out.push_str(&format!(
+                "  events: {} would be published\n",
+                r.events_in_range
+            ));
+        } else {
+            out.push_str(&format!(
+                "  events: {} published, {} already on the stream\n",
+                r.published, r.duplicates
+            ));
+        }
+    } else {
+        out.push_str(&format!(
+            "  skipped: {} without a TG case\n",
+            r.skipped_no_case
+        ));
+        if !r.dry_run {
+            out.push_str(&format!(
+                "  replayed: {} incident(s) through the change detection: {} status event(s) published, {} already on the stream\n",
+                r.replayed, r.published, r.duplicates
+            ));
+        }
+    }
     if r.links_conflicting > 0 {
         out.push_str(&format!(
             "  {} link(s) name another record: left alone (see `tgb rebuild links --dry-run`)\n",
             r.links_conflicting
-        ));
-    }
-    if r.source == "tg" && r.dry_run {
-        out.push_str(&format!(
-            "  events: {} would be published\n",
-            r.events_in_range
-        ));
-    } else if r.source == "tg" {
-        out.push_str(&format!(
-            "  events: {} published, {} already on the stream; the adapters create what is missing at their governors' pace\n",
-            r.published, r.duplicates
         ));
     }
     out.push_str(&format!("  took {:.1} s\n", r.elapsed_secs));

@@ -169,7 +169,9 @@ enum BackfillCommand {
         dry_run: bool,
     },
     /// Dataverse rows: the cases of the open incidents are linked to them and to their
-    /// Planner tasks (as `tgb rebuild links`).
+    /// Planner tasks first (as `tgb rebuild links`), then each incident goes through
+    /// dynamics-adapter's change detection as a row of its poll would (a status TG does not
+    /// have yet is published as `dyn.case.status_changed`, with the poller's event ids).
     Dataverse {
         /// The table (only `incident`).
         #[arg(long, value_enum)]
@@ -177,7 +179,7 @@ enum BackfillCommand {
         /// Which rows (only `open`: statecode 0).
         #[arg(long, value_enum)]
         filter: BackfillFilter,
-        /// Show what would be matched; write nothing.
+        /// Show what would be matched; write and publish nothing.
         #[arg(long)]
         dry_run: bool,
     },

@@ -141,44 +141,47 @@ pub struct Sources<'a> {
 /// Only these TG case ids (backfill rebuilds the links of the cases it replays); `None`: all.
 pub type CaseFilter<'a> = Option<&'a BTreeSet<String>>;
 
-/// The incidents with a TG case id: (case id, incident id).
-pub async fn incidents(dv: &DataverseClient) -> anyhow::Result<Vec<(String, String)>> {
-    let rows = dv
-        .get_all(
-            "incidents?$select=incidentid,tgb_tgcaseid&$filter=tgb_tgcaseid ne null",
-            500,
-        )
-        .await
-        .context("reading incidents from Dataverse")?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r["tgb_tgcaseid"].as_str()?.to_owned(),
-                r["incidentid"].as_str()?.to_owned(),
-            ))
-        })
-        .filter(|(c, _)| !c.is_empty())
-        .collect())
+/// A Dataverse table read for its links: the rows that carry a key column.
+#[derive(Clone, Copy, Debug)]
+pub struct Keyed {
+    /// The entity set (`incidents`).
+    pub set: &'static str,
+    /// The column that names the other side (`tgb_tgcaseid`).
+    pub key: &'static str,
+    /// The row's primary id column (`incidentid`).
+    pub id: &'static str,
 }
 
-/// The accounts with a partner key: (key, account id).
-pub async fn accounts(dv: &DataverseClient) -> anyhow::Result<Vec<(String, String)>> {
+/// Incidents by their TG case id (the alternate key).
+pub const INCIDENTS: Keyed = Keyed {
+    set: "incidents",
+    key: "tgb_tgcaseid",
+    id: "incidentid",
+};
+
+/// Accounts by their partner key.
+pub const ACCOUNTS: Keyed = Keyed {
+    set: "accounts",
+    key: "tgb_partnerkey",
+    id: "accountid",
+};
+
+/// The rows of `table` with a non-empty key: (key, row id).
+pub async fn keyed_rows(
+    dv: &DataverseClient,
+    table: Keyed,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let Keyed { set, key, id } = table;
     let rows = dv
         .get_all(
-            "accounts?$select=accountid,tgb_partnerkey&$filter=tgb_partnerkey ne null",
+            &format!("{set}?$select={id},{key}&$filter={key} ne null"),
             500,
         )
         .await
-        .context("reading accounts from Dataverse")?;
+        .with_context(|| format!("reading {set} from Dataverse"))?;
     Ok(rows
         .iter()
-        .filter_map(|r| {
-            Some((
-                r["tgb_partnerkey"].as_str()?.to_owned(),
-                r["accountid"].as_str()?.to_owned(),
-            ))
-        })
+        .filter_map(|r| Some((r[key].as_str()?.to_owned(), r[id].as_str()?.to_owned())))
         .filter(|(k, _)| !k.is_empty())
         .collect())
 }
@@ -289,7 +292,7 @@ pub async fn links(
     };
     let wanted = |case: &str| only_cases.is_none_or(|s| s.contains(case));
     if let Some(dv) = sources.dataverse {
-        for (case, incident) in incidents(dv).await? {
+        for (case, incident) in keyed_rows(dv, INCIDENTS).await? {
             if !wanted(&case) {
                 continue;
             }
@@ -303,7 +306,7 @@ pub async fn links(
             )
             .await?;
         }
-        for (key, account) in accounts(dv).await? {
+        for (key, account) in keyed_rows(dv, ACCOUNTS).await? {
             report.accounts += 1;
             ensure_link(
                 &links,

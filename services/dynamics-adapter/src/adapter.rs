@@ -2,6 +2,7 @@
 //! flow metrics.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -42,6 +43,8 @@ pub struct Adapter {
     not_tg: Mutex<HashSet<String>>,
     /// Per polled table: the stored delta link that keeps failing, and how many times in a row.
     pub(crate) link_failures: Mutex<HashMap<String, (String, u32)>>,
+    /// `dyn.*` events the detection path published: new to the stream, already stored.
+    pub(crate) published: (AtomicU64, AtomicU64),
 }
 
 /// How many incidents without a TG case [`Adapter::tg_case_of`] remembers.
@@ -104,7 +107,18 @@ impl Adapter {
             entity_locks: tgb_runtime::locks::KeyedLocks::new(),
             not_tg: Mutex::new(HashSet::new()),
             link_failures: Mutex::new(HashMap::new()),
+            published: (AtomicU64::new(0), AtomicU64::new(0)),
         }
+    }
+
+    /// How many `dyn.*` events this adapter's detection path ([`Adapter::on_change`]) has
+    /// published: (new to the stream, already stored under the same event id). An operator
+    /// command that replays rows through it (`tgb backfill dataverse`) reports them.
+    pub fn published(&self) -> (u64, u64) {
+        (
+            self.published.0.load(Ordering::Relaxed),
+            self.published.1.load(Ordering::Relaxed),
+        )
     }
 
     /// A lock serialising work on one entity inside this process.

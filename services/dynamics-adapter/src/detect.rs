@@ -109,10 +109,17 @@ impl Adapter {
 
     async fn publish(&self, flow_name: &'static str, event: pb::Event) -> Result<(), HandlerError> {
         let occurred = event.meta().and_then(|m| m.occurred_at);
-        self.publisher
+        let ack = self
+            .publisher
             .publish_event(&event)
             .await
             .map_err(HandlerError::transient)?;
+        let counter = if ack.duplicate {
+            &self.published.1
+        } else {
+            &self.published.0
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         flow(flow_name, "applied", occurred.as_ref());
         // Every publish, also one JetStream would de-duplicate: tests count double emissions.
         metrics::counter!("tgb_dynamics_changes_published_total", "flow" => flow_name).increment(1);

@@ -3,14 +3,13 @@
 //! Planner markers, the clocks from the cases' history; a burst of updates to the same cases then
 //! creates no second task and no second incident, and every SLA breach is raised exactly once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
 use tgb::ops;
 use tgb_bus::names;
 
-use crate::support;
+use crate::support::{self, keys};
 
 const CASES: usize = 12;
 
@@ -23,60 +22,6 @@ fn raise(system: &tgb::system::System, n: usize) -> String {
     .unwrap();
     let ev = system.sandbox.tg().raise_case(raise).unwrap();
     ev.data["case_id"].as_str().unwrap().to_owned()
-}
-
-/// Planner task titles, all plans.
-fn task_titles(system: &tgb::system::System) -> Vec<String> {
-    system.sandbox.planner().snapshot()["tasks"]
-        .as_array()
-        .map(|ts| {
-            ts.iter()
-                .filter_map(|t| t["task"]["title"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Tasks per case marker.
-fn tasks_per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMap<String, usize> {
-    let titles = task_titles(system);
-    cases
-        .iter()
-        .map(|c| {
-            let marker = format!("[{c}] ");
-            (
-                c.clone(),
-                titles.iter().filter(|t| t.starts_with(&marker)).count(),
-            )
-        })
-        .collect()
-}
-
-fn incidents_per_case(system: &tgb::system::System, cases: &[String]) -> BTreeMap<String, usize> {
-    let rows = system.sandbox.dataverse().rows("incidents");
-    cases
-        .iter()
-        .map(|c| {
-            (
-                c.clone(),
-                rows.iter()
-                    .filter(|r| r["tgb_tgcaseid"] == c.as_str())
-                    .count(),
-            )
-        })
-        .collect()
-}
-
-/// Every consumer of the event stream has delivered and had acknowledged all it holds.
-pub(crate) async fn settled(js: &async_nats::jetstream::Context) -> Option<()> {
-    let stream = js.get_stream(names::EVENTS_STREAM).await.ok()?;
-    let mut consumers = stream.consumers();
-    while let Some(info) = consumers.try_next().await.ok()? {
-        if info.num_pending > 0 || info.num_ack_pending > 0 {
-            return None;
-        }
-    }
-    Some(())
 }
 
 async fn case_links(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
@@ -116,11 +61,6 @@ async fn ticks(system: &tgb::system::System) -> u64 {
     );
     let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
     v["ticks"].as_u64().unwrap()
-}
-
-async fn keys(kv: &async_nats::jetstream::kv::Store, prefix: &str) -> Vec<String> {
-    let all: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
-    all.into_iter().filter(|k| k.starts_with(prefix)).collect()
 }
 
 #[tokio::test]
@@ -182,16 +122,11 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
     .unwrap();
 
     // Nothing in flight: the loss below is not undone by a handler still at work.
-    tgb_testkit::eventually("the services are idle", tgb_testkit::HANG_GUARD, || {
-        settled(&js)
-    })
-    .await
-    .unwrap();
-    assert!(tasks_per_case(&system, &cases).values().all(|n| *n == 1));
+    let counts = support::records_when_idle(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
+    let wrong = support::not_one_each(&counts);
     assert!(
-        incidents_per_case(&system, &cases)
-            .values()
-            .all(|n| *n == 1)
+        wrong.is_empty(),
+        "one incident and one task per case: {wrong:?}"
     );
 
     // The loss: every link, and planner-adapter's task records.
@@ -297,7 +232,7 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
         "every rename reached its incident and its task",
         tgb_testkit::HANG_GUARD,
         || async {
-            let titles = task_titles(&system);
+            let titles = support::task_titles(&system);
             let rows = system.sandbox.dataverse().rows("incidents");
             cases
                 .iter()
@@ -337,11 +272,7 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
     })
     .await
     .unwrap();
-    tgb_testkit::eventually("the services are idle", tgb_testkit::HANG_GUARD, || {
-        settled(&js)
-    })
-    .await
-    .unwrap();
+    let counts = support::records_when_idle(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
     let raised = breaches(&js).await;
     eprintln!("breaches per (case, target, level): {raised:?}");
     for c in &cases {
@@ -350,13 +281,7 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
     }
     assert!(raised.values().all(|n| *n == 1), "{raised:?}");
 
-    let tasks = tasks_per_case(&system, &cases);
-    let incidents = incidents_per_case(&system, &cases);
-    let dup: BTreeSet<_> = tasks
-        .iter()
-        .chain(incidents.iter())
-        .filter(|(_, n)| **n != 1)
-        .collect();
-    assert!(dup.is_empty(), "tasks {tasks:?} incidents {incidents:?}");
+    let wrong = support::not_one_each(&counts);
+    assert!(wrong.is_empty(), "(incidents, tasks) per case: {wrong:?}");
     system.stop().await;
 }
