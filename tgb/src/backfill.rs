@@ -10,7 +10,11 @@
 //!   event id (derived from the TG event id), so a second backfill, or an event the poller or a
 //!   webhook already published, is not applied twice. The adapters create what is missing,
 //!   paced by their own governors (the Dataverse and Graph limits); the publishing itself is
-//!   paced by `--rate` so a long history does not flood the stream.
+//!   paced by `--rate` so a long history does not flood the stream. Each event says it is
+//!   replayed history (`meta.replayed_at`): sla-monitor starts the case's clock at its TG time
+//!   as usual, but records the breaches that fell due before the backfill instead of raising
+//!   them, so day one does not escalate every overdue case of the past at once (a breach
+//!   still to come is raised when it falls due).
 //! - `tgb backfill dataverse --table incident --filter open` reads the open incidents
 //!   (statecode 0) and matches their cases first in the same way (links to the incident and to
 //!   the case's Planner task). Then it hands each incident to dynamics-adapter's own detection
@@ -307,7 +311,11 @@ pub async fn tg(
         let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
         let mut pace = tokio::time::interval(period);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for (i, (_, event)) in events.iter().enumerate() {
+        // History, said so: sla-monitor records the breaches that fell due before now instead
+        // of escalating every overdue case at once.
+        let replayed_at = tgb_proto::timestamps::timestamp(time::OffsetDateTime::now_utc());
+        for (i, (_, event)) in events.iter_mut().enumerate() {
+            event.meta_mut().replayed_at = Some(replayed_at);
             pace.tick().await;
             let ack = publisher
                 .publish_event(event)

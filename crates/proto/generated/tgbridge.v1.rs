@@ -44,6 +44,11 @@ pub struct EventMeta {
     /// The source's version: TG revision, Dataverse versionnumber, Planner ETag.
     #[prost(string, tag = "8")]
     pub entity_version: ::prost::alloc::string::String,
+    /// Set only by `tgb backfill`: the event is history, published again at this time. SLA
+    /// deadlines that fell due before it are marked raised, not escalated (day one must not
+    /// escalate every overdue case of the past at once).
+    #[prost(message, optional, tag = "9")]
+    pub replayed_at: ::core::option::Option<::prost_types::Timestamp>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Money {

@@ -9,6 +9,10 @@
 //! | `dyn.case.status_changed` | pause / resume / stop as above |
 //! | `dyn.case.resolved` | stop |
 //! | `planner.task.progressed` (a real change on a case's task) | first response |
+//!
+//! A case event replayed by `tgb backfill` (`meta.replayed_at`) also marks the clock's history:
+//! breaches that fell due before the replay are recorded, not escalated
+//! ([`crate::state::CaseClock::history_until`]).
 
 use std::sync::Arc;
 
@@ -240,6 +244,7 @@ impl Lifecycle {
         if !meta.correlation_id.is_empty() {
             clock.correlation_id = meta.correlation_id.clone();
         }
+        clock.history_until = time_of(meta.replayed_at.as_ref());
         clock
     }
 }
@@ -312,7 +317,7 @@ impl Handler for Lifecycle {
             let before = clock.clone();
             match &action {
                 Action::Open(..) => {}
-                Action::Update(case, _) => {
+                Action::Update(case, meta) => {
                     if case.revision != 0 && case.revision <= clock.revision {
                         m.outcome = Outcome::stale(
                             "P3",
@@ -330,6 +335,9 @@ impl Handler for Lifecycle {
                     }
                     if !case.title.is_empty() {
                         clock.title = case.title.clone();
+                    }
+                    if let Some(replayed) = time_of(meta.replayed_at.as_ref()) {
+                        clock.history_until = clock.history_until.max(Some(replayed));
                     }
                     m.resolution = apply_status(&mut clock, case.status(), at);
                 }

@@ -65,6 +65,14 @@ pub struct CaseClock {
     pub stopped_at: Option<OffsetDateTime>,
     /// Warnings and breaches already published: `first_response.warning`, `resolution.1`, ….
     pub emitted: BTreeSet<String>,
+    /// The case's history was replayed by a backfill at this time: a breach level that fell due
+    /// before it is marked in [`CaseClock::emitted`] without being raised ([`Due::is_history`]).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_until: Option<OffsetDateTime>,
 }
 
 /// Which target.
@@ -120,6 +128,17 @@ pub enum Due {
 }
 
 impl Due {
+    /// A breach level that fell due before the clock's replayed history ends
+    /// ([`CaseClock::history_until`]): it was missed before tg-bridge watched the case, so it is
+    /// recorded, not escalated. Warnings are never history: a target not yet missed is still
+    /// worth the warning.
+    pub fn is_history(&self, clock: &CaseClock) -> bool {
+        match self {
+            Due::Breach { level_at, .. } => clock.history_until.is_some_and(|h| *level_at <= h),
+            Due::Warning { .. } => false,
+        }
+    }
+
     /// The key in [`CaseClock::emitted`].
     pub fn key(&self, policy: &Policy) -> String {
         match self {
@@ -157,6 +176,7 @@ impl CaseClock {
             first_response_at: None,
             stopped_at: None,
             emitted: BTreeSet::new(),
+            history_until: None,
         }
     }
 

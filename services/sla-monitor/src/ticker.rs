@@ -8,6 +8,9 @@
 //! 2. only after the PubAck is the breach marked in the clock (compare-and-set), so a crash in
 //!    between republishes the same id at the next tick: nothing is lost;
 //! 3. the first tick runs at start, so a restarted or second replica is at most one tick late.
+//!
+//! A breach level that fell due before a backfill replayed the case's history is marked without
+//! being published (`tgb_sla_history_breaches_total` counts them).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -166,6 +169,7 @@ impl Ticker {
             }),
             entity: Some(pb::EntityRef::new("tg", "case", clock.case_id.clone())),
             entity_version: String::new(),
+            replayed_at: None,
         }
     }
 
@@ -192,6 +196,14 @@ impl Ticker {
             return Ok(());
         };
         let (clock, due, policy) = (&clock, &due, fresh);
+        if due.is_history(clock) {
+            // Missed before tg-bridge watched the case (a backfill replayed it): recorded, not
+            // escalated, so day one does not raise every old case's breaches at once.
+            metrics::counter!("tgb_sla_history_breaches_total", "partner" => clock.partner.key())
+                .increment(1);
+            tracing::debug!(case_id = %clock.case_id, mark, "SLA breach fell due before the replayed history ended; recorded, not raised");
+            return self.mark(key, clock, &mark).await;
+        }
         let started = clock.started_at.unix_timestamp_nanos().to_string();
         let impact = pb::PartnerImpact {
             tier: clock.tier.clone(),
@@ -291,10 +303,15 @@ impl Ticker {
                 }
             }
         }
+        self.mark(key, clock, &mark).await
+    }
+
+    /// Marks `mark` in the clock of `key` (unless it was restarted meanwhile).
+    async fn mark(&self, key: &str, clock: &CaseClock, mark: &str) -> anyhow::Result<()> {
         self.clocks
             .update(key, |current| match current {
-                Some(mut c) if c.started_at == clock.started_at && !c.emitted.contains(&mark) => {
-                    c.emitted.insert(mark.clone());
+                Some(mut c) if c.started_at == clock.started_at && !c.emitted.contains(mark) => {
+                    c.emitted.insert(mark.to_owned());
                     Change::Put(c, ())
                 }
                 _ => Change::Keep(()),

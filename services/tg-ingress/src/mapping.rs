@@ -347,6 +347,7 @@ pub fn to_event(e: &TgEvent, raw: &[u8]) -> pb::Event {
         partner: e.partner.as_ref().map(partner_ref),
         entity: Some(pb::EntityRef::new("tg", kind, id)),
         entity_version: version,
+        replayed_at: None,
     };
     event
 }

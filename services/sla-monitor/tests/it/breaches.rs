@@ -503,3 +503,66 @@ async fn a_tick_evaluates_two_thousand_open_clocks() {
     eprintln!("FIGURE one tick over {n} open clocks took {took} us");
     monitor.stop().await;
 }
+
+#[tokio::test]
+async fn a_backfilled_case_records_the_breaches_missed_before_the_replay_and_raises_those_to_come()
+{
+    let env = Env::start().await;
+    let monitor = env.monitor().await;
+    // The backfill replays, 100 minutes after they opened, an urgent case tg-bridge never saw
+    // (first response due at 60 min, level 2 at 180 min); a live case opened at the same time
+    // is the control.
+    let replay = t0() + mins(100);
+    env.clock.set(replay);
+    let mut old = opened("C-OLD", "BACKFILL1", pb::CasePriority::Urgent, t0());
+    old.meta.as_mut().unwrap().replayed_at = Some(ts(replay));
+    env.publish(old).await;
+    env.publish(opened(
+        "C-LIVE",
+        "BACKFILL1",
+        pb::CasePriority::Urgent,
+        t0(),
+    ))
+    .await;
+    let old = env
+        .clock_of("C-OLD", "the missed level marked", |c| {
+            c.emitted.contains("first_response.1")
+        })
+        .await;
+    assert_eq!(old.history_until, Some(replay));
+    env.clock_of("C-LIVE", "the live breach marked", |c| {
+        c.emitted.contains("first_response.1")
+    })
+    .await;
+    monitor.evaluated(replay).await;
+    let breaches = env.events::<pb::SlaBreached>().await;
+    assert!(
+        breaches_of(&breaches, "C-OLD").is_empty(),
+        "history is recorded, not raised: {breaches:?}"
+    );
+    assert_eq!(breaches_of(&breaches, "C-LIVE").len(), 1, "{breaches:?}");
+
+    // Level 2 falls due after the replay: it is raised, once.
+    env.clock.set(t0() + mins(180));
+    env.clock_of("C-OLD", "level 2 marked", |c| {
+        c.emitted.contains("first_response.2")
+    })
+    .await;
+    monitor.evaluated(t0() + mins(180)).await;
+    let breaches = breaches_of(&env.events::<pb::SlaBreached>().await, "C-OLD");
+    let levels: Vec<u32> = breaches.iter().map(|b| b.level).collect();
+    assert_eq!(levels, [2]);
+    assert_eq!(breaches[0].breached_at, Some(ts(t0() + mins(180))));
+
+    let metrics = reqwest::get(format!("{}/metrics", monitor.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tgb_sla_history_breaches_total{partner="ZZ:BACKFILL1"} 1"#),
+        "{metrics}"
+    );
+    monitor.stop().await;
+}
