@@ -392,4 +392,29 @@ mod tests {
             matches!(due.as_slice(), [Due::Breach { index: 1, level_at, .. }] if *level_at == at)
         );
     }
+
+    #[test]
+    fn a_level_that_fell_due_before_the_replayed_history_ended_is_history_and_a_later_one_not() {
+        let p = urgent();
+        let mut c = CaseClock::start("C-1", t0());
+        c.history_until = Some(t0() + mins(100));
+        let due = c.due(&p, t0() + mins(180));
+        let history: Vec<(String, bool)> =
+            due.iter().map(|d| (d.key(&p), d.is_history(&c))).collect();
+        assert_eq!(
+            history,
+            [
+                ("first_response.1".into(), true),
+                ("first_response.2".into(), false)
+            ]
+        );
+        // A warning is never history: the target is still ahead.
+        let fresh = CaseClock {
+            history_until: Some(t0() + mins(100)),
+            ..CaseClock::start("C-2", t0() + mins(50))
+        };
+        let warn = fresh.due(&p, t0() + mins(100));
+        assert!(matches!(warn.as_slice(), [Due::Warning { .. }]));
+        assert!(!warn[0].is_history(&fresh));
+    }
 }

@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub graph_calls: u64,
     /// Graph plan polls so far (planner-adapter's own clock, not caused by a case).
     pub graph_plan_polls: u64,
+    /// Dataverse and Graph calls so far by `"{system} {method} {route}"`, plan polls aside.
+    pub requests_by_route: BTreeMap<String, u64>,
 }
 
 /// Raw JetStream's broker cost, measured in the same run.
@@ -114,6 +116,9 @@ pub struct CostResult {
     pub graph_requests_per_task: f64,
     /// Graph plan polls during the run (not per case: they run on a clock).
     pub graph_plan_polls: u64,
+    /// Dataverse and Graph requests per case by `"{system} {method} {route}"` (plan polls
+    /// aside): which requests a case costs.
+    pub requests_per_case_by_route: BTreeMap<String, f64>,
     /// Raw JetStream's broker cost in the same run.
     pub raw: RawBrokerCost,
     /// nats_cpu_us_per_case / raw.nats_cpu_us_per_message: a case's broker cost in raw
@@ -209,6 +214,15 @@ impl CostResult {
             graph_plan_polls: after
                 .graph_plan_polls
                 .saturating_sub(before.graph_plan_polls),
+            requests_per_case_by_route: after
+                .requests_by_route
+                .iter()
+                .map(|(r, a)| {
+                    let b = before.requests_by_route.get(r).copied().unwrap_or(0);
+                    (r.clone(), per_case(a.saturating_sub(b)))
+                })
+                .filter(|(_, v)| *v > 0.0)
+                .collect(),
             raw,
             to_incident_ms,
             to_task_ms,
@@ -391,6 +405,12 @@ pub async fn snapshot(sys: &BenchSystem) -> anyhow::Result<Snapshot> {
         dataverse_calls: count(&|r| r.starts_with("dataverse ")),
         graph_calls: count(&|r| r.starts_with("graph ") && !poll(r)),
         graph_plan_polls: count(&|r| poll(r)),
+        requests_by_route: counts
+            .by_route
+            .iter()
+            .filter(|(r, _)| (r.starts_with("dataverse ") || r.starts_with("graph ")) && !poll(r))
+            .map(|(r, s)| (r.clone(), s.values().sum()))
+            .collect(),
     })
 }
 
@@ -603,6 +623,7 @@ mod tests {
             dataverse_calls: 3,
             graph_calls: 9,
             graph_plan_polls: 1,
+            requests_by_route: BTreeMap::from([("dataverse POST /$batch".into(), 3)]),
         };
         let after = Snapshot {
             // 100 ticks/s: 1 tick = 10 ms; over 100 cases, 1 tick = 100 µs per case.
@@ -623,6 +644,10 @@ mod tests {
             dataverse_calls: 103,
             graph_calls: 159,
             graph_plan_polls: 4,
+            requests_by_route: BTreeMap::from([
+                ("dataverse POST /$batch".into(), 103),
+                ("graph POST /planner/tasks".into(), 50),
+            ]),
         };
         let raw = RawBrokerCost {
             messages: 1000,
@@ -658,5 +683,12 @@ mod tests {
         assert_eq!(r.dataverse_requests_per_case, 1.0);
         assert_eq!(r.graph_requests_per_task, 3.0);
         assert_eq!(r.graph_plan_polls, 3);
+        assert_eq!(
+            r.requests_per_case_by_route,
+            BTreeMap::from([
+                ("dataverse POST /$batch".into(), 1.0),
+                ("graph POST /planner/tasks".into(), 0.5),
+            ])
+        );
     }
 }

@@ -221,6 +221,9 @@ fn cost_table(out: &mut String, c: &CostResult) {
         "Graph requests per triage task (plan polls aside)",
         format!("{:.2}", c.graph_requests_per_task),
     );
+    for (route, v) in &c.requests_per_case_by_route {
+        row(&format!("  {route}"), format!("{v:.2}"));
+    }
     row(
         "case → incident p50 / p95 / p99 (ms)",
         format!(
