@@ -191,14 +191,21 @@ pub fn route_of(path: &str) -> String {
         .join("/")
 }
 
-/// Ids hold a `:` (partner keys), two digits or more (`C-10001`, Planner ids, GUIDs), or a
-/// digit beside a separator (`SO-1`); words such as `oauth2` and versions such as `v9.2` do not.
+/// Ids hold a `:` (partner keys), two digits or more (`C-10001`, GUIDs), a digit beside a
+/// separator (`SO-1`), or are Planner's 28-character ids (base64url, which may hold no digit at
+/// all); words such as `oauth2`, `details` and versions such as `v9.2` do not.
 fn is_id(seg: &str) -> bool {
     if is_version(seg) {
         return false;
     }
     let digits = seg.chars().filter(char::is_ascii_digit).count();
-    seg.contains(':') || digits >= 2 || (digits == 1 && seg.contains(['-', '_']))
+    let planner = seg.len() >= 20
+        && seg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && seg.chars().any(|c| c.is_ascii_uppercase())
+        && seg.chars().any(|c| c.is_ascii_lowercase());
+    seg.contains(':') || digits >= 2 || (digits == 1 && seg.contains(['-', '_'])) || planner
 }
 
 fn is_version(seg: &str) -> bool {
@@ -353,6 +360,10 @@ mod tests {
             "/api/data/v9.2/incidents({key})"
         );
         assert_eq!(route_of("/v1.0/planner/tasks"), "/v1.0/planner/tasks");
+        assert_eq!(
+            route_of("/v1.0/planner/tasks/A_RneCuNUlpWukZpxwOFdsSoAQwv/details"),
+            "/v1.0/planner/tasks/{id}/details"
+        );
         assert_eq!(route_of("/oauth2/token"), "/oauth2/token");
         assert_eq!(
             route_of("/tenant-1/oauth2/v2.0/token"),

@@ -34,6 +34,13 @@ use crate::{account, exception, invoice, kpi, notes, order};
 type Published = Option<BTreeMap<String, String>>;
 
 impl Adapter {
+    /// A change known as tg-bridge's own from its author alone (the comment in
+    /// [`Adapter::on_change`] says which): dropped as an echo without any read.
+    pub fn own_echo(&self, c: &Change) -> bool {
+        c.caller.as_deref() == Some(self.app_user.as_str())
+            && (c.table != "incident" || c.message == "Close" || c.message == "Create")
+    }
+
     /// Filters one change and publishes what it means. Errors are transient (retry later).
     pub async fn on_change(&self, mut c: Change) -> Result<(), HandlerError> {
         let lock = self.lock_of(&format!("{}:{}", c.table, c.id));
@@ -46,7 +53,7 @@ impl Adapter {
         // as it, and nothing came before it): dropped at once, without reading the sync
         // state or the row (one Dataverse request and four broker round trips per case).
         let own = c.caller.as_deref() == Some(self.app_user.as_str());
-        if own && (c.table != "incident" || c.message == "Close" || c.message == "Create") {
+        if self.own_echo(&c) {
             echo("dataverse", "own_user");
             return Ok(());
         }
@@ -383,6 +390,14 @@ pub async fn webhook_body(adapter: &Adapter, body: &[u8]) -> Result<(), WebhookF
             "table {:?} is not one tg-bridge follows",
             change.table
         )));
+    }
+    // Dropping needs no proof: a body that only claims our own user makes tg-bridge skip a
+    // notification, never write or publish anything, and a person's real change comes with its
+    // own notification and in the poll. Only what would be acted upon is read back first (one
+    // Dataverse request per case saved on tg-bridge's own creates).
+    if adapter.own_echo(&change) {
+        echo("dataverse", "own_user");
+        return Ok(());
     }
     let Some(change) = confirmed(adapter, change).await? else {
         return Ok(());
