@@ -9,7 +9,9 @@
 //!   writes (`[C-123]` triage, `[doc D-1]` review, `[AI A-1]` action item) give the subject ↔
 //!   `planner.task.<id>`, and the task record planner-adapter keeps in `tgb_sync`
 //!   (`planner-task.<id>`), so the adapter updates that task instead of creating a second one.
-//!   Escalation, onboarding and department markers do not name their whole subject; those tasks
+//!   An escalation task (`[C-1 L2] SLA first response breached: …`) gives its breach
+//!   (`tgb.escalation.<case>/esc-<target>-L<level>`) the same way, while its text still names
+//!   the target. Onboarding and department markers do not name their whole subject; those tasks
 //!   are counted as `unmatched`.
 //!
 //! Idempotent: a link already there with the same value, or a task record already there, is not
@@ -39,8 +41,9 @@ pub struct MarkerSubject {
 }
 
 /// Parses the marker planner-adapter starts its task titles with (see planner-adapter's
-/// handler: `[<case>]`, `[doc <id>]`, `[AI <id>]`); `None` for titles without one or for
-/// markers that do not name their subject whole (`[C-1 L2]`, `[group/dept]`, `[ZZ:P step]`).
+/// handler: `[<case>]`, `[doc <id>]`, `[AI <id>]`, and `[<case> L<level>]` with the SLA target
+/// in the text); `None` for titles without one or for markers that do not name their subject
+/// whole (`[group/dept]`, `[ZZ:P step]`, an escalation whose text was changed).
 pub fn parse_marker(title: &str) -> Option<MarkerSubject> {
     let rest = title.strip_prefix('[')?;
     let end = rest.find(']')?;
@@ -71,6 +74,30 @@ pub fn parse_marker(title: &str) -> Option<MarkerSubject> {
                 "",
             )
         });
+    }
+    // An escalation: `[C-1 L2] SLA first response breached: …`; the level is in the marker, the
+    // target in the text (planner-adapter's subject `<case>/esc-<target>-L<level>`).
+    if let Some((case, level)) = inner.split_once(" L")
+        && !case.is_empty()
+        && !case.contains(' ')
+        && !level.is_empty()
+        && level.chars().all(|c| c.is_ascii_digit())
+    {
+        let target = if after.starts_with(" SLA first response breached") {
+            tgb_proto::SlaTarget::FirstResponse
+        } else if after.starts_with(" SLA resolution breached") {
+            tgb_proto::SlaTarget::Resolution
+        } else {
+            return None;
+        };
+        let key = format!("{case}/esc-{}-L{level}", target as i32);
+        return Some(sub(
+            "tgb",
+            "escalation",
+            &key,
+            tgb_proto::TaskKind::Escalation as i32,
+            case,
+        ));
     }
     if inner.contains(' ') || inner.contains('/') {
         return None;
@@ -438,7 +465,20 @@ mod tests {
         assert_eq!(m.subject.1, "document");
         let m = parse_marker("[AI A-1] do it").unwrap();
         assert_eq!(m.subject.1, "action-item");
+        let m = parse_marker("[C-1 L2] SLA first response breached: late").unwrap();
+        assert_eq!(
+            m.subject,
+            ("tgb".into(), "escalation".into(), "C-1/esc-1-L2".into())
+        );
+        assert_eq!(
+            (m.kind, m.tg_case_id.as_str()),
+            (tgb_proto::TaskKind::Escalation as i32, "C-1")
+        );
+        let m = parse_marker("[C-1 L1] SLA resolution breached: late").unwrap();
+        assert_eq!(m.subject.2, "C-1/esc-2-L1");
+        // A text someone changed no longer names the target.
         assert!(parse_marker("[C-1 L2] SLA breached").is_none());
+        assert!(parse_marker("[C-1 Lx] SLA resolution breached: late").is_none());
         assert!(parse_marker("[G-1/finance] x").is_none());
         assert!(parse_marker("no marker").is_none());
         assert!(parse_marker("[C-1]x").is_none());

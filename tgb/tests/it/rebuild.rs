@@ -1,6 +1,6 @@
 //! `tgb rebuild links` and `tgb rebuild sla` after `tgb_links` (with planner-adapter's task
 //! records) and `tgb_sla` were lost: the links come back from Dataverse's `tgb_tgcaseid` and the
-//! Planner markers, the clocks from the cases' history; a burst of updates to the same cases then
+//! Planner markers (the escalation tasks' too), the clocks from the cases' history; a burst of updates to the same cases then
 //! creates no second task and no second incident, and every SLA breach is raised exactly once.
 
 use std::collections::BTreeMap;
@@ -179,6 +179,22 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
                 .is_some()
         );
         assert!(links.find(&rec, "planner", "task").await.unwrap().is_some());
+        // The level-1 escalation task, from its marker and the target its text names.
+        let breach = format!("{c}/esc-{fr}-L1");
+        let escalation = tgb_bus::links::Record::new("tgb", "escalation", &breach);
+        let task = links.find(&escalation, "planner", "task").await.unwrap();
+        let task = task.unwrap_or_else(|| panic!("{c}: no escalation link rebuilt"));
+        assert!(
+            sync_kv
+                .get(format!(
+                    "planner-task.{}",
+                    tgb_bus::links::encode_token(&task)
+                ))
+                .await
+                .unwrap()
+                .is_some(),
+            "{c}: the escalation task's record"
+        );
     }
     let second = tgb::rebuild::links_from_config(&config, &js, None, false)
         .await
