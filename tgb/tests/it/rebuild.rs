@@ -1,7 +1,9 @@
 //! `tgb rebuild links` and `tgb rebuild sla` after `tgb_links` (with planner-adapter's task
 //! records) and `tgb_sla` were lost: the links come back from Dataverse's `tgb_tgcaseid` and the
-//! Planner markers (the escalation tasks' too), the clocks from the cases' history; a burst of updates to the same cases then
-//! creates no second task and no second incident, and every SLA breach is raised exactly once.
+//! Planner markers (the escalation tasks' too), the clocks from the cases' history; a burst of
+//! updates to the same cases then creates no second task and no second incident, and every SLA
+//! breach is raised exactly once. When the history itself has left the stream, a TG backfill
+//! brings the clocks back without raising their past breaches again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -299,5 +301,162 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
 
     let wrong = support::not_one_each(&counts);
     assert!(wrong.is_empty(), "(incidents, tasks) per case: {wrong:?}");
+    system.stop().await;
+}
+
+/// Waits until the event stream's duplicate window no longer holds the ids published before
+/// this call: the window is shortened, a probe id is published again until JetStream takes it
+/// as new, then the window is set back. Stands in for history older than the window.
+async fn age_the_duplicate_window(js: &async_nats::jetstream::Context) {
+    let mut stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    let window = config.duplicate_window;
+    let probe = || async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "rebuild-test-age-probe");
+        js.publish_with_headers("tgb.v1.test.age_probe", headers, "".into())
+            .await
+            .ok()?
+            .await
+            .ok()
+    };
+    probe().await.unwrap();
+    config.duplicate_window = Duration::from_millis(500);
+    js.update_stream(&config).await.unwrap();
+    tgb_testkit::eventually(
+        "the duplicate window forgot the ids before it",
+        tgb_testkit::HANG_GUARD,
+        || async { probe().await.filter(|ack| !ack.duplicate).map(|_| ()) },
+    )
+    .await
+    .unwrap();
+    config.duplicate_window = window;
+    js.update_stream(&config).await.unwrap();
+}
+
+#[tokio::test]
+async fn clocks_whose_history_left_the_stream_come_back_from_a_tg_backfill_without_raising_again() {
+    const OLD: usize = 3;
+    // No feed poll during the test: the cases reach tg-bridge by webhook, as in production.
+    let (system, _dir) = support::system(&[("TGB_TG_INGRESS__POLL_INTERVAL_MS", "3600000")]).await;
+    let (_client, js) = ops::jetstream(&system.nats_url).await.unwrap();
+    let sla_kv = js.get_key_value(names::KV_SLA).await.unwrap();
+    let tg = system.sandbox.tg();
+
+    // Three cases opened ten days ago reach tg-bridge live: every level of both targets is
+    // past, raised and marked, with its escalation tasks.
+    let now = time::OffsetDateTime::now_utc();
+    tg.set_occurred_at(Some(now - time::Duration::days(10)));
+    let cases: Vec<String> = (0..OLD).map(|n| raise(&system, n)).collect();
+    tg.set_occurred_at(None);
+    let clock_of = |c: String| {
+        let sla_kv = sla_kv.clone();
+        async move {
+            let (clock, _) = tgb_bus::kv::read_json::<sla_monitor::state::CaseClock>(
+                &sla_kv,
+                &sla_monitor::store::key_of(&c),
+            )
+            .await
+            .ok()?;
+            clock
+        }
+    };
+    let marks = || async {
+        let mut all = BTreeMap::new();
+        for c in &cases {
+            let clock = clock_of(c.clone()).await?;
+            all.insert(c.clone(), clock.emitted);
+        }
+        Some(all)
+    };
+    let live = tgb_testkit::eventually(
+        "every live clock has raised both levels of both targets",
+        tgb_testkit::HANG_GUARD,
+        || async { marks().await.filter(|m| m.values().all(|e| e.len() >= 4)) },
+    )
+    .await
+    .unwrap();
+    let seen = ticks(&system).await;
+    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
+        (ticks(&system).await >= seen + 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let counts = support::records_when_idle(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
+    assert!(support::not_one_each(&counts).is_empty(), "{counts:?}");
+    let raised_live: usize = breaches(&js).await.values().sum();
+    let tasks_live = support::task_titles(&system).len();
+    assert_eq!(raised_live, 4 * OLD, "{:?}", breaches(&js).await);
+
+    // The loss: the clocks, and the history has aged out of the stream (retention by age: the
+    // messages are gone and their ids are past the duplicate window).
+    for k in keys(&sla_kv, "").await {
+        sla_kv.purge(&k).await.unwrap();
+    }
+    age_the_duplicate_window(&js).await;
+    js.get_stream(names::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let policies = sla_monitor::policies_from(
+        &system
+            .service_config("sla-monitor", "127.0.0.1:0".parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let rebuilt = tgb::rebuild_sla::sla(&js, policies, false).await.unwrap();
+    assert_eq!(rebuilt.clocks_written, 0, "no history left to rebuild from");
+
+    // The remedy the docs give: a TG backfill over the open cases' time.
+    let config = system
+        .service_config("tgb", "127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let client = tgb::backfill::tg_client(&config).unwrap();
+    let report = tgb::backfill::tg(
+        &config,
+        &js,
+        &client,
+        &tgb::backfill::TgOptions {
+            since: now - time::Duration::days(30),
+            partners: Vec::new(),
+            dry_run: false,
+            rate: 500.0,
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("{}", tgb::backfill::render(&report));
+    assert_eq!(report.incidents_already_linked, OLD);
+    assert_eq!(report.tasks_already_linked, OLD);
+    assert_eq!((report.published, report.duplicates), (OLD, 0));
+    let back = tgb_testkit::eventually(
+        "every clock is back with its past breaches recorded",
+        tgb_testkit::HANG_GUARD,
+        || async { marks().await.filter(|m| m.values().all(|e| e.len() >= 4)) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(back, live, "the same breaches marked as before the loss");
+    let seen = ticks(&system).await;
+    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
+        (ticks(&system).await >= seen + 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let counts = support::records_when_idle(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
+    let raised_again: usize = breaches(&js).await.values().sum();
+    let tasks = support::task_titles(&system).len();
+    eprintln!(
+        "FIGURE clocks back from a TG backfill: {OLD} clocks, {raised_live} breaches raised live, {raised_again} raised again, tasks {tasks_live} → {tasks}"
+    );
+    assert_eq!(raised_again, 0, "no breach raised a second time");
+    assert_eq!(tasks, tasks_live, "no escalation task twice");
+    assert!(support::not_one_each(&counts).is_empty(), "{counts:?}");
+    for c in &cases {
+        let clock = clock_of(c.clone()).await.unwrap();
+        assert!(clock.history_until.is_some(), "{c}: replayed history");
+    }
     system.stop().await;
 }
