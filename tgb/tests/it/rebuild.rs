@@ -65,6 +65,22 @@ async fn ticks(system: &tgb::system::System) -> u64 {
     v["ticks"].as_u64().unwrap()
 }
 
+/// Two more complete SLA evaluations (a breach raised twice has every chance to show), then
+/// idle consumers; each case's records.
+async fn idle_after_two_ticks(
+    system: &tgb::system::System,
+    js: &async_nats::jetstream::Context,
+    cases: &[String],
+) -> BTreeMap<String, (usize, usize)> {
+    let seen = ticks(system).await;
+    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
+        (ticks(system).await >= seen + 2).then_some(())
+    })
+    .await
+    .unwrap();
+    support::records_when_idle(system, js, cases, tgb_testkit::HANG_GUARD).await
+}
+
 #[tokio::test]
 async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_breach_once() {
     let (system, _dir) = support::system(&[]).await;
@@ -284,13 +300,7 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
     )
     .await
     .unwrap();
-    let seen = ticks(&system).await;
-    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
-        (ticks(&system).await >= seen + 2).then_some(())
-    })
-    .await
-    .unwrap();
-    let counts = support::records_when_idle(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
+    let counts = idle_after_two_ticks(&system, &js, &cases).await;
     let raised = breaches(&js).await;
     eprintln!("breaches per (case, target, level): {raised:?}");
     for c in &cases {
@@ -376,13 +386,7 @@ async fn clocks_whose_history_left_the_stream_come_back_from_a_tg_backfill_witho
     )
     .await
     .unwrap();
-    let seen = ticks(&system).await;
-    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
-        (ticks(&system).await >= seen + 2).then_some(())
-    })
-    .await
-    .unwrap();
-    let counts = support::records_when_idle(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
+    let counts = idle_after_two_ticks(&system, &js, &cases).await;
     assert!(support::not_one_each(&counts).is_empty(), "{counts:?}");
     let raised_live: usize = breaches(&js).await.values().sum();
     let tasks_live = support::task_titles(&system).len();
@@ -439,13 +443,7 @@ async fn clocks_whose_history_left_the_stream_come_back_from_a_tg_backfill_witho
     .await
     .unwrap();
     assert_eq!(back, live, "the same breaches marked as before the loss");
-    let seen = ticks(&system).await;
-    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
-        (ticks(&system).await >= seen + 2).then_some(())
-    })
-    .await
-    .unwrap();
-    let counts = support::records_when_idle(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
+    let counts = idle_after_two_ticks(&system, &js, &cases).await;
     let raised_again: usize = breaches(&js).await.values().sum();
     let tasks = support::task_titles(&system).len();
     eprintln!(

@@ -134,12 +134,7 @@ async fn a_case_breaches_at_exactly_its_target_once_and_the_partner_is_told_once
         .count();
     assert_eq!(notices, 1);
 
-    let metrics = reqwest::get(format!("{}/metrics", monitor.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = monitor.metrics().await;
     assert!(
         metrics.contains(r#"tgb_sla_breaches_total{partner="ZZ:BREACH1",level="1",top="false"} 1"#),
         "{metrics}"
@@ -354,12 +349,7 @@ async fn a_first_response_or_resolution_stops_the_clock_and_a_priority_change_re
     env.clock.set(t0() + mins(5000));
     monitor.evaluated(t0() + mins(5000)).await;
     assert_eq!(env.events::<pb::SlaBreached>().await.len(), 1);
-    let metrics = reqwest::get(format!("{}/metrics", monitor.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = monitor.metrics().await;
     assert!(
         metrics.contains(r#"tgb_sla_open_clocks{partner="ZZ:FIRST1"} 0"#),
         "{metrics}"
@@ -554,12 +544,7 @@ async fn a_backfilled_case_records_the_breaches_missed_before_the_replay_and_rai
     assert_eq!(levels, [2]);
     assert_eq!(breaches[0].breached_at, Some(ts(t0() + mins(180))));
 
-    let metrics = reqwest::get(format!("{}/metrics", monitor.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = monitor.metrics().await;
     assert!(
         metrics.contains(r#"tgb_sla_history_breaches_total{partner="ZZ:BACKFILL1"} 1"#),
         "{metrics}"

@@ -91,6 +91,16 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(tgb_testkit::HANG_GUARD, self.task)
