@@ -83,18 +83,17 @@ pub fn parse_marker(title: &str) -> Option<MarkerSubject> {
         && !level.is_empty()
         && level.chars().all(|c| c.is_ascii_digit())
     {
-        let target = if after.starts_with(" SLA first response breached") {
-            tgb_proto::SlaTarget::FirstResponse
-        } else if after.starts_with(" SLA resolution breached") {
-            tgb_proto::SlaTarget::Resolution
-        } else {
-            return None;
-        };
-        let key = format!("{case}/esc-{}-L{level}", target as i32);
+        use planner_adapter::handler::{escalation_subject, escalation_text_prefix};
+        let target = [
+            tgb_proto::SlaTarget::FirstResponse,
+            tgb_proto::SlaTarget::Resolution,
+        ]
+        .into_iter()
+        .find(|t| after.starts_with(&format!(" {}", escalation_text_prefix(*t))))?;
         return Some(sub(
             "tgb",
             "escalation",
-            &key,
+            &escalation_subject(case, target, level.parse().ok()?),
             tgb_proto::TaskKind::Escalation as i32,
             case,
         ));

@@ -37,8 +37,13 @@ impl Adapter {
     /// A change known as tg-bridge's own from its author alone (the comment in
     /// [`Adapter::on_change`] says which): dropped as an echo without any read.
     pub fn own_echo(&self, c: &Change) -> bool {
-        c.caller.as_deref() == Some(self.app_user.as_str())
+        self.by_app_user(c)
             && (c.table != "incident" || c.message == "Close" || c.message == "Create")
+    }
+
+    /// The change names tg-bridge's application user as its author.
+    fn by_app_user(&self, c: &Change) -> bool {
+        c.caller.as_deref() == Some(self.app_user.as_str())
     }
 
     /// Filters one change and publishes what it means. Errors are transient (retry later).
@@ -52,7 +57,7 @@ impl Adapter {
         // with our own user as its initiator is our own create (no one else can make a row
         // as it, and nothing came before it): dropped at once, without reading the sync
         // state or the row (one Dataverse request and four broker round trips per case).
-        let own = c.caller.as_deref() == Some(self.app_user.as_str());
+        let own = self.by_app_user(&c);
         if self.own_echo(&c) {
             echo("dataverse", "own_user");
             return Ok(());

@@ -22,6 +22,25 @@ use crate::routing::{Partners, Placement, Routing, tg_priority_name};
 use crate::store::TaskRecord;
 use crate::tasks::{TaskSpec, Tasks};
 
+/// The target of an escalation task in words: `first response` or `resolution`.
+pub fn escalation_target_words(target: tgb_proto::SlaTarget) -> &'static str {
+    match target {
+        tgb_proto::SlaTarget::FirstResponse => "first response",
+        _ => "resolution",
+    }
+}
+
+/// The text an escalation task's title starts with after its marker (`[C-1 L2] `), which names
+/// the target: `SLA first response breached: ` (`tgb rebuild links` reads the target back).
+pub fn escalation_text_prefix(target: tgb_proto::SlaTarget) -> String {
+    format!("SLA {} breached: ", escalation_target_words(target))
+}
+
+/// The subject id of an escalation task: `<case>/esc-<target>-L<level>`.
+pub fn escalation_subject(case_id: &str, target: tgb_proto::SlaTarget, level: u32) -> String {
+    format!("{case_id}/esc-{}-L{level}", target as i32)
+}
+
 /// Consumer name.
 pub const CONSUMER: &str = "planner-adapter";
 tgb_bus::routes! {
@@ -356,17 +375,17 @@ impl PlannerHandler {
         }
         placement.priority = 1;
         placement.checklist = e.next_steps.clone();
-        let target = match e.target() {
-            tgb_proto::SlaTarget::FirstResponse => "first response",
-            _ => "resolution",
-        };
-        let key = format!("{}/esc-{}-L{}", e.case_id, e.target, e.level);
+        let target = escalation_target_words(e.target());
         let mut spec = self.base_spec(
             &meta,
             TaskKind::Escalation,
-            ("tgb", "escalation", key),
+            (
+                "tgb",
+                "escalation",
+                escalation_subject(&e.case_id, e.target(), e.level),
+            ),
             format!("[{} L{}]", e.case_id, e.level),
-            format!("SLA {target} breached: {}", e.case_title),
+            format!("{}{}", escalation_text_prefix(e.target()), e.case_title),
             placement,
         );
         let impact = e.impact.clone().unwrap_or_default();

@@ -81,6 +81,21 @@ async fn create_incident(
     assert!(r.status().is_success(), "incident: {}", r.status());
 }
 
+/// A person copies case `c` into Planner by hand: a triage task with its marker, no link.
+async fn copy_triage_task(http: &reqwest::Client, system: &tgb::system::System, c: &str) {
+    let r = http
+        .post(format!(
+            "{}/v1.0/planner/tasks",
+            system.sandbox.graph_url_as("planner")
+        ))
+        .json(&json!({"planId": ISSUES_PLAN, "bucketId": TRIAGE_BUCKET,
+                      "title": format!("[{c}] copied by hand")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
 /// Cases linked both ways to an incident and to a Planner task.
 async fn fully_linked(links: &Links, cases: &[String]) -> usize {
     let mut n = 0;
@@ -152,17 +167,7 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
             json!({"title": format!("{c} copied by hand"), "tgb_tgcaseid": c}),
         )
         .await;
-        let r = http
-            .post(format!(
-                "{}/v1.0/planner/tasks",
-                system.sandbox.graph_url_as("planner")
-            ))
-            .json(&json!({"planId": ISSUES_PLAN, "bucketId": TRIAGE_BUCKET,
-                          "title": format!("[{c}] copied by hand")}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        copy_triage_task(&http, &system, c).await;
     }
     let all: Vec<String> = cases.iter().chain(&older).chain(&other).cloned().collect();
     let before = support::records_per_case(&system, &all);
@@ -321,21 +326,7 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
     )
     .await
     .unwrap();
-    let ticker = format!(
-        "{}/sla/ticker",
-        system.service("sla-monitor").unwrap().url()
-    );
-    let ticks = || async {
-        let status: serde_json::Value = reqwest::get(&ticker).await.ok()?.json().await.ok()?;
-        status["ticks"].as_u64()
-    };
-    let seen = ticks().await.unwrap();
-    tgb_testkit::eventually("a whole tick after the marks", DRAIN_GUARD, || async {
-        ticks().await.filter(|n| *n >= seen + 2)
-    })
-    .await
-    .unwrap();
-    support::records_when_idle(&system, &js, &cases, DRAIN_GUARD).await;
+    support::idle_after_two_ticks(&system, &js, &cases, DRAIN_GUARD).await;
     let breached = support::stored(&js, "tgb.v1.sla.case.breached").await;
     let all_tasks = support::task_titles(&system).len();
     eprintln!(
@@ -403,16 +394,8 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
 
 /// The `dyn.case.*` events on the stream: (subject, TG case id).
 async fn dyn_case_events(js: &async_nats::jetstream::Context) -> Vec<(String, String)> {
-    let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
-    let (messages, _) = ops::read(
-        &stream,
-        vec!["tgb.v1.dyn.case.>".into()],
-        async_nats::jetstream::consumer::DeliverPolicy::All,
-        usize::MAX,
-    )
-    .await
-    .unwrap();
-    messages
+    support::stream_messages(js, "tgb.v1.dyn.case.>")
+        .await
         .iter()
         .map(|m| {
             let case = match tgb_proto::Event::decode(&m.subject, &m.payload) {
@@ -454,17 +437,7 @@ async fn backfill_dataverse_replays_open_incidents_through_the_change_detection_
     ] {
         create_incident(&http, &dv, &account_id, body).await;
     }
-    let r = http
-        .post(format!(
-            "{}/v1.0/planner/tasks",
-            system.sandbox.graph_url_as("planner")
-        ))
-        .json(&json!({"planId": ISSUES_PLAN, "bucketId": TRIAGE_BUCKET,
-                      "title": format!("[{waiting}] copied by hand")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    copy_triage_task(&http, &system, &waiting).await;
     let status = |c: &str| tg.case(c).unwrap().status;
     assert_eq!(
         (status(&waiting), status(&working)),

@@ -35,17 +35,8 @@ async fn case_links(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
 
 /// `sla.case.breached` on the stream per (case, target, level).
 async fn breaches(js: &async_nats::jetstream::Context) -> BTreeMap<(String, i32, u32), usize> {
-    let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
-    let (messages, _) = ops::read(
-        &stream,
-        vec!["tgb.v1.sla.case.breached".into()],
-        async_nats::jetstream::consumer::DeliverPolicy::All,
-        usize::MAX,
-    )
-    .await
-    .unwrap();
     let mut out = BTreeMap::new();
-    for m in messages {
+    for m in support::stream_messages(js, "tgb.v1.sla.case.breached").await {
         if let Ok(tgb_proto::Event::SlaBreached(e)) =
             tgb_proto::Event::decode(&m.subject, &m.payload)
         {
@@ -53,32 +44,6 @@ async fn breaches(js: &async_nats::jetstream::Context) -> BTreeMap<(String, i32,
         }
     }
     out
-}
-
-/// The ticker's count of completed evaluations.
-async fn ticks(system: &tgb::system::System) -> u64 {
-    let url = format!(
-        "{}/sla/ticker",
-        system.service("sla-monitor").unwrap().url()
-    );
-    let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-    v["ticks"].as_u64().unwrap()
-}
-
-/// Two more complete SLA evaluations (a breach raised twice has every chance to show), then
-/// idle consumers; each case's records.
-async fn idle_after_two_ticks(
-    system: &tgb::system::System,
-    js: &async_nats::jetstream::Context,
-    cases: &[String],
-) -> BTreeMap<String, (usize, usize)> {
-    let seen = ticks(system).await;
-    tgb_testkit::eventually("two more ticks", tgb_testkit::HANG_GUARD, || async {
-        (ticks(system).await >= seen + 2).then_some(())
-    })
-    .await
-    .unwrap();
-    support::records_when_idle(system, js, cases, tgb_testkit::HANG_GUARD).await
 }
 
 #[tokio::test]
@@ -300,7 +265,7 @@ async fn rebuild_after_loss_then_updates_create_no_duplicates_and_raise_each_bre
     )
     .await
     .unwrap();
-    let counts = idle_after_two_ticks(&system, &js, &cases).await;
+    let counts = support::idle_after_two_ticks(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
     let raised = breaches(&js).await;
     eprintln!("breaches per (case, target, level): {raised:?}");
     for c in &cases {
@@ -379,14 +344,16 @@ async fn clocks_whose_history_left_the_stream_come_back_from_a_tg_backfill_witho
         }
         Some(all)
     };
-    let live = tgb_testkit::eventually(
-        "every live clock has raised both levels of both targets",
-        tgb_testkit::HANG_GUARD,
-        || async { marks().await.filter(|m| m.values().all(|e| e.len() >= 4)) },
-    )
-    .await
-    .unwrap();
-    let counts = idle_after_two_ticks(&system, &js, &cases).await;
+    // Both levels of both targets marked in every clock.
+    let all_marked = |what: &'static str| {
+        tgb_testkit::eventually(what, tgb_testkit::HANG_GUARD, || async {
+            marks().await.filter(|m| m.values().all(|e| e.len() >= 4))
+        })
+    };
+    let live = all_marked("every live clock has raised both levels of both targets")
+        .await
+        .unwrap();
+    let counts = support::idle_after_two_ticks(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
     assert!(support::not_one_each(&counts).is_empty(), "{counts:?}");
     let raised_live: usize = breaches(&js).await.values().sum();
     let tasks_live = support::task_titles(&system).len();
@@ -435,15 +402,11 @@ async fn clocks_whose_history_left_the_stream_come_back_from_a_tg_backfill_witho
     assert_eq!(report.incidents_already_linked, OLD);
     assert_eq!(report.tasks_already_linked, OLD);
     assert_eq!((report.published, report.duplicates), (OLD, 0));
-    let back = tgb_testkit::eventually(
-        "every clock is back with its past breaches recorded",
-        tgb_testkit::HANG_GUARD,
-        || async { marks().await.filter(|m| m.values().all(|e| e.len() >= 4)) },
-    )
-    .await
-    .unwrap();
+    let back = all_marked("every clock is back with its past breaches recorded")
+        .await
+        .unwrap();
     assert_eq!(back, live, "the same breaches marked as before the loss");
-    let counts = idle_after_two_ticks(&system, &js, &cases).await;
+    let counts = support::idle_after_two_ticks(&system, &js, &cases, tgb_testkit::HANG_GUARD).await;
     let raised_again: usize = breaches(&js).await.values().sum();
     let tasks = support::task_titles(&system).len();
     eprintln!(

@@ -99,8 +99,11 @@ pub async fn keys(kv: &async_nats::jetstream::kv::Store, prefix: &str) -> Vec<St
     all.into_iter().filter(|k| k.starts_with(prefix)).collect()
 }
 
-/// How many messages the event stream holds on `filter`.
-pub async fn stored(js: &async_nats::jetstream::Context, filter: &str) -> usize {
+/// The messages the event stream holds on `filter`, oldest first.
+pub async fn stream_messages(
+    js: &async_nats::jetstream::Context,
+    filter: &str,
+) -> Vec<tgb::ops::Read> {
     let stream = js.get_stream(names::EVENTS_STREAM).await.unwrap();
     let (messages, _) = tgb::ops::read(
         &stream,
@@ -110,5 +113,37 @@ pub async fn stored(js: &async_nats::jetstream::Context, filter: &str) -> usize 
     )
     .await
     .unwrap();
-    messages.len()
+    messages
+}
+
+/// How many messages the event stream holds on `filter`.
+pub async fn stored(js: &async_nats::jetstream::Context, filter: &str) -> usize {
+    stream_messages(js, filter).await.len()
+}
+
+/// sla-monitor's count of completed evaluations (`GET /sla/ticker`).
+pub async fn ticks(system: &System) -> u64 {
+    let url = format!(
+        "{}/sla/ticker",
+        system.service("sla-monitor").unwrap().url()
+    );
+    let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    v["ticks"].as_u64().unwrap()
+}
+
+/// Two more complete SLA evaluations (a breach raised twice has every chance to show), then
+/// idle consumers; each case's records ([`records_when_idle`]).
+pub async fn idle_after_two_ticks(
+    system: &System,
+    js: &async_nats::jetstream::Context,
+    cases: &[String],
+    guard: std::time::Duration,
+) -> BTreeMap<String, (usize, usize)> {
+    let seen = ticks(system).await;
+    tgb_testkit::eventually("two more ticks", guard, || async {
+        (ticks(system).await >= seen + 2).then_some(())
+    })
+    .await
+    .unwrap();
+    records_when_idle(system, js, cases, guard).await
 }
