@@ -121,9 +121,24 @@ async fn the_create_of_an_incident_detected_after_we_resolved_it_is_an_echo_and_
     assert_eq!(create["PrimaryEntityId"], inc["incidentid"]);
     let echoes = r#"reason="own_user""#;
     let before = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+    let id = inc["incidentid"].as_str().unwrap().to_owned();
+    let reads_of_the_row = || {
+        env.sandbox
+            .calls()
+            .of_system("dataverse")
+            .iter()
+            .filter(|c| c.method == "GET" && c.path.contains(&id))
+            .count()
+    };
+    let reads_before = reads_of_the_row();
     // The webhook answers once the change is handled.
     deliver(&adapter, &create).await;
     let after = metric(&adapter.base, "tgb_echoes_suppressed_total", echoes).await;
+    assert_eq!(
+        reads_of_the_row(),
+        reads_before,
+        "our own Create is dropped before its row is read back"
+    );
     egress.stop().await;
     adapter.stop().await;
 
