@@ -77,11 +77,11 @@ fn statuses(answers: &[BatchAnswer]) -> String {
 /// The route methods: each takes its event as the routes table hands it over.
 impl Writer {
     async fn case_opened(&self, e: &pb::TgCaseOpened) -> Result<Outcome, HandlerError> {
-        self.case(&meta_of(e), e.case.as_ref()).await
+        self.case(&meta_of(e), e.case.as_ref(), Known::Read).await
     }
 
     async fn case_updated(&self, e: &pb::TgCaseUpdated) -> Result<Outcome, HandlerError> {
-        self.case(&meta_of(e), e.case.as_ref()).await
+        self.case(&meta_of(e), e.case.as_ref(), Known::Read).await
     }
 
     async fn document_uploaded(&self, e: &pb::TgDocumentUploaded) -> Result<Outcome, HandlerError> {
@@ -114,10 +114,33 @@ fn meta_of(e: &impl pb::BusEvent) -> pb::EventMeta {
     e.meta().cloned().unwrap_or_default()
 }
 
+/// What D1 knows of a case before it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    /// Read its sync state and its link.
+    Read,
+    /// Presumed new, not read: the first delivery of a `tg.case.opened` that no backfill
+    /// replayed. The incident's create-only condition (`If-None-Match: *`) checks the
+    /// presumption where it matters: should the incident exist after all (TG sent the case
+    /// again after the duplicate window), Dataverse answers 412 and the row is read back as
+    /// after any lost race; the state's create falls back to a read the same way. Two KV reads,
+    /// two broker round trips, saved on each new case (#21).
+    PresumedNew,
+}
+
 impl Handler for Writer {
     async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
         let flow = Routes::flow_of(&delivery.event).unwrap_or("D1");
-        let outcome = Routes::dispatch(self, &delivery.event).await?;
+        let outcome = match &delivery.event {
+            pb::Event::TgCaseOpened(e)
+                if delivery.deliveries == 1
+                    && e.meta.as_ref().is_some_and(|m| m.replayed_at.is_none()) =>
+            {
+                self.case(&meta_of(e), e.case.as_ref(), Known::PresumedNew)
+                    .await?
+            }
+            event => Routes::dispatch(self, event).await?,
+        };
         Ok(match outcome {
             Outcome::Applied(record, response) => {
                 tgb_bus::Outcome::applied(flow).target(record, response)
@@ -171,6 +194,7 @@ impl Writer {
         &self,
         meta: &pb::EventMeta,
         case: Option<&pb::TgCase>,
+        known: Known,
     ) -> Result<Outcome, HandlerError> {
         let case = case.ok_or_else(|| HandlerError::permanent("case is missing"))?;
         if case.case_id.is_empty() {
@@ -180,28 +204,25 @@ impl Writer {
         let entity = format!("tg:case:{}", case.case_id);
         let lock = a.lock_of(&entity);
         let _guard = lock.lock().await;
-        let (state, state_rev) = a
-            .states
-            .get(TO_DATAVERSE, &entity)
-            .await
-            .map_err(HandlerError::transient)?;
+        let tg_case = Record::new("tg", "case", &case.case_id);
+        let (state, linked) = match known {
+            Known::PresumedNew => (Ok(Default::default()), Ok(None)),
+            // The state and the link are read together: one round trip to the broker, not two.
+            Known::Read => tokio::join!(
+                a.states.get(TO_DATAVERSE, &entity),
+                a.links.find(&tg_case, "dataverse", "incident")
+            ),
+        };
+        let (state, state_rev) = state.map_err(HandlerError::transient)?;
         let revision = case.revision.to_string();
-        // Checked before any read: a stale event costs nothing more.
+        // Checked before any other read: a stale event costs nothing more.
         if state.is_stale(&revision) {
             stale("tg");
             return Ok(Outcome::Stale);
         }
+        let linked = linked.map_err(HandlerError::transient)?;
         let partner = meta.partner.clone().unwrap_or_default();
         let account = a.account_for(&partner).await?;
-        let linked = a
-            .links
-            .find(
-                &Record::new("tg", "case", &case.case_id),
-                "dataverse",
-                "incident",
-            )
-            .await
-            .map_err(HandlerError::transient)?;
         let mut w = match incident::plan(&state, case, linked.as_deref(), &a.settings) {
             Plan::Stale => {
                 stale("tg");
@@ -267,37 +288,44 @@ impl Writer {
         let recorded = w
             .recorded(answer.body.as_ref().unwrap_or(&Value::Null))
             .ok_or_else(|| HandlerError::transient("the incident upsert answered no id"))?;
-        if linked.as_deref() != Some(recorded.incident.as_str()) {
+        // The links and the state go together: one round trip to the broker, not three.
+        let link = async {
+            if linked.as_deref() == Some(recorded.incident.as_str()) {
+                return Ok(());
+            }
             a.links
                 .link(
-                    &Record::new("tg", "case", &case.case_id),
+                    &tg_case,
                     &Record::new("dataverse", "incident", &recorded.incident),
                 )
                 .await
-                .map_err(HandlerError::transient)?;
-        }
+                .map_err(HandlerError::transient)
+        };
         // Under the entity's lock nothing of this process wrote the state since it was read: the
         // write goes at that revision, and only another replica's write makes it re-read.
-        a.states
-            .update_from(TO_DATAVERSE, &entity, (state, state_rev), |st| {
-                if st.is_stale(&revision) {
-                    return false;
-                }
-                st.version = revision.clone();
-                for (k, v) in &w.view {
-                    st.fields.insert((*k).to_owned(), hash(v));
-                }
-                if let Some(v) = &recorded.written_version {
-                    st.fields.insert(WRITTEN_VERSION.to_owned(), v.clone());
-                }
-                match &recorded.etag {
-                    Some(e) => st.fields.insert(ETAG.to_owned(), e.clone()),
-                    None => st.fields.remove(ETAG),
-                };
-                true
-            })
-            .await
-            .map_err(HandlerError::transient)?;
+        let state = async {
+            a.states
+                .update_from(TO_DATAVERSE, &entity, (state, state_rev), |st| {
+                    if st.is_stale(&revision) {
+                        return false;
+                    }
+                    st.version = revision.clone();
+                    for (k, v) in &w.view {
+                        st.fields.insert((*k).to_owned(), hash(v));
+                    }
+                    if let Some(v) = &recorded.written_version {
+                        st.fields.insert(WRITTEN_VERSION.to_owned(), v.clone());
+                    }
+                    match &recorded.etag {
+                        Some(e) => st.fields.insert(ETAG.to_owned(), e.clone()),
+                        None => st.fields.remove(ETAG),
+                    };
+                    true
+                })
+                .await
+                .map_err(HandlerError::transient)
+        };
+        tokio::try_join!(link, state)?;
         Ok(Outcome::Applied(
             record("incident", &recorded.incident),
             trail.join(" → "),

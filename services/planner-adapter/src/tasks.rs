@@ -1,6 +1,7 @@
 //! Creating and updating tasks without ever making a second one.
 //!
-//! A create runs: link? → intent (KV, compare-and-set) → POST → link → details → task record.
+//! A create runs: link? → intent (KV, compare-and-set) → POST → link and details together → task
+//! record.
 //! The task record is written once, last: a link without a record marks a create whose details
 //! may not be written yet. The intent is left in place: once the link exists it is never read
 //! (every path asks for the link first), and a purge would store a marker the size of the
@@ -11,7 +12,7 @@
 //! | interrupted after | the redelivery finds | and does |
 //! |---|---|---|
 //! | nothing / the intent | a pending intent, no task with the marker | waits out the intent's lease (a POST of another replica may be in flight), then creates |
-//! | the POST | a pending intent, the task with the marker in the plan | adopts that task: link, details, record |
+//! | the POST (or the details, the link failed) | a pending intent, the task with the marker in the plan | adopts that task: link, details (what they lack), record |
 //! | the link (the details GET or PATCH failed) | the link, no record | completes the create: details (description included), record, `planner.task.created` |
 //! | the record | the link and the record | updates the task |
 //!
@@ -315,15 +316,21 @@ impl Tasks {
         blocked: Option<&str>,
     ) -> Result<TaskRecord, HandlerError> {
         let s = &spec.subject;
-        // First: from here on the redelivery finds the task by its link, not by the marker.
-        self.links
-            .link(
-                &Record::new(&s.0, &s.1, &s.2),
-                &Record::new("planner", "task", &task.id),
-            )
-            .await
-            .map_err(kv_error)?;
-        self.complete(spec, &task, blocked).await
+        // From the link on, a redelivery finds the task by it, not by the marker. It is written
+        // while the details are: the broker's round trip hides behind Graph's (#21). Whichever
+        // fails, the redelivery finds the task (by the link, or by the marker) and completes
+        // what is missing; the record, written last, still marks a complete task.
+        let link = async {
+            self.links
+                .link(
+                    &Record::new(&s.0, &s.1, &s.2),
+                    &Record::new("planner", "task", &task.id),
+                )
+                .await
+                .map_err(kv_error)
+        };
+        tokio::try_join!(link, self.ensure_details(spec, &task.id, None))?;
+        self.store_record(spec, &task, blocked).await
     }
 
     /// The end of a create, for a linked task: writes what the details lack (description

@@ -477,3 +477,41 @@ async fn an_agent_note_on_an_incident_whose_link_was_never_stored_still_reaches_
         "the note on the incident without a TG case is not sent anywhere"
     );
 }
+
+#[tokio::test]
+async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_incident() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    env.publish(opened("C-8", "v1")).await;
+    let first = env.wait_rows("incident", 1).await;
+    let patches = |status: u16| {
+        env.sandbox
+            .calls()
+            .of_system("dataverse")
+            .into_iter()
+            .filter(|c| c.method == "PATCH" && c.path.contains("incidents(") && c.status == status)
+            .count()
+    };
+    assert_eq!(patches(412), 0, "the first create met no incident");
+
+    // TG sends the case as new again, past the duplicate window: a first delivery of a
+    // `tg.case.opened` (presumed new, nothing read) for a case whose incident exists.
+    let mut again = opened("C-8", "v2");
+    again.case.as_mut().unwrap().revision = 2;
+    env.publish(again).await;
+    eventually("v2 written to the one incident", WAIT, || async {
+        (env.rows("incident")[0]["title"] == "v2").then_some(())
+    })
+    .await
+    .unwrap();
+    adapter.stop().await;
+
+    // The create-only condition caught the presumption: 412, the row read back, written under
+    // its ETag.
+    assert_eq!(patches(412), 1);
+    let rows = env.rows("incident");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["incidentid"], first[0]["incidentid"]);
+    assert_eq!(rows[0]["tgb_tgrevision"], 2);
+    assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
+}
