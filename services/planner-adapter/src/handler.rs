@@ -114,6 +114,7 @@ impl PlannerHandler {
             department: String::new(),
             partner: meta.partner.clone(),
             group: None,
+            presumed_new: false,
         }
     }
 
@@ -140,7 +141,13 @@ impl PlannerHandler {
         Ok(())
     }
 
-    async fn case(&self, meta: &EventMeta, case: &TgCase) -> Result<Outcome, HandlerError> {
+    /// P1/P4 for a case; `presumed_new`: see [`crate::tasks::TaskSpec::presumed_new`].
+    async fn case(
+        &self,
+        meta: &EventMeta,
+        case: &TgCase,
+        presumed_new: bool,
+    ) -> Result<Outcome, HandlerError> {
         let partner_name = meta
             .partner
             .as_ref()
@@ -209,6 +216,7 @@ impl PlannerHandler {
         );
         spec.references = self.case_refs(case);
         spec.tg_case_id = case.case_id.clone();
+        spec.presumed_new = presumed_new;
         if spec.correlation_id.is_empty() {
             spec.correlation_id = case.case_id.clone();
         }
@@ -315,12 +323,22 @@ impl PlannerHandler {
 
     /// Handles `TgCaseOpened`.
     async fn tg_case_opened(&self, e: &tgb_proto::TgCaseOpened) -> Result<Outcome, HandlerError> {
+        self.case_opened(e, false).await
+    }
+
+    /// Handles `TgCaseOpened`; `presumed_new` for its first delivery when no backfill replayed
+    /// it.
+    async fn case_opened(
+        &self,
+        e: &tgb_proto::TgCaseOpened,
+        presumed_new: bool,
+    ) -> Result<Outcome, HandlerError> {
         let meta = e.meta.clone().unwrap_or_default();
         let case = e
             .case
             .clone()
             .ok_or_else(|| HandlerError::permanent("tg.case.opened without a case"))?;
-        let outcome = self.case(&meta, &case).await?;
+        let outcome = self.case(&meta, &case, presumed_new).await?;
         if outcome.flow == Some("P4") {
             self.group_for_case(&meta, &case).await?;
         }
@@ -334,7 +352,7 @@ impl PlannerHandler {
             .case
             .clone()
             .ok_or_else(|| HandlerError::permanent("tg.case.updated without a case"))?;
-        let outcome = self.case(&meta, &case).await?;
+        let outcome = self.case(&meta, &case, false).await?;
         if outcome.flow == Some("P4") {
             self.group_for_case(&meta, &case).await?;
         }
@@ -699,7 +717,15 @@ pub fn partner_of(r: &Option<(String, String, String)>) -> Option<PartnerRef> {
 impl Handler for PlannerHandler {
     async fn handle(&self, delivery: Delivery) -> Result<Outcome, HandlerError> {
         let started = Instant::now();
-        let result = Routes::dispatch(self, &delivery.event).await;
+        let result = match &delivery.event {
+            Event::TgCaseOpened(e)
+                if delivery.deliveries == 1
+                    && e.meta.as_ref().is_some_and(|m| m.replayed_at.is_none()) =>
+            {
+                self.case_opened(e, true).await
+            }
+            event => Routes::dispatch(self, event).await,
+        };
         tracing::debug!(subject = %delivery.subject, elapsed = ?started.elapsed(), ok = result.is_ok(), "handled");
         result
     }

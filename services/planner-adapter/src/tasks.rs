@@ -68,6 +68,11 @@ pub struct TaskSpec {
     pub group: Option<String>,
     /// Subject id for `TaskRef.subject_id`.
     pub subject_id: String,
+    /// The cause is the first delivery of the subject's opening event (a `tg.case.opened` no
+    /// backfill replayed): the subject most likely has no task yet, so the link is read while
+    /// the create intent is written, in one broker round trip instead of two (#21). The
+    /// decision is the same as in sequence: a link found wins, whatever the intent's write did.
+    pub presumed_new: bool,
 }
 
 impl TaskSpec {
@@ -207,18 +212,24 @@ impl Tasks {
         })
     }
 
-    /// Decides whether to create, adopt an earlier POST's task, or wait.
-    async fn claim(&self, spec: &TaskSpec) -> Result<Claim, HandlerError> {
+    /// A pending intent of `spec`, started now.
+    fn fresh_intent(spec: &TaskSpec) -> Intent {
+        Intent {
+            marker: spec.marker.clone(),
+            plan_id: spec.placement.plan_id.clone(),
+            state: "pending".into(),
+            at: now_secs(),
+            answered_at: None,
+        }
+    }
+
+    /// Decides whether to create, adopt an earlier POST's task, or wait. `create_first`: try
+    /// to create the intent before reading any (false when that create was already tried).
+    async fn claim(&self, spec: &TaskSpec, create_first: bool) -> Result<Claim, HandlerError> {
         let subject = spec.subject_key();
-        let mut first = true;
+        let mut first = create_first;
         loop {
-            let fresh = Intent {
-                marker: spec.marker.clone(),
-                plan_id: spec.placement.plan_id.clone(),
-                state: "pending".into(),
-                at: now_secs(),
-                answered_at: None,
-            };
+            let fresh = Self::fresh_intent(spec);
             // Most subjects have no intent yet: create it without reading first (#21); only a
             // create that loses reads what is there.
             if std::mem::take(&mut first)
@@ -436,15 +447,31 @@ impl Tasks {
         blocked: Option<&str>,
     ) -> Result<(TaskRecord, bool), HandlerError> {
         let s = &spec.subject;
-        let linked = self
-            .links
-            .find(&Record::new(&s.0, &s.1, &s.2), "planner", "task")
-            .await
-            .map_err(kv_error)?;
-        if let Some(task_id) = linked {
+        let from = Record::new(&s.0, &s.1, &s.2);
+        let (linked, claimed) = if spec.presumed_new {
+            let fresh = Self::fresh_intent(spec);
+            let subject = spec.subject_key();
+            let (linked, created) = tokio::join!(
+                self.links.find(&from, "planner", "task"),
+                self.store.put_intent(&subject, &fresh, 0)
+            );
+            let claimed = created
+                .map_err(kv_error)?
+                .then_some(Claim::Create(fresh.at));
+            (linked, Some(claimed))
+        } else {
+            (self.links.find(&from, "planner", "task").await, None)
+        };
+        if let Some(task_id) = linked.map_err(kv_error)? {
             return self.update(spec, &task_id, blocked).await;
         }
-        match self.claim(spec).await? {
+        let claim = match claimed {
+            Some(Some(claim)) => claim,
+            // The intent's create lost: read what is there, as the claim does after its own.
+            Some(None) => self.claim(spec, false).await?,
+            None => self.claim(spec, true).await?,
+        };
+        match claim {
             Claim::Adopt(task) => {
                 tracing::info!(task_id = %task.id, marker = %spec.marker, "adopted the task an earlier attempt created");
                 // Not announced yet: the attempt that created it never got that far.
@@ -487,7 +514,7 @@ impl Tasks {
                 out.push(self.update(spec, &task_id, blocked).await?.0);
                 continue;
             }
-            match self.claim(spec).await? {
+            match self.claim(spec, true).await? {
                 Claim::Adopt(task) => out.push(self.finish(spec, task, blocked).await?),
                 Claim::Create(at) => to_create.push((spec, at)),
             }

@@ -636,3 +636,68 @@ async fn p3_p5_p6_escalation_review_and_onboarding_tasks_are_created_and_review_
     assert!(w.graph_400s().is_empty(), "{:?}", w.graph_400s());
     w.stop_adapter().await;
 }
+
+/// The task creates (`POST /planner/tasks`) Graph was sent.
+fn task_posts(w: &World) -> usize {
+    w.sandbox
+        .calls()
+        .of_system("graph")
+        .into_iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/planner/tasks"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_task() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    w.publish(opened(
+        case(
+            "C-120",
+            CaseCategory::ShipmentDiscrepancy,
+            CasePriority::Normal,
+        ),
+        globex(),
+    ))
+    .await;
+    let created = w
+        .wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-120")
+        .await;
+    let task_id = created.task.unwrap().task_id;
+    assert_eq!(task_posts(&w), 1);
+
+    // TG sends the case as new again, past the duplicate window: the first delivery of a
+    // `tg.case.opened` (presumed new: its link read while the intent is written) for a case
+    // whose task exists.
+    let mut again = case(
+        "C-120",
+        CaseCategory::ShipmentDiscrepancy,
+        CasePriority::Normal,
+    );
+    again.revision = 2;
+    again.title = "ASN missing for PO 4711, sent again".into();
+    w.publish(opened(again, globex())).await;
+    eventually("the one task updated", tgb_testkit::HANG_GUARD, || async {
+        let (t, _) = w.sandbox.planner().get_task(&task_id)?;
+        (t["title"] == "[C-120] Globex: ASN missing for PO 4711, sent again").then_some(())
+    })
+    .await
+    .unwrap();
+    w.stop_adapter().await;
+    assert_eq!(task_posts(&w), 1, "no second POST");
+    assert_eq!(
+        w.tasks(ISSUES)
+            .iter()
+            .filter(|t| t["title"].as_str().unwrap().starts_with("[C-120]"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        w.seen::<PlannerTaskCreated>()
+            .iter()
+            .filter(|e| e.tg_case_id == "C-120")
+            .count(),
+        1,
+        "announced once"
+    );
+}
