@@ -563,17 +563,21 @@ fn bench_options(a: &BenchArgs) -> anyhow::Result<tgb::bench::BenchOptions> {
 async fn bench_service(name: &str) -> anyhow::Result<()> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     match name {
-        "tg-ingress" => tgb_service::main(tg_ingress::NAME, any, tg_ingress::serve).await,
-        "tg-egress" => tgb_service::main(tg_egress::NAME, any, tg_egress::serve).await,
+        "tg-ingress" => {
+            tgb_service::main_in_runtime(tg_ingress::NAME, any, tg_ingress::serve).await
+        }
+        "tg-egress" => tgb_service::main_in_runtime(tg_egress::NAME, any, tg_egress::serve).await,
         "dynamics-adapter" => {
-            tgb_service::main(dynamics_adapter::NAME, any, dynamics_adapter::serve).await
+            tgb_service::main_in_runtime(dynamics_adapter::NAME, any, dynamics_adapter::serve).await
         }
         "planner-adapter" => {
-            tgb_service::main(planner_adapter::NAME, any, planner_adapter::serve).await
+            tgb_service::main_in_runtime(planner_adapter::NAME, any, planner_adapter::serve).await
         }
-        "sla-monitor" => tgb_service::main(sla_monitor::NAME, any, sla_monitor::serve).await,
+        "sla-monitor" => {
+            tgb_service::main_in_runtime(sla_monitor::NAME, any, sla_monitor::serve).await
+        }
         "document-review" => {
-            tgb_service::main(document_review::NAME, any, document_review::serve).await
+            tgb_service::main_in_runtime(document_review::NAME, any, document_review::serve).await
         }
         other => anyhow::bail!(
             "no service '{other}' (tg-ingress, tg-egress, dynamics-adapter, planner-adapter, sla-monitor, document-review)"

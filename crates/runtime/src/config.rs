@@ -288,6 +288,12 @@ pub struct Settings {
     pub nats_tls_key: Option<PathBuf>,
     /// This service's HTTP listener; each service has its own default. `TGB_HTTP_ADDR`.
     pub http_addr: Option<SocketAddr>,
+    /// Threads a service binary runs its work on. 1 (the default): tokio's current-thread
+    /// runtime. At the rates one replica handles, each broker and HTTP round trip is a wake-up
+    /// of its own, and one thread spares the hand-offs between workers (#21); replicas scale
+    /// out instead. More: a multi-thread runtime with that many workers, for a replica that
+    /// must use several cores. `TGB_WORKER_THREADS`.
+    pub worker_threads: usize,
     /// Trading Grid API base URL. `TGB_TG_API_URL`.
     pub tg_api_url: Option<Url>,
     /// Trading Grid OAuth2 token endpoint. `TGB_TG_TOKEN_URL`.
@@ -348,6 +354,7 @@ impl Default for Settings {
             nats_tls_cert: None,
             nats_tls_key: None,
             http_addr: None,
+            worker_threads: 1,
             tg_api_url: None,
             tg_token_url: None,
             tg_client_id: None,
@@ -382,6 +389,7 @@ impl fmt::Debug for Settings {
             .field("nats_tls_cert", &self.nats_tls_cert)
             .field("nats_tls_key", &self.nats_tls_key)
             .field("http_addr", &self.http_addr)
+            .field("worker_threads", &self.worker_threads)
             .field("tg_api_url", &url(&self.tg_api_url))
             .field("tg_token_url", &url(&self.tg_token_url))
             .field("tg_client_id", &self.tg_client_id)

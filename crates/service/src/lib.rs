@@ -259,8 +259,10 @@ pub fn http_addr(config: &Config, default: std::net::SocketAddr) -> std::net::So
     config.settings.http_addr.unwrap_or(default)
 }
 
-/// The thin `main` of every service: configuration, telemetry, signals, then `serve`.
-pub async fn main<F, Fut>(
+/// The `main` of every service binary: configuration, the runtime it asks for
+/// (`TGB_WORKER_THREADS`: 1, the default, is tokio's current-thread runtime), telemetry,
+/// signals, then `serve`.
+pub fn main<F, Fut>(
     service: &'static str,
     default_addr: std::net::SocketAddr,
     serve: F,
@@ -270,6 +272,44 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let config = Config::load()?;
+    let runtime = match config.settings.worker_threads {
+        0 => anyhow::bail!("{service}: TGB_WORKER_THREADS must be at least 1"),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .with_context(|| format!("{service}: cannot start its runtime"))?;
+    runtime.block_on(start(service, default_addr, config, serve))
+}
+
+/// [`main`] inside a runtime already running (`tgb bench-service`, which runs one service in
+/// `tgb`'s own runtime, whatever `TGB_WORKER_THREADS` says).
+pub async fn main_in_runtime<F, Fut>(
+    service: &'static str,
+    default_addr: std::net::SocketAddr,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Config, tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    start(service, default_addr, Config::load()?, serve).await
+}
+
+async fn start<F, Fut>(
+    service: &'static str,
+    default_addr: std::net::SocketAddr,
+    config: Config,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Config, tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let _telemetry = tgb_runtime::telemetry::init(service, config.settings.log_format);
     let addr = http_addr(&config, default_addr);
     let listener = tokio::net::TcpListener::bind(addr)

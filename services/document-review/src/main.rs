@@ -1,11 +1,9 @@
 //! Thin entry point: configuration, telemetry and signals, then [`document_review::serve`].
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tgb_service::main(
         document_review::NAME,
         document_review::DEFAULT_HTTP_ADDR,
         document_review::serve,
     )
-    .await
 }

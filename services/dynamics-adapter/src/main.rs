@@ -1,11 +1,9 @@
 //! Thin entry point: configuration, telemetry and signals, then [`dynamics_adapter::serve`].
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tgb_service::main(
         dynamics_adapter::NAME,
         dynamics_adapter::DEFAULT_HTTP_ADDR,
         dynamics_adapter::serve,
     )
-    .await
 }

@@ -1,11 +1,9 @@
 //! Thin entry point: configuration, telemetry and signals, then [`sla_monitor::serve`].
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tgb_service::main(
         sla_monitor::NAME,
         sla_monitor::DEFAULT_HTTP_ADDR,
         sla_monitor::serve,
     )
-    .await
 }

@@ -1,11 +1,9 @@
 //! Thin entry point: configuration, telemetry and signals, then [`tg_egress::serve`].
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tgb_service::main(
         tg_egress::NAME,
         tg_egress::DEFAULT_HTTP_ADDR,
         tg_egress::serve,
     )
-    .await
 }

@@ -1,11 +1,9 @@
 //! Thin entry point: configuration, telemetry and signals, then [`tg_ingress::serve`].
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tgb_service::main(
         tg_ingress::NAME,
         tg_ingress::DEFAULT_HTTP_ADDR,
         tg_ingress::serve,
     )
-    .await
 }

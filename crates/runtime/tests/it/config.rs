@@ -39,6 +39,10 @@ fn defaults_apply_when_the_default_file_is_missing_and_env_is_empty() {
     assert_eq!(s.nats_creds, None);
     assert_eq!(s.http_addr, None);
     assert_eq!(
+        s.worker_threads, 1,
+        "a service runs on one thread unless told otherwise"
+    );
+    assert_eq!(
         s.azure_authority.as_str(),
         "https://login.microsoftonline.com/"
     );
@@ -687,6 +691,19 @@ fn nats_tls_files_come_from_the_environment_and_a_half_client_certificate_names_
     );
     assert!(
         err.contains("TGB_NATS_TLS_CA") && err.contains("/nonexistent/ca.pem does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tgb_worker_threads_sets_the_threads_of_a_service() {
+    let config = Config::load_from(None, env(&[("TGB_WORKER_THREADS", "4")])).unwrap();
+    assert_eq!(config.settings.worker_threads, 4);
+    let err = Config::load_from(None, env(&[("TGB_WORKER_THREADS", "many")]))
+        .expect_err("not a number")
+        .to_string();
+    assert!(
+        err.contains("worker_threads") || err.contains("TGB_WORKER_THREADS"),
         "{err}"
     );
 }
