@@ -455,16 +455,18 @@ impl Tasks {
                 self.links.find(&from, "planner", "task"),
                 self.store.put_intent(&subject, &fresh, 0)
             );
-            let claimed = created
-                .map_err(kv_error)?
-                .then_some(Claim::Create(fresh.at));
-            (linked, Some(claimed))
+            (linked, Some((created, fresh.at)))
         } else {
             (self.links.find(&from, "planner", "task").await, None)
         };
+        // A link found decides, whatever became of the intent's write.
         if let Some(task_id) = linked.map_err(kv_error)? {
             return self.update(spec, &task_id, blocked).await;
         }
+        let claimed = match claimed {
+            Some((created, at)) => Some(created.map_err(kv_error)?.then_some(Claim::Create(at))),
+            None => None,
+        };
         let claim = match claimed {
             Some(Some(claim)) => claim,
             // The intent's create lost: read what is there, as the claim does after its own.

@@ -53,7 +53,8 @@ fn details_patches(w: &World, status: u16) -> usize {
         .count()
 }
 
-fn posts(w: &World) -> usize {
+/// The task creates (`POST /planner/tasks`) Graph was sent.
+pub(crate) fn posts(w: &World) -> usize {
     w.sandbox
         .calls()
         .of_system("graph")

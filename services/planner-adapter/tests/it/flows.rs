@@ -637,16 +637,6 @@ async fn p3_p5_p6_escalation_review_and_onboarding_tasks_are_created_and_review_
     w.stop_adapter().await;
 }
 
-/// The task creates (`POST /planner/tasks`) Graph was sent.
-fn task_posts(w: &World) -> usize {
-    w.sandbox
-        .calls()
-        .of_system("graph")
-        .into_iter()
-        .filter(|c| c.method == "POST" && c.path.ends_with("/planner/tasks"))
-        .count()
-}
-
 #[tokio::test]
 async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_task() {
     let mut w = World::start().await;
@@ -664,7 +654,7 @@ async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_task() {
         .wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-120")
         .await;
     let task_id = created.task.unwrap().task_id;
-    assert_eq!(task_posts(&w), 1);
+    assert_eq!(crate::details::posts(&w), 1);
 
     // TG sends the case as new again, past the duplicate window: the first delivery of a
     // `tg.case.opened` (presumed new: its link read while the intent is written) for a case
@@ -684,7 +674,7 @@ async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_task() {
     .await
     .unwrap();
     w.stop_adapter().await;
-    assert_eq!(task_posts(&w), 1, "no second POST");
+    assert_eq!(crate::details::posts(&w), 1, "no second POST");
     assert_eq!(
         w.tasks(ISSUES)
             .iter()
