@@ -18,7 +18,10 @@ use tokio::process::Child;
 
 use crate::procs::child_command;
 
-/// The name of the cluster (`cluster { name }`).
+/// The name of a cluster (`cluster { name }`) before its own suffix: each cluster is named
+/// after its first route port, so the nodes of two clusters started side by side (two
+/// scenarios at once) refuse each other's routes instead of joining one cluster, should a port
+/// one released be taken by the other.
 pub const CLUSTER_NAME: &str = "tgb-faults";
 
 /// Largest JetStream file store of one node (`jetstream { max_file_store }`): far above what a
@@ -114,7 +117,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 
 /// The configuration file of one node: its ports and store, the cluster's name and a route to
 /// every node (a route to itself is ignored by the server).
-fn node_config(node: &ClusterNode, routes: &[String]) -> String {
+fn node_config(node: &ClusterNode, cluster_name: &str, routes: &[String]) -> String {
     format!(
         r#"server_name: {name}
 listen: 127.0.0.1:{client}
@@ -125,7 +128,7 @@ jetstream {{
   max_memory_store: 64MB
 }}
 cluster {{
-  name: {CLUSTER_NAME}
+  name: {cluster_name}
   listen: 127.0.0.1:{cluster}
   routes: [{routes}]
 }}
@@ -169,9 +172,10 @@ impl NatsCluster {
             .iter()
             .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
             .collect();
+        let cluster_name = format!("{CLUSTER_NAME}-{}", nodes[0].cluster_port);
         for node in &nodes {
             std::fs::create_dir_all(&node.store)?;
-            std::fs::write(&node.config, node_config(node, &routes))?;
+            std::fs::write(&node.config, node_config(node, &cluster_name, &routes))?;
         }
         for node in &mut nodes {
             node.spawn(&binary)?;
@@ -184,9 +188,7 @@ impl NatsCluster {
                 .build()?,
             _dir: dir,
         };
-        for i in 0..size {
-            cluster.wait_healthy(i, NODE_WITHIN).await?;
-        }
+        cluster.wait_all_healthy(NODE_WITHIN).await?;
         Ok(cluster)
     }
 
@@ -256,17 +258,7 @@ impl NatsCluster {
     pub async fn wait_healthy(&mut self, i: usize, within: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Some(status) = self.nodes[i].exited()? {
-                let tail = self.nodes[i].log_tail(20);
-                if tokio::time::Instant::now() < deadline && tail.contains("address already in use")
-                {
-                    let binary = self.binary.clone();
-                    self.nodes[i].child = None;
-                    self.nodes[i].spawn(&binary)?;
-                } else {
-                    bail!("{} exited ({status}):\n{tail}", self.nodes[i].name);
-                }
-            }
+            self.revive(i, deadline)?;
             let last = match self.health(i).await {
                 Ok(()) => return Ok(()),
                 Err(reason) => reason,
@@ -277,6 +269,56 @@ impl NatsCluster {
                     self.nodes[i].name,
                     self.nodes[i].log_tail(20)
                 );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts node `i` again when it exited because its port was not free yet (another
+    /// process held it for a moment); any other exit is an error with the node's log.
+    fn revive(&mut self, i: usize, deadline: tokio::time::Instant) -> anyhow::Result<()> {
+        if let Some(status) = self.nodes[i].exited()? {
+            let tail = self.nodes[i].log_tail(20);
+            if tokio::time::Instant::now() < deadline && tail.contains("address already in use") {
+                let binary = self.binary.clone();
+                self.nodes[i].child = None;
+                self.nodes[i].spawn(&binary)?;
+            } else {
+                bail!("{} exited ({status}):\n{tail}", self.nodes[i].name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every node answers `/healthz` with 200. Every node is watched at once: a
+    /// node that could not bind its port at the start is started again while the others wait
+    /// for it (waiting on one node alone left the others dead and the cluster without a
+    /// quorum). On a timeout, the error has every unhealthy node's answer and log.
+    async fn wait_all_healthy(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut unhealthy = Vec::new();
+            for i in 0..self.nodes.len() {
+                self.revive(i, deadline)?;
+                if let Err(reason) = self.health(i).await {
+                    unhealthy.push((i, reason));
+                }
+            }
+            if unhealthy.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let report: Vec<String> = unhealthy
+                    .iter()
+                    .map(|(i, reason)| {
+                        format!(
+                            "{} (last: {reason}):\n{}",
+                            self.nodes[*i].name,
+                            self.nodes[*i].log_tail(20)
+                        )
+                    })
+                    .collect();
+                bail!("not healthy within {within:?}: {}", report.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
