@@ -121,6 +121,15 @@ pub struct Delivery {
     pub headers: HeaderMap,
 }
 
+impl Delivery {
+    /// The first delivery of an event no backfill replayed (`meta.replayed_at` unset): what a
+    /// handler may take as news it has not acted on yet, to presume a record absent where a
+    /// condition of the write checks the presumption.
+    pub fn first_live(&self) -> bool {
+        self.deliveries == 1 && self.event.meta().is_some_and(|m| m.replayed_at.is_none())
+    }
+}
+
 /// Handles one event. Must be idempotent: a message can be delivered again after a crash.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one delivery: what it did, or why it failed (the error's class decides what

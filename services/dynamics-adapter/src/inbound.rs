@@ -132,10 +132,7 @@ impl Handler for Writer {
     async fn handle(&self, delivery: Delivery) -> Result<tgb_bus::Outcome, HandlerError> {
         let flow = Routes::flow_of(&delivery.event).unwrap_or("D1");
         let outcome = match &delivery.event {
-            pb::Event::TgCaseOpened(e)
-                if delivery.deliveries == 1
-                    && e.meta.as_ref().is_some_and(|m| m.replayed_at.is_none()) =>
-            {
+            pb::Event::TgCaseOpened(e) if delivery.first_live() => {
                 self.case(&meta_of(e), e.case.as_ref(), Known::PresumedNew)
                     .await?
             }

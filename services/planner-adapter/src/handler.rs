@@ -718,12 +718,7 @@ impl Handler for PlannerHandler {
     async fn handle(&self, delivery: Delivery) -> Result<Outcome, HandlerError> {
         let started = Instant::now();
         let result = match &delivery.event {
-            Event::TgCaseOpened(e)
-                if delivery.deliveries == 1
-                    && e.meta.as_ref().is_some_and(|m| m.replayed_at.is_none()) =>
-            {
-                self.case_opened(e, true).await
-            }
+            Event::TgCaseOpened(e) if delivery.first_live() => self.case_opened(e, true).await,
             event => Routes::dispatch(self, event).await,
         };
         tracing::debug!(subject = %delivery.subject, elapsed = ?started.elapsed(), ok = result.is_ok(), "handled");
