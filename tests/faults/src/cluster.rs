@@ -63,6 +63,17 @@ impl ClusterNode {
         self.child.is_some()
     }
 
+    /// The last `n` warnings and errors of its log (`[WRN]`, `[ERR]`): what a failed scenario
+    /// reports of the broker's side.
+    pub fn log_warnings(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("[WRN]") || l.contains("[ERR]"))
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     fn monitor(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }

@@ -21,7 +21,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 use tgb_bus::names;
 
@@ -96,6 +96,9 @@ pub struct Report {
     pub crashes: Vec<(String, String)>,
     /// From the start of the burst to a complete, quiet system.
     pub converged_after: Duration,
+    /// What the system held of a few lost effects, and what kept it busy past the deadline:
+    /// the lines a failed scenario is read by.
+    pub traces: Vec<String>,
 }
 
 impl Report {
@@ -175,6 +178,9 @@ impl fmt::Display for Report {
         )?;
         for (p, c) in &self.crashes {
             writeln!(f, "    {p}: {c}")?;
+        }
+        for t in &self.traces {
+            writeln!(f, "  {t}")?;
         }
         Ok(())
     }
@@ -400,6 +406,7 @@ pub async fn check_invariants(
     // reconciling paths (Dataverse change tracking, Planner plan poll: 2 s each).
     let stable_for = Duration::from_secs(6);
     let mut stable_since = Instant::now();
+    let mut not_quiet = None;
     loop {
         sys.supervise()?;
         let busy = busy_consumers(sys)
@@ -421,6 +428,9 @@ pub async fn check_invariants(
         }
         if Instant::now() >= deadline {
             tracing::warn!(?busy, hooks_pending, "not quiet by the deadline");
+            not_quiet = Some(format!(
+                "not quiet by the deadline: consumers with work left (name, pending, unacknowledged) {busy:?}; TG webhooks pending {hooks_pending}"
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -448,6 +458,36 @@ pub async fn check_invariants(
         })
         .collect();
     report.comments = Tally::count(exp.comments.keys().cloned(), &per_comment);
+    report.traces.extend(not_quiet);
+    let lost_comments = exp
+        .comments
+        .iter()
+        .filter(|(id, _)| per_comment.get(*id).copied().unwrap_or(0) == 0)
+        .take(3);
+    for (id, (case, body)) in lost_comments {
+        report.traces.push(format!(
+            "lost comment {id} on {case}: partner messages {}, notes {}; {}",
+            c.messages.get(id).copied().unwrap_or(0),
+            c.notes.get(body).copied().unwrap_or(0),
+            events_holding(sys, "tgb.v1.tg.case.comment_added", id)
+                .await
+                .unwrap_or_else(|e| format!("TGB_EVENTS cannot be read: {e}"))
+        ));
+        report.traces.extend(ledger_lines(sys, case).await);
+    }
+    let lost_cases = exp
+        .cases
+        .iter()
+        .filter(|k| !c.incidents.contains_key(*k) || !c.tasks.contains_key(*k))
+        .take(3);
+    for case in lost_cases {
+        report.traces.push(format!(
+            "lost case {case}: incidents {}, tasks {}",
+            c.incidents.get(case).copied().unwrap_or(0),
+            c.tasks.get(case).copied().unwrap_or(0)
+        ));
+        report.traces.extend(ledger_lines(sys, case).await);
+    }
     let resolved: BTreeMap<String, usize> = exp
         .resolved
         .iter()
@@ -550,6 +590,67 @@ pub async fn check_invariants(
         }
     }
     Ok(report)
+}
+
+/// Where `TGB_EVENTS` holds messages on `subject` whose bytes carry `id` (a protobuf string
+/// field is its UTF-8 bytes): whether an event was published at all.
+async fn events_holding(sys: &FaultSystem, subject: &str, id: &str) -> anyhow::Result<String> {
+    let stream = sys.js.get_stream(names::EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut seqs = Vec::new();
+    if pending > 0 {
+        let mut messages = consumer.messages().await?;
+        while pending > 0 {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message?;
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            pending = info.pending;
+            if message
+                .payload
+                .windows(id.len())
+                .any(|w| w == id.as_bytes())
+            {
+                seqs.push(info.stream_sequence);
+            }
+        }
+    }
+    Ok(if seqs.is_empty() {
+        format!("no message on {subject} in TGB_EVENTS carries it")
+    } else {
+        format!("in TGB_EVENTS on {subject} at sequence {seqs:?}")
+    })
+}
+
+/// The ledger of one TG case (`tgb history`), a line per entry: which consumer decided what,
+/// on which delivery, and why.
+async fn ledger_lines(sys: &FaultSystem, case: &str) -> Vec<String> {
+    match tgb_bus::ledger::history(&sys.js, case).await {
+        Ok(entries) if entries.is_empty() => vec!["  ledger: no entry".to_owned()],
+        Ok(entries) => entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "  ledger {} {} {} delivery {}: {} {} {}",
+                    e.at,
+                    e.consumer,
+                    e.subject,
+                    e.deliveries,
+                    e.decision.as_str(),
+                    e.detail.chars().take(160).collect::<String>(),
+                    e.response.chars().take(80).collect::<String>()
+                )
+            })
+            .collect(),
+        Err(e) => vec![format!("  ledger: cannot be read: {e}")],
+    }
 }
 
 /// Whether a JSON value is a non-empty string.

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use tgb_fault_suite::invariant::check_invariants;
 use tgb_fault_suite::workload::{Agents, Poison, publish_poison, raise_burst, spawn_agents};
-use tgb_fault_suite::{Burst, Expected, FaultSystem, Options, Report, burst_size};
+use tgb_fault_suite::{Broker, Burst, Expected, FaultSystem, Options, Report, burst_size};
 
 /// The burst size in CI when `TGB_FAULT_CASES` is not set (see the crate README for the
 /// measured times at 2,000).
@@ -101,6 +101,15 @@ impl Run {
         if !report.is_clean() {
             for s in &self.sys.services {
                 println!("--- {} (last lines)\n{}", s.label(), s.log_tail(15));
+            }
+            if let Broker::Cluster(cluster) = &self.sys.nats {
+                for node in &cluster.nodes {
+                    println!(
+                        "--- nats-server {} (last warnings)\n{}",
+                        node.name,
+                        node.log_warnings(30)
+                    );
+                }
             }
         }
         self.sys.stop().await;
