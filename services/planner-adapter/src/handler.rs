@@ -12,11 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tgb_bus::{Delivery, Handler, HandlerError, Outcome, Publisher};
-use tgb_proto::{
-    CasePriority, EntityRef, Event, EventMeta, Origin, PartnerRef, PlannerTaskCreated, TaskKind,
-    TaskRef, TgCase,
-};
+use tgb_bus::{Delivery, Handler, HandlerError, Outcome};
+use tgb_proto::{CasePriority, Event, EventMeta, PartnerRef, TaskKind, TaskRef, TgCase};
 
 use crate::routing::{Partners, Placement, Routing, tg_priority_name};
 use crate::store::TaskRecord;
@@ -69,8 +66,6 @@ pub struct PlannerHandler {
     pub routing: Arc<Routing>,
     /// `[partners]`.
     pub partners: Arc<Partners>,
-    /// Publishes `planner.task.created`.
-    pub publisher: Publisher,
 }
 
 impl PlannerHandler {
@@ -115,30 +110,18 @@ impl PlannerHandler {
             partner: meta.partner.clone(),
             group: None,
             presumed_new: false,
+            cause: meta.clone(),
         }
     }
 
+    /// Announces every task of a several-task request (P4, P6), on every delivery: one
+    /// announcement per task all the same (its event id is the task's).
     async fn announce(
         &self,
         cause: &EventMeta,
         records: &[TaskRecord],
     ) -> Result<(), HandlerError> {
-        for r in records {
-            let mut meta = EventMeta::caused_by(Origin::Planner, cause);
-            meta.entity = Some(EntityRef::new("planner", "task", r.task_id.clone()));
-            // One announcement per task, however often the cause is redelivered.
-            meta.event_id = crate::poller::stable_ulid(&format!("created:{}", r.task_id));
-            let ev = PlannerTaskCreated {
-                meta: Some(meta),
-                task: Some(task_ref(r)),
-                tg_case_id: r.tg_case_id.clone(),
-            };
-            self.publisher
-                .publish(&ev)
-                .await
-                .map_err(HandlerError::transient)?;
-        }
-        Ok(())
+        self.tasks.announce(cause, records).await
     }
 
     /// P1/P4 for a case; `presumed_new`: see [`crate::tasks::TaskSpec::presumed_new`].
@@ -220,10 +203,8 @@ impl PlannerHandler {
         if spec.correlation_id.is_empty() {
             spec.correlation_id = case.case_id.clone();
         }
-        let (record, created) = self.tasks.ensure(&spec, self.blocked()).await?;
-        if created {
-            self.announce(meta, &[record]).await?;
-        }
+        // A task new to tg-bridge is announced before its record is written (see `Tasks`).
+        self.tasks.ensure(&spec, self.blocked()).await?;
         Ok(Outcome::applied("P1"))
     }
 
@@ -425,9 +406,8 @@ impl PlannerHandler {
             format!("TG case {}", e.case_id),
         )];
         spec.tg_case_id = e.case_id.clone();
-        let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
+        let (_, created) = self.tasks.ensure(&spec, self.blocked()).await?;
         if created {
-            self.announce(&meta, &[r]).await?;
             Ok(Outcome::applied("P3"))
         } else {
             Ok(Outcome::duplicate("P3", "the task exists already"))
@@ -482,9 +462,8 @@ impl PlannerHandler {
             ));
             spec.tg_case_id = doc.case_id.clone();
         }
-        let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
+        let (_, created) = self.tasks.ensure(&spec, self.blocked()).await?;
         if created {
-            self.announce(&meta, &[r]).await?;
             Ok(Outcome::applied("P5"))
         } else {
             Ok(Outcome::duplicate("P5", "the task exists already"))
@@ -585,9 +564,8 @@ impl PlannerHandler {
             )];
             spec.tg_case_id = e.case_id.clone();
         }
-        let (r, created) = self.tasks.ensure(&spec, self.blocked()).await?;
+        let (_, created) = self.tasks.ensure(&spec, self.blocked()).await?;
         if created {
-            self.announce(&meta, &[r]).await?;
             Ok(Outcome::applied("P7"))
         } else {
             Ok(Outcome::duplicate("P7", "the task exists already"))

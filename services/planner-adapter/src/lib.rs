@@ -143,6 +143,7 @@ pub async fn serve_with(
         intent_lease: Duration::from_secs(g.intent_lease_secs),
         intent_settle: Duration::from_secs(g.intent_settle_secs),
         after_post,
+        publisher: bus.publisher(),
     };
     let routing = Arc::new(routing);
     let poll_interval = Duration::from_millis(routing.graph.poll_interval_ms);
@@ -150,7 +151,6 @@ pub async fn serve_with(
         tasks: tasks.clone(),
         routing: routing.clone(),
         partners: Arc::new(partners),
-        publisher: bus.publisher(),
     });
     let poller = poller::Poller {
         tasks,

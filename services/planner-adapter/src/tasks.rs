@@ -1,9 +1,12 @@
 //! Creating and updating tasks without ever making a second one.
 //!
-//! A create runs: link? → intent (KV, compare-and-set) → POST → link and details together → task
-//! record.
+//! A create runs: link? → intent (KV, compare-and-set) → POST → link, details and the
+//! `planner.task.created` announcement together → task record.
 //! The task record is written once, last: a link without a record marks a create whose details
-//! may not be written yet. The intent is left in place: once the link exists it is never read
+//! or announcement may not be written yet. (The announcement went after the record until the
+//! cluster fault scenario showed a publish refused for seconds while a broker node rejoined: a
+//! create whose record was written and whose announcement failed was then taken for done by
+//! its redelivery, and never announced.) The intent is left in place: once the link exists it is never read
 //! (every path asks for the link first), and a purge would store a marker the size of the
 //! intent it removes at the cost of one more write per task (#21). Should the link be lost, the
 //! intent left behind leads the next create to the marker search, which adopts the task. Whatever point a crash or a failed request
@@ -13,8 +16,8 @@
 //! |---|---|---|
 //! | nothing / the intent | a pending intent, no task with the marker | waits out the intent's lease (a POST of another replica may be in flight), then creates |
 //! | the POST (or the details, the link failed) | a pending intent, the task with the marker in the plan | adopts that task: link, details (what they lack), record |
-//! | the link (the details GET or PATCH failed) | the link, no record | completes the create: details (description included), record, `planner.task.created` |
-//! | the record | the link and the record | updates the task |
+//! | the link (the details or the announcement failed) | the link, no record | completes the create: details (description included) and `planner.task.created` (the same event id: an announcement stored already is not stored twice), then the record |
+//! | the record | the link and the record | updates the task (created and announced) |
 //!
 //! A POST that certainly had no effect (429, 4xx) marks the intent `failed`, so the retry
 //! creates at once.
@@ -24,13 +27,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tgb_bus::HandlerError;
 use tgb_bus::links::{Links, Record};
+use tgb_bus::{HandlerError, Publisher};
 use tgb_clients::graph::{
     ChecklistItem, DetailsPatch, ExternalReference, GraphClient, GraphError, NewTask, Task,
     TaskDetails, TaskPatch, encode_reference_url,
 };
-use tgb_proto::{PartnerRef, TaskKind, TaskProgress};
+use tgb_proto::{
+    EntityRef, EventMeta, Origin, PartnerRef, PlannerTaskCreated, TaskKind, TaskProgress,
+};
 
 use crate::labels::LabelCache;
 use crate::routing::Placement;
@@ -73,6 +78,8 @@ pub struct TaskSpec {
     /// the create intent is written, in one broker round trip instead of two (#21). The
     /// decision is the same as in sequence: a link found wins, whatever the intent's write did.
     pub presumed_new: bool,
+    /// The event that asked for the task: the cause of its `planner.task.created`.
+    pub cause: EventMeta,
 }
 
 impl TaskSpec {
@@ -121,6 +128,8 @@ pub struct Tasks {
     pub intent_settle: Duration,
     /// Test support.
     pub after_post: Option<AfterPost>,
+    /// Publishes `planner.task.created`.
+    pub publisher: Publisher,
 }
 
 enum Claim {
@@ -327,10 +336,12 @@ impl Tasks {
         blocked: Option<&str>,
     ) -> Result<TaskRecord, HandlerError> {
         let s = &spec.subject;
-        // From the link on, a redelivery finds the task by it, not by the marker. It is written
-        // while the details are: the broker's round trip hides behind Graph's (#21). Whichever
-        // fails, the redelivery finds the task (by the link, or by the marker) and completes
-        // what is missing; the record, written last, still marks a complete task.
+        let record = self.record_of(spec, &task, blocked);
+        // From the link on, a redelivery finds the task by it, not by the marker. It is written,
+        // and the task announced, while the details are: the broker's round trips hide behind
+        // Graph's (#21). Whichever fails, the redelivery finds the task (by the link, or by the
+        // marker) and completes what is missing; the record, written last, still marks a
+        // complete, announced task.
         let link = async {
             self.links
                 .link(
@@ -340,20 +351,56 @@ impl Tasks {
                 .await
                 .map_err(kv_error)
         };
-        tokio::try_join!(link, self.ensure_details(spec, &task.id, None))?;
-        self.store_record(spec, &task, blocked).await
+        tokio::try_join!(
+            link,
+            self.ensure_details(spec, &task.id, None),
+            self.announce(&spec.cause, std::slice::from_ref(&record))
+        )?;
+        self.store.put_task(&record).await.map_err(kv_error)?;
+        Ok(record)
     }
 
     /// The end of a create, for a linked task: writes what the details lack (description
-    /// included), then the task record (its only write in the create).
+    /// included) and announces the task, then writes the task record (its only write in the
+    /// create).
     async fn complete(
         &self,
         spec: &TaskSpec,
         task: &Task,
         blocked: Option<&str>,
     ) -> Result<TaskRecord, HandlerError> {
-        self.ensure_details(spec, &task.id, None).await?;
-        self.store_record(spec, task, blocked).await
+        let record = self.record_of(spec, task, blocked);
+        tokio::try_join!(
+            self.ensure_details(spec, &task.id, None),
+            self.announce(&spec.cause, std::slice::from_ref(&record))
+        )?;
+        self.store.put_task(&record).await.map_err(kv_error)?;
+        Ok(record)
+    }
+
+    /// Publishes `planner.task.created` for each record, caused by `cause`. The event id is
+    /// the task's own: one announcement per task, however often it is made (within the
+    /// stream's duplicate window).
+    pub async fn announce(
+        &self,
+        cause: &EventMeta,
+        records: &[TaskRecord],
+    ) -> Result<(), HandlerError> {
+        for r in records {
+            let mut meta = EventMeta::caused_by(Origin::Planner, cause);
+            meta.entity = Some(EntityRef::new("planner", "task", r.task_id.clone()));
+            meta.event_id = crate::poller::stable_ulid(&format!("created:{}", r.task_id));
+            let ev = PlannerTaskCreated {
+                meta: Some(meta),
+                task: Some(crate::handler::task_ref(r)),
+                tg_case_id: r.tg_case_id.clone(),
+            };
+            self.publisher
+                .publish(&ev)
+                .await
+                .map_err(HandlerError::transient)?;
+        }
+        Ok(())
     }
 
     /// Writes the record of a task whose details are written (the intent stays: see the

@@ -691,3 +691,99 @@ async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_task() {
         "announced once"
     );
 }
+
+/// The announcements of a triage task stored in `TGB_EVENTS` (what the consumers of
+/// `planner.task.created` get), not the copies a core subscriber sees.
+async fn stored_announcements(w: &World, case_id: &str) -> usize {
+    w.stored::<PlannerTaskCreated>()
+        .await
+        .iter()
+        .filter(|e| e.tg_case_id == case_id)
+        .count()
+}
+
+/// `TGB_EVENTS` takes every event subject but `planner.task.created` (`refuse = true`): a
+/// publish of the announcement gets no PubAck, as while a broker node rejoins its cluster.
+async fn refuse_announcements(w: &World, refuse: bool) {
+    let js = w.bus.jetstream();
+    let mut stream = js
+        .get_stream(tgb_bus::names::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.subjects = if refuse {
+        SUBJECTS
+            .iter()
+            .map(|(s, _)| (*s).to_owned())
+            .filter(|s| s != PlannerTaskCreated::SUBJECT)
+            .collect()
+    } else {
+        vec![tgb_bus::names::EVENTS_SUBJECTS.to_owned()]
+    };
+    js.update_stream(&config).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_triage_task_whose_announcement_failed_is_announced_on_the_redelivery() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    // A first task: the adapter is consuming and the stream is in place.
+    w.publish(opened(
+        case(
+            "C-140",
+            CaseCategory::ShipmentDiscrepancy,
+            CasePriority::Normal,
+        ),
+        globex(),
+    ))
+    .await;
+    w.wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-140")
+        .await;
+
+    refuse_announcements(&w, true).await;
+    w.publish(opened(
+        case(
+            "C-141",
+            CaseCategory::ShipmentDiscrepancy,
+            CasePriority::Normal,
+        ),
+        globex(),
+    ))
+    .await;
+    // The task is created, its announcement refused: the delivery fails and is retried.
+    let retried = eventually(
+        "the delivery retried after its announcement was refused",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let h = tgb_bus::ledger::history(w.bus.jetstream(), "C-141")
+                .await
+                .ok()?;
+            h.into_iter().find(|e| {
+                e.consumer == "planner-adapter"
+                    && e.decision == tgb_bus::ledger::Decision::Retried
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.wait_tasks(ISSUES, "[C-141]", 1).await.len(), 1);
+    refuse_announcements(&w, false).await;
+
+    eventually(
+        "the task announced on the redelivery",
+        tgb_testkit::HANG_GUARD,
+        || async { (stored_announcements(&w, "C-141").await == 1).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e} (the failed delivery: {})", retried.detail));
+    w.stop_adapter().await;
+    assert_eq!(crate::details::posts(&w), 2, "one POST per case");
+    assert_eq!(
+        w.tasks(ISSUES)
+            .iter()
+            .filter(|t| t["title"].as_str().unwrap().starts_with("[C-141]"))
+            .count(),
+        1
+    );
+    assert_eq!(stored_announcements(&w, "C-141").await, 1, "announced once");
+}
