@@ -8,12 +8,14 @@
 //! - [`metrics`]: the process-wide Prometheus recorder;
 //! - [`http`]: the listener with `/healthz`, `/readyz`, `/metrics` and the service's routes,
 //!   bounded by a header-read timeout, a request timeout and a concurrency limit;
-//! - [`shutdown`]: SIGTERM/ctrl-c → a cancellation token.
+//! - [`shutdown`]: SIGTERM/ctrl-c → a cancellation token;
+//! - [`ports`]: a loopback port for a child process to bind, away from the ephemeral range.
 
 pub mod config;
 pub mod http;
 pub mod locks;
 pub mod metrics;
+pub mod ports;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

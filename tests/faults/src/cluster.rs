@@ -113,17 +113,10 @@ pub struct NatsCluster {
     _dir: tempfile::TempDir,
 }
 
-/// `n` distinct free loopback ports: all bound at once (so none is handed out twice), then
+/// `n` distinct free loopback ports, away from the ephemeral range ([`tgb_runtime::ports`]),
 /// released for the servers to bind.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("free ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    tgb_runtime::ports::free_loopback_ports(n).context("free ports")
 }
 
 /// The configuration file of one node: its ports and store, the cluster's name and a route to

@@ -190,8 +190,7 @@ fn setpriv() -> Option<&'static Path> {
 /// A free loopback port (bound, read, released): the service binds it itself, and binds it
 /// again after a restart.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("a free port")?;
-    Ok(l.local_addr()?)
+    tgb_runtime::ports::free_loopback_addr().context("a free port")
 }
 
 /// One service process.

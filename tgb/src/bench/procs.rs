@@ -111,10 +111,10 @@ fn command_with_deathsig(program: &Path) -> Command {
     }
 }
 
-/// A free loopback address (bound, read, released; the service binds it itself).
+/// A free loopback address (the service binds it itself), away from the ephemeral range
+/// ([`tgb_runtime::ports`]).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("a free port")?;
-    Ok(l.local_addr()?)
+    tgb_runtime::ports::free_loopback_addr().context("a free port")
 }
 
 /// One service process.

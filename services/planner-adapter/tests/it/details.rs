@@ -146,15 +146,19 @@ async fn announced_once(w: &World, task: &serde_json::Value, case_id: &str) {
         task["id"].as_str()
     );
     // The stream may store it a moment after a core subscriber got its copy.
-    let stored = eventually("the announcement stored", tgb_testkit::HANG_GUARD, || async {
-        let stored: Vec<_> = w
-            .stored::<PlannerTaskCreated>()
-            .await
-            .into_iter()
-            .filter(|e| e.tg_case_id == case_id)
-            .collect();
-        (!stored.is_empty()).then_some(stored)
-    })
+    let stored = eventually(
+        "the announcement stored",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let stored: Vec<_> = w
+                .stored::<PlannerTaskCreated>()
+                .await
+                .into_iter()
+                .filter(|e| e.tg_case_id == case_id)
+                .collect();
+            (!stored.is_empty()).then_some(stored)
+        },
+    )
     .await
     .unwrap();
     assert_eq!(stored.len(), 1, "announced once: {stored:?}");

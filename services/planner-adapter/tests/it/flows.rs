@@ -706,10 +706,7 @@ async fn stored_announcements(w: &World, case_id: &str) -> usize {
 /// publish of the announcement gets no PubAck, as while a broker node rejoins its cluster.
 async fn refuse_announcements(w: &World, refuse: bool) {
     let js = w.bus.jetstream();
-    let mut stream = js
-        .get_stream(tgb_bus::names::EVENTS_STREAM)
-        .await
-        .unwrap();
+    let mut stream = js.get_stream(tgb_bus::names::EVENTS_STREAM).await.unwrap();
     let mut config = stream.info().await.unwrap().config.clone();
     config.subjects = if refuse {
         SUBJECTS
@@ -759,8 +756,7 @@ async fn a_triage_task_whose_announcement_failed_is_announced_on_the_redelivery(
                 .await
                 .ok()?;
             h.into_iter().find(|e| {
-                e.consumer == "planner-adapter"
-                    && e.decision == tgb_bus::ledger::Decision::Retried
+                e.consumer == "planner-adapter" && e.decision == tgb_bus::ledger::Decision::Retried
             })
         },
     )
