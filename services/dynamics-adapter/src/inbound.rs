@@ -211,13 +211,24 @@ impl Writer {
             ),
         };
         let (state, state_rev) = state.map_err(HandlerError::transient)?;
+        let linked = linked.map_err(HandlerError::transient)?;
         let revision = case.revision.to_string();
         // Checked before any other read: a stale event costs nothing more.
         if state.is_stale(&revision) {
+            // The state records this revision and the link is missing: the attempt that wrote
+            // them lost the link's write (the two go together). The incident is there; link it.
+            if known == Known::Read
+                && linked.is_none()
+                && let Some(id) = self.restore_link(&tg_case, &case.case_id, None).await?
+            {
+                return Ok(Outcome::Applied(
+                    record("incident", &id),
+                    "link restored: the state had this revision, the link did not".into(),
+                ));
+            }
             stale("tg");
             return Ok(Outcome::Stale);
         }
-        let linked = linked.map_err(HandlerError::transient)?;
         let partner = meta.partner.clone().unwrap_or_default();
         let account = a.account_for(&partner).await?;
         let mut w = match incident::plan(&state, case, linked.as_deref(), &a.settings) {
@@ -247,7 +258,13 @@ impl Writer {
                     .incident_by_case(&case.case_id, odata::INCIDENT_REREAD)
                     .await?;
                 let row_version = row.as_ref().and_then(incident::row_version);
-                match w.reread(row.as_ref(), case) {
+                let reread = w.reread(row.as_ref(), case);
+                if linked.is_none() && matches!(reread, Reread::Stale | Reread::ClosedUnchanged) {
+                    // Nothing is written: the row read back is linked here, or never.
+                    self.restore_link(&tg_case, &case.case_id, row.as_ref())
+                        .await?;
+                }
+                match reread {
                     Reread::Absent => continue,
                     Reread::Stale => {
                         stale("tg");
@@ -327,6 +344,38 @@ impl Writer {
             record("incident", &recorded.incident),
             trail.join(" → "),
         ))
+    }
+
+    /// Links a case to its incident, read by the case's key unless `row` is already in hand;
+    /// the incident's id, or `None` when no incident holds the case.
+    async fn restore_link(
+        &self,
+        tg_case: &Record<'_>,
+        case_id: &str,
+        row: Option<&Value>,
+    ) -> Result<Option<String>, HandlerError> {
+        let a = self.a();
+        let read;
+        let row = match row {
+            Some(r) => Some(r),
+            None => {
+                read = a.incident_by_case(case_id, odata::INCIDENT_REREAD).await?;
+                read.as_ref()
+            }
+        };
+        let Some(id) = row.and_then(|r| r["incidentid"].as_str()) else {
+            return Ok(None);
+        };
+        a.links
+            .link(tg_case, &Record::new("dataverse", "incident", id))
+            .await
+            .map_err(HandlerError::transient)?;
+        tracing::info!(
+            case = case_id,
+            incident = id,
+            "restored the link of a case to its incident"
+        );
+        Ok(Some(id.to_owned()))
     }
 
     /// Dataverse refused the write because the incident is resolved.

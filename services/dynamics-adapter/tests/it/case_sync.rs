@@ -515,3 +515,80 @@ async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_incident
     assert_eq!(rows[0]["tgb_tgrevision"], 2);
     assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
 }
+
+/// `tgb_links` refuses every write (`refuse = true`): a put is answered "no stream found", as
+/// while the broker node leading the bucket is down and its cluster elects another.
+async fn refuse_link_writes(env: &Env, refuse: bool) {
+    let js = env.bus.jetstream();
+    let name = format!("KV_{}", tgb_bus::names::KV_LINKS);
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    let taken = if refuse { "refused.>" } else { ">" };
+    config.subjects = vec![format!("$KV.{}.{taken}", tgb_bus::names::KV_LINKS)];
+    js.update_stream(&config).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_link_lost_beside_its_written_state_is_restored_on_the_redelivery() {
+    let env = Env::start().await;
+    let adapter = env.adapter(&[]).await;
+    // A first case: the partner's account and its link exist.
+    env.publish(opened("C-20", "first")).await;
+    env.wait_rows("incident", 1).await;
+
+    // The next case's incident and sync state are written; its link's write is refused.
+    refuse_link_writes(&env, true).await;
+    env.publish(opened("C-21", "second")).await;
+    let rows = env.wait_rows("incident", 2).await;
+    let incident = rows
+        .iter()
+        .find(|r| r["tgb_tgcaseid"] == "C-21")
+        .map(|r| r["incidentid"].as_str().unwrap().to_owned())
+        .expect("the incident of C-21");
+    let retried = eventually("the delivery retried", WAIT, || async {
+        tgb_bus::ledger::history(env.bus.jetstream(), "C-21")
+            .await
+            .ok()?
+            .into_iter()
+            .find(|e| e.decision == tgb_bus::ledger::Decision::Retried)
+    })
+    .await
+    .unwrap();
+    assert!(retried.detail.contains("tgb_links"), "{}", retried.detail);
+    refuse_link_writes(&env, false).await;
+
+    // The redelivery finds the revision recorded and no link: it links the incident, which a
+    // comment on the case needs to find it.
+    let links = tgb_bus::links::Links::new(env.bus.kv(tgb_bus::names::KV_LINKS).await.unwrap());
+    let case = tgb_bus::links::Record::new("tg", "case", "C-21");
+    let linked = eventually("the case linked to its incident", WAIT, || async {
+        (links
+            .find(&case, "dataverse", "incident")
+            .await
+            .ok()?
+            .as_deref()
+            == Some(incident.as_str()))
+        .then_some(())
+    })
+    .await;
+    if let Err(e) = linked {
+        let history = tgb_bus::ledger::history(env.bus.jetstream(), "C-21").await;
+        panic!("{e}: {history:?}");
+    }
+    adapter.stop().await;
+    let back = links
+        .find(
+            &tgb_bus::links::Record::new("dataverse", "incident", &incident),
+            "tg",
+            "case",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        back.as_deref(),
+        Some("C-21"),
+        "and the incident to its case"
+    );
+    assert_eq!(env.rows("incident").len(), 2, "one incident per case");
+    assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
+}
