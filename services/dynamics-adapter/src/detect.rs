@@ -189,11 +189,15 @@ impl Adapter {
                         .increment(1);
                     tracing::info!(incident = %c.id, "a status change behind a later write of ours");
                 }
-                self.mark_status(&sync_entity, key).await?;
+                // Published before the status is recorded: the recorded status is what makes
+                // the next sight of this change (the webhook's retry, the poll) `Unchanged`, so
+                // recorded first it would stand for an event a refused publish never carried.
+                // Published again after a failed record, the event keeps its id (one stored).
                 if publish {
                     let ev = incident::status_changed(c, state, partner, &tg_case);
                     self.publish("D1", ev).await?;
                 }
+                self.mark_status(&sync_entity, key).await?;
             }
         }
         Ok(None)

@@ -173,6 +173,15 @@ impl Poller {
         };
         let ev = PlannerTaskProgressed::decode(bytes.as_slice())?;
         self.publisher.publish(&ev).await?;
+        // The last task of a group completed: the group's completion goes out before the
+        // outbox is cleared, so a refused publish of it is retried with the outbox at the next
+        // cycle. (Checked after the outbox was cleared, it was lost: the task's change, once
+        // recorded, is never observed again, and nothing else checks the group.)
+        if ev.progress == TaskProgress::Completed as i32
+            && let Some(group) = &r.group
+        {
+            self.check_group(group).await?;
+        }
         self.tasks
             .store
             .update_task(task_id, |r| r.outbox.take().is_some())
@@ -275,11 +284,6 @@ impl Poller {
         metrics::counter!("tgb_flow_events_total", "flow" => "P2", "outcome" => "applied")
             .increment(1);
         tracing::info!(task_id = %t.id, progress = ?TaskProgress::try_from(observed.progress).unwrap_or_default(), "planner.task.progressed");
-        if observed.progress == TaskProgress::Completed as i32
-            && let Some(group) = record.group.clone()
-        {
-            self.check_group(&group).await?;
-        }
         Ok(())
     }
 

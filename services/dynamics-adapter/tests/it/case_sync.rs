@@ -592,3 +592,73 @@ async fn a_link_lost_beside_its_written_state_is_restored_on_the_redelivery() {
     assert_eq!(env.rows("incident").len(), 2, "one incident per case");
     assert!(env.bad_requests().is_empty(), "{:?}", env.bad_requests());
 }
+
+/// `TGB_EVENTS` takes every event subject but `subject` (`refuse = true`): its publishes are
+/// answered "no stream found".
+async fn refuse_subject(env: &Env, subject: &str, refuse: bool) {
+    let js = env.bus.jetstream();
+    let mut stream = js.get_stream(tgb_bus::names::EVENTS_STREAM).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.subjects = if refuse {
+        pb::SUBJECTS
+            .iter()
+            .map(|(s, _)| (*s).to_owned())
+            .filter(|s| s != subject)
+            .collect()
+    } else {
+        vec![tgb_bus::names::EVENTS_SUBJECTS.to_owned()]
+    };
+    js.update_stream(&config).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_status_change_whose_publish_was_refused_is_published_by_a_later_poll() {
+    const SUBJECT: &str = "tgb.v1.dyn.case.status_changed";
+    let env = Env::start().await;
+    let adapter = env
+        .adapter(&[("TGB_DYNAMICS__POLL_INTERVAL_MS", "300")])
+        .await;
+    env.register_webhook(&adapter);
+    env.publish(opened("C-30", "Late delivery")).await;
+    let inc = env.wait_rows("incident", 1).await[0].clone();
+    let incident: uuid::Uuid = inc["incidentid"].as_str().unwrap().parse().unwrap();
+
+    // Dana changes the status while the stream refuses the event: the webhook and its one
+    // retry are answered 503, the polls meanwhile fail.
+    refuse_subject(&env, SUBJECT, true).await;
+    env.sandbox
+        .dataverse()
+        .set_row_as(
+            env.user("agent"),
+            "incident",
+            incident,
+            json!({"statecode": 0, "statuscode": 3}),
+        )
+        .unwrap();
+    let delivery = eventually("the webhook's last attempt answered", WAIT, || async {
+        env.sandbox
+            .dataverse()
+            .webhook_deliveries()
+            .into_iter()
+            .find(|d| {
+                d.entity_id == incident
+                    && d.message == "Update"
+                    && d.status.is_some()
+                    && (d.attempts == 2 || d.status.is_some_and(|s| s < 300))
+            })
+    })
+    .await
+    .unwrap();
+    assert!(env.events_on(SUBJECT).await.is_empty());
+    refuse_subject(&env, SUBJECT, false).await;
+
+    // The change was not recorded as handled: a poll after the refusal publishes it.
+    let events = env.wait_events(SUBJECT, 1).await;
+    adapter.stop().await;
+    assert_eq!(events.len(), 1, "{events:?} (the webhook: {delivery:?})");
+    let pb::Event::DynCaseStatusChanged(ev) = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(ev.tg_case_id, "C-30");
+    assert_eq!(ev.tg_status(), pb::CaseStatus::WaitingOnPartner);
+}

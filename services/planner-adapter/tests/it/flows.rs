@@ -705,6 +705,12 @@ async fn stored_announcements(w: &World, case_id: &str) -> usize {
 /// `TGB_EVENTS` takes every event subject but `planner.task.created` (`refuse = true`): a
 /// publish of the announcement gets no PubAck, as while a broker node rejoins its cluster.
 async fn refuse_announcements(w: &World, refuse: bool) {
+    refuse_subject(w, PlannerTaskCreated::SUBJECT, refuse).await;
+}
+
+/// `TGB_EVENTS` takes every event subject but `subject` (`refuse = true`): its publishes get no
+/// PubAck.
+async fn refuse_subject(w: &World, subject: &str, refuse: bool) {
     let js = w.bus.jetstream();
     let mut stream = js.get_stream(tgb_bus::names::EVENTS_STREAM).await.unwrap();
     let mut config = stream.info().await.unwrap().config.clone();
@@ -712,7 +718,7 @@ async fn refuse_announcements(w: &World, refuse: bool) {
         SUBJECTS
             .iter()
             .map(|(s, _)| (*s).to_owned())
-            .filter(|s| s != PlannerTaskCreated::SUBJECT)
+            .filter(|s| s != subject)
             .collect()
     } else {
         vec![tgb_bus::names::EVENTS_SUBJECTS.to_owned()]
@@ -782,4 +788,70 @@ async fn a_triage_task_whose_announcement_failed_is_announced_on_the_redelivery(
         1
     );
     assert_eq!(stored_announcements(&w, "C-141").await, 1, "announced once");
+}
+
+#[tokio::test]
+async fn p4_a_group_completion_refused_by_the_broker_is_published_at_a_later_poll() {
+    let mut w = World::start().await;
+    w.start_adapter(None, &[]);
+    let ex = DynException {
+        exception_id: "E-2".into(),
+        kind: ExceptionKind::InvoiceException as i32,
+        title: "Invoice 992 does not match PO 4712".into(),
+        description: "Quantity differs.".into(),
+        priority: CasePriority::High as i32,
+        departments: vec!["procurement".into(), "finance".into()],
+        tg_case_id: "C-610".into(),
+        status: "open".into(),
+        ..Default::default()
+    };
+    w.publish(DynExceptionRaised {
+        meta: Some(meta(Origin::Dyn, "C-610", globex())),
+        exception: Some(ex),
+    })
+    .await;
+    let tasks = w.wait_tasks(ISSUES, "[EX-E-2/", 2).await;
+    eventually("announced", tgb_testkit::HANG_GUARD, || async {
+        (w.stored::<PlannerTaskCreated>().await.len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Both tasks completed while the stream refuses the group's completion: the poller
+    // publishes the tasks' progress, and the completion is refused.
+    refuse_subject(&w, PlannerExceptionCompleted::SUBJECT, true).await;
+    for t in &tasks {
+        w.edit_as_user(t["id"].as_str().unwrap(), json!({"percentComplete": 100}));
+    }
+    eventually(
+        "both completions stored",
+        tgb_testkit::HANG_GUARD,
+        || async {
+            let done = w
+                .stored::<PlannerTaskProgressed>()
+                .await
+                .iter()
+                .filter(|e| e.progress() == TaskProgress::Completed)
+                .count();
+            (done == 2).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // The group's completion was attempted (a core subscriber saw it) and not stored.
+    w.wait_seen::<PlannerExceptionCompleted, _>("the completion attempted", |_| true)
+        .await;
+    assert!(w.stored::<PlannerExceptionCompleted>().await.is_empty());
+    refuse_subject(&w, PlannerExceptionCompleted::SUBJECT, false).await;
+
+    let done = eventually("the completion stored", tgb_testkit::HANG_GUARD, || async {
+        let done = w.stored::<PlannerExceptionCompleted>().await;
+        (!done.is_empty()).then_some(done)
+    })
+    .await
+    .unwrap();
+    w.stop_adapter().await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].exception_id, "E-2");
+    assert_eq!(done[0].tasks.len(), 2);
 }
