@@ -10,6 +10,7 @@ mod wait;
 
 pub use nats::{
     MIN_NATS_VERSION, NatsServer, NatsServerError, find_nats_server, nats_server_version,
+    set_stream_subjects,
 };
 pub use service::{PROVISIONED_STREAMS, RunningService};
 pub use wait::{HANG_GUARD, WaitTimeout, eventually};

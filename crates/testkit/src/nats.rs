@@ -232,3 +232,17 @@ impl NatsServer {
         }
     }
 }
+
+/// Makes a stream take only `subjects` (`Some`) or every subject of `all` again (`None`): a test
+/// leaves a subject out to have the broker refuse its publishes ("no stream found"), as it does
+/// for a few seconds while the cluster node leading the stream is down, then takes it back.
+pub async fn set_stream_subjects(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subjects: Vec<String>,
+) {
+    let mut s = js.get_stream(stream).await.expect("the stream");
+    let mut config = s.info().await.expect("its info").config.clone();
+    config.subjects = subjects;
+    js.update_stream(&config).await.expect("the stream updated");
+}

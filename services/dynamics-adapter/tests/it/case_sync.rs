@@ -519,13 +519,15 @@ async fn a_case_opened_again_after_the_duplicate_window_updates_its_one_incident
 /// `tgb_links` refuses every write (`refuse = true`): a put is answered "no stream found", as
 /// while the broker node leading the bucket is down and its cluster elects another.
 async fn refuse_link_writes(env: &Env, refuse: bool) {
-    let js = env.bus.jetstream();
-    let name = format!("KV_{}", tgb_bus::names::KV_LINKS);
-    let mut stream = js.get_stream(&name).await.unwrap();
-    let mut config = stream.info().await.unwrap().config.clone();
+    let links = tgb_bus::names::KV_LINKS;
     let taken = if refuse { "refused.>" } else { ">" };
-    config.subjects = vec![format!("$KV.{}.{taken}", tgb_bus::names::KV_LINKS)];
-    js.update_stream(&config).await.unwrap();
+    let js = env.bus.jetstream();
+    tgb_testkit::set_stream_subjects(
+        js,
+        &format!("KV_{links}"),
+        vec![format!("$KV.{links}.{taken}")],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -596,10 +598,7 @@ async fn a_link_lost_beside_its_written_state_is_restored_on_the_redelivery() {
 /// `TGB_EVENTS` takes every event subject but `subject` (`refuse = true`): its publishes are
 /// answered "no stream found".
 async fn refuse_subject(env: &Env, subject: &str, refuse: bool) {
-    let js = env.bus.jetstream();
-    let mut stream = js.get_stream(tgb_bus::names::EVENTS_STREAM).await.unwrap();
-    let mut config = stream.info().await.unwrap().config.clone();
-    config.subjects = if refuse {
+    let subjects = if refuse {
         pb::SUBJECTS
             .iter()
             .map(|(s, _)| (*s).to_owned())
@@ -608,7 +607,8 @@ async fn refuse_subject(env: &Env, subject: &str, refuse: bool) {
     } else {
         vec![tgb_bus::names::EVENTS_SUBJECTS.to_owned()]
     };
-    js.update_stream(&config).await.unwrap();
+    let js = env.bus.jetstream();
+    tgb_testkit::set_stream_subjects(js, tgb_bus::names::EVENTS_STREAM, subjects).await;
 }
 
 #[tokio::test]

@@ -711,10 +711,7 @@ async fn refuse_announcements(w: &World, refuse: bool) {
 /// `TGB_EVENTS` takes every event subject but `subject` (`refuse = true`): its publishes get no
 /// PubAck.
 async fn refuse_subject(w: &World, subject: &str, refuse: bool) {
-    let js = w.bus.jetstream();
-    let mut stream = js.get_stream(tgb_bus::names::EVENTS_STREAM).await.unwrap();
-    let mut config = stream.info().await.unwrap().config.clone();
-    config.subjects = if refuse {
+    let subjects = if refuse {
         SUBJECTS
             .iter()
             .map(|(s, _)| (*s).to_owned())
@@ -723,7 +720,8 @@ async fn refuse_subject(w: &World, subject: &str, refuse: bool) {
     } else {
         vec![tgb_bus::names::EVENTS_SUBJECTS.to_owned()]
     };
-    js.update_stream(&config).await.unwrap();
+    let js = w.bus.jetstream();
+    tgb_testkit::set_stream_subjects(js, tgb_bus::names::EVENTS_STREAM, subjects).await;
 }
 
 #[tokio::test]
