@@ -80,6 +80,9 @@ pub struct Report {
     pub incidents: Tally,
     /// TG case → triage task.
     pub tasks: Tally,
+    /// Triage task → `planner.task.created` stored in `TGB_EVENTS` (what the other services
+    /// learn a task from).
+    pub announcements: Tally,
     /// TG comment → note + partner message (counted per comment: both must be there once).
     pub comments: Tally,
     /// TG resolution → incident resolved, one resolution.
@@ -107,6 +110,7 @@ impl Report {
         [
             &self.incidents,
             &self.tasks,
+            &self.announcements,
             &self.comments,
             &self.statuses,
             &self.agent_notes,
@@ -123,6 +127,7 @@ impl Report {
         let all = [
             &self.incidents,
             &self.tasks,
+            &self.announcements,
             &self.comments,
             &self.statuses,
             &self.agent_notes,
@@ -145,6 +150,7 @@ impl fmt::Display for Report {
         for (name, t) in [
             ("incident per case", &self.incidents),
             ("triage task per case", &self.tasks),
+            ("task announced", &self.announcements),
             ("comment → note + message", &self.comments),
             ("resolution → incident", &self.statuses),
             ("agent note → TG comment", &self.agent_notes),
@@ -447,6 +453,10 @@ pub async fn check_invariants(
     };
     report.incidents = Tally::count(exp.cases.iter().cloned(), &c.incidents);
     report.tasks = Tally::count(exp.cases.iter().cloned(), &c.tasks);
+    let announced = triage_announcements(sys)
+        .await
+        .context("reading the task announcements")?;
+    report.announcements = Tally::count(exp.cases.iter().cloned(), &announced);
     // A comment is there once when its partner message and its note are each there once.
     let per_comment: BTreeMap<String, usize> = exp
         .comments
@@ -590,6 +600,37 @@ pub async fn check_invariants(
         }
     }
     Ok(report)
+}
+
+/// TG case → `planner.task.created` of its triage task stored in `TGB_EVENTS`.
+async fn triage_announcements(sys: &FaultSystem) -> anyhow::Result<BTreeMap<String, usize>> {
+    use tgb_proto::BusEvent as _;
+    let stream = sys.js.get_stream(names::EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: tgb_proto::PlannerTaskCreated::SUBJECT.to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut out = BTreeMap::new();
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await?;
+    while pending > 0 {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        let message = message?;
+        pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+        let e =
+            <tgb_proto::PlannerTaskCreated as prost::Message>::decode(message.payload.as_ref())?;
+        if e.task.as_ref().map(|t| t.kind()) == Some(tgb_proto::TaskKind::Triage) {
+            *out.entry(e.tg_case_id).or_default() += 1;
+        }
+    }
+    Ok(out)
 }
 
 /// Where `TGB_EVENTS` holds messages on `subject` whose bytes carry `id` (a protobuf string
