@@ -8,7 +8,6 @@
 //! subject.
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::links::encode_token;
@@ -151,28 +150,10 @@ pub async fn history(
     js: &jetstream::Context,
     correlation_id: &str,
 ) -> Result<Vec<LedgerEntry>, async_nats::Error> {
-    let stream = js.get_stream(names::LEDGER_STREAM).await?;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject_for(correlation_id),
-            ..Default::default()
-        })
-        .await?;
-    let mut out = Vec::new();
-    let mut pending = consumer.cached_info().num_pending;
-    if pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await?;
-    while pending > 0 {
-        let Some(message) = messages.next().await else {
-            break;
-        };
-        let message = message?;
-        pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if let Ok(entry) = serde_json::from_slice::<LedgerEntry>(&message.payload) {
-            out.push(entry);
-        }
-    }
-    Ok(out)
+    let messages =
+        crate::stored::messages_on(js, names::LEDGER_STREAM, &subject_for(correlation_id)).await?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<LedgerEntry>(&m.payload).ok())
+        .collect())
 }

@@ -23,6 +23,7 @@ pub mod names;
 mod outcome;
 mod provision;
 mod publish;
+pub mod stored;
 pub mod sync;
 pub mod trace;
 

@@ -21,7 +21,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::TryStreamExt as _;
 use serde_json::Value;
 use tgb_bus::names;
 
@@ -605,27 +605,13 @@ pub async fn check_invariants(
 /// TG case → `planner.task.created` of its triage task stored in `TGB_EVENTS`.
 async fn triage_announcements(sys: &FaultSystem) -> anyhow::Result<BTreeMap<String, usize>> {
     use tgb_proto::BusEvent as _;
-    let stream = sys.js.get_stream(names::EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: tgb_proto::PlannerTaskCreated::SUBJECT.to_owned(),
-            ..Default::default()
-        })
-        .await?;
-    let mut pending = consumer.cached_info().num_pending;
+    let subject = tgb_proto::PlannerTaskCreated::SUBJECT;
     let mut out = BTreeMap::new();
-    if pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await?;
-    while pending > 0 {
-        let Some(message) = messages.next().await else {
-            break;
-        };
-        let message = message?;
-        pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
-        let e =
-            <tgb_proto::PlannerTaskCreated as prost::Message>::decode(message.payload.as_ref())?;
+    let stored = tgb_bus::stored::messages_on(&sys.js, names::EVENTS_STREAM, subject)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {subject}: {e}"))?;
+    for m in stored {
+        let e = <tgb_proto::PlannerTaskCreated as prost::Message>::decode(m.payload.as_ref())?;
         if e.task.as_ref().map(|t| t.kind()) == Some(tgb_proto::TaskKind::Triage) {
             *out.entry(e.tg_case_id).or_default() += 1;
         }
@@ -636,31 +622,17 @@ async fn triage_announcements(sys: &FaultSystem) -> anyhow::Result<BTreeMap<Stri
 /// Where `TGB_EVENTS` holds messages on `subject` whose bytes carry `id` (a protobuf string
 /// field is its UTF-8 bytes): whether an event was published at all.
 async fn events_holding(sys: &FaultSystem, subject: &str, id: &str) -> anyhow::Result<String> {
-    let stream = sys.js.get_stream(names::EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.to_owned(),
-            ..Default::default()
-        })
-        .await?;
-    let mut pending = consumer.cached_info().num_pending;
     let mut seqs = Vec::new();
-    if pending > 0 {
-        let mut messages = consumer.messages().await?;
-        while pending > 0 {
-            let Some(message) = messages.next().await else {
-                break;
-            };
-            let message = message?;
-            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-            pending = info.pending;
-            if message
-                .payload
-                .windows(id.len())
-                .any(|w| w == id.as_bytes())
-            {
-                seqs.push(info.stream_sequence);
-            }
+    let stored = tgb_bus::stored::messages_on(&sys.js, names::EVENTS_STREAM, subject)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {subject}: {e}"))?;
+    for m in stored {
+        if m.payload.windows(id.len()).any(|w| w == id.as_bytes()) {
+            seqs.push(
+                m.info()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .stream_sequence,
+            );
         }
     }
     Ok(if seqs.is_empty() {

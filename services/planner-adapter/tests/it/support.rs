@@ -204,31 +204,13 @@ impl World {
     /// event id (the copies a core subscriber sees include publishes the stream refused as
     /// duplicates).
     pub async fn stored<E: BusEvent>(&self) -> Vec<E> {
-        let stream = self
-            .bus
-            .jetstream()
-            .get_stream(tgb_bus::names::EVENTS_STREAM)
+        let js = self.bus.jetstream();
+        tgb_bus::stored::messages_on(js, tgb_bus::names::EVENTS_STREAM, E::SUBJECT)
             .await
-            .unwrap();
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: E::SUBJECT.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut pending = consumer.cached_info().num_pending;
-        let mut out = Vec::new();
-        if pending == 0 {
-            return out;
-        }
-        let mut messages = consumer.messages().await.unwrap();
-        while pending > 0 {
-            let m = messages.next().await.unwrap().unwrap();
-            pending = m.info().unwrap().pending;
-            out.push(E::decode(m.payload.as_ref()).unwrap());
-        }
-        out
+            .unwrap()
+            .iter()
+            .map(|m| E::decode(m.payload.as_ref()).unwrap())
+            .collect()
     }
 
     pub async fn wait_seen<E: BusEvent, F: Fn(&E) -> bool>(&self, what: &str, f: F) -> E {
