@@ -33,6 +33,14 @@ use crate::{account, exception, invoice, kpi, notes, order};
 /// Fields a handler asks to record in the row's `tgb_sync` state.
 type Published = Option<BTreeMap<String, String>>;
 
+/// What an incident's change came to.
+enum Incident {
+    /// Handled: record the row's version (and these fields).
+    Handled(Published),
+    /// A resolution's `Update`, left for its `Close`: nothing recorded.
+    AwaitingClose,
+}
+
 impl Adapter {
     /// A change known as tg-bridge's own from its author alone (the comment in
     /// [`Adapter::on_change`] says which): dropped as an echo without any read.
@@ -90,7 +98,11 @@ impl Adapter {
             }
         }
         let published = match c.table.as_str() {
-            "incident" => self.incident_changed(&c, own).await?,
+            "incident" => match self.incident_changed(&c, own).await? {
+                Incident::Handled(published) => published,
+                // Not recorded as seen: the poll that meets this version decides again.
+                Incident::AwaitingClose => return Ok(()),
+            },
             "annotation" => self.note_changed(&c).await?,
             "tgb_exception" => self.exception_changed(&c, &state.fields).await?,
             "account" => self.account_changed(&c, &state.fields).await?,
@@ -145,13 +157,13 @@ impl Adapter {
     /// the status equals the one tg-bridge last wrote or agreed on (read under the case's lock,
     /// so a write in progress has recorded it); a different status is a person's change that a
     /// later write of ours hid, and is published.
-    async fn incident_changed(&self, c: &Change, own: bool) -> Result<Published, HandlerError> {
+    async fn incident_changed(&self, c: &Change, own: bool) -> Result<Incident, HandlerError> {
         let tg_case = match text(&c.attrs, "tgb_tgcaseid") {
             "" => self.tg_case_of(&c.id).await?,
             id => Some(id.to_owned()),
         };
         let Some(tg_case) = tg_case else {
-            return Ok(None);
+            return Ok(Incident::Handled(None));
         };
         let sync_entity = format!("tg:case:{tg_case}");
         // The inbound writer holds this lock from its write until it has recorded the status.
@@ -162,13 +174,14 @@ impl Adapter {
             None => None,
         };
         if c.message == "Close" {
+            // Published before the status is recorded, as any status change (below).
             let ev = incident::resolved(c, partner, &tg_case);
-            self.mark_status(&sync_entity, "resolved").await?;
             self.publish("D1", ev.into()).await?;
-            return Ok(None);
+            self.mark_status(&sync_entity, "resolved").await?;
+            return Ok(Incident::Handled(None));
         }
         let Some(state) = incident::state_of(c) else {
-            return Ok(None);
+            return Ok(Incident::Handled(None));
         };
         let (known, _) = self
             .states
@@ -189,18 +202,55 @@ impl Adapter {
                         .increment(1);
                     tracing::info!(incident = %c.id, "a status change behind a later write of ours");
                 }
+                // A resolution's `Update`: its `Close` carries the resolution. Nothing is
+                // recorded, neither the status nor the row's version, so that a `Close` refused
+                // twice (Dataverse retries once) leaves the resolution to the poll, which meets
+                // this version unrecorded and publishes it with the resolution's text. (Recorded
+                // here, the poll found the status agreed and the resolution was never sent.)
+                if !publish {
+                    return Ok(Incident::AwaitingClose);
+                }
                 // Published before the status is recorded: the recorded status is what makes
                 // the next sight of this change (the webhook's retry, the poll) `Unchanged`, so
                 // recorded first it would stand for an event a refused publish never carried.
                 // Published again after a failed record, the event keeps its id (one stored).
-                if publish {
-                    let ev = incident::status_changed(c, state, partner, &tg_case);
-                    self.publish("D1", ev).await?;
-                }
+                // A resolution the poll meets has the id of its `Close` (the row's version; a
+                // resolved row takes no write until it is reactivated), so the two are stored
+                // once whichever comes first.
+                let resolution;
+                let c = if state.0 == IncidentState::Resolved.code() && c.resolution.is_none() {
+                    resolution = Change {
+                        resolution: self.resolution_of(&c.id).await?,
+                        ..c.clone()
+                    };
+                    &resolution
+                } else {
+                    c
+                };
+                let ev = incident::status_changed(c, state, partner, &tg_case);
+                self.publish("D1", ev).await?;
                 self.mark_status(&sync_entity, key).await?;
             }
         }
-        Ok(None)
+        Ok(Incident::Handled(None))
+    }
+
+    /// The latest resolution of an incident (subject and description), for a resolution the
+    /// poll meets without its `Close`.
+    async fn resolution_of(
+        &self,
+        incident_id: &str,
+    ) -> Result<Option<serde_json::Map<String, Value>>, HandlerError> {
+        let rows = self
+            .dv
+            .get(&odata::latest_resolution(incident_id))
+            .await
+            .map_err(HandlerError::from)?;
+        Ok(rows["value"]
+            .as_array()
+            .and_then(|v| v.first())
+            .and_then(Value::as_object)
+            .cloned())
     }
 
     async fn mark_status(&self, entity: &str, key: &str) -> Result<(), HandlerError> {
@@ -463,6 +513,14 @@ async fn confirmed(
     if change.message == "Close" && int(row, "statecode") != Some(IncidentState::Resolved.code()) {
         tracing::info!(id = %change.id, "Close webhook for an incident that is not resolved: dropped");
         return Ok(None);
+    }
+    // A resolved row takes no write until it is reactivated: its version names this
+    // resolution, whether its post image came or not, and is the one the poll will meet (the
+    // resolution's event id is made from it).
+    if change.message == "Close"
+        && let Some(v) = row.get("versionnumber").and_then(Value::as_u64)
+    {
+        change.version = Some(v);
     }
     for column in ROUTING_COLUMNS {
         match row.get(*column) {

@@ -548,12 +548,10 @@ pub fn status_changed(
     tg_case: &str,
 ) -> pb::Event {
     if state == IncidentState::Resolved.code() {
+        // The id of the `Close` of the same resolution (the row's version): one is stored.
         pb::DynCaseResolved {
-            meta: meta(c, "resolved", partner, tg_case),
-            incident_id: c.id.clone(),
-            tg_case_id: tg_case.to_owned(),
             statuscode: status as i32,
-            ..Default::default()
+            ..resolved(c, partner, tg_case)
         }
         .into()
     } else {

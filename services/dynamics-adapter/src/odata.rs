@@ -45,6 +45,15 @@ pub fn by_column(table: &str, select: &str, column: &str, value: &str) -> String
     )
 }
 
+/// The latest resolution of an incident (a GUID, checked by the caller): its subject and
+/// description.
+pub fn latest_resolution(incident_id: &str) -> String {
+    format!(
+        "{}?$select=subject,description&$filter=_incidentid_value eq {incident_id}&$orderby=createdon desc&$top=1",
+        schema::set("incidentresolution")
+    )
+}
+
 /// The KPI rows of one partner account (a GUID, checked by the caller) and period.
 pub fn kpi_rows(account_guid: &uuid::Uuid, period: &str) -> String {
     format!(

@@ -662,3 +662,129 @@ async fn a_status_change_whose_publish_was_refused_is_published_by_a_later_poll(
     assert_eq!(ev.tg_case_id, "C-30");
     assert_eq!(ev.tg_status(), pb::CaseStatus::WaitingOnPartner);
 }
+
+/// Resolves an incident as `user` (`CloseIncident`, the way Dynamics does when an agent
+/// resolves a case).
+fn resolve_as(env: &Env, user: uuid::Uuid, incident: uuid::Uuid, subject: &str) {
+    let (status, _, body) = env.sandbox.dataverse().request_as(
+        user,
+        axum::http::Method::POST,
+        "CloseIncident",
+        axum::http::HeaderMap::new(),
+        Some(json!({"IncidentResolution": {
+            "@odata.type": "Microsoft.Dynamics.CRM.incidentresolution",
+            "subject": subject,
+            "description": "Credit note CN-77 issued",
+            "incidentid@odata.bind": format!("/incidents({incident})")}, "Status": 5})),
+    );
+    assert_eq!(status, 204, "{body:?}");
+}
+
+#[tokio::test]
+async fn a_resolution_whose_close_was_refused_twice_is_published_by_a_later_poll() {
+    const SUBJECT: &str = "tgb.v1.dyn.case.resolved";
+    let env = Env::start().await;
+    let adapter = env
+        .adapter(&[("TGB_DYNAMICS__POLL_INTERVAL_MS", "300")])
+        .await;
+    env.register_webhook(&adapter);
+    env.publish(opened("C-31", "Short shipment")).await;
+    let inc = env.wait_rows("incident", 1).await[0].clone();
+    let incident: uuid::Uuid = inc["incidentid"].as_str().unwrap().parse().unwrap();
+
+    // Dana resolves the case while the stream refuses resolutions: the `Close` webhook and its
+    // one retry are answered 503; the resolution's `Update` is taken (it publishes nothing).
+    refuse_subject(&env, SUBJECT, true).await;
+    resolve_as(&env, env.user("agent"), incident, "Refund approved");
+    let answered = |message: &'static str| {
+        let env = &env;
+        move || async move {
+            env.sandbox
+                .dataverse()
+                .webhook_deliveries()
+                .into_iter()
+                .find(|d| {
+                    d.entity_id == incident
+                        && d.message == message
+                        && (d.attempts == 2 || d.status.is_some_and(|s| s < 300))
+                })
+        }
+    };
+    let close = eventually("the Close's last attempt answered", WAIT, answered("Close"))
+        .await
+        .unwrap();
+    let update = eventually("the Update answered", WAIT, answered("Update"))
+        .await
+        .unwrap();
+    assert!(
+        close.status.is_none_or(|s| s >= 500),
+        "the Close was taken: {close:?}"
+    );
+    assert!(env.events_on(SUBJECT).await.is_empty());
+    refuse_subject(&env, SUBJECT, false).await;
+
+    // Neither the `Update` nor the refused `Close` recorded the resolution as announced: a poll
+    // after the refusal publishes it, with the resolution's text.
+    let events = env.wait_events(SUBJECT, 1).await;
+    adapter.stop().await;
+    assert_eq!(
+        events.len(),
+        1,
+        "{events:?} (Close: {close:?}, Update: {update:?})"
+    );
+    let pb::Event::DynCaseResolved(ev) = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(ev.tg_case_id, "C-31");
+    assert_eq!(ev.resolution_subject, "Refund approved");
+    assert_eq!(ev.resolution_description, "Credit note CN-77 issued");
+}
+
+#[tokio::test]
+async fn a_resolution_the_poll_published_before_its_close_came_is_stored_once() {
+    const SUBJECT: &str = "tgb.v1.dyn.case.resolved";
+    let env = Env::start().await;
+    let adapter = env
+        .adapter(&[("TGB_DYNAMICS__POLL_INTERVAL_MS", "100")])
+        .await;
+    env.publish(opened("C-32", "Short shipment")).await;
+    let inc = env.wait_rows("incident", 1).await[0].clone();
+    let incident: uuid::Uuid = inc["incidentid"].as_str().unwrap().parse().unwrap();
+
+    // Dataverse's notifications are held back (kept, not delivered) while the poll meets the
+    // resolved row first.
+    let (url, held) = capture().await;
+    env.sandbox.dataverse().clear_webhooks();
+    env.sandbox
+        .dataverse()
+        .register_webhook(tgb_sandbox_dataverse::WebhookRegistration {
+            name: "held".into(),
+            url,
+            auth: tgb_sandbox_dataverse::WebhookAuth::None,
+            entities: vec!["incident".into()],
+            messages: vec!["Update".into(), "Close".into()],
+        })
+        .unwrap();
+    resolve_as(&env, env.user("agent"), incident, "Refund approved");
+    let polled = env.wait_events(SUBJECT, 1).await;
+    let held = eventually("the Close and its Update held", WAIT, || async {
+        let held = held.lock().unwrap().clone();
+        (held.len() >= 2).then_some(held)
+    })
+    .await
+    .unwrap();
+
+    // Then they come, late: the `Close` publishes the same resolution under the same id.
+    for body in &held {
+        deliver(&adapter, body).await;
+    }
+    let stored = env.events_on(SUBJECT).await;
+    adapter.stop().await;
+    assert_eq!(stored.len(), 1, "{polled:?} then {stored:?}");
+    let pb::Event::DynCaseResolved(ev) = &stored[0] else {
+        unreachable!()
+    };
+    assert_eq!(ev.tg_case_id, "C-32");
+    assert_eq!(ev.resolution_subject, "Refund approved");
+    assert_eq!(ev.resolution_description, "Credit note CN-77 issued");
+}

@@ -1,9 +1,7 @@
 //! tg-bridge's own incident writes detected late are echoes, and TG updates of a case whose
 //! incident is resolved never dead-letter.
 
-use std::sync::{Arc, Mutex};
-
-use serde_json::{Value, json};
+use serde_json::json;
 use tgb_proto as pb;
 use tgb_testkit::eventually;
 
@@ -30,26 +28,6 @@ fn raise_tg_case(env: &Env, title: &str) -> String {
         .to_owned()
 }
 
-/// A webhook endpoint that only keeps what Dataverse sends (to hand it on later).
-async fn capture() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let kept = bodies.clone();
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let kept = kept.clone();
-            async move {
-                kept.lock().unwrap().push(body);
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, bodies)
-}
-
 fn tg_patches(env: &Env) -> usize {
     env.sandbox
         .tg()
@@ -57,17 +35,6 @@ fn tg_patches(env: &Env) -> usize {
         .into_iter()
         .filter(|w| w.method == "PATCH")
         .count()
-}
-
-async fn deliver(adapter: &Running, body: &Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/webhooks/dataverse", adapter.base))
-        .header("x-api-key", WEBHOOK_KEY)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
 }
 
 #[tokio::test]

@@ -1,3 +1,4 @@
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -302,4 +303,36 @@ pub async fn metric(base: &str, name: &str, labels: &str) -> f64 {
             value.parse::<f64>().ok()
         })
         .sum()
+}
+
+/// A webhook endpoint that only keeps what Dataverse sends (to hand it on later).
+pub async fn capture() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies)
+}
+
+/// Hands a notification body to the adapter's webhook, as Dataverse does.
+pub async fn deliver(adapter: &Running, body: &Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/webhooks/dataverse", adapter.base))
+        .header("x-api-key", WEBHOOK_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
 }
