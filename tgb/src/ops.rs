@@ -502,8 +502,54 @@ pub async fn links(js: &jetstream::Context, spec: &str) -> anyhow::Result<Vec<Li
                 });
             }
         }
+        if system == "planner" && kind == "task" {
+            for row in task_subject(js, &id).await? {
+                if !out.iter().any(|o| o.to == row.to && o.id == row.id) {
+                    out.push(row);
+                }
+            }
+        }
     }
     Ok(out)
+}
+
+/// A Planner task's subject and TG case, from planner-adapter's record of it (its links are
+/// stored one way, subject → task; tasks linked before that also have the way back).
+async fn task_subject(js: &jetstream::Context, task_id: &str) -> anyhow::Result<Vec<LinkRow>> {
+    let sync = js
+        .get_key_value(names::KV_SYNC)
+        .await
+        .context("KV bucket tgb_sync not found: is this tg-bridge's NATS?")?;
+    let store = planner_adapter::store::Store::new(sync);
+    let Some((record, _)) = store
+        .task(task_id)
+        .await
+        .with_context(|| format!("the record of task {task_id}"))?
+    else {
+        return Ok(Vec::new());
+    };
+    let from = format!("planner:task:{task_id}");
+    let mut rows = Vec::new();
+    if let Some(m) = crate::rebuild::parse_marker(&record.title) {
+        let (system, kind, id) = m.subject;
+        rows.push(LinkRow {
+            from: from.clone(),
+            to: format!("{system}.{kind}"),
+            id,
+        });
+    }
+    if !record.tg_case_id.is_empty()
+        && !rows
+            .iter()
+            .any(|r| r.to == "tg.case" && r.id == record.tg_case_id)
+    {
+        rows.push(LinkRow {
+            from,
+            to: "tg.case".into(),
+            id: record.tg_case_id,
+        });
+    }
+    Ok(rows)
 }
 
 /// The history of a record: the correlations it resolved to and their ledger entries.

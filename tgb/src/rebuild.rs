@@ -230,17 +230,28 @@ fn rec_str(s: &(String, String, String)) -> String {
     format!("{}.{}.{}", s.0, s.1, s.2)
 }
 
+/// How a link is stored: both ways, or from its subject only ([`Links::link_from`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ways {
+    Both,
+    FromSubject,
+}
+
 async fn ensure_link(
     links: &Links,
     a: (&str, &str, &str),
     b: (&str, &str, &str),
+    ways: Ways,
     dry_run: bool,
     report: &mut LinksReport,
 ) -> anyhow::Result<()> {
     let ra = Record::new(a.0, a.1, a.2);
     let rb = Record::new(b.0, b.1, b.2);
     let fwd = links.find(&ra, b.0, b.1).await?;
-    let back = links.find(&rb, a.0, a.1).await?;
+    let back = match ways {
+        Ways::Both => links.find(&rb, a.0, a.1).await?,
+        Ways::FromSubject => Some(a.2.to_owned()),
+    };
     let from = format!("{}.{}.{}", a.0, a.1, a.2);
     let to = format!("{}.{}.{}", b.0, b.1, b.2);
     let state = match (fwd.as_deref(), back.as_deref()) {
@@ -257,7 +268,10 @@ async fn ensure_link(
             if dry_run {
                 "would-write"
             } else {
-                links.link(&ra, &rb).await?;
+                match ways {
+                    Ways::Both => links.link(&ra, &rb).await?,
+                    Ways::FromSubject => links.link_from(&ra, &rb).await?,
+                }
                 "written"
             }
         }
@@ -327,6 +341,7 @@ pub async fn links(
                 &links,
                 ("tg", "case", &case),
                 ("dataverse", "incident", &incident),
+                Ways::Both,
                 dry_run,
                 &mut report,
             )
@@ -338,6 +353,7 @@ pub async fn links(
                 &links,
                 ("tg", "partner", &key),
                 ("dataverse", "account", &account),
+                Ways::Both,
                 dry_run,
                 &mut report,
             )
@@ -363,6 +379,7 @@ pub async fn links(
                 &links,
                 (&s.0, &s.1, &s.2),
                 ("planner", "task", &task.id),
+                Ways::FromSubject,
                 dry_run,
                 &mut report,
             )

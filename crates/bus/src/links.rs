@@ -2,7 +2,9 @@
 //!
 //! A link is stored under both ends, so either side finds the other with one read:
 //! `<system>.<kind>.<id>.<other system>.<other kind>` → the other id. Ids are encoded so any TG
-//! case id, GUID, Planner id or partner key (`ZZ:ACME01`) makes a valid KV key.
+//! case id, GUID, Planner id or partner key (`ZZ:ACME01`) makes a valid KV key. A link whose
+//! other end already names its subject in a record of its own is stored one way
+//! ([`Links::link_from`]): a Planner task's record holds its marker and its TG case.
 
 use async_nats::jetstream::kv;
 
@@ -88,6 +90,20 @@ impl Links {
         };
         futures::future::try_join(put(a, b), put(b, a)).await?;
         Ok(())
+    }
+
+    /// Records `a` → `b` only: `b`'s side knows `a` from a record of its own, and nothing
+    /// looks `a` up from `b` in this bucket. Idempotent.
+    pub async fn link_from(&self, a: &Record<'_>, b: &Record<'_>) -> Result<(), LinkError> {
+        let k = key(a, b.system, b.kind);
+        self.kv
+            .put(&k, b.id.to_owned().into())
+            .await
+            .map(drop)
+            .map_err(|e| LinkError {
+                key: k,
+                reason: e.to_string(),
+            })
     }
 
     /// The `to_system`/`to_kind` record linked to `from`, if any.

@@ -341,10 +341,11 @@ impl Tasks {
         // and the task announced, while the details are: the broker's round trips hide behind
         // Graph's (#21). Whichever fails, the redelivery finds the task (by the link, or by the
         // marker) and completes what is missing; the record, written last, still marks a
-        // complete, announced task.
+        // complete, announced task. The link goes one way: the task's record names its subject
+        // (marker, TG case), and `tgb links` reads it there (a KV write per task, #21).
         let link = async {
             self.links
-                .link(
+                .link_from(
                     &Record::new(&s.0, &s.1, &s.2),
                     &Record::new("planner", "task", &task.id),
                 )
@@ -456,6 +457,10 @@ impl Tasks {
 
     /// Adds what the details of a new task lack (description when empty, references,
     /// checklist items). Its record is written after this, already marked as tg-bridge's write.
+    ///
+    /// Three requests with the create: Graph's create cannot carry details
+    /// (`plannerTask.details` is read-only) and their `PATCH` needs the `If-Match` of a `GET`.
+    /// Every task tg-bridge makes has details (at least a link back to TG).
     async fn ensure_details(
         &self,
         spec: &TaskSpec,
@@ -597,7 +602,7 @@ impl Tasks {
             }
             let s = &spec.subject;
             self.links
-                .link(
+                .link_from(
                     &Record::new(&s.0, &s.1, &s.2),
                     &Record::new("planner", "task", &task.id),
                 )

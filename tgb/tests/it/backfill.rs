@@ -96,8 +96,13 @@ async fn copy_triage_task(http: &reqwest::Client, system: &tgb::system::System, 
     assert_eq!(r.status(), 201);
 }
 
-/// Cases linked both ways to an incident and to a Planner task.
-async fn fully_linked(links: &Links, cases: &[String]) -> usize {
+/// Cases linked both ways to an incident and to a Planner task (the task's way back is its
+/// record in `tgb_sync`, as `tgb links` shows it).
+async fn fully_linked(
+    links: &Links,
+    js: &async_nats::jetstream::Context,
+    cases: &[String],
+) -> usize {
     let mut n = 0;
     for c in cases {
         let rec = Record::new("tg", "case", c);
@@ -110,12 +115,10 @@ async fn fully_linked(links: &Links, cases: &[String]) -> usize {
         let back_inc = links
             .find(&Record::new("dataverse", "incident", &inc), "tg", "case")
             .await;
-        let back_task = links
-            .find(&Record::new("planner", "task", &task), "tg", "case")
-            .await;
-        if matches!(back_inc, Ok(Some(ref b)) if b == c)
-            && matches!(back_task, Ok(Some(ref b)) if b == c)
-        {
+        let back_task = tgb::ops::links(js, &format!("planner:task:{task}"))
+            .await
+            .is_ok_and(|rows| rows.iter().any(|r| r.to == "tg.case" && &r.id == c));
+        if matches!(back_inc, Ok(Some(ref b)) if b == c) && back_task {
             n += 1;
         }
     }
@@ -247,7 +250,7 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
     let linked = tgb_testkit::eventually(
         "every case in range linked both ways to one incident and one task",
         DRAIN_GUARD,
-        || async { (fully_linked(&links, &cases).await == CASES).then_some(()) },
+        || async { (fully_linked(&links, &js, &cases).await == CASES).then_some(()) },
     )
     .await;
     if linked.is_err() {
@@ -292,7 +295,7 @@ async fn backfill_of_200_cases_with_50_already_in_dynamics_and_planner_creates_1
     // What the backfill created: every incident and every case-marked task beyond the copies.
     let incidents = system.sandbox.dataverse().rows("incidents").len() - EXISTING;
     let tasks = after.values().map(|(_, t)| t).sum::<usize>() - EXISTING;
-    let linked = fully_linked(&links, &cases).await;
+    let linked = fully_linked(&links, &js, &cases).await;
     eprintln!(
         "FIGURE backfill tg: {CASES} cases, {} matched (incident) / {} matched (task), {incidents} incidents and {tasks} tasks created, {linked} linked both ways, in {took:?}",
         first.incidents_matched, first.tasks_matched,

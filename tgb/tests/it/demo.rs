@@ -109,7 +109,22 @@ async fn the_demo_passes_every_flow_in_process_and_history_tells_a_case_story() 
         .iter()
         .find(|l| l.to == "dataverse.incident")
         .expect("the case is linked to its incident");
-    assert!(links.iter().any(|l| l.to == "planner.task"));
+    let task = links
+        .iter()
+        .find(|l| l.to == "planner.task")
+        .expect("the case is linked to its triage task");
+    // And from the Planner side: the task's link is stored one way, its record names the case.
+    let task_links = ops::links(&js, &format!("planner:task:{}", task.id))
+        .await
+        .unwrap();
+    assert!(
+        task_links.iter().any(|l| l.to == "tg.case" && l.id == case),
+        "{task_links:?}"
+    );
+    let from_planner = ops::history(&js, &format!("planner:task:{}", task.id))
+        .await
+        .unwrap();
+    assert_eq!(from_planner.correlations.first(), Some(&case));
     let from_dynamics = ops::history(&js, &format!("dataverse:{}", incident.id))
         .await
         .unwrap();

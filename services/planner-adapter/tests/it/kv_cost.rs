@@ -161,8 +161,12 @@ async fn a_created_triage_task_writes_its_record_once() {
         1,
         "the intent: written, left for the link to supersede"
     );
-    assert_eq!(writes_of("link"), 2, "the link, both ways");
-    assert_eq!(writes, 4);
+    assert_eq!(
+        writes_of("link"),
+        1,
+        "the link, case → task (the task's record names its case)"
+    );
+    assert_eq!(writes, 3);
     assert_eq!(
         ops.reads.get("link").copied(),
         Some(1),
@@ -195,6 +199,6 @@ async fn the_pollers_first_look_at_a_task_tg_bridge_created_writes_nothing() {
         Some(1),
         "the poller found the task as tg-bridge wrote it: no second record write"
     );
-    assert_eq!(ops.writes.values().sum::<usize>(), 4);
+    assert_eq!(ops.writes.values().sum::<usize>(), 3);
     w.stop_adapter().await;
 }
