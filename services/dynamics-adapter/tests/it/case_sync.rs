@@ -611,17 +611,53 @@ async fn refuse_subject(env: &Env, subject: &str, refuse: bool) {
     tgb_testkit::set_stream_subjects(js, tgb_bus::names::EVENTS_STREAM, subjects).await;
 }
 
-#[tokio::test]
-async fn a_status_change_whose_publish_was_refused_is_published_by_a_later_poll() {
-    const SUBJECT: &str = "tgb.v1.dyn.case.status_changed";
-    let env = Env::start().await;
+/// An adapter polling every 300 ms with Dataverse's webhook registered, and the incident it
+/// created for the new case `case`.
+async fn incident_of_new_case(env: &Env, case: &str) -> (Running, uuid::Uuid) {
     let adapter = env
         .adapter(&[("TGB_DYNAMICS__POLL_INTERVAL_MS", "300")])
         .await;
     env.register_webhook(&adapter);
-    env.publish(opened("C-30", "Late delivery")).await;
+    env.publish(opened(case, "Late delivery")).await;
     let inc = env.wait_rows("incident", 1).await[0].clone();
-    let incident: uuid::Uuid = inc["incidentid"].as_str().unwrap().parse().unwrap();
+    (
+        adapter,
+        inc["incidentid"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+/// The webhook delivery of `message` on `incident` once its last attempt is answered (a
+/// success, or the one retry).
+async fn last_answer(
+    env: &Env,
+    incident: uuid::Uuid,
+    message: &str,
+) -> tgb_sandbox_dataverse::WebhookDelivery {
+    eventually(
+        &format!("the {message}'s last attempt answered"),
+        WAIT,
+        || async {
+            env.sandbox
+                .dataverse()
+                .webhook_deliveries()
+                .into_iter()
+                .find(|d| {
+                    d.entity_id == incident
+                        && d.message == message
+                        && d.status.is_some()
+                        && (d.attempts == 2 || d.status.is_some_and(|s| s < 300))
+                })
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_status_change_whose_publish_was_refused_is_published_by_a_later_poll() {
+    const SUBJECT: &str = "tgb.v1.dyn.case.status_changed";
+    let env = Env::start().await;
+    let (adapter, incident) = incident_of_new_case(&env, "C-30").await;
 
     // Dana changes the status while the stream refuses the event: the webhook and its one
     // retry are answered 503, the polls meanwhile fail.
@@ -635,20 +671,7 @@ async fn a_status_change_whose_publish_was_refused_is_published_by_a_later_poll(
             json!({"statecode": 0, "statuscode": 3}),
         )
         .unwrap();
-    let delivery = eventually("the webhook's last attempt answered", WAIT, || async {
-        env.sandbox
-            .dataverse()
-            .webhook_deliveries()
-            .into_iter()
-            .find(|d| {
-                d.entity_id == incident
-                    && d.message == "Update"
-                    && d.status.is_some()
-                    && (d.attempts == 2 || d.status.is_some_and(|s| s < 300))
-            })
-    })
-    .await
-    .unwrap();
+    let delivery = last_answer(&env, incident, "Update").await;
     assert!(env.events_on(SUBJECT).await.is_empty());
     refuse_subject(&env, SUBJECT, false).await;
 
@@ -684,38 +707,14 @@ fn resolve_as(env: &Env, user: uuid::Uuid, incident: uuid::Uuid, subject: &str) 
 async fn a_resolution_whose_close_was_refused_twice_is_published_by_a_later_poll() {
     const SUBJECT: &str = "tgb.v1.dyn.case.resolved";
     let env = Env::start().await;
-    let adapter = env
-        .adapter(&[("TGB_DYNAMICS__POLL_INTERVAL_MS", "300")])
-        .await;
-    env.register_webhook(&adapter);
-    env.publish(opened("C-31", "Short shipment")).await;
-    let inc = env.wait_rows("incident", 1).await[0].clone();
-    let incident: uuid::Uuid = inc["incidentid"].as_str().unwrap().parse().unwrap();
+    let (adapter, incident) = incident_of_new_case(&env, "C-31").await;
 
     // Dana resolves the case while the stream refuses resolutions: the `Close` webhook and its
     // one retry are answered 503; the resolution's `Update` is taken (it publishes nothing).
     refuse_subject(&env, SUBJECT, true).await;
     resolve_as(&env, env.user("agent"), incident, "Refund approved");
-    let answered = |message: &'static str| {
-        let env = &env;
-        move || async move {
-            env.sandbox
-                .dataverse()
-                .webhook_deliveries()
-                .into_iter()
-                .find(|d| {
-                    d.entity_id == incident
-                        && d.message == message
-                        && (d.attempts == 2 || d.status.is_some_and(|s| s < 300))
-                })
-        }
-    };
-    let close = eventually("the Close's last attempt answered", WAIT, answered("Close"))
-        .await
-        .unwrap();
-    let update = eventually("the Update answered", WAIT, answered("Update"))
-        .await
-        .unwrap();
+    let close = last_answer(&env, incident, "Close").await;
+    let update = last_answer(&env, incident, "Update").await;
     assert!(
         close.status.is_none_or(|s| s >= 500),
         "the Close was taken: {close:?}"
