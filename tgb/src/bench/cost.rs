@@ -2,7 +2,9 @@
 //!
 //! After a warm-up, `cases` TG `case.created` webhooks are offered at a fixed rate below
 //! saturation (limits off, as in the pipeline section). Before and after, one [`Snapshot`]:
-//! each process's CPU (`/proc/<pid>/stat` utime + stime), nats-server's `/varz` (messages in
+//! each process's CPU (`/proc/<pid>/stat` utime + stime) and wake-ups (its threads'
+//! voluntary context switches, a count that does not depend on the machine's speed, which CPU
+//! at this rate follows), nats-server's `/varz` (messages in
 //! and out) and `/jsz` (API requests, and each stream's last sequence: the messages stored,
 //! whether or not a limit removed them since), and the Dataverse and Graph calls in the
 //! sandbox's call log. [`CostResult::compute`] turns the two into figures per case.
@@ -50,6 +52,8 @@ pub struct CostOptions {
 pub struct Snapshot {
     /// Process → CPU time (utime + stime), clock ticks.
     pub cpu_ticks: BTreeMap<String, u64>,
+    /// Process → wake-ups so far ([`super::procs::wakeups`]).
+    pub wakeups: BTreeMap<String, u64>,
     /// `/varz` `in_msgs`.
     pub in_msgs: u64,
     /// `/varz` `out_msgs`.
@@ -97,6 +101,11 @@ pub struct CostResult {
     /// CPU of each process (the services, nats-server, the bench process holding the sandbox
     /// and the load), µs per case.
     pub cpu_us_per_case: BTreeMap<String, f64>,
+    /// Wake-ups of the six services together per case (their threads woken after blocking:
+    /// at this rate, one per round trip at each end, give or take what arrives together).
+    pub services_wakeups_per_case: f64,
+    /// Wake-ups per case of each process (nats-server's every thread).
+    pub wakeups_per_case: BTreeMap<String, f64>,
     /// Messages into the broker per case (`/varz` `in_msgs`: publishes, acks, API requests,
     /// pull requests, KV gets).
     pub broker_in_msgs_per_case: f64,
@@ -171,6 +180,19 @@ impl CostResult {
             .filter(|(p, _)| is_service(p))
             .map(|(_, v)| v)
             .sum();
+        let wakeups_per_case: BTreeMap<String, f64> = after
+            .wakeups
+            .iter()
+            .filter_map(|(p, a)| {
+                let b = before.wakeups.get(p)?;
+                Some((p.clone(), per_case(a.saturating_sub(*b))))
+            })
+            .collect();
+        let services_wakeups_per_case = wakeups_per_case
+            .iter()
+            .filter(|(p, _)| is_service(p))
+            .map(|(_, v)| v)
+            .sum();
         let nats_cpu_us_per_case = cpu_us_per_case.get("nats-server").copied().unwrap_or(0.0);
         let stored: BTreeMap<String, u64> = after
             .stream_last_seq
@@ -195,6 +217,8 @@ impl CostResult {
             nats_cpu_per_case_in_raw_messages: nats_cpu_us_per_case
                 / raw.nats_cpu_us_per_message.max(1e-9),
             cpu_us_per_case,
+            services_wakeups_per_case,
+            wakeups_per_case,
             broker_in_msgs_per_case: per_case(after.in_msgs.saturating_sub(before.in_msgs)),
             broker_out_msgs_per_case: per_case(after.out_msgs.saturating_sub(before.out_msgs)),
             js_stored_per_case: per_case(stored.values().sum()),
@@ -380,9 +404,16 @@ fn cpu_ticks(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
         .collect()
 }
 
+fn wakeups_of(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
+    pids.iter()
+        .filter_map(|(n, p)| super::procs::wakeups(*p).ok().map(|w| (n.clone(), w)))
+        .collect()
+}
+
 /// Reads every counter now.
 pub async fn snapshot(sys: &BenchSystem) -> anyhow::Result<Snapshot> {
     let cpu = cpu_ticks(&sys.pids());
+    let wakeups = wakeups_of(&sys.pids());
     let (in_msgs, out_msgs) = parse_varz(&monitor_json(sys, "/varz").await?)?;
     let (js_api_total, stream_last_seq) =
         parse_jsz(&monitor_json(sys, "/jsz?accounts=true&streams=true").await?)?;
@@ -398,6 +429,7 @@ pub async fn snapshot(sys: &BenchSystem) -> anyhow::Result<Snapshot> {
     let poll = |r: &str| r.starts_with("graph GET ") && r.ends_with("/planner/plans/{id}/tasks");
     Ok(Snapshot {
         cpu_ticks: cpu,
+        wakeups,
         in_msgs,
         out_msgs,
         js_api_total,
@@ -616,6 +648,11 @@ mod tests {
                 ("nats-server".into(), 1000),
                 ("tgb bench (sandbox + load)".into(), 7),
             ]),
+            wakeups: BTreeMap::from([
+                ("tg-ingress".into(), 1_000),
+                ("planner-adapter".into(), 2_000),
+                ("nats-server".into(), 9_000),
+            ]),
             in_msgs: 10,
             out_msgs: 20,
             js_api_total: 5,
@@ -632,6 +669,11 @@ mod tests {
                 ("planner-adapter".into(), 57),
                 ("nats-server".into(), 1010),
                 ("tgb bench (sandbox + load)".into(), 107),
+            ]),
+            wakeups: BTreeMap::from([
+                ("tg-ingress".into(), 1_300),
+                ("planner-adapter".into(), 2_850),
+                ("nats-server".into(), 11_000),
             ]),
             in_msgs: 1810,
             out_msgs: 2120,
@@ -672,6 +714,8 @@ mod tests {
         assert_eq!(r.cpu_us_per_case["tg-ingress"], 300.0);
         assert_eq!(r.cpu_us_per_case["tgb bench (sandbox + load)"], 10_000.0);
         assert_eq!(r.nats_cpu_per_case_in_raw_messages, 50.0);
+        assert_eq!(r.services_wakeups_per_case, 11.5);
+        assert_eq!(r.wakeups_per_case["nats-server"], 20.0);
         assert_eq!(
             (r.broker_in_msgs_per_case, r.broker_out_msgs_per_case),
             (18.0, 21.0)

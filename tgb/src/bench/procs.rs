@@ -300,6 +300,29 @@ pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 when it cannot be asked).
+/// Times the threads of process `pid` were woken after blocking: the sum of every thread's
+/// `voluntary_ctxt_switches` (`/proc/<pid>/task/*/status`). A thread parked in `epoll_wait` or
+/// on a futex switches out voluntarily and is woken by what it waited for, so this counts the
+/// wake-ups, which CPU at a low rate follows; it does not depend on how fast the machine is.
+/// Threads that ended before the read are not counted.
+pub fn wakeups(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for task in std::fs::read_dir(&dir).with_context(|| dir.clone())? {
+        let Ok(task) = task else { continue };
+        // A thread may end between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
 pub fn clock_ticks() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")

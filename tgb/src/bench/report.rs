@@ -188,6 +188,13 @@ fn cost_table(out: &mut String, c: &CostResult) {
         row(&format!("  CPU {p} (µs)"), format!("{v:.0}"));
     }
     row(
+        "services wake-ups (six together)",
+        f1(c.services_wakeups_per_case),
+    );
+    for (p, v) in &c.wakeups_per_case {
+        row(&format!("  wake-ups {p}"), f1(*v));
+    }
+    row(
         "nats-server CPU (µs)",
         format!("{:.0}", c.nats_cpu_us_per_case),
     );
