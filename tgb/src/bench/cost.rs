@@ -167,32 +167,26 @@ impl CostResult {
     ) -> CostResult {
         let per_case = |v: u64| v as f64 / cases.max(1) as f64;
         let us = |t: u64| t as f64 * 1e6 / ticks.max(1) as f64;
-        let cpu_us_per_case: BTreeMap<String, f64> = after
-            .cpu_ticks
-            .iter()
-            .filter_map(|(p, a)| {
-                let b = before.cpu_ticks.get(p)?;
-                Some((p.clone(), us(a.saturating_sub(*b)) / cases.max(1) as f64))
-            })
-            .collect();
-        let services_cpu_us_per_case = cpu_us_per_case
-            .iter()
-            .filter(|(p, _)| is_service(p))
-            .map(|(_, v)| v)
-            .sum();
-        let wakeups_per_case: BTreeMap<String, f64> = after
-            .wakeups
-            .iter()
-            .filter_map(|(p, a)| {
-                let b = before.wakeups.get(p)?;
-                Some((p.clone(), per_case(a.saturating_sub(*b))))
-            })
-            .collect();
-        let services_wakeups_per_case = wakeups_per_case
-            .iter()
-            .filter(|(p, _)| is_service(p))
-            .map(|(_, v)| v)
-            .sum();
+        // Per process, what grew between the snapshots, per case; and the six services' sum.
+        let per_process =
+            |b: &BTreeMap<String, u64>, a: &BTreeMap<String, u64>, f: &dyn Fn(u64) -> f64| {
+                let each: BTreeMap<String, f64> = a
+                    .iter()
+                    .filter_map(|(p, after)| Some((p.clone(), f(after.saturating_sub(*b.get(p)?)))))
+                    .collect();
+                let services = each
+                    .iter()
+                    .filter(|(p, _)| is_service(p))
+                    .map(|(_, v)| v)
+                    .sum();
+                (each, services)
+            };
+        let (cpu_us_per_case, services_cpu_us_per_case) =
+            per_process(&before.cpu_ticks, &after.cpu_ticks, &|t| {
+                us(t) / cases.max(1) as f64
+            });
+        let (wakeups_per_case, services_wakeups_per_case) =
+            per_process(&before.wakeups, &after.wakeups, &per_case);
         let nats_cpu_us_per_case = cpu_us_per_case.get("nats-server").copied().unwrap_or(0.0);
         let stored: BTreeMap<String, u64> = after
             .stream_last_seq
