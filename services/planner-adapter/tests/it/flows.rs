@@ -46,6 +46,16 @@ async fn p1_case_opened_makes_one_routed_triage_task_and_updates_follow_without_
         .wait_seen::<PlannerTaskCreated, _>("created", |e| e.tg_case_id == "C-100")
         .await;
     let task_id = created.task.unwrap().task_id;
+    // The announcement goes out while the details are written: they complete after it.
+    eventually("details written", tgb_testkit::HANG_GUARD, || async {
+        let (_, details) = w.sandbox.planner().get_task(&task_id)?;
+        details["description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())
+            .then_some(())
+    })
+    .await
+    .unwrap();
     let (task, details) = w.sandbox.planner().get_task(&task_id).unwrap();
     let per_task = w.graph_work_calls() - before;
     assert_eq!(
@@ -254,11 +264,15 @@ async fn a_create_retried_after_a_crash_between_post_and_link_leaves_exactly_one
         posted,
         "the earlier task was adopted"
     );
-    let (_, details) = w.sandbox.planner().get_task(&posted).unwrap();
-    assert!(
-        details["references"]["https%3A//tg%2Eexample/cases/C-300"].is_object(),
-        "details completed"
-    );
+    // The announcement goes out while the details are written: they complete after it.
+    let details = eventually("details completed", tgb_testkit::HANG_GUARD, || async {
+        let (_, details) = w.sandbox.planner().get_task(&posted)?;
+        details["references"]["https%3A//tg%2Eexample/cases/C-300"]
+            .is_object()
+            .then_some(details)
+    })
+    .await
+    .unwrap();
     assert!(
         details["description"]
             .as_str()
