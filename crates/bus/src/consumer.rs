@@ -285,16 +285,14 @@ pub async fn run_consumer<H: Handler>(
     }
 }
 
-/// The next message of `consumer`, waiting for it up to 10 s (`None` when none came). A long
-/// poll the server forgot (it restarted) ends on the client 5 s after its expiry: the next one
-/// is asked for within 15 s.
+/// The next message of `consumer`, waiting for it up to 30 s (`None` when none came).
 async fn first_message(
     consumer: &jetstream::consumer::PullConsumer,
 ) -> Result<Option<Message>, String> {
     let mut one = consumer
         .batch()
         .max_messages(1)
-        .expires(Duration::from_secs(10))
+        .expires(Duration::from_secs(30))
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
@@ -354,8 +352,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 impl<H: Handler> Runner<H> {
     /// Gathered delivery ([`ConsumerSpec::gather`]) until `shutdown` or a fatal error: a long
-    /// poll for the first message (the server holds it up to 10 s, with heartbeats, so an idle
-    /// consumer costs about what the streamed pull does), then, `gather` later, no-wait fetches of
+    /// poll for the first message (the server holds it up to 30 s, with heartbeats, so an idle
+    /// consumer costs what the streamed pull does), then, `gather` later, no-wait fetches of
     /// what arrived meanwhile until one comes back short. Every message goes through
     /// [`Runner::dispatch`] as in the streamed pull; only how they are asked for changes.
     async fn gathered(
@@ -404,16 +402,7 @@ impl<H: Handler> Runner<H> {
                 _ = stop() => return,
             }
             loop {
-                // An expiry, though the fetch does not wait: the client gives up on a request
-                // the server never answers (one sent as the server restarted) 5 s after it,
-                // instead of waiting for ever.
-                let mut fetched = match consumer
-                    .fetch()
-                    .max_messages(batch)
-                    .expires(Duration::from_secs(2))
-                    .messages()
-                    .await
-                {
+                let mut fetched = match consumer.fetch().max_messages(batch).messages().await {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::debug!(consumer = %name, error = %e, "fetch refused");

@@ -383,8 +383,8 @@ async fn a_gathered_consumer_waiting_for_its_first_message_stops_when_told() {
     .await
     .unwrap();
     stop.cancel();
-    // Well before the long poll ends by itself (10 s).
-    tokio::time::timeout(Duration::from_secs(5), join)
+    // Well before the long poll's 30 s.
+    tokio::time::timeout(Duration::from_secs(10), join)
         .await
         .expect("stopped while waiting")
         .unwrap()
