@@ -75,7 +75,19 @@ pub async fn wait_for(
             return Ok(v);
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("{p:?} reached {v}, not {at_least}, within {within:?}");
+            // Where the burst stopped: how far TG's webhooks got, and each service's last lines.
+            let mut why = format!(
+                "{p:?} reached {v}, not {at_least}, within {within:?} (TG webhooks delivered: {})",
+                value(sys, Progress::WebhooksDelivered).await
+            );
+            for s in &sys.services {
+                why.push_str(&format!(
+                    "\n--- {} (last lines)\n{}",
+                    s.label(),
+                    s.log_tail(10)
+                ));
+            }
+            bail!("{why}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
