@@ -74,21 +74,7 @@ impl Links {
     /// Records `a` ↔ `b` (both directions). Idempotent.
     pub async fn link(&self, a: &Record<'_>, b: &Record<'_>) -> Result<(), LinkError> {
         // Both directions at once: one round trip to the broker, not two.
-        let put = |from: &Record<'_>, to: &Record<'_>| {
-            let k = key(from, to.system, to.kind);
-            let value = to.id.to_owned().into();
-            async move {
-                self.kv
-                    .put(&k, value)
-                    .await
-                    .map(drop)
-                    .map_err(|e| LinkError {
-                        key: k,
-                        reason: e.to_string(),
-                    })
-            }
-        };
-        futures::future::try_join(put(a, b), put(b, a)).await?;
+        futures::future::try_join(self.link_from(a, b), self.link_from(b, a)).await?;
         Ok(())
     }
 
