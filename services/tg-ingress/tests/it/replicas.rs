@@ -166,9 +166,10 @@ async fn two_replicas_poll_one_at_a_time_publish_each_event_once_and_a_stale_cur
     );
 
     // The leader shuts down (releasing the lease): the other replica takes over.
-    let before = callers.len();
     let follower_id = follower.client_id;
     leader.stop().await;
+    // Counted once the leader has stopped: it polls until then.
+    let before = feed_callers(&sandbox).len();
     for i in 150..180 {
         tg.raise_case(RaiseCase::new(partner.clone(), format!("case {i}")))
             .unwrap();
