@@ -2,8 +2,11 @@
 //! the Dataverse lane): together they stay under the limits the lane is configured with, and
 //! when the real limit is lower the adaptive governor keeps the 429s few.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tgb_sandbox::{CallRecord, SandboxConfig};
 use tgb_sandbox_dataverse::ServiceProtectionConfig;
 use tgb_testkit::eventually;
@@ -28,9 +31,11 @@ struct Figures {
     sent_per_window: Vec<usize>,
     /// 429s answered per window.
     throttled_per_window: Vec<usize>,
-    /// Runs into the limit per window: 429s of requests sent before the first 429 of their run
-    /// was answered are one run (the fleet could not yet know of it, so no governor can spare
-    /// them); a 429 sent after that answer starts a new run.
+    /// Runs into the limit per window: 429s of requests sent before the whole fleet knew of the
+    /// first 429 of their run are one run (no governor could spare them); a 429 sent after that
+    /// starts a new run. The fleet knows once every member has written the fleet entry with
+    /// the pause in it ([`FleetLog::known_at`]); the replica that received the 429 knows at its
+    /// answer.
     limit_runs_per_window: Vec<usize>,
     /// Most requests sent in any sliding window.
     sliding_peak: usize,
@@ -42,7 +47,105 @@ struct Figures {
     drain_secs: f64,
 }
 
-fn figures(calls: &[CallRecord], window: Duration, created: usize) -> Figures {
+/// One write of the fleet's entry (`fleet.<lane>` in `tgb_sync`), as a watch saw it.
+#[derive(Debug)]
+struct FleetWrite {
+    /// When the watch received it, on the sandbox's clock ([`CallRecord::arrived_ms`]).
+    at_ms: f64,
+    /// When the watch received it, Unix ms (the clock of the entry's times).
+    unix_ms: i64,
+    /// Member → expiry, Unix ms.
+    members: BTreeMap<String, i64>,
+    /// The lane's pause, Unix ms.
+    paused_until_ms: i64,
+}
+
+/// Every write of the fleet's entry during a drain, in order.
+#[derive(Default)]
+struct FleetLog(Vec<FleetWrite>);
+
+impl FleetLog {
+    /// Watches `fleet.>` in `tgb_sync` until the test ends, appending each write.
+    async fn watch(env: &Env) -> Arc<Mutex<FleetLog>> {
+        let log = Arc::new(Mutex::new(FleetLog::default()));
+        let kv = env.bus.kv(tgb_bus::names::KV_SYNC).await.unwrap();
+        let mut watch = kv.watch("fleet.>").await.unwrap();
+        let (calls, into) = (env.sandbox.calls().clone(), log.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(entry)) = watch.next().await {
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&entry.value) else {
+                    continue;
+                };
+                let members = value["members"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                into.lock().unwrap().0.push(FleetWrite {
+                    at_ms: calls.elapsed_ms(),
+                    unix_ms: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                        as i64,
+                    members,
+                    paused_until_ms: value["paused_until_ms"].as_i64().unwrap_or_default(),
+                });
+            }
+        });
+        log
+    }
+
+    /// When (sandbox clock) every member of the fleet knew of the pause that followed a 429
+    /// answered at `answered_ms`: each member's first write after it that carries a pause
+    /// still running (a member writes what it read, so it has seen the pause), or the pause's
+    /// end for a member that never wrote while it ran. `None` when no write after `answered_ms` carried
+    /// a running pause (the fleet never heard of it).
+    fn known_at(&self, answered_ms: f64) -> Option<f64> {
+        let writes = &self.0;
+        let first_after = writes.iter().position(|w| w.at_ms > answered_ms)?;
+        let members: Vec<&String> = writes[first_after.saturating_sub(1)]
+            .members
+            .keys()
+            .collect();
+        let mut pause_end_ms = None;
+        let mut knew: BTreeMap<&String, f64> = BTreeMap::new();
+        for i in first_after..writes.len() {
+            let w = &writes[i];
+            // Up to the end of the pause (as its own run's 429s lengthen it): a later pause is
+            // a later run's.
+            if pause_end_ms.is_some_and(|end| w.at_ms > end) {
+                break;
+            }
+            if w.paused_until_ms <= w.unix_ms {
+                continue;
+            }
+            let end = w.at_ms + (w.paused_until_ms - w.unix_ms) as f64;
+            pause_end_ms = Some(pause_end_ms.map_or(end, |e: f64| e.max(end)));
+            // The writer is the member whose expiry this write renewed.
+            let before = i.checked_sub(1).map(|j| &writes[j].members);
+            for (m, expiry) in &w.members {
+                if before.and_then(|b| b.get(m)) != Some(expiry) {
+                    knew.entry(m).or_insert(w.at_ms);
+                }
+            }
+        }
+        let pause_end_ms = pause_end_ms?;
+        Some(
+            members
+                .iter()
+                .map(|m| {
+                    knew.get(m)
+                        .copied()
+                        .unwrap_or(pause_end_ms)
+                        .min(pause_end_ms)
+                })
+                .fold(answered_ms, f64::max),
+        )
+    }
+}
+
+fn figures(calls: &[CallRecord], fleet: &FleetLog, window: Duration, created: usize) -> Figures {
     let w = window.as_secs_f64() * 1000.0;
     let mut arrivals: Vec<f64> = calls.iter().map(|c| c.arrived_ms).collect();
     arrivals.sort_by(f64::total_cmp);
@@ -67,7 +170,8 @@ fn figures(calls: &[CallRecord], window: Duration, created: usize) -> Figures {
     for c in throttled {
         if c.arrived_ms >= run_known_at {
             limit_runs_per_window[((c.arrived_ms - first) / w) as usize] += 1;
-            run_known_at = c.arrived_ms + c.latency_ms;
+            let answered = c.arrived_ms + c.latency_ms;
+            run_known_at = fleet.known_at(answered).unwrap_or(answered);
         }
     }
     let drain_secs = calls
@@ -127,6 +231,7 @@ async fn drain(scenario: &str, configured: &Limits, real: &Limits, cases: usize)
             tgb_sandbox::Fault::Latency { ms: 200 },
         ))
         .unwrap();
+    let fleet = FleetLog::watch(&env).await;
     let requests = configured.requests.to_string();
     let window = configured.window.as_secs_f64().to_string();
     let concurrent = configured.concurrent.to_string();
@@ -178,7 +283,7 @@ async fn drain(scenario: &str, configured: &Limits, real: &Limits, cases: usize)
         .into_iter()
         .filter(|c| !c.scripted && c.caller.as_ref().is_some_and(|u| u.id == app))
         .collect();
-    let f = figures(&calls, real.window, cases.len());
+    let f = figures(&calls, &fleet.lock().unwrap(), real.window, cases.len());
     // Printed before the replicas stop: a drain that did not finish still shows its figures.
     print(scenario, &f, real.window);
     for r in replicas {
