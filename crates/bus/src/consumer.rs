@@ -61,6 +61,11 @@ pub struct ConsumerSpec {
     pub backoff_base: Duration,
     /// Ceiling of the nak delay.
     pub backoff_max: Duration,
+    /// Gathered delivery: after the first message of a quiet spell, wait this long and take
+    /// what arrived meanwhile in one fetch, so that several messages share each wake-up of the
+    /// process and of the broker (their handlers' round trips go out together too). `None`:
+    /// each message is taken as it arrives, for consumers whose latency counts.
+    pub gather: Option<Duration>,
 }
 
 impl ConsumerSpec {
@@ -77,6 +82,7 @@ impl ConsumerSpec {
             max_ack_pending: 1024,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            gather: None,
         }
     }
 
@@ -222,7 +228,14 @@ pub async fn run_consumer<H: Handler>(
             .watch_max_deliveries(advisories, stream, watching.clone()),
     );
 
-    'outer: while !shutdown.is_cancelled() && !runner.fatal.is_cancelled() {
+    if let Some(gather) = spec.gather {
+        runner
+            .clone()
+            .gathered(&consumer, gather, batch, &permits, &mut workers, &shutdown)
+            .await;
+    }
+    'outer: while spec.gather.is_none() && !shutdown.is_cancelled() && !runner.fatal.is_cancelled()
+    {
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(batch)
@@ -269,6 +282,32 @@ pub async fn run_consumer<H: Handler>(
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+/// The next message of `consumer`, waiting for it up to 10 s (`None` when none came). A long
+/// poll the server forgot (it restarted) ends on the client 5 s after its expiry: the next one
+/// is asked for within 15 s.
+///
+/// No idle heartbeats: async-nats 0.51's batch answers a heartbeat with `Pending` without
+/// asking to be woken, so a message that came after one lay unread in the subscription until
+/// the client's own timer ended the batch, and was redelivered (30 s later) into the next poll
+/// after its heartbeat, again and again. The server's expiry and the client's timer above
+/// already end a poll that hears nothing.
+async fn first_message(
+    consumer: &jetstream::consumer::PullConsumer,
+) -> Result<Option<Message>, String> {
+    let mut one = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    match one.next().await {
+        Some(Ok(m)) => Ok(Some(m)),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Ok(None),
     }
 }
 
@@ -319,6 +358,102 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl<H: Handler> Runner<H> {
+    /// Gathered delivery ([`ConsumerSpec::gather`]) until `shutdown` or a fatal error: a long
+    /// poll for the first message (the server holds it up to 10 s, with heartbeats, so an idle
+    /// consumer costs about what the streamed pull does), then, `gather` later, no-wait fetches of
+    /// what arrived meanwhile until one comes back short. Every message goes through
+    /// [`Runner::dispatch`] as in the streamed pull; only how they are asked for changes.
+    async fn gathered(
+        self: Arc<Self>,
+        consumer: &jetstream::consumer::PullConsumer,
+        gather: Duration,
+        batch: usize,
+        permits: &Arc<Semaphore>,
+        workers: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) {
+        let name = &self.spec.name;
+        let stop = || async {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = self.fatal.cancelled() => {}
+            }
+        };
+        while !shutdown.is_cancelled() && !self.fatal.is_cancelled() {
+            let first = tokio::select! {
+                r = first_message(consumer) => r,
+                _ = stop() => return,
+            };
+            match first {
+                Ok(Some(message)) => {
+                    while workers.try_join_next().is_some() {}
+                    let permit = tokio::select! {
+                        p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                        _ = stop() => return,
+                    };
+                    self.clone().dispatch(message, permit, workers);
+                }
+                // The long poll expired with nothing: ask again.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "cannot pull, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop() => return,
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(gather) => {}
+                _ = stop() => return,
+            }
+            loop {
+                // An expiry, though the fetch does not wait: the client gives up on a request
+                // the server never answers (one sent as the server restarted) 5 s after it,
+                // instead of waiting for ever.
+                let mut fetched = match consumer
+                    .fetch()
+                    .max_messages(batch)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(consumer = %name, error = %e, "fetch refused");
+                        break;
+                    }
+                };
+                let mut taken = 0;
+                loop {
+                    let next = tokio::select! {
+                        m = fetched.next() => m,
+                        _ = stop() => return,
+                    };
+                    let message = match next {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::debug!(consumer = %name, error = %e, "fetch error");
+                            break;
+                        }
+                        None => break,
+                    };
+                    while workers.try_join_next().is_some() {}
+                    let permit = tokio::select! {
+                        p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                        _ = stop() => return,
+                    };
+                    self.clone().dispatch(message, permit, workers);
+                    taken += 1;
+                }
+                if taken < batch {
+                    break;
+                }
+            }
+        }
+    }
+
     fn dispatch(
         self: Arc<Self>,
         message: Message,

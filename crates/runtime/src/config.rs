@@ -98,6 +98,19 @@ pub struct BusSettings {
     pub ack_wait_secs: u64,
     /// Messages one consumer handles at the same time.
     pub concurrency: usize,
+    /// Gathered delivery, milliseconds: after the first message of a quiet spell a consumer
+    /// waits this long and takes what arrived meanwhile at once, so several messages share each
+    /// wake-up. Unset: each service's own choice (50 for planner-adapter and sla-monitor, whose
+    /// work no one waits on to the millisecond; 0, off, for the others); 0..=1000.
+    pub gather_ms: Option<u64>,
+}
+
+impl BusSettings {
+    /// The gathered delivery of a consumer whose service chose `default` (`None`: off).
+    pub fn gather(&self, default: Duration) -> Option<Duration> {
+        let d = self.gather_ms.map_or(default, Duration::from_millis);
+        (!d.is_zero()).then_some(d)
+    }
 }
 
 impl Default for BusSettings {
@@ -112,6 +125,7 @@ impl Default for BusSettings {
             backoff_max_secs: 300,
             ack_wait_secs: 30,
             concurrency: 16,
+            gather_ms: None,
         }
     }
 }
@@ -200,6 +214,9 @@ impl BusSettings {
         }
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "must be at least 1".into()));
+        }
+        if self.gather_ms.is_some_and(|ms| ms > 1000) {
+            return Err(invalid("gather_ms", "must be at most 1000".into()));
         }
         Ok(())
     }

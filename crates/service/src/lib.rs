@@ -54,14 +54,27 @@ pub async fn connect(service: &str, config: &Config) -> anyhow::Result<Bus> {
         .with_context(|| format!("{service} cannot start"))
 }
 
-/// A consumer spec with the `[bus]` settings applied (deliveries, ack wait, concurrency).
+/// A consumer spec with the `[bus]` settings applied (deliveries, ack wait, concurrency, and
+/// gathered delivery only if `gather_ms` sets it).
 pub fn consumer_spec(config: &Config, name: &str, subjects: &[&str]) -> ConsumerSpec {
+    gathered_consumer_spec(config, name, subjects, std::time::Duration::ZERO)
+}
+
+/// [`consumer_spec`] for a consumer whose service gathers its deliveries by `default` unless
+/// `[bus] gather_ms` says otherwise ([`ConsumerSpec::gather`]).
+pub fn gathered_consumer_spec(
+    config: &Config,
+    name: &str,
+    subjects: &[&str],
+    default: std::time::Duration,
+) -> ConsumerSpec {
     let b = &config.settings.bus;
     ConsumerSpec {
         max_deliver: b.max_deliver,
         backoff_max: b.backoff_max(),
         ack_wait: b.ack_wait(),
         concurrency: b.concurrency,
+        gather: b.gather(default),
         ..ConsumerSpec::new(name, subjects)
     }
 }

@@ -34,6 +34,10 @@ pub use tasks::AfterPost;
 pub const NAME: &str = tgb_service::registry::PLANNER_ADAPTER.name;
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
+/// Its consumer's gathered delivery unless `[bus] gather_ms` says otherwise
+/// ([`tgb_bus::ConsumerSpec::gather`]).
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::PLANNER_ADAPTER.default_addr();
 
 /// Runs the service on `listener` (tests pass one bound to port 0).
@@ -161,7 +165,9 @@ pub async fn serve_with(
     };
     workers.consumer(
         &bus,
-        tgb_service::consumer_spec(&config, handler::CONSUMER, handler::SUBJECTS),
+        // Gathered: no one waits on a task to the millisecond, and a burst of cases then shares
+        // the process's wake-ups (#21).
+        tgb_service::gathered_consumer_spec(&config, handler::CONSUMER, handler::SUBJECTS, GATHER),
         handler,
     );
     workers.spawn(move |stop| poller.run(poll_interval, lease, stop));

@@ -39,6 +39,10 @@ pub const NAME: &str = tgb_service::registry::SLA_MONITOR.name;
 pub const CONSUMER: &str = "sla-monitor";
 
 /// Where it listens when `TGB_HTTP_ADDR` is not set.
+/// Its consumer's gathered delivery unless `[bus] gather_ms` says otherwise
+/// ([`tgb_bus::ConsumerSpec::gather`]).
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub const DEFAULT_HTTP_ADDR: SocketAddr = tgb_service::registry::SLA_MONITOR.default_addr();
 
 /// Runs the service on `listener` (tests pass one bound to port 0) with the system clock.
@@ -65,7 +69,9 @@ pub async fn serve_with_clock(
 
     let mut workers = tgb_service::Workers::new(&shutdown);
     let lifecycle = handler::Lifecycle::new(clocks.clone(), links, policies.clone(), clock.clone());
-    let spec = tgb_service::consumer_spec(&config, CONSUMER, handler::SUBJECTS);
+    // Gathered: a clock is due in minutes or hours, and a burst of cases then shares the
+    // process's wake-ups (#21).
+    let spec = tgb_service::gathered_consumer_spec(&config, CONSUMER, handler::SUBJECTS, GATHER);
     workers.consumer(&bus, spec, Arc::new(lifecycle));
     let cache = Arc::new(store::Cache::default());
     let watcher = (clocks.clone(), cache.clone());

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tgb_bus::{Delivery, Handler, HandlerError, Outcome, names};
+use tgb_bus::{ConsumerSpec, Delivery, Handler, HandlerError, Outcome, names};
 use tgb_proto::{BusEvent, Event, TgCommentAdded};
 use tgb_testkit::eventually;
 use tokio::sync::Notify;
@@ -290,13 +290,31 @@ impl Handler for Serial {
 
 #[tokio::test]
 async fn two_events_of_one_entity_are_never_handled_at_once_and_keep_their_order() {
+    entities_in_order(None).await;
+}
+
+#[tokio::test]
+async fn a_gathered_consumer_handles_each_message_once_and_keeps_each_entitys_order() {
+    entities_in_order(Some(Duration::from_millis(20))).await;
+}
+
+/// 90 comments on three cases, half waiting before the consumer starts and half published while
+/// it runs (a gathered one meets them in full fetches and as first messages of quiet spells):
+/// each handled once, a case's never two at once, in order.
+async fn entities_in_order(gather: Option<Duration>) {
     let (_server, bus) = server_and_bus().await;
     let p = bus.publisher();
-    for i in 0..30 {
-        for case in ["C-A", "C-B", "C-C"] {
-            p.publish(&comment(case, &format!("{i:02}"))).await.unwrap();
+    let publish = |rounds: std::ops::Range<usize>| {
+        let p = p.clone();
+        async move {
+            for i in rounds {
+                for case in ["C-A", "C-B", "C-C"] {
+                    p.publish(&comment(case, &format!("{i:02}"))).await.unwrap();
+                }
+            }
         }
-    }
+    };
+    publish(0..15).await;
     let serial = Arc::new(Serial {
         active: Mutex::new(HashMap::new()),
         overlap: AtomicUsize::new(0),
@@ -305,21 +323,119 @@ async fn two_events_of_one_entity_are_never_handled_at_once_and_keep_their_order
     });
     let (stop, join) = spawn_consumer(
         &bus,
-        spec("serial", &[TgCommentAdded::SUBJECT]),
+        ConsumerSpec {
+            gather,
+            ..spec("serial", &[TgCommentAdded::SUBJECT])
+        },
         serial.clone(),
     );
+    publish(15..30).await;
     eventually("all handled", WAIT, || async {
         (serial.total.load(Ordering::SeqCst) == 90).then_some(())
     })
     .await
     .unwrap();
+    eventually("all acked", WAIT, || async {
+        (consumer_state(&bus, "serial").await == (0, 0)).then_some(())
+    })
+    .await
+    .unwrap();
     stop.cancel();
     join.await.unwrap().unwrap();
+    assert_eq!(serial.total.load(Ordering::SeqCst), 90, "each once");
     assert_eq!(serial.overlap.load(Ordering::SeqCst), 0);
     let expected: Vec<String> = (0..30).map(|i| format!("{i:02}")).collect();
     for (case, bodies) in serial.order.lock().unwrap().iter() {
         assert_eq!(bodies, &expected, "{case} in order");
     }
+}
+
+#[tokio::test]
+async fn a_gathered_consumer_waiting_for_its_first_message_stops_when_told() {
+    let (_server, bus) = server_and_bus().await;
+    let count = Arc::new(Count {
+        bodies: Mutex::new(Vec::new()),
+    });
+    let (stop, join) = spawn_consumer(
+        &bus,
+        ConsumerSpec {
+            gather: Some(Duration::from_millis(20)),
+            ..spec("idle", &[TgCommentAdded::SUBJECT])
+        },
+        count.clone(),
+    );
+    long_poll_waiting(&bus, "idle").await;
+    stop.cancel();
+    // Well before the long poll ends by itself (10 s).
+    tokio::time::timeout(Duration::from_secs(5), join)
+        .await
+        .expect("stopped while waiting")
+        .unwrap()
+        .unwrap();
+}
+
+/// Waits until consumer `name` has a pull request waiting on the server: a gathered consumer
+/// is then in its long poll for the first message of a quiet spell.
+async fn long_poll_waiting(bus: &tgb_bus::Bus, name: &str) {
+    eventually("the long poll waiting", WAIT, || async {
+        let info = bus
+            .jetstream()
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .ok()?
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()?
+            .clone();
+        (info.num_waiting > 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// A message published after a quiet spell is handled at once. With idle heartbeats on the
+/// long poll (every 5 s), async-nats's batch stopped listening after the first one: such a
+/// message lay unread, was redelivered into the next poll after its heartbeat, and so on for
+/// ever.
+#[tokio::test]
+async fn a_gathered_consumer_handles_a_message_that_comes_after_a_quiet_spell() {
+    let (_server, bus) = server_and_bus().await;
+    let count = Arc::new(Count {
+        bodies: Mutex::new(Vec::new()),
+    });
+    let (stop, join) = spawn_consumer(
+        &bus,
+        ConsumerSpec {
+            gather: Some(Duration::from_millis(20)),
+            // No redelivery within the test: the first delivery must be the one handled.
+            ack_wait: Duration::from_secs(60),
+            ..spec("quiet", &[TgCommentAdded::SUBJECT])
+        },
+        count.clone(),
+    );
+    long_poll_waiting(&bus, "quiet").await;
+    // The quiet spell is what this test is about, not a wait for something: 7 s take the
+    // long poll past the 5 s at which a heartbeat would have come, and short of its 10 s end.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    bus.publisher()
+        .publish(&comment("C-Q", "after the quiet spell"))
+        .await
+        .unwrap();
+    // Long before the server would deliver it again.
+    eventually("handled", Duration::from_secs(20), || async {
+        (count.bodies.lock().unwrap().len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    join.await.unwrap().unwrap();
+    assert_eq!(
+        *count.bodies.lock().unwrap(),
+        vec!["after the quiet spell".to_owned()]
+    );
 }
 
 /// Blocks until released, so a test can act while a handler runs.
@@ -425,13 +541,25 @@ impl Handler for Count {
 
 #[tokio::test]
 async fn every_acked_publish_is_consumed_across_a_nats_server_restart() {
+    consumed_across_a_restart(None).await;
+}
+
+#[tokio::test]
+async fn a_gathered_consumer_consumes_every_acked_publish_across_a_nats_server_restart() {
+    consumed_across_a_restart(Some(Duration::from_millis(20))).await;
+}
+
+async fn consumed_across_a_restart(gather: Option<Duration>) {
     let (mut server, bus) = server_and_bus().await;
     let count = Arc::new(Count {
         bodies: Mutex::new(Vec::new()),
     });
     let (stop, join) = spawn_consumer(
         &bus,
-        spec("restart", &[TgCommentAdded::SUBJECT]),
+        ConsumerSpec {
+            gather,
+            ..spec("restart", &[TgCommentAdded::SUBJECT])
+        },
         count.clone(),
     );
     let p = bus.publisher();

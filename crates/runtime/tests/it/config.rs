@@ -190,6 +190,7 @@ fn out_of_range_bus_settings_name_their_keys() {
         ("TGB_BUS__CONCURRENCY", "0"),
         ("TGB_BUS__MAX_AGE_DAYS", "0"),
         ("TGB_BUS__DLQ_MAX_AGE_DAYS", "0"),
+        ("TGB_BUS__GATHER_MS", "1001"),
     ] {
         let text = load_err(file.path(), &[(var, value)]);
         assert!(
@@ -706,4 +707,28 @@ fn tgb_worker_threads_sets_the_threads_of_a_service() {
         err.contains("worker_threads") || err.contains("TGB_WORKER_THREADS"),
         "{err}"
     );
+}
+
+#[test]
+fn gathered_delivery_is_each_services_choice_unless_configured() {
+    use std::time::Duration;
+    let chosen = Duration::from_millis(50);
+    let file = toml_file("");
+    let unset = load(file.path(), &[]).unwrap().settings.bus;
+    assert_eq!(unset.gather(chosen), Some(chosen));
+    assert_eq!(
+        unset.gather(Duration::ZERO),
+        None,
+        "a service that chose none"
+    );
+    let off = load(file.path(), &[("TGB_BUS__GATHER_MS", "0")])
+        .unwrap()
+        .settings
+        .bus;
+    assert_eq!(off.gather(chosen), None);
+    let set = load(file.path(), &[("TGB_BUS__GATHER_MS", "20")])
+        .unwrap()
+        .settings
+        .bus;
+    assert_eq!(set.gather(Duration::ZERO), Some(Duration::from_millis(20)));
 }
