@@ -121,7 +121,8 @@ pub struct CostResult {
     pub js_api_requests_per_case: f64,
     /// Dataverse requests per case (a `$batch` is one).
     pub dataverse_requests_per_case: f64,
-    /// Graph requests per triage task created, plan polls aside.
+    /// Graph HTTP requests per triage task created, plan polls aside (a `$batch` is one; Graph
+    /// still counts each request inside it against its limits).
     pub graph_requests_per_task: f64,
     /// Graph plan polls during the run (not per case: they run on a clock).
     pub graph_plan_polls: u64,

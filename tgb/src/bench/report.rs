@@ -225,7 +225,7 @@ fn cost_table(out: &mut String, c: &CostResult) {
         format!("{:.2}", c.dataverse_requests_per_case),
     );
     row(
-        "Graph requests per triage task (plan polls aside)",
+        "Graph HTTP requests per triage task (plan polls aside; a `$batch` is one)",
         format!("{:.2}", c.graph_requests_per_task),
     );
     for (route, v) in &c.requests_per_case_by_route {

@@ -10,6 +10,13 @@
 //!   change against the fresh object and retry on 412/409, a bounded number of times.
 //! - [`GraphClient::create_tasks`]: JSON `$batch` of at most 20 creations chained with
 //!   `dependsOn`, so that after a failure (a 429) the rest answer 424 without being executed.
+//! - Requests on single tasks (`/planner/tasks...`) are coalesced, by group commit and not by
+//!   a timer: a request leaves at once when a sender is free (at most
+//!   [`MAX_ROUNDS_IN_FLIGHT`] requests or `$batch`es in flight, so one slow answer does not
+//!   hold the others); requests made in the same turn (the handlers of a gathered delivery) or
+//!   while every sender is busy leave together in one JSON `$batch` (independent requests, at
+//!   most 20). Each keeps its own answer, status and error, as if sent alone; a `$batch` that
+//!   fails as a whole fails each of its requests as transient.
 //!
 //! | answer | [`GraphError`] |
 //! |---|---|
@@ -195,9 +202,37 @@ fn classify(route: &str, status: u16, retry_after: Option<Duration>, body: &[u8]
 }
 
 /// A successful answer.
+#[derive(Debug)]
 struct Answer {
     status: StatusCode,
     body: Vec<u8>,
+}
+
+/// Requests on single tasks waiting for a sender ([`GraphClient::call`]).
+#[derive(Debug, Default)]
+struct Coalescer {
+    state: std::sync::Mutex<Waiting>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Sender tasks running (each with one request or one `$batch` in flight, or about to
+    /// take the queue).
+    senders: usize,
+    queue: Vec<Queued>,
+}
+
+/// Requests (alone or `$batch`es) on single tasks one client has in flight at most.
+pub const MAX_ROUNDS_IN_FLIGHT: usize = 4;
+
+#[derive(Debug)]
+struct Queued {
+    method: Method,
+    route: &'static str,
+    path: String,
+    body: Option<Value>,
+    if_match: Option<String>,
+    answer: tokio::sync::oneshot::Sender<Result<Answer, GraphError>>,
 }
 
 /// The Graph client of one identity (cheap to clone).
@@ -209,6 +244,7 @@ pub struct GraphClient {
     governor: Arc<Governor>,
     identity: String,
     max_conflict_retries: u32,
+    coalescer: Arc<Coalescer>,
 }
 
 impl GraphClient {
@@ -229,6 +265,7 @@ impl GraphClient {
             governor,
             identity: identity.into(),
             max_conflict_retries: 4,
+            coalescer: Arc::default(),
         }
     }
 
@@ -277,8 +314,158 @@ impl GraphClient {
         Url::parse(&s).unwrap_or_else(|_| self.base.clone())
     }
 
-    /// Sends one request through the governor and sorts the answer.
+    /// Sends one request and sorts the answer. A request on a single task (`/planner/tasks`
+    /// and below) goes through the coalescer: at once if nothing is in flight, else in the next
+    /// `$batch` with the others that came meanwhile (see the module's notes).
     async fn call(
+        &self,
+        method: Method,
+        route: &'static str,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Answer, GraphError> {
+        if !route.starts_with("/planner/tasks") {
+            return self.send_one(method, route, path, body, if_match).await;
+        }
+        let (answer, waiting) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut w = lock(&self.coalescer.state);
+            w.queue.push(Queued {
+                method: method.clone(),
+                route,
+                path: path.to_owned(),
+                body: body.cloned(),
+                if_match: if_match.map(str::to_owned),
+                answer,
+            });
+            // A sender about to run or between rounds takes what is queued; a new one only
+            // when every running sender has a round in flight.
+            let start = w.senders == 0 || (w.queue.len() == 1 && w.senders < MAX_ROUNDS_IN_FLIGHT);
+            if start {
+                w.senders += 1;
+            }
+            start
+        };
+        if start {
+            // The sender is a task of its own: a caller that gives up does not strand the
+            // requests queued behind its own.
+            tokio::spawn(self.clone().send_queued());
+        }
+        waiting.await.unwrap_or_else(|_| {
+            Err(GraphError::Transient {
+                route: format!("{method} {route}"),
+                status: None,
+                retry_after: None,
+                message: "the request was dropped before it was sent".into(),
+            })
+        })
+    }
+
+    /// Sends what is queued, alone or as one `$batch` of at most [`MAX_BATCH`], round after
+    /// round until the queue is empty.
+    async fn send_queued(self) {
+        loop {
+            let round: Vec<Queued> = {
+                let mut w = lock(&self.coalescer.state);
+                if w.queue.is_empty() {
+                    w.senders -= 1;
+                    return;
+                }
+                let n = w.queue.len().min(MAX_BATCH);
+                w.queue.drain(..n).collect()
+            };
+            if let [one] = &round[..] {
+                let answer = self
+                    .send_one(
+                        one.method.clone(),
+                        one.route,
+                        &one.path,
+                        one.body.as_ref(),
+                        one.if_match.as_deref(),
+                    )
+                    .await;
+                let one = round.into_iter().next().expect("one request");
+                let _ = one.answer.send(answer);
+                continue;
+            }
+            let requests: Vec<BatchRequest> = round
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    let mut headers = std::collections::BTreeMap::new();
+                    if q.body.is_some() {
+                        headers.insert("Content-Type".to_owned(), "application/json".to_owned());
+                    }
+                    if q.method != Method::GET {
+                        headers.insert("Prefer".to_owned(), "return=representation".to_owned());
+                    }
+                    if let Some(etag) = &q.if_match {
+                        headers.insert("If-Match".to_owned(), etag.clone());
+                    }
+                    BatchRequest {
+                        id: (i + 1).to_string(),
+                        method: q.method.to_string(),
+                        url: q.path.clone(),
+                        headers,
+                        body: q.body.clone(),
+                        depends_on: vec![],
+                    }
+                })
+                .collect();
+            match self.batch(&requests).await {
+                Ok(answers) => {
+                    for (r, q) in requests.iter().zip(round) {
+                        let route = format!("{} {}", q.method, q.route);
+                        let answer = match answers.iter().find(|a| a.id == r.id) {
+                            Some(a) => Self::inner_answer(&route, a),
+                            None => Err(GraphError::Transient {
+                                route,
+                                status: None,
+                                retry_after: None,
+                                message: "no answer in the batch".into(),
+                            }),
+                        };
+                        let _ = q.answer.send(answer);
+                    }
+                }
+                Err(e) => {
+                    for q in round {
+                        let _ = q.answer.send(Err(GraphError::Transient {
+                            route: format!("{} {}", q.method, q.route),
+                            status: None,
+                            retry_after: e.retry_after(),
+                            message: format!("its $batch failed: {e}"),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One answer of a coalesced `$batch` as if its request had been sent alone (the lane was
+    /// already paused by [`Self::batch`] for an inner 429).
+    fn inner_answer(route: &str, a: &BatchResponse) -> Result<Answer, GraphError> {
+        let body = a
+            .body
+            .as_ref()
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default();
+        let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status.is_success() {
+            return Ok(Answer { status, body });
+        }
+        let retry_after = parse_retry_after(
+            a.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                .map(|(_, v)| v.as_str()),
+        );
+        Err(classify(route, a.status, retry_after, &body))
+    }
+
+    /// Sends one request through the governor and sorts the answer.
+    async fn send_one(
         &self,
         method: Method,
         route: &'static str,
@@ -652,7 +839,7 @@ impl GraphClient {
         }
         let body = serde_json::json!({ "requests": requests });
         let a = self
-            .call(Method::POST, "/$batch", "/$batch", Some(&body), None)
+            .send_one(Method::POST, "/$batch", "/$batch", Some(&body), None)
             .await?;
         let mut answers = Self::parse::<Answers>("POST /$batch", &a.body)?.responses;
         for r in &answers {
@@ -809,6 +996,10 @@ impl GraphClient {
         }
         Ok(out)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Percent-encodes an id for a path segment (Planner ids are URL-safe already; this is a guard).

@@ -1,6 +1,7 @@
 //! tgb-clients against a stand-in token endpoint over loopback.
 
 mod bounds;
+mod coalesce;
 mod credential;
 mod literals;
 mod oauth;

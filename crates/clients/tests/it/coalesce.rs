@@ -1,0 +1,141 @@
+//! Requests on single Planner tasks made while the client is sending leave together in one
+//! JSON `$batch`, and each gets its own answer as if it had been sent alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tgb_clients::graph::{GraphClient, GraphError, NewTask};
+use tgb_clients::oauth::{ClientCredentials, TokenCache};
+use tgb_governor::{Governor, GovernorConfig};
+use tgb_sandbox::{Fault, FaultRule, Sandbox, SandboxConfig};
+
+const PLAN: &str = "pLnPartnerIssues00000000000A";
+const TRIAGE: &str = "bKtTriage000000000000000000A";
+
+fn client(sb: &Sandbox) -> GraphClient {
+    let (id, secret) = sb.identity().first_entra_client().unwrap();
+    let mut credentials = ClientCredentials::new(
+        format!("{}/tenant/oauth2/v2.0/token", sb.azure_authority())
+            .parse()
+            .unwrap(),
+        id.clone(),
+        secrecy::SecretString::from(secret),
+    );
+    credentials.scope = Some(format!("{}/.default", sb.graph_url()));
+    GraphClient::new(
+        GraphClient::http_client(Duration::from_secs(30)),
+        sb.graph_url().parse().unwrap(),
+        Arc::new(TokenCache::new(reqwest::Client::new(), credentials)),
+        Governor::new("graph:test", GovernorConfig::default()),
+        id,
+    )
+}
+
+fn task(title: &str) -> NewTask {
+    NewTask {
+        plan_id: PLAN.into(),
+        bucket_id: Some(TRIAGE.into()),
+        title: title.into(),
+        ..Default::default()
+    }
+}
+
+/// The Graph requests the sandbox received, as `METHOD /route`.
+fn graph_requests(sb: &Sandbox) -> Vec<String> {
+    sb.calls()
+        .of_system("graph")
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.route))
+        .collect()
+}
+
+#[tokio::test]
+async fn task_requests_made_together_leave_in_one_batch_each_with_its_own_answer() {
+    let sb = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let graph = client(&sb);
+    // One alone, as before: a plain request.
+    let first = graph.create_task(&task("alone")).await.unwrap();
+    assert_eq!(graph_requests(&sb), ["POST /v1.0/planner/tasks"]);
+
+    let titles: Vec<String> = (0..6).map(|i| format!("together {i}")).collect();
+    let new: Vec<NewTask> = titles.iter().map(|t| task(t)).collect();
+    let (created, details, missing) = tokio::join!(
+        futures::future::join_all(new.iter().map(|t| graph.create_task(t))),
+        graph.get_details(&first.id),
+        graph.get_task("no-such-task-000000000000000"),
+    );
+    let created: Vec<_> = created.into_iter().map(Result::unwrap).collect();
+    let got: Vec<&str> = created.iter().map(|t| t.title.as_str()).collect();
+    assert_eq!(got, titles, "each creation answered with its own task");
+    let mut ids: Vec<&str> = created.iter().map(|t| t.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "six tasks");
+    assert_eq!(
+        details.unwrap().id,
+        first.id,
+        "the read answered with its own details"
+    );
+    assert!(
+        matches!(missing, Err(GraphError::NotFound { .. })),
+        "a request refused inside the batch fails alone: {missing:?}"
+    );
+    // The eight requests made at once (the first of them starts the sender, the others queue
+    // before it runs) went out in one HTTP request.
+    assert_eq!(
+        graph_requests(&sb),
+        ["POST /v1.0/planner/tasks", "POST /v1.0/$batch"],
+        "the requests made together left in one $batch"
+    );
+    let titles_in_plan = sb.planner().snapshot()["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["task"]["title"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("together"))
+        })
+        .count();
+    assert_eq!(titles_in_plan, 6, "each created once");
+}
+
+#[tokio::test]
+async fn a_slow_answer_holds_none_of_the_requests_made_after_it() {
+    let sb = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let graph = client(&sb);
+    let slow = graph.create_task(&task("slow to read")).await.unwrap();
+    // Reads of this one task take 30 s; everything else answers at once.
+    sb.faults()
+        .add(
+            FaultRule::new("graph", Fault::Latency { ms: 30_000 })
+                .method("GET")
+                .path_prefix(&format!("/v1.0/planner/tasks/{}", slow.id)),
+        )
+        .unwrap();
+    let slow_read = graph.get_task(&slow.id);
+    tokio::pin!(slow_read);
+    // The slow read goes out first; three creations come while it is in flight.
+    let made_after = async {
+        // Once the slow read holds the lane's permit, it is on its way.
+        while graph.governor().in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut titles = Vec::new();
+        for i in 0..3 {
+            titles.push(
+                graph
+                    .create_task(&task(&format!("after {i}")))
+                    .await
+                    .unwrap()
+                    .title,
+            );
+        }
+        titles
+    };
+    tokio::select! {
+        biased;
+        _ = &mut slow_read => panic!("the slow read answered first: the creations waited for it"),
+        titles = made_after => assert_eq!(titles, ["after 0", "after 1", "after 2"]),
+    }
+}
