@@ -455,13 +455,7 @@ impl GraphClient {
         if status.is_success() {
             return Ok(Answer { status, body });
         }
-        let retry_after = parse_retry_after(
-            a.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-                .map(|(_, v)| v.as_str()),
-        );
-        Err(classify(route, a.status, retry_after, &body))
+        Err(classify(route, a.status, a.retry_after(), &body))
     }
 
     /// Sends one request through the governor and sorts the answer.
@@ -844,12 +838,7 @@ impl GraphClient {
         let mut answers = Self::parse::<Answers>("POST /$batch", &a.body)?.responses;
         for r in &answers {
             if r.status == 429 {
-                let after = parse_retry_after(
-                    r.headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-                        .map(|(_, v)| v.as_str()),
-                );
+                let after = r.retry_after();
                 self.governor
                     .pause_for(after.unwrap_or(Duration::from_secs(1)));
             }
@@ -876,21 +865,8 @@ impl GraphClient {
                 message: "no answer in the batch".into(),
             });
         };
-        let body = r
-            .body
-            .as_ref()
-            .map(|b| serde_json::to_vec(b).unwrap_or_default())
-            .unwrap_or_default();
-        if (200..300).contains(&r.status) {
-            return Self::parse(route, &body);
-        }
-        let retry_after = parse_retry_after(
-            r.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-                .map(|(_, v)| v.as_str()),
-        );
-        Err(classify(route, r.status, retry_after, &body))
+        let answer = Self::inner_answer(route, r)?;
+        Self::parse(route, &answer.body)
     }
 
     fn json_headers() -> std::collections::BTreeMap<String, String> {

@@ -315,6 +315,18 @@ pub struct BatchResponse {
     pub body: Option<Value>,
 }
 
+impl BatchResponse {
+    /// Its `Retry-After`, if any (header names in any case).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        super::parse_retry_after(
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                .map(|(_, v)| v.as_str()),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
