@@ -315,8 +315,8 @@ impl GraphClient {
     }
 
     /// Sends one request and sorts the answer. A request on a single task (`/planner/tasks`
-    /// and below) goes through the coalescer: at once if nothing is in flight, else in the next
-    /// `$batch` with the others that came meanwhile (see the module's notes).
+    /// and below) goes through the coalescer: at once while a sender is free, else in the next
+    /// `$batch` with the others queued meanwhile (see the module's notes).
     async fn call(
         &self,
         method: Method,
