@@ -418,7 +418,7 @@ impl GraphClient {
                     for (r, q) in requests.iter().zip(round) {
                         let route = format!("{} {}", q.method, q.route);
                         let answer = match answers.iter().find(|a| a.id == r.id) {
-                            Some(a) => Self::inner_answer(&route, a),
+                            Some(a) => self.inner_answer(&route, a),
                             None => Err(GraphError::Transient {
                                 route,
                                 status: None,
@@ -443,9 +443,12 @@ impl GraphClient {
         }
     }
 
-    /// One answer of a coalesced `$batch` as if its request had been sent alone (the lane was
-    /// already paused by [`Self::batch`] for an inner 429).
-    fn inner_answer(route: &str, a: &BatchResponse) -> Result<Answer, GraphError> {
+    /// One answer inside a `$batch` as if its request had been sent alone (the lane was already
+    /// paused by [`Self::batch`] for an inner 429). It is counted in `tgb_external_calls_total`
+    /// under its own route and status, beside the `$batch` itself: Graph counts each request
+    /// inside against its limits, and the throttling alert reads the 429s of that counter.
+    fn inner_answer(&self, route: &str, a: &BatchResponse) -> Result<Answer, GraphError> {
+        metrics::counter!("tgb_external_calls_total", "target" => "graph", "identity" => self.identity.clone(), "route" => route.to_owned(), "status" => a.status.to_string()).increment(1);
         let body = a
             .body
             .as_ref()
@@ -854,6 +857,7 @@ impl GraphClient {
     }
 
     fn inner_result<T: DeserializeOwned>(
+        &self,
         route: &'static str,
         r: Option<&BatchResponse>,
     ) -> Result<T, GraphError> {
@@ -865,7 +869,7 @@ impl GraphClient {
                 message: "no answer in the batch".into(),
             });
         };
-        let answer = Self::inner_answer(route, r)?;
+        let answer = self.inner_answer(route, r)?;
         Self::parse(route, &answer.body)
     }
 
@@ -900,10 +904,9 @@ impl GraphClient {
                 .collect();
             let answers = self.batch(&requests).await?;
             for r in &requests {
-                out.push(Self::inner_result(
-                    "POST /planner/tasks",
-                    answers.iter().find(|a| a.id == r.id),
-                ));
+                out.push(
+                    self.inner_result("POST /planner/tasks", answers.iter().find(|a| a.id == r.id)),
+                );
             }
         }
         Ok(out)
@@ -930,7 +933,7 @@ impl GraphClient {
                 .collect();
             let answers = self.batch(&requests).await?;
             for r in &requests {
-                out.push(Self::inner_result(
+                out.push(self.inner_result(
                     "GET /planner/tasks/{id}/details",
                     answers.iter().find(|a| a.id == r.id),
                 ));
@@ -964,7 +967,7 @@ impl GraphClient {
                 .collect();
             let answers = self.batch(&requests).await?;
             for r in &requests {
-                out.push(Self::inner_result(
+                out.push(self.inner_result(
                     "PATCH /planner/tasks/{id}/details",
                     answers.iter().find(|a| a.id == r.id),
                 ));

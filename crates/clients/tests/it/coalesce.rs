@@ -139,3 +139,48 @@ async fn a_slow_answer_holds_none_of_the_requests_made_after_it() {
         titles = made_after => assert_eq!(titles, ["after 0", "after 1", "after 2"]),
     }
 }
+
+#[test]
+fn the_requests_inside_a_batch_are_counted_under_their_own_routes_and_statuses() {
+    // A recorder of this thread only, and a runtime on this thread (the coalescer's sender
+    // included): the counts are this test's.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let sb = Sandbox::start(SandboxConfig::default()).await.unwrap();
+            let graph = client(&sb);
+            let (first, second) = (task("counted a"), task("counted b"));
+            let (a, b, missing) = tokio::join!(
+                graph.create_task(&first),
+                graph.create_task(&second),
+                graph.get_task("no-such-task-000000000000000"),
+            );
+            assert!(a.is_ok() && b.is_ok() && missing.is_err());
+            assert_eq!(graph_requests(&sb), ["POST /v1.0/$batch"]);
+        });
+    });
+    let text = handle.render();
+    let count = |route: &str, status: u16| {
+        let series = format!(r#"route="{route}",status="{status}"}}"#);
+        text.lines()
+            .find(|l| l.starts_with("tgb_external_calls_total{") && l.contains(&series))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(count("POST /$batch", 200).as_deref(), Some("1"), "{text}");
+    assert_eq!(
+        count("POST /planner/tasks", 201).as_deref(),
+        Some("2"),
+        "{text}"
+    );
+    assert_eq!(
+        count("GET /planner/tasks/{id}", 404).as_deref(),
+        Some("1"),
+        "{text}"
+    );
+}
