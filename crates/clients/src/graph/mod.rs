@@ -222,6 +222,22 @@ struct Waiting {
     queue: Vec<Queued>,
 }
 
+/// A running sender, counted out however its task ends: a sender that panicked or was
+/// dropped with the runtime is not waited for (the running ones, or the next request, serve
+/// what it left queued).
+struct Sender<'a> {
+    coalescer: &'a Coalescer,
+    done: bool,
+}
+
+impl Drop for Sender<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.coalescer.state).senders -= 1;
+        }
+    }
+}
+
 /// Requests (alone or `$batch`es) on single tasks one client has in flight at most.
 pub const MAX_ROUNDS_IN_FLIGHT: usize = 4;
 
@@ -365,11 +381,17 @@ impl GraphClient {
     /// Sends what is queued, alone or as one `$batch` of at most [`MAX_BATCH`], round after
     /// round until the queue is empty.
     async fn send_queued(self) {
+        let mut sender = Sender {
+            coalescer: &self.coalescer,
+            done: false,
+        };
         loop {
             let round: Vec<Queued> = {
                 let mut w = lock(&self.coalescer.state);
                 if w.queue.is_empty() {
+                    // Under the lock that queues: a request queued after this starts a sender.
                     w.senders -= 1;
+                    sender.done = true;
                     return;
                 }
                 let n = w.queue.len().min(MAX_BATCH);

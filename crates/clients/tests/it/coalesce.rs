@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tgb_clients::graph::{GraphClient, GraphError, NewTask};
+use tgb_clients::graph::{GraphClient, GraphError, MAX_ROUNDS_IN_FLIGHT, NewTask};
 use tgb_clients::oauth::{ClientCredentials, TokenCache};
 use tgb_governor::{Governor, GovernorConfig};
 use tgb_sandbox::{Fault, FaultRule, Sandbox, SandboxConfig};
@@ -183,4 +183,52 @@ fn the_requests_inside_a_batch_are_counted_under_their_own_routes_and_statuses()
         Some("1"),
         "{text}"
     );
+}
+
+#[test]
+fn senders_dropped_with_their_runtime_are_not_waited_for() {
+    // The sandbox on a runtime of its own, which outlives the client's first one.
+    let server = tokio::runtime::Runtime::new().unwrap();
+    let sb = server.block_on(async { Sandbox::start(SandboxConfig::default()).await.unwrap() });
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let graph = client(&sb);
+    let first = runtime();
+    first.block_on(async {
+        let slow = graph.create_task(&task("slow to read")).await.unwrap();
+        sb.faults()
+            .add(
+                FaultRule::new("graph", Fault::Latency { ms: 60_000 })
+                    .method("GET")
+                    .path_prefix(&format!("/v1.0/planner/tasks/{}", slow.id)),
+            )
+            .unwrap();
+        // Every sender busy with a slow read: each read starts the next sender once the one
+        // before holds the lane's permit.
+        for n in 1..=MAX_ROUNDS_IN_FLIGHT {
+            let (reader, id) = (graph.clone(), slow.id.clone());
+            tokio::spawn(async move { reader.get_task(&id).await });
+            while graph.governor().in_flight() < n {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    // The senders go down with their runtime, mid-request.
+    drop(first);
+    let made_after = runtime().block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            graph.create_task(&task("after the senders went")),
+        )
+        .await
+    });
+    let created = made_after
+        .expect("a request after them is sent, not queued behind senders that are gone")
+        .unwrap();
+    assert_eq!(created.title, "after the senders went");
+    drop(server);
 }
