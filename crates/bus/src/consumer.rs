@@ -359,9 +359,9 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 impl<H: Handler> Runner<H> {
     /// Gathered delivery ([`ConsumerSpec::gather`]) until `shutdown` or a fatal error: a long
-    /// poll for the first message (the server holds it up to 10 s, with heartbeats, so an idle
-    /// consumer costs about what the streamed pull does), then, `gather` later, no-wait fetches of
-    /// what arrived meanwhile until one comes back short. Every message goes through
+    /// poll for the first message (the server holds it up to 10 s, without heartbeats: see
+    /// [`first_message`]), then, `gather` later, fetches of what arrived meanwhile until one
+    /// comes back short. Every message goes through
     /// [`Runner::dispatch`] as in the streamed pull; only how they are asked for changes.
     async fn gathered(
         self: Arc<Self>,

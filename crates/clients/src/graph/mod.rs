@@ -439,15 +439,8 @@ impl GraphClient {
                 Ok(answers) => {
                     for (r, q) in requests.iter().zip(round) {
                         let route = format!("{} {}", q.method, q.route);
-                        let answer = match answers.iter().find(|a| a.id == r.id) {
-                            Some(a) => self.inner_answer(&route, a),
-                            None => Err(GraphError::Transient {
-                                route,
-                                status: None,
-                                retry_after: None,
-                                message: "no answer in the batch".into(),
-                            }),
-                        };
+                        let answer =
+                            self.inner_answer(&route, answers.iter().find(|a| a.id == r.id));
                         let _ = q.answer.send(answer);
                     }
                 }
@@ -465,11 +458,20 @@ impl GraphClient {
         }
     }
 
-    /// One answer inside a `$batch` as if its request had been sent alone (the lane was already
-    /// paused by [`Self::batch`] for an inner 429). It is counted in `tgb_external_calls_total`
-    /// under its own route and status, beside the `$batch` itself: Graph counts each request
-    /// inside against its limits, and the throttling alert reads the 429s of that counter.
-    fn inner_answer(&self, route: &str, a: &BatchResponse) -> Result<Answer, GraphError> {
+    /// One answer inside a `$batch` (`None`: the batch had none for the request) as if its
+    /// request had been sent alone (the lane was already paused by [`Self::batch`] for an
+    /// inner 429). It is counted in `tgb_external_calls_total` under its own route and status,
+    /// beside the `$batch` itself: Graph counts each request inside against its limits, and
+    /// the throttling alert reads the 429s of that counter.
+    fn inner_answer(&self, route: &str, a: Option<&BatchResponse>) -> Result<Answer, GraphError> {
+        let Some(a) = a else {
+            return Err(GraphError::Transient {
+                route: route.into(),
+                status: None,
+                retry_after: None,
+                message: "no answer in the batch".into(),
+            });
+        };
         metrics::counter!("tgb_external_calls_total", "target" => "graph", "identity" => self.identity.clone(), "route" => route.to_owned(), "status" => a.status.to_string()).increment(1);
         let body = a
             .body
@@ -883,14 +885,6 @@ impl GraphClient {
         route: &'static str,
         r: Option<&BatchResponse>,
     ) -> Result<T, GraphError> {
-        let Some(r) = r else {
-            return Err(GraphError::Transient {
-                route: route.into(),
-                status: None,
-                retry_after: None,
-                message: "no answer in the batch".into(),
-            });
-        };
         let answer = self.inner_answer(route, r)?;
         Self::parse(route, &answer.body)
     }
