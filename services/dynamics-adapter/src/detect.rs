@@ -441,6 +441,11 @@ impl Adapter {
 
 /// Consumes a webhook body: parses, filters, publishes.
 pub async fn webhook_body(adapter: &Adapter, body: &[u8]) -> Result<(), WebhookFailure> {
+    // tg-bridge's own creates come back once per write: told from the body's head alone (#21).
+    if crate::change::ContextHead::of(body).is_some_and(|h| h.is_create_by(&adapter.app_user)) {
+        echo("dataverse", "own_user");
+        return Ok(());
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| WebhookFailure::Invalid(format!("body is not JSON: {e}")))?;
     let change = from_context(&value).map_err(|e| WebhookFailure::Invalid(e.to_string()))?;
