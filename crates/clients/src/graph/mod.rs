@@ -476,7 +476,7 @@ impl GraphClient {
         let body = a
             .body
             .as_ref()
-            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .map(|b| b.get().as_bytes().to_vec())
             .unwrap_or_default();
         let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if status.is_success() {

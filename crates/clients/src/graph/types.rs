@@ -310,9 +310,10 @@ pub struct BatchResponse {
     /// Its headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Its body.
+    /// Its body, as the JSON text Graph sent: kept raw, so the answers of a `$batch` are not
+    /// built into JSON trees and written out again before each is read into its own type (#21).
     #[serde(default)]
-    pub body: Option<Value>,
+    pub body: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl BatchResponse {
