@@ -118,6 +118,10 @@ impl ContextHead<'_> {
     /// Reads the head of a body; `None` for anything that is not a well-formed object with
     /// these fields as strings (the whole parse then says what is wrong).
     pub fn of(body: &[u8]) -> Option<ContextHead<'_>> {
+        // serde would also read a struct from an array of its fields; a context is an object.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return None;
+        }
         serde_json::from_slice(body).ok()
     }
 
@@ -329,6 +333,8 @@ mod tests {
         );
         // Not an object, a field of the wrong type, a duplicate field: the whole parse decides.
         assert!(!own(b"[1]"));
+        let as_array = format!(r#"["Create", "incident", "{row}", "{APP}"]"#);
+        assert!(!own(as_array.as_bytes()));
         assert!(!own(
             br#"{"MessageName": 1, "PrimaryEntityName": "incident"}"#
         ));
