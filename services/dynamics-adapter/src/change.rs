@@ -101,16 +101,16 @@ fn attributes(entity: &Value) -> Map<String, Value> {
 #[derive(Debug, serde::Deserialize)]
 pub struct ContextHead<'a> {
     /// `Create`, `Update`, …
-    #[serde(rename = "MessageName", borrow, default)]
+    #[serde(rename = "MessageName", borrow)]
     pub message: Option<std::borrow::Cow<'a, str>>,
     /// The table's logical name.
-    #[serde(rename = "PrimaryEntityName", borrow, default)]
+    #[serde(rename = "PrimaryEntityName", borrow)]
     pub table: Option<std::borrow::Cow<'a, str>>,
     /// The row's id.
-    #[serde(rename = "PrimaryEntityId", borrow, default)]
+    #[serde(rename = "PrimaryEntityId", borrow)]
     pub id: Option<std::borrow::Cow<'a, str>>,
     /// The user who made the change.
-    #[serde(rename = "InitiatingUserId", borrow, default)]
+    #[serde(rename = "InitiatingUserId", borrow)]
     pub caller: Option<std::borrow::Cow<'a, str>>,
 }
 

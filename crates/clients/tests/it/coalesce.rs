@@ -31,6 +31,17 @@ fn client(sb: &Sandbox) -> GraphClient {
     )
 }
 
+/// Reads of task `id` take `ms`; everything else answers at once.
+fn slow_reads_of(sb: &Sandbox, id: &str, ms: u64) {
+    sb.faults()
+        .add(
+            FaultRule::new("graph", Fault::Latency { ms })
+                .method("GET")
+                .path_prefix(&format!("/v1.0/planner/tasks/{id}")),
+        )
+        .unwrap();
+}
+
 fn task(title: &str) -> NewTask {
     NewTask {
         plan_id: PLAN.into(),
@@ -106,13 +117,7 @@ async fn a_slow_answer_holds_none_of_the_requests_made_after_it() {
     let graph = client(&sb);
     let slow = graph.create_task(&task("slow to read")).await.unwrap();
     // Reads of this one task take 30 s; everything else answers at once.
-    sb.faults()
-        .add(
-            FaultRule::new("graph", Fault::Latency { ms: 30_000 })
-                .method("GET")
-                .path_prefix(&format!("/v1.0/planner/tasks/{}", slow.id)),
-        )
-        .unwrap();
+    slow_reads_of(&sb, &slow.id, 30_000);
     let slow_read = graph.get_task(&slow.id);
     tokio::pin!(slow_read);
     // The slow read goes out first; three creations come while it is in flight.
@@ -142,29 +147,19 @@ async fn a_slow_answer_holds_none_of_the_requests_made_after_it() {
 
 #[test]
 fn the_requests_inside_a_batch_are_counted_under_their_own_routes_and_statuses() {
-    // A recorder of this thread only, and a runtime on this thread (the coalescer's sender
-    // included): the counts are this test's.
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let sb = Sandbox::start(SandboxConfig::default()).await.unwrap();
-            let graph = client(&sb);
-            let (first, second) = (task("counted a"), task("counted b"));
-            let (a, b, missing) = tokio::join!(
-                graph.create_task(&first),
-                graph.create_task(&second),
-                graph.get_task("no-such-task-000000000000000"),
-            );
-            assert!(a.is_ok() && b.is_ok() && missing.is_err());
-            assert_eq!(graph_requests(&sb), ["POST /v1.0/$batch"]);
-        });
+    // The coalescer's sender runs on the test's runtime too: the counts are this test's.
+    let text = crate::metrics_of(|| async {
+        let sb = Sandbox::start(SandboxConfig::default()).await.unwrap();
+        let graph = client(&sb);
+        let (first, second) = (task("counted a"), task("counted b"));
+        let (a, b, missing) = tokio::join!(
+            graph.create_task(&first),
+            graph.create_task(&second),
+            graph.get_task("no-such-task-000000000000000"),
+        );
+        assert!(a.is_ok() && b.is_ok() && missing.is_err());
+        assert_eq!(graph_requests(&sb), ["POST /v1.0/$batch"]);
     });
-    let text = handle.render();
     let count = |route: &str, status: u16| {
         let series = format!(r#"route="{route}",status="{status}"}}"#);
         text.lines()
@@ -200,13 +195,7 @@ fn senders_dropped_with_their_runtime_are_not_waited_for() {
     let first = runtime();
     first.block_on(async {
         let slow = graph.create_task(&task("slow to read")).await.unwrap();
-        sb.faults()
-            .add(
-                FaultRule::new("graph", Fault::Latency { ms: 60_000 })
-                    .method("GET")
-                    .path_prefix(&format!("/v1.0/planner/tasks/{}", slow.id)),
-            )
-            .unwrap();
+        slow_reads_of(&sb, &slow.id, 60_000);
         // Every sender busy with a slow read: each read starts the next sender once the one
         // before holds the lane's permit.
         for n in 1..=MAX_ROUNDS_IN_FLIGHT {

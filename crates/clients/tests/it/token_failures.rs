@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
 use secrecy::SecretString;
 use tgb_clients::oauth::{ClientCredentials, TokenCache};
 use tgb_clients::tg::{TgClient, TgError};
@@ -41,26 +40,16 @@ fn client(base: &str) -> TgClient {
 
 #[test]
 fn refused_and_unavailable_tg_tokens_are_counted_by_reason() {
-    // A recorder of this thread only, and a runtime on this thread: the counts are this test's.
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let refused = client(&token_endpoint(401).await);
-            for _ in 0..2 {
-                let e = refused.case("C-1").await.unwrap_err();
-                assert!(matches!(e, TgError::Auth(_)), "{e}");
-            }
-            let down = client(&token_endpoint(503).await);
-            let e = down.case("C-1").await.unwrap_err();
+    let text = crate::metrics_of(|| async {
+        let refused = client(&token_endpoint(401).await);
+        for _ in 0..2 {
+            let e = refused.case("C-1").await.unwrap_err();
             assert!(matches!(e, TgError::Auth(_)), "{e}");
-        });
+        }
+        let down = client(&token_endpoint(503).await);
+        let e = down.case("C-1").await.unwrap_err();
+        assert!(matches!(e, TgError::Auth(_)), "{e}");
     });
-    let text = handle.render();
     assert!(
         text.contains(r#"tgb_token_refresh_failures_total{target="tg",reason="refused"} 2"#),
         "{text}"
