@@ -58,6 +58,9 @@ pub struct Snapshot {
     pub in_msgs: u64,
     /// `/varz` `out_msgs`.
     pub out_msgs: u64,
+    /// `/varz` `gomaxprocs`: the broker's threads running Go code at once (`None` when the
+    /// server does not say).
+    pub broker_threads: Option<u64>,
     /// `/jsz` `api.total`.
     pub js_api_total: u64,
     /// Stream → last sequence (messages ever stored).
@@ -111,6 +114,10 @@ pub struct CostResult {
     pub broker_in_msgs_per_case: f64,
     /// Messages out of the broker per case (`/varz` `out_msgs`).
     pub broker_out_msgs_per_case: f64,
+    /// The broker's `GOMAXPROCS` during the run (`/varz` `gomaxprocs`): its CPU and wake-ups
+    /// per case depend on it (docs/benchmarks.md, "The broker's threads"), so results are
+    /// compared at the same setting.
+    pub broker_threads: Option<u64>,
     /// JetStream messages stored per case, all streams.
     pub js_stored_per_case: f64,
     /// JetStream messages stored per case, by stream.
@@ -216,6 +223,7 @@ impl CostResult {
             wakeups_per_case,
             broker_in_msgs_per_case: per_case(after.in_msgs.saturating_sub(before.in_msgs)),
             broker_out_msgs_per_case: per_case(after.out_msgs.saturating_sub(before.out_msgs)),
+            broker_threads: after.broker_threads,
             js_stored_per_case: per_case(stored.values().sum()),
             js_stored_per_case_by_stream: stored
                 .iter()
@@ -362,6 +370,11 @@ pub fn parse_varz(v: &Value) -> anyhow::Result<(u64, u64)> {
     Ok((n("in_msgs")?, n("out_msgs")?))
 }
 
+/// `/varz` `gomaxprocs`, when the server reports it.
+pub fn broker_threads(v: &Value) -> Option<u64> {
+    v["gomaxprocs"].as_u64()
+}
+
 /// `/jsz?accounts=true&streams=true`: (api.total, stream → last_seq).
 pub fn parse_jsz(v: &Value) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
     let api = v["api"]["total"]
@@ -409,7 +422,8 @@ fn wakeups_of(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
 pub async fn snapshot(sys: &BenchSystem) -> anyhow::Result<Snapshot> {
     let cpu = cpu_ticks(&sys.pids());
     let wakeups = wakeups_of(&sys.pids());
-    let (in_msgs, out_msgs) = parse_varz(&monitor_json(sys, "/varz").await?)?;
+    let varz = monitor_json(sys, "/varz").await?;
+    let (in_msgs, out_msgs) = parse_varz(&varz)?;
     let (js_api_total, stream_last_seq) =
         parse_jsz(&monitor_json(sys, "/jsz?accounts=true&streams=true").await?)?;
     let counts = sys.sandbox.calls().counts();
@@ -427,6 +441,7 @@ pub async fn snapshot(sys: &BenchSystem) -> anyhow::Result<Snapshot> {
         wakeups,
         in_msgs,
         out_msgs,
+        broker_threads: broker_threads(&varz),
         js_api_total,
         stream_last_seq,
         dataverse_calls: count(&|r| r.starts_with("dataverse ")),
@@ -611,8 +626,10 @@ mod tests {
 
     #[test]
     fn monitoring_answers_are_read() {
-        let varz = json!({"in_msgs": 1800, "out_msgs": 2100, "cpu": 3.5});
+        let varz = json!({"in_msgs": 1800, "out_msgs": 2100, "cpu": 3.5, "gomaxprocs": 1});
         assert_eq!(parse_varz(&varz).unwrap(), (1800, 2100));
+        assert_eq!(broker_threads(&varz), Some(1));
+        assert_eq!(broker_threads(&json!({"in_msgs": 1})), None);
         let jsz = json!({
             "api": {"total": 4200, "errors": 3},
             "account_details": [{
@@ -650,6 +667,7 @@ mod tests {
             ]),
             in_msgs: 10,
             out_msgs: 20,
+            broker_threads: Some(2),
             js_api_total: 5,
             stream_last_seq: BTreeMap::from([("TGB_EVENTS".into(), 40)]),
             dataverse_calls: 3,
@@ -672,6 +690,7 @@ mod tests {
             ]),
             in_msgs: 1810,
             out_msgs: 2120,
+            broker_threads: Some(2),
             js_api_total: 405,
             stream_last_seq: BTreeMap::from([
                 ("TGB_EVENTS".into(), 340),
@@ -715,6 +734,7 @@ mod tests {
             (r.broker_in_msgs_per_case, r.broker_out_msgs_per_case),
             (18.0, 21.0)
         );
+        assert_eq!(r.broker_threads, Some(2));
         assert_eq!(r.js_stored_per_case, 6.0);
         assert_eq!(r.js_stored_per_case_by_stream["TGB_EVENTS"], 3.0);
         assert_eq!(r.kv_writes_per_case, 3.0);

@@ -199,6 +199,11 @@ fn cost_table(out: &mut String, c: &CostResult) {
         format!("{:.0}", c.nats_cpu_us_per_case),
     );
     row(
+        "  nats-server threads (GOMAXPROCS; not per case)",
+        c.broker_threads
+            .map_or_else(|| "not reported".to_owned(), |n| n.to_string()),
+    );
+    row(
         "raw JetStream: nats-server CPU per message (µs)",
         f1(c.raw.nats_cpu_us_per_message),
     );
