@@ -94,8 +94,8 @@ fn attributes(entity: &Value) -> Map<String, Value> {
 }
 
 /// The few top-level fields of a `RemoteExecutionContext` that say who made which change, read
-/// without building the body's JSON tree: enough to drop tg-bridge's own `Create` before the
-/// whole body is parsed (in a profile of dynamics-adapter under `tgb bench`, parsing the
+/// without building the body's JSON tree: enough to drop tg-bridge's own writes (its `Create`s
+/// above all) before the whole body is parsed (in a profile of dynamics-adapter under `tgb bench`, parsing the
 /// notification of its own incident into a tree and copying its attributes out took a tenth of
 /// the process's CPU). Unknown fields are skipped, as in [`from_context`].
 #[derive(Debug, serde::Deserialize)]
@@ -125,14 +125,15 @@ impl ContextHead<'_> {
         serde_json::from_slice(body).ok()
     }
 
-    /// A `Create` of a row with a GUID id in a followed table, made by `app_user`: what
-    /// [`from_context`] and the own-echo filter would drop, told without the whole parse.
-    pub fn is_create_by(&self, app_user: &str) -> bool {
-        self.message.as_deref() == Some("Create")
-            && self
-                .table
-                .as_deref()
-                .is_some_and(|t| schema::table(t).is_some())
+    /// A change of a row with a GUID id in a followed table, made by `app_user`, that
+    /// [`ours_by_author`] drops: what [`from_context`] and the own-echo filter would drop, told
+    /// without the whole parse.
+    pub fn is_own_echo(&self, app_user: &str) -> bool {
+        let (Some(message), Some(table)) = (self.message.as_deref(), self.table.as_deref()) else {
+            return false;
+        };
+        ours_by_author(table, message)
+            && schema::table(table).is_some()
             && self
                 .id
                 .as_deref()
@@ -142,6 +143,15 @@ impl ContextHead<'_> {
                 .as_deref()
                 .is_some_and(|c| c.eq_ignore_ascii_case(app_user))
     }
+}
+
+/// Whether a change made by tg-bridge's application user is its own echo from its author
+/// alone: in every table but `incident`, and of an incident its `Create` and `Close`. An
+/// incident's other changes are compared with the status tg-bridge last wrote (a person's
+/// change may hide behind a later write of ours). The own-echo filter of [`crate::detect`]
+/// and the webhook's head read ([`ContextHead::is_own_echo`]) both ask this.
+pub fn ours_by_author(table: &str, message: &str) -> bool {
+    table != "incident" || message == "Close" || message == "Create"
 }
 
 /// Parses a `RemoteExecutionContext`.
@@ -295,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn the_head_tells_our_own_create_and_nothing_else() {
+    fn the_head_tells_our_own_echoes_as_the_whole_parse_would() {
         const APP: &str = "5a0c2a3e-6f4e-4d7b-9f45-0a1b2c3d4e5f";
         let body = |message: &str, table: &str, id: &str, caller: &str| {
             serde_json::to_vec(&json!({
@@ -309,8 +319,13 @@ mod tests {
             .unwrap()
         };
         let row = "6F9619FF-8B86-D011-B42D-00CF4FC964FF";
-        let own = |b: &[u8]| ContextHead::of(b).is_some_and(|h| h.is_create_by(APP));
+        let own = |b: &[u8]| ContextHead::of(b).is_some_and(|h| h.is_own_echo(APP));
         assert!(own(&body("Create", "incident", row, APP)));
+        assert!(own(&body("Close", "incident", row, APP)));
+        assert!(
+            own(&body("Update", "account", row, APP)),
+            "outside incidents, our own user's change is ours"
+        );
         assert!(
             own(&body("Create", "incident", row, &APP.to_ascii_uppercase())),
             "user ids compare without case, as from_context lowercases them"

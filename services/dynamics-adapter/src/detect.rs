@@ -45,8 +45,7 @@ impl Adapter {
     /// A change known as tg-bridge's own from its author alone (the comment in
     /// [`Adapter::on_change`] says which): dropped as an echo without any read.
     pub fn own_echo(&self, c: &Change) -> bool {
-        self.by_app_user(c)
-            && (c.table != "incident" || c.message == "Close" || c.message == "Create")
+        self.by_app_user(c) && crate::change::ours_by_author(&c.table, &c.message)
     }
 
     /// The change names tg-bridge's application user as its author.
@@ -441,8 +440,8 @@ impl Adapter {
 
 /// Consumes a webhook body: parses, filters, publishes.
 pub async fn webhook_body(adapter: &Adapter, body: &[u8]) -> Result<(), WebhookFailure> {
-    // tg-bridge's own creates come back once per write: told from the body's head alone (#21).
-    if crate::change::ContextHead::of(body).is_some_and(|h| h.is_create_by(&adapter.app_user)) {
+    // tg-bridge's own writes come back once each: told from the body's head alone (#21).
+    if crate::change::ContextHead::of(body).is_some_and(|h| h.is_own_echo(&adapter.app_user)) {
         echo("dataverse", "own_user");
         return Ok(());
     }
