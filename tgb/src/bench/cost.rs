@@ -19,8 +19,9 @@
 //! requests, heartbeats, publish acknowledgements). The tap's own deliveries double the
 //! broker's out messages, so that pass is kept out of the CPU and message figures above.
 //!
-//! Left out: KV reads. A KV get stores nothing and `/jsz` does not count it apart from other
-//! requests; it is one message in `broker_in_msgs` and one out.
+//! KV reads come from that pass only (`kv_reads_per_case`): a KV get stores nothing and `/jsz`
+//! does not count it apart from other requests; it is one message in `broker_in_msgs` and one
+//! out.
 
 use std::collections::BTreeMap;
 
@@ -148,6 +149,18 @@ pub struct CostResult {
     /// Messages into the broker per case by class, from the tapped second pass (empty when it
     /// did not run).
     pub broker_msgs_per_case_by_class: BTreeMap<String, f64>,
+    /// KV reads per case (direct gets of every bucket), from the tapped pass; `None` when it did
+    /// not run.
+    pub kv_reads_per_case: Option<f64>,
+}
+
+/// KV reads per case among the tapped pass's classes: its `kv get <bucket> <record>` ones.
+pub fn kv_reads_of(classes: &BTreeMap<String, f64>) -> f64 {
+    classes
+        .iter()
+        .filter(|(class, _)| class.starts_with("kv get "))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// The six services' names (nats-server and the bench process are the others).
@@ -255,6 +268,7 @@ impl CostResult {
             to_task_ms,
             options,
             broker_msgs_per_case_by_class: BTreeMap::new(),
+            kv_reads_per_case: None,
         }
     }
 }
@@ -555,6 +569,7 @@ pub async fn run(
         "cost: breakdown of broker messages ({tapped} cases, tapped)"
     ));
     result.broker_msgs_per_case_by_class = breakdown(sys, &partners, opts, tapped).await?;
+    result.kv_reads_per_case = Some(kv_reads_of(&result.broker_msgs_per_case_by_class));
     Ok(result)
 }
 
@@ -735,6 +750,7 @@ mod tests {
             (18.0, 21.0)
         );
         assert_eq!(r.broker_threads, Some(2));
+        assert_eq!(r.kv_reads_per_case, None, "no tapped pass yet");
         assert_eq!(r.js_stored_per_case, 6.0);
         assert_eq!(r.js_stored_per_case_by_stream["TGB_EVENTS"], 3.0);
         assert_eq!(r.kv_writes_per_case, 3.0);
@@ -749,5 +765,17 @@ mod tests {
                 ("graph POST /planner/tasks".into(), 0.5),
             ])
         );
+    }
+
+    #[test]
+    fn kv_reads_are_the_gets_of_every_bucket() {
+        let classes = BTreeMap::from([
+            ("kv get tgb_links tg".to_owned(), 1.0),
+            ("kv get tgb_sync fleet".to_owned(), 0.25),
+            ("kv put tgb_links tg".to_owned(), 2.0),
+            ("msg get TGB_EVENTS".to_owned(), 3.0),
+        ]);
+        assert_eq!(kv_reads_of(&classes), 1.25);
+        assert_eq!(kv_reads_of(&BTreeMap::new()), 0.0);
     }
 }

@@ -218,6 +218,9 @@ fn cost_table(out: &mut String, c: &CostResult) {
         row(&format!("  stored in {s}"), format!("{v:.2}"));
     }
     row("KV writes", f1(c.kv_writes_per_case));
+    if let Some(reads) = c.kv_reads_per_case {
+        row("KV reads (tapped pass)", format!("{reads:.2}"));
+    }
     if !c.broker_msgs_per_case_by_class.is_empty() {
         row("broker messages by class (tapped pass)", String::new());
         for (class, v) in &c.broker_msgs_per_case_by_class {
@@ -252,8 +255,8 @@ fn cost_table(out: &mut String, c: &CostResult) {
     );
     let _ = writeln!(
         out,
-        "\nGraph plan polls during the run: {} (on their own clock). KV reads are not counted \
-         apart (a get stores nothing; it is one broker message in and one out).",
+        "\nGraph plan polls during the run: {} (on their own clock). KV reads are counted in the \
+         tapped pass only (a get stores nothing; it is one broker message in and one out).",
         c.graph_plan_polls
     );
 }
