@@ -129,6 +129,12 @@ enum Command {
         /// The service.
         name: String,
     },
+    /// One process of the floor `tgb bench` measures beside a case (bench/floor.rs).
+    #[command(hide = true)]
+    BenchFloor {
+        #[command(subcommand)]
+        role: tgb::bench::floor::Role,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,9 +244,14 @@ struct BenchArgs {
     /// Rounds of the quota mix (17 changes of 15 kinds each; default 5, --quick 2).
     #[arg(long)]
     mix_rounds: Option<usize>,
-    /// planner-adapter's plan poll during the mix, ms (config/tg-bridge.toml: 30000).
+    /// planner-adapter's plan poll during the mix and the cost section, ms
+    /// (config/tg-bridge.toml: 30000).
     #[arg(long, default_value_t = 30_000)]
     planner_poll_ms: u64,
+    /// dynamics-adapter's change-tracking poll during the cost section, ms
+    /// (config/tg-bridge.toml: 60000).
+    #[arg(long, default_value_t = 60_000)]
+    dynamics_poll_ms: u64,
     /// Changes in the backlog (default 10,000; --quick 3,000).
     #[arg(long)]
     backlog: Option<usize>,
@@ -550,6 +561,7 @@ fn bench_options(a: &BenchArgs) -> anyhow::Result<tgb::bench::BenchOptions> {
         idle_secs: a.idle_secs.max(0.5),
         mix_rounds: a.mix_rounds.unwrap_or(if a.quick { 2 } else { 5 }).max(1),
         planner_poll_ms: a.planner_poll_ms.max(100),
+        dynamics_poll_ms: a.dynamics_poll_ms.max(100),
         backlog: a
             .backlog
             .unwrap_or(if a.quick { 3_000 } else { 10_000 })
@@ -585,10 +597,24 @@ async fn bench_service(name: &str) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    match run(cli).await {
+    // A floor process runs on the runtime the services run on (one thread); the rest of `tgb`
+    // on tokio's default.
+    let runtime = match cli.command {
+        Command::BenchFloor { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tgb: starting the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("tgb: {e:#}");
@@ -959,6 +985,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::BenchService { name } => {
             bench_service(name).await?;
+            Ok(0)
+        }
+        Command::BenchFloor { role } => {
+            tgb::bench::floor::serve(role.clone()).await?;
             Ok(0)
         }
         Command::Status { metrics } => {

@@ -167,6 +167,9 @@ pub async fn serve(
         adapter.settings.poller_lease_renew(),
     );
     let poller = adapter.clone();
+    for outcome in ["ok", "stopped"] {
+        metrics::counter!("tgb_dynamics_poll_rounds_total", "outcome" => outcome).increment(0);
+    }
     workers.spawn(move |shutdown| async move {
         lease
             .lead(&shutdown, |stop| poll_loop(poller.clone(), stop))
@@ -274,11 +277,15 @@ async fn poll_loop(adapter: Arc<Adapter>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        let mut outcome = "ok";
         for table in adapter.settings.poll_tables.clone() {
             let round = tokio::select! {
                 r = poll_table(&adapter, &table) => r,
                 _ = stop.cancelled() => return,
             };
+            if round.is_err() {
+                outcome = "stopped";
+            }
             match round {
                 Ok(_) => {}
                 Err(PollError::Cursor(CursorError::Moved { .. })) => {
@@ -298,6 +305,7 @@ async fn poll_loop(adapter: Arc<Adapter>, stop: CancellationToken) {
                 }
             }
         }
+        metrics::counter!("tgb_dynamics_poll_rounds_total", "outcome" => outcome).increment(1);
     }
 }
 

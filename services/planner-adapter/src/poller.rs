@@ -72,6 +72,9 @@ impl Poller {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         metrics::gauge!("tgb_planner_poller_leader").set(0.0);
+        for outcome in ["ok", "stopped"] {
+            metrics::counter!("tgb_planner_poll_cycles_total", "outcome" => outcome).increment(0);
+        }
         loop {
             let revision = loop {
                 match lease.try_acquire().await {
@@ -134,9 +137,14 @@ impl Poller {
             }
             // A cycle under way is finished even if the lease is lost meanwhile: a second
             // poller for a moment costs reads, never a duplicate event.
-            if let Err(e) = self.cycle().await {
-                tracing::warn!(error = %e, "planner poll cycle stopped early; next cycle retries");
-            }
+            let outcome = match self.cycle().await {
+                Ok(()) => "ok",
+                Err(e) => {
+                    tracing::warn!(error = %e, "planner poll cycle stopped early; next cycle retries");
+                    "stopped"
+                }
+            };
+            metrics::counter!("tgb_planner_poll_cycles_total", "outcome" => outcome).increment(1);
         }
     }
 

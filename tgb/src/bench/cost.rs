@@ -13,6 +13,16 @@
 //! stream, each consumed and acked), so `nats_cpu_us_per_case / raw_nats_cpu_us_per_message`
 //! is a count of "raw messages" a case costs the broker, which holds across machines.
 //!
+//! Beside them, the floor ([`super::floor`]): the smallest pipeline of a case's shape on the
+//! same stack, at the same rate on the same broker, so a case's CPU also reads in floors.
+//!
+//! The stored messages are counted once more after the drain, when planner-adapter's plan poll
+//! and dynamics-adapter's change-tracking poll have each ended a cycle that began after it
+//! (`tgb_planner_poll_cycles_total`, `tgb_dynamics_poll_rounds_total`): what those pollers
+//! store for a case on their own clocks (a ledger note per task found as tg-bridge wrote it,
+//! an incident's version) is part of what a case stores. The CPU and broker figures stay those
+//! of the window up to the drain (an idle wait for a poll would add the broker's idle CPU).
+//!
 //! After it, a short second pass (the breakdown) taps every message through the broker with one
 //! core subscription to `>` and counts them by class ([`subject_class`]: event publishes,
 //! ledger appends, KV puts and gets per bucket, deliveries and acks per consumer, pull
@@ -29,6 +39,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::floor::{FloorCost, Floors};
 use super::harness::{BenchSystem, now_ms};
 use super::pipeline::{self, Percentiles};
 use super::procs::{clock_ticks, sample};
@@ -152,6 +163,40 @@ pub struct CostResult {
     /// KV reads per case (direct gets of every bucket), from the tapped pass; `None` when it did
     /// not run.
     pub kv_reads_per_case: Option<f64>,
+    /// The floor in the same run: the smallest pipeline of a case's shape on the same stack,
+    /// each part its own process ([`super::floor`]); `None` when it did not run.
+    pub floor: Option<FloorCost>,
+    /// The same floor with its parts in one process, on one NATS connection.
+    pub floor_one_process: Option<FloorCost>,
+    /// services_cpu_us_per_case / floor.services_cpu_us_per_case: a case's service CPU in
+    /// floors, which holds across machines.
+    pub services_cpu_in_floors: Option<f64>,
+    /// nats_cpu_us_per_case / floor.nats_cpu_us_per_case.
+    pub nats_cpu_in_floors: Option<f64>,
+    /// The stored messages were counted once the poll cycles that see the run's tasks and
+    /// incidents had ended (planner-adapter notes each task it finds as tg-bridge wrote it in
+    /// the ledger; dynamics-adapter records each incident's version), not at the drain like the
+    /// CPU and broker figures.
+    pub stored_after_polls: bool,
+}
+
+impl CostResult {
+    /// Puts the floor measured in the same run beside the case.
+    pub fn set_floors(&mut self, floors: Floors) {
+        self.floor_one_process = Some(floors.one_process);
+        self.set_floor(floors.processes);
+    }
+
+    /// Puts the floor (its parts each in its own process) beside the case.
+    pub fn set_floor(&mut self, floor: FloorCost) {
+        let ratio = |case: f64, floor: f64| (floor > 0.0).then(|| case / floor);
+        self.services_cpu_in_floors = ratio(
+            self.services_cpu_us_per_case,
+            floor.services_cpu_us_per_case,
+        );
+        self.nats_cpu_in_floors = ratio(self.nats_cpu_us_per_case, floor.nats_cpu_us_per_case);
+        self.floor = Some(floor);
+    }
 }
 
 /// KV reads per case among the tapped pass's classes: its `kv get <bucket> <record>` ones.
@@ -209,20 +254,7 @@ impl CostResult {
         let (wakeups_per_case, services_wakeups_per_case) =
             per_process(&before.wakeups, &after.wakeups, &per_case);
         let nats_cpu_us_per_case = cpu_us_per_case.get("nats-server").copied().unwrap_or(0.0);
-        let stored: BTreeMap<String, u64> = after
-            .stream_last_seq
-            .iter()
-            .map(|(s, a)| {
-                let b = before.stream_last_seq.get(s).copied().unwrap_or(0);
-                (s.clone(), a.saturating_sub(b))
-            })
-            .collect();
-        let kv_writes: u64 = stored
-            .iter()
-            .filter(|(s, _)| s.starts_with("KV_"))
-            .map(|(_, v)| v)
-            .sum();
-        CostResult {
+        let mut result = CostResult {
             achieved_offered_per_sec,
             cases,
             completed,
@@ -237,12 +269,9 @@ impl CostResult {
             broker_in_msgs_per_case: per_case(after.in_msgs.saturating_sub(before.in_msgs)),
             broker_out_msgs_per_case: per_case(after.out_msgs.saturating_sub(before.out_msgs)),
             broker_threads: after.broker_threads,
-            js_stored_per_case: per_case(stored.values().sum()),
-            js_stored_per_case_by_stream: stored
-                .iter()
-                .map(|(s, v)| (s.clone(), per_case(*v)))
-                .collect(),
-            kv_writes_per_case: per_case(kv_writes),
+            js_stored_per_case: 0.0,
+            js_stored_per_case_by_stream: BTreeMap::new(),
+            kv_writes_per_case: 0.0,
             js_api_requests_per_case: per_case(
                 after.js_api_total.saturating_sub(before.js_api_total),
             ),
@@ -269,7 +298,40 @@ impl CostResult {
             options,
             broker_msgs_per_case_by_class: BTreeMap::new(),
             kv_reads_per_case: None,
-        }
+            floor: None,
+            floor_one_process: None,
+            services_cpu_in_floors: None,
+            nats_cpu_in_floors: None,
+            stored_after_polls: false,
+        };
+        result.set_stored(before, after);
+        result
+    }
+
+    /// The JetStream messages stored per case between `before` and `after` (all streams, by
+    /// stream, and the KV writes among them).
+    pub fn set_stored(&mut self, before: &Snapshot, after: &Snapshot) {
+        let per_case = |v: u64| v as f64 / self.cases.max(1) as f64;
+        let stored: BTreeMap<String, u64> = after
+            .stream_last_seq
+            .iter()
+            .map(|(s, a)| {
+                let b = before.stream_last_seq.get(s).copied().unwrap_or(0);
+                (s.clone(), a.saturating_sub(b))
+            })
+            .collect();
+        self.js_stored_per_case = per_case(stored.values().sum());
+        self.kv_writes_per_case = per_case(
+            stored
+                .iter()
+                .filter(|(s, _)| s.starts_with("KV_"))
+                .map(|(_, v)| v)
+                .sum(),
+        );
+        self.js_stored_per_case_by_stream = stored
+            .iter()
+            .map(|(s, v)| (s.clone(), per_case(*v)))
+            .collect();
     }
 }
 
@@ -407,7 +469,7 @@ pub fn parse_jsz(v: &Value) -> anyhow::Result<(u64, BTreeMap<String, u64>)> {
     Ok((api, streams))
 }
 
-async fn monitor_json(sys: &BenchSystem, path: &str) -> anyhow::Result<Value> {
+pub(super) async fn monitor_json(sys: &BenchSystem, path: &str) -> anyhow::Result<Value> {
     let url = format!("http://{}{path}", sys.monitor);
     sys.http
         .get(&url)
@@ -420,16 +482,48 @@ async fn monitor_json(sys: &BenchSystem, path: &str) -> anyhow::Result<Value> {
         .with_context(|| format!("GET {url}: not JSON"))
 }
 
-fn cpu_ticks(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
+pub(super) fn cpu_ticks(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
     pids.iter()
         .filter_map(|(n, p)| sample(*p).ok().map(|s| (n.clone(), s.cpu_ticks)))
         .collect()
 }
 
-fn wakeups_of(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
+pub(super) fn wakeups_of(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
     pids.iter()
         .filter_map(|(n, p)| super::procs::wakeups(*p).ok().map(|w| (n.clone(), w)))
         .collect()
+}
+
+/// Poll cycles `service` ended so far: the sum of `counter` on its `/metrics`.
+async fn poll_cycles(sys: &BenchSystem, service: &str, counter: &str) -> anyhow::Result<u64> {
+    let process = sys
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .with_context(|| format!("{service} is not part of the system"))?;
+    let url = format!("http://{}/metrics", process.addr);
+    let text = sys
+        .http
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .text()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    Ok(counter_sum(&text, counter))
+}
+
+/// The sum of a counter's series in Prometheus text.
+pub fn counter_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Reads every counter now.
@@ -475,6 +569,7 @@ pub async fn snapshot(sys: &BenchSystem) -> anyhow::Result<Snapshot> {
 pub async fn run(
     sys: &mut BenchSystem,
     opts: &CostOptions,
+    logs: &std::path::Path,
     progress: &dyn Fn(String),
 ) -> anyhow::Result<CostResult> {
     let partners = pipeline::partners(opts.partners);
@@ -515,6 +610,23 @@ pub async fn run(
             / ticks as f64
             / opts.raw_messages.max(1) as f64,
     };
+
+    progress(format!(
+        "cost: the floor (ingress and {} consumers on the same stack, as processes and as one), \
+         {} cases at {} cases/s each",
+        super::floor::CONSUMERS,
+        opts.cases,
+        opts.rate
+    ));
+    let floor = super::floor::run(
+        sys,
+        &payload,
+        opts.rate,
+        opts.cases,
+        raw.nats_cpu_us_per_message,
+        logs,
+    )
+    .await?;
 
     progress(format!(
         "cost: {} cases at {} cases/s",
@@ -564,6 +676,37 @@ pub async fn run(
         Percentiles::of(to_i),
         Percentiles::of(to_t),
     );
+    result.set_floors(floor);
+    // What the pollers do for a case on their own clocks is stored too: the first plan poll
+    // that sees a task notes it in the ledger (tg-bridge's own write, not sent back), and the
+    // first change-tracking round that sees an incident records its version. Counted once a
+    // cycle of each that began after the drain has ended: the second to end from here.
+    progress("cost: waiting for the poll cycles that see the run's tasks and incidents".into());
+    let pollers = [
+        ("planner-adapter", "tgb_planner_poll_cycles_total"),
+        ("dynamics-adapter", "tgb_dynamics_poll_rounds_total"),
+    ];
+    let mut cycles = Vec::new();
+    for (service, counter) in pollers {
+        cycles.push(poll_cycles(sys, service, counter).await?);
+    }
+    // Two of the longest poll interval (the product's default: 60 s), and time to spare.
+    let within = std::time::Duration::from_secs(300);
+    let deadline = tokio::time::Instant::now() + within;
+    for ((service, counter), at_drain) in pollers.into_iter().zip(cycles) {
+        while poll_cycles(sys, service, counter).await? < at_drain + 2 {
+            if let Some(crash) = sys.crashed() {
+                anyhow::bail!("{crash}");
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("{service} ended no two poll cycles within {within:?} ({counter})");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    let settled = snapshot(sys).await?;
+    result.set_stored(&before, &settled);
+    result.stored_after_polls = true;
     let tapped = opts.cases.clamp(1, 200);
     progress(format!(
         "cost: breakdown of broker messages ({tapped} cases, tapped)"
@@ -765,6 +908,71 @@ mod tests {
                 ("graph POST /planner/tasks".into(), 0.5),
             ])
         );
+        assert_eq!(r.floor, None);
+        assert_eq!(r.services_cpu_in_floors, None);
+    }
+
+    #[test]
+    fn a_case_is_counted_in_floors_of_the_same_run() {
+        let raw = RawBrokerCost {
+            messages: 1,
+            nats_cpu_us_per_message: 20.0,
+        };
+        let mut r = CostResult::compute(
+            options(),
+            &Snapshot {
+                cpu_ticks: BTreeMap::from([("tg-ingress".into(), 0), ("nats-server".into(), 0)]),
+                ..Snapshot::default()
+            },
+            &Snapshot {
+                cpu_ticks: BTreeMap::from([("tg-ingress".into(), 30), ("nats-server".into(), 20)]),
+                ..Snapshot::default()
+            },
+            100,
+            100,
+            100,
+            raw,
+            100.0,
+            100,
+            true,
+            Percentiles::default(),
+            Percentiles::default(),
+        );
+        let floor = |services: f64, nats: f64| FloorCost {
+            cases: 100,
+            services_cpu_us_per_case: services,
+            nats_cpu_us_per_case: nats,
+            cpu_us_per_case: BTreeMap::new(),
+            services_wakeups_per_case: 7.5,
+            nats_wakeups_per_case: 19.0,
+            broker_in_msgs_per_case: 7.0,
+            broker_out_msgs_per_case: 7.0,
+            js_stored_per_case: 4.0,
+            nats_cpu_per_case_in_raw_messages: nats / 20.0,
+        };
+        // 3,000 µs of service CPU and 2,000 µs of the broker's per case.
+        r.set_floor(floor(600.0, 1_000.0));
+        assert_eq!(r.services_cpu_in_floors, Some(5.0));
+        assert_eq!(r.nats_cpu_in_floors, Some(2.0));
+        assert_eq!(r.floor.as_ref().map(|f| f.js_stored_per_case), Some(4.0));
+        // A floor that measured nothing gives no ratio rather than an infinite one.
+        r.set_floor(floor(0.0, 0.0));
+        assert_eq!(
+            (r.services_cpu_in_floors, r.nats_cpu_in_floors),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn a_counter_is_summed_over_its_series() {
+        let text = "# TYPE tgb_planner_poll_cycles_total counter\n\
+                    tgb_planner_poll_cycles_total{outcome=\"ok\"} 7\n\
+                    tgb_planner_poll_cycles_total{outcome=\"stopped\"} 1\n\
+                    tgb_planner_poll_cycles_total_other 100\n\
+                    tgb_planner_poller_leader 1\n";
+        assert_eq!(counter_sum(text, "tgb_planner_poll_cycles_total"), 8);
+        assert_eq!(counter_sum("tgb_x 3\n", "tgb_x"), 3);
+        assert_eq!(counter_sum("", "tgb_x"), 0);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! output directory ([`report`]).
 
 pub mod cost;
+pub mod floor;
 pub mod harness;
 pub mod pipeline;
 pub mod procs;
@@ -74,8 +75,10 @@ pub struct BenchOptions {
     pub idle_secs: f64,
     /// Rounds of the quota mix (15 kinds of change, 17 changes each).
     pub mix_rounds: usize,
-    /// planner-adapter's plan poll in the quota mix, ms.
+    /// planner-adapter's plan poll in the quota mix and the cost section, ms.
     pub planner_poll_ms: u64,
+    /// dynamics-adapter's change-tracking poll in the cost section, ms.
+    pub dynamics_poll_ms: u64,
     /// Changes in the backlog.
     pub backlog: usize,
     /// How the services are started.
@@ -306,14 +309,22 @@ async fn cost_section(
     let mut sandbox = unlimited_sandbox();
     // Every call of the run is counted from the log.
     sandbox.call_log_capacity = 2_000_000;
+    let mut env = unlimited_env();
+    // The cost waits for the poll cycles that see the run's tasks and incidents (cost.rs).
+    for (poll, ms) in [
+        ("TGB_ROUTING__GRAPH__POLL_INTERVAL_MS", opts.planner_poll_ms),
+        ("TGB_DYNAMICS__POLL_INTERVAL_MS", opts.dynamics_poll_ms),
+    ] {
+        env.push((poll.into(), ms.to_string()));
+    }
     let spec = Spec {
         sandbox,
         start: SERVICES.to_vec(),
-        env: unlimited_env(),
+        env,
         incident_probe: true,
     };
     let mut sys = BenchSystem::start(spec, launcher, logs).await?;
-    let result = cost::run(&mut sys, &opts.cost, progress).await;
+    let result = cost::run(&mut sys, &opts.cost, logs, progress).await;
     sys.stop().await;
     result
 }

@@ -100,7 +100,7 @@ fn setpriv() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn command_with_deathsig(program: &Path) -> Command {
+pub(super) fn command_with_deathsig(program: &Path) -> Command {
     match setpriv() {
         Some(setpriv) => {
             let mut c = Command::new(setpriv);
@@ -299,7 +299,6 @@ pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     })
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`, 100 when it cannot be asked).
 /// Times the threads of process `pid` were woken after blocking: the sum of every thread's
 /// `voluntary_ctxt_switches` (`/proc/<pid>/task/*/status`). A thread parked in `epoll_wait` or
 /// on a futex switches out voluntarily and is woken by what it waited for, so this counts the
@@ -323,6 +322,7 @@ pub fn wakeups(pid: u32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// Clock ticks per second (`getconf CLK_TCK`, 100 when it cannot be asked).
 pub fn clock_ticks() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")

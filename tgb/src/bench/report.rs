@@ -211,9 +211,62 @@ fn cost_table(out: &mut String, c: &CostResult) {
         "nats-server CPU in raw messages",
         f1(c.nats_cpu_per_case_in_raw_messages),
     );
+    if let Some(f) = &c.floor {
+        row(
+            "the floor, same run: services CPU (µs, ingress and 3 consumers)",
+            format!("{:.0}", f.services_cpu_us_per_case),
+        );
+        row(
+            "the floor, same run: nats-server CPU (µs)",
+            format!("{:.0}", f.nats_cpu_us_per_case),
+        );
+        row(
+            "the floor: wake-ups, services / nats-server",
+            format!(
+                "{} / {}",
+                f1(f.services_wakeups_per_case),
+                f1(f.nats_wakeups_per_case)
+            ),
+        );
+        row(
+            "the floor: stored / broker in / out",
+            format!(
+                "{} / {} / {}",
+                f1(f.js_stored_per_case),
+                f1(f.broker_in_msgs_per_case),
+                f1(f.broker_out_msgs_per_case)
+            ),
+        );
+        row(
+            "the floor: nats-server CPU in raw messages",
+            f1(f.nats_cpu_per_case_in_raw_messages),
+        );
+    }
+    if let Some(f) = &c.floor_one_process {
+        row(
+            "the floor in one process: services CPU / nats-server CPU (µs)",
+            format!(
+                "{:.0} / {:.0}",
+                f.services_cpu_us_per_case, f.nats_cpu_us_per_case
+            ),
+        );
+    }
+    if let (Some(s), Some(n)) = (c.services_cpu_in_floors, c.nats_cpu_in_floors) {
+        row(
+            "a case in floors: services CPU / nats-server CPU",
+            format!("{s:.2} / {n:.2}"),
+        );
+    }
     row("broker messages in", f1(c.broker_in_msgs_per_case));
     row("broker messages out", f1(c.broker_out_msgs_per_case));
-    row("JetStream messages stored", f1(c.js_stored_per_case));
+    row(
+        if c.stored_after_polls {
+            "JetStream messages stored (counted after the poll cycles that see the run's tasks and incidents)"
+        } else {
+            "JetStream messages stored"
+        },
+        f1(c.js_stored_per_case),
+    );
     for (s, v) in &c.js_stored_per_case_by_stream {
         row(&format!("  stored in {s}"), format!("{v:.2}"));
     }
@@ -256,7 +309,10 @@ fn cost_table(out: &mut String, c: &CostResult) {
     let _ = writeln!(
         out,
         "\nGraph plan polls during the run: {} (on their own clock). KV reads are counted in the \
-         tapped pass only (a get stores nothing; it is one broker message in and one out).",
+         tapped pass only (a get stores nothing; it is one broker message in and one out). The \
+         floor is the smallest pipeline of a case's shape on the same stack (an acknowledged \
+         publish behind an HTTP request, three consumers each writing one KV entry and acking), \
+         run on the same broker at the same rate: what a case costs at the least.",
         c.graph_plan_polls
     );
 }

@@ -42,8 +42,12 @@ fn bench_writes_every_section_with_sane_values() {
             "1",
             "--planner-poll-ms",
             "1000",
+            "--dynamics-poll-ms",
+            "1000",
             "--backlog",
             "60",
+            "--cost-cases",
+            "200",
             // This test's own build of the services, whatever else the target directory holds.
             "--service-binaries",
             "tgb",
@@ -129,6 +133,25 @@ fn bench_writes_every_section_with_sane_values() {
         .map(|r| num(r, "cpu_percent"))
         .sum();
     assert!(busy > 0.0, "no CPU used under load");
+
+    // 4. Cost, beside the floor of the same run.
+    let c = &file["cost"];
+    positive(c, "services_cpu_us_per_case");
+    positive(c, "nats_cpu_us_per_case");
+    assert_eq!(c["drained"], true);
+    for floor in ["floor", "floor_one_process"] {
+        let f = &c[floor];
+        positive(f, "services_cpu_us_per_case");
+        positive(f, "nats_cpu_us_per_case");
+        positive(f, "services_wakeups_per_case");
+        // An event and one KV entry per consumer: the floor ran as it is meant to.
+        assert_eq!(num(f, "js_stored_per_case"), 4.0, "{floor}");
+    }
+    positive(c, "services_cpu_in_floors");
+    positive(c, "nats_cpu_in_floors");
+    // Counted once the pollers had seen the run's tasks and incidents; at least the three handlings' entries.
+    assert_eq!(c["stored_after_polls"], true);
+    assert!(num(c, "js_stored_per_case_by_stream.TGB_LEDGER") >= 3.0);
 
     // The table and the chart.
     let md = std::fs::read_to_string(out.path().join("summary.md")).unwrap();
