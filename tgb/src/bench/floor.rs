@@ -11,7 +11,9 @@
 //! - `tgb bench-floor ingress`: `POST /` publishes the body and answers 202 once the broker
 //!   acknowledged it;
 //! - `tgb bench-floor consumer` (three of them): a durable pull consumer of that stream whose
-//!   handling is one KV put (awaited) of the message, keyed by its stream sequence, then the ack.
+//!   handling is one KV put (awaited) of the message, keyed by its stream sequence, then the ack;
+//! - `tgb bench-floor one-process`: the same four parts in one process on one NATS connection,
+//!   measured after them (what merging the services would leave).
 //!
 //! It stores four messages per case (the event and one KV entry per consumer), does no Dataverse
 //! or Graph request, no read, no dedup, no ledger. Whatever tg-bridge does per case costs at least
@@ -31,7 +33,7 @@ use serde::Serialize;
 use tokio::process::Child;
 
 use super::cost::{Snapshot, cpu_ticks, monitor_json, parse_jsz, parse_varz, wakeups_of};
-use super::harness::{BenchSystem, now_ms};
+use super::harness::BenchSystem;
 use super::procs::{command_with_deathsig, free_addr};
 
 /// The floor's stream.
@@ -281,11 +283,12 @@ impl FloorProcess {
     }
 }
 
-/// The names of the floor's streams: its own and the consumers' buckets'.
+/// Consumer `i`'s KV bucket.
 fn bucket(i: usize) -> String {
     format!("TGB_BENCH_FLOOR_{i}")
 }
 
+/// Consumer `i`'s durable name.
 fn consumer_name(i: usize) -> String {
     format!("floor-{i}")
 }
@@ -385,7 +388,7 @@ async fn all_pulling(js: &jetstream::Context) -> bool {
     every_consumer(js, |info| info.num_waiting > 0).await
 }
 
-/// Offers `n` requests of `payload` at `rate` per second; the last stream sequence.
+/// Offers `n` requests of `payload` at `rate` per second; an error unless every one got its 202.
 async fn offer(
     http: &reqwest::Client,
     url: &str,
@@ -544,7 +547,6 @@ async fn measure(
     ));
     let ticks = super::procs::clock_ticks();
     let before = snapshot(sys, &pids).await?;
-    let started = now_ms();
     offer(&sys.http, &url, payload, rate, cases).await?;
     let last = last_seq(&sys.js).await?;
     wait_for(&mut procs, drain, "the acks of every case", || {
@@ -552,7 +554,6 @@ async fn measure(
     })
     .await?;
     let after = snapshot(sys, &pids).await?;
-    tracing::debug!(ms = now_ms() - started, "the floor's measured window");
     Ok(FloorCost::compute(
         &before,
         &after,
