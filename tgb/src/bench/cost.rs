@@ -199,6 +199,30 @@ impl CostResult {
     }
 }
 
+/// What grew between two readings of counters by name, for the names read both times (a
+/// process that could not be read before has no figure).
+pub(super) fn grown(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(name, a)| Some((name.clone(), a.saturating_sub(*before.get(name)?))))
+        .collect()
+}
+
+/// Messages stored per stream between two snapshots (a stream new since `before` from 0).
+pub(super) fn stored_between(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, u64> {
+    after
+        .stream_last_seq
+        .iter()
+        .map(|(s, a)| {
+            let b = before.stream_last_seq.get(s).copied().unwrap_or(0);
+            (s.clone(), a.saturating_sub(b))
+        })
+        .collect()
+}
+
 /// KV reads per case among the tapped pass's classes: its `kv get <bucket> <record>` ones.
 pub fn kv_reads_of(classes: &BTreeMap<String, f64>) -> f64 {
     classes
@@ -236,10 +260,8 @@ impl CostResult {
         // Per process, what grew between the snapshots, per case; and the six services' sum.
         let per_process =
             |b: &BTreeMap<String, u64>, a: &BTreeMap<String, u64>, f: &dyn Fn(u64) -> f64| {
-                let each: BTreeMap<String, f64> = a
-                    .iter()
-                    .filter_map(|(p, after)| Some((p.clone(), f(after.saturating_sub(*b.get(p)?)))))
-                    .collect();
+                let each: BTreeMap<String, f64> =
+                    grown(b, a).into_iter().map(|(p, v)| (p, f(v))).collect();
                 let services = each
                     .iter()
                     .filter(|(p, _)| is_service(p))
@@ -312,14 +334,7 @@ impl CostResult {
     /// stream, and the KV writes among them).
     pub fn set_stored(&mut self, before: &Snapshot, after: &Snapshot) {
         let per_case = |v: u64| v as f64 / self.cases.max(1) as f64;
-        let stored: BTreeMap<String, u64> = after
-            .stream_last_seq
-            .iter()
-            .map(|(s, a)| {
-                let b = before.stream_last_seq.get(s).copied().unwrap_or(0);
-                (s.clone(), a.saturating_sub(b))
-            })
-            .collect();
+        let stored = stored_between(before, after);
         self.js_stored_per_case = per_case(stored.values().sum());
         self.kv_writes_per_case = per_case(
             stored

@@ -32,7 +32,9 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use tokio::process::Child;
 
-use super::cost::{Snapshot, cpu_ticks, monitor_json, parse_jsz, parse_varz, wakeups_of};
+use super::cost::{
+    Snapshot, cpu_ticks, grown, monitor_json, parse_jsz, parse_varz, stored_between, wakeups_of,
+};
 use super::harness::BenchSystem;
 use super::procs::{command_with_deathsig, free_addr};
 
@@ -197,14 +199,8 @@ impl FloorCost {
         raw_nats_cpu_us_per_message: f64,
     ) -> FloorCost {
         let n = cases.max(1) as f64;
-        let grew =
-            |b: &BTreeMap<String, u64>, a: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
-                a.iter()
-                    .filter_map(|(p, after)| Some((p.clone(), after.saturating_sub(*b.get(p)?))))
-                    .collect()
-            };
-        let cpu = grew(&before.cpu_ticks, &after.cpu_ticks);
-        let wakeups = grew(&before.wakeups, &after.wakeups);
+        let cpu = grown(&before.cpu_ticks, &after.cpu_ticks);
+        let wakeups = grown(&before.wakeups, &after.wakeups);
         let us = |t: u64| t as f64 * 1e6 / ticks.max(1) as f64 / n;
         let is_floor = |p: &str| p != "nats-server";
         let cpu_us_per_case: BTreeMap<String, f64> = cpu
@@ -213,9 +209,7 @@ impl FloorCost {
             .map(|(p, t)| (p.clone(), us(*t)))
             .collect();
         let nats_cpu_us_per_case = cpu.get("nats-server").map_or(0.0, |t| us(*t));
-        let stored: u64 = grew(&before.stream_last_seq, &after.stream_last_seq)
-            .values()
-            .sum();
+        let stored: u64 = stored_between(before, after).values().sum();
         FloorCost {
             cases,
             services_cpu_us_per_case: cpu_us_per_case.values().sum(),
